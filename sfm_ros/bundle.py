@@ -1,0 +1,174 @@
+"""Model bundle: a folder with ``sfm.json`` (metadata) and safetensors weights; export adds ONNX files.
+
+``sfm.json`` is the one place for the input size, normalisation, network configuration, source count and
+training provenance. Weights are safetensors, so loading never unpickles arbitrary objects. Files are
+written atomically (temporary name, then rename) and ``sfm.json`` last, so a half-written bundle is
+recognisably incomplete rather than silently wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from sfm_ros.models import DispNet, PoseExpNet
+
+__all__ = ["BUNDLE_FORMAT_VERSION", "BundleError", "BundleMetadata", "atomic_write_bytes", "load_networks",
+           "normalise_images", "read_metadata", "save_networks", "sha256_file", "write_metadata"]
+
+BUNDLE_FORMAT_VERSION = 1
+METADATA_FILE = "sfm.json"
+DEPTH_WEIGHTS = "depth.safetensors"
+POSE_WEIGHTS = "pose.safetensors"
+
+
+class BundleError(RuntimeError):
+    """A model bundle is missing, incomplete, corrupt or of another format."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BundleMetadata:
+    """What ``sfm.json`` holds. Images are normalised as (rgb/255 - mean) / std, channels RGB."""
+
+    height: int
+    width: int
+    num_sources: int = 2
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    dispnet: dict[str, Any] = dataclasses.field(default_factory=lambda: {"alpha": 10.0, "beta": 0.01})
+    posenet: dict[str, Any] = dataclasses.field(default_factory=lambda: {"with_mask": True, "pose_scale": 0.01})
+    training: dict[str, Any] = dataclasses.field(default_factory=dict)
+    onnx: dict[str, Any] = dataclasses.field(default_factory=dict)
+    format_version: int = BUNDLE_FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if self.height % 8 or self.width % 8 or self.height <= 0 or self.width <= 0:
+            raise BundleError(f"bundle input size must be positive multiples of 8, got {self.height}x{self.width}")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_metadata(folder: Path, metadata: BundleMetadata) -> None:
+    """Write ``sfm.json`` atomically."""
+    text = json.dumps(dataclasses.asdict(metadata), indent=2, sort_keys=True) + "\n"
+    atomic_write_bytes(Path(folder) / METADATA_FILE, text.encode())
+
+
+def read_metadata(folder: str | Path) -> BundleMetadata:
+    """Read and validate ``sfm.json`` of a bundle folder."""
+    path = Path(folder).expanduser() / METADATA_FILE
+    if not Path(folder).expanduser().is_dir():
+        raise BundleError(f"model bundle {folder} does not exist (expected a folder with {METADATA_FILE})")
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BundleError(f"{folder} is not a complete model bundle: {METADATA_FILE} is missing") from None
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{path} is not valid JSON: {exc}") from None
+    version = raw.get("format_version")
+    if version != BUNDLE_FORMAT_VERSION:
+        raise BundleError(f"{path}: bundle format {version!r} is not supported (this sfm_ros reads "
+                          f"{BUNDLE_FORMAT_VERSION})")
+    known = {f.name for f in dataclasses.fields(BundleMetadata)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise BundleError(f"{path}: unknown keys {unknown}")
+    for key in ("mean", "std"):
+        if key in raw:
+            raw[key] = tuple(raw[key])
+    try:
+        return BundleMetadata(**raw)
+    except TypeError as exc:
+        raise BundleError(f"{path}: {exc}") from None
+
+
+def normalise_images(rgb: np.ndarray, metadata: BundleMetadata) -> np.ndarray:
+    """uint8 RGB [..., H, W, 3] -> float32 [..., 3, H, W] normalised as the bundle says."""
+    mean = np.asarray(metadata.mean, dtype=np.float32)
+    std = np.asarray(metadata.std, dtype=np.float32)
+    scaled = (rgb.astype(np.float32) * (1.0 / 255.0) - mean) / std
+    return np.ascontiguousarray(np.moveaxis(scaled, -1, -3))
+
+
+def save_networks(folder: str | Path, depth_net: DispNet, pose_net: PoseExpNet, metadata: BundleMetadata) -> Path:
+    """Write weights (safetensors) and ``sfm.json`` into ``folder``; returns the folder."""
+    from safetensors.torch import save
+
+    folder = Path(folder)
+    for name, net in ((DEPTH_WEIGHTS, depth_net), (POSE_WEIGHTS, pose_net)):
+        state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+        atomic_write_bytes(folder / name, save(state))
+    write_metadata(folder, metadata)
+    return folder
+
+
+def load_networks(folder: str | Path, device: str = "cpu", with_mask: bool | None = None
+                  ) -> tuple[DispNet, PoseExpNet, BundleMetadata]:
+    """Build DispNet and PoseExpNet from a bundle (strict: every key must match), in eval mode.
+
+    ``with_mask=False`` drops the explainability decoder (its weights are then ignored on purpose).
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from sfm_ros.models import DispNet, PoseExpNet
+
+    metadata = read_metadata(folder)
+    folder = Path(folder).expanduser()
+    depth_net = DispNet(**metadata.dispnet)
+    posenet_args = dict(metadata.posenet)
+    trained_with_mask = posenet_args.pop("with_mask", True)
+    use_mask = trained_with_mask if with_mask is None else with_mask
+    if use_mask and not trained_with_mask:
+        raise BundleError(f"{folder}: the explainability mask was requested but the bundle's pose net has none")
+    pose_net = PoseExpNet(num_sources=metadata.num_sources, with_mask=use_mask, **posenet_args)
+    for name, net in ((DEPTH_WEIGHTS, depth_net), (POSE_WEIGHTS, pose_net)):
+        path = folder / name
+        if not path.is_file():
+            raise BundleError(f"{folder} has no {name}: was it trained, or only exported?")
+        try:
+            state = load_file(str(path), device="cpu")
+        except (SafetensorError, OSError) as exc:
+            raise BundleError(f"{path} is not a readable safetensors file: {exc}") from None
+        if net is pose_net and not use_mask:
+            state = {k: v for k, v in state.items() if not k.startswith("mask_")}
+        missing, unexpected = set(net.state_dict()) - set(state), set(state) - set(net.state_dict())
+        if missing or unexpected:
+            raise BundleError(f"{path} does not match the network in {METADATA_FILE}: missing "
+                              f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+        try:
+            net.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise BundleError(f"{path}: {exc}") from None
+    return depth_net.to(device).eval(), pose_net.to(device).eval(), metadata

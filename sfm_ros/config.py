@@ -1,0 +1,226 @@
+"""Typed configuration: frozen dataclasses loaded from YAML, with dotted command-line overrides.
+
+Every default lives in a dataclass field, once. YAML files in ``config/`` and ``key.sub=value`` overrides
+only change fields that exist; an unknown key or a value of the wrong type is a ``ConfigError`` naming
+the key, the expected type and the value found. Field metadata carries the description and range that
+the node turns into ROS parameter descriptors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+__all__ = ["ConfigError", "NodeConfig", "PipelineConfig", "ScaleConfig", "apply_overrides", "from_dict",
+           "load_config", "param", "to_dict"]
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid."""
+
+
+def param(default: Any, description: str, *, choices: tuple[str, ...] | None = None,
+          range: tuple[float, float] | None = None, read_only: bool = False) -> Any:
+    """A dataclass field with the metadata a ROS parameter descriptor needs."""
+    metadata = {"description": description, "choices": choices, "range": range, "read_only": read_only}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def _check_field(owner: str, field: dataclasses.Field, value: Any) -> None:
+    choices, value_range = field.metadata.get("choices"), field.metadata.get("range")
+    if choices and value not in choices:
+        raise ConfigError(f"{owner}.{field.name} must be one of {list(choices)}, got {value!r}")
+    if value_range and not value_range[0] <= value <= value_range[1]:
+        raise ConfigError(f"{owner}.{field.name} must be in [{value_range[0]}, {value_range[1]}], got {value!r}")
+
+
+def _coerce(key: str, hint: Any, value: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping for {hint.__name__}, got {value!r}")
+        return from_dict(hint, value, prefix=key)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, arg, value)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{key}: {value!r} fits none of {hint}: {'; '.join(errors)}")
+    if origin in (tuple, list):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        (item_hint, *_rest) = typing.get_args(hint) or (Any,)
+        return tuple(_coerce(f"{key}[{i}]", item_hint, v) for i, v in enumerate(value))
+    if hint is Any:
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a (possibly partial) nested dict; missing keys keep their defaults."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = prefix or cls.__name__
+        raise ConfigError(f"unknown key(s) {unknown} in {where}; known: {sorted(fields)}")
+    values = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        values[name] = _coerce(key, hints[name], value)
+        _check_field(prefix or cls.__name__, fields[name], values[name])
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{prefix or cls.__name__}: {exc}") from exc
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Nested plain dict (tuples as lists) of a dataclass, for YAML/JSON."""
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple | list):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+    return plain(dataclasses.asdict(config))
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Apply ``a.b=value`` strings (values parsed as YAML) to a nested dict; returns a new dict."""
+    result = yaml.safe_load(yaml.safe_dump(data)) or {}
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override must look like key.sub=value, got {override!r}")
+        node = result
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {override!r}: {part} is not a section")
+        node[leaf] = yaml.safe_load(raw)
+    return result
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> T:
+    """Load ``cls`` from a YAML file (optional) plus overrides; the dataclass holds every default."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config {path} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config {path} must hold a mapping, got {type(data).__name__}")
+    return from_dict(cls, apply_overrides(data, overrides))
+
+
+# ---- run-time configuration (pipeline, scale, node) -------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class ScaleConfig:
+    """Metric scale recovery (sfm_ros.scale)."""
+
+    source: str = param("camera_height", "where metric scale comes from",
+                        choices=("camera_height", "external_speed", "fixed", "none"))
+    camera_height_m: float = param(1.65, "camera height above the ground plane, metres (KITTI: 1.65)",
+                                   range=(0.05, 10.0))
+    fixed_factor: float = param(1.0, "metres per network unit when source is 'fixed'", range=(1e-6, 1e6))
+    smoothing: float = param(0.9, "exponential smoothing of the scale over frames (0 = none)", range=(0.0, 0.999))
+    ground_region: float = param(0.4, "bottom fraction of the image searched for the ground plane",
+                                 range=(0.1, 0.9))
+    ransac_iterations: int = param(100, "RANSAC iterations for the ground plane", range=(10, 2000))
+    inlier_threshold: float = param(0.05, "RANSAC inlier distance, relative to the median depth of the region",
+                                    range=(0.001, 1.0))
+    min_inlier_ratio: float = param(0.3, "minimum inlier share for a healthy ground fit", range=(0.01, 1.0))
+    max_ground_tilt_deg: float = param(30.0, "reject planes whose normal is further than this from the camera's "
+                                             "down axis", range=(1.0, 89.0))
+    min_speed_mps: float = param(0.3, "below this external speed the scale is not updated (standstill)",
+                                 range=(0.0, 100.0))
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """The visual-odometry core (sfm_ros.pipeline)."""
+
+    bundle: str = param("", "model bundle folder (sfm.json + weights/ONNX)", read_only=True)
+    backend: str = param("auto", "inference backend", choices=("auto", "tensorrt", "onnxruntime", "torch"),
+                         read_only=True)
+    device: str = param("auto", "device for onnxruntime/torch: auto, cpu or cuda", choices=("auto", "cpu", "cuda"),
+                        read_only=True)
+    precision: str = param("fp16", "TensorRT/torch-CUDA precision", choices=("fp32", "fp16"), read_only=True)
+    threads: int = param(0, "CPU threads for onnxruntime/torch (0 = library default)", range=(0, 256),
+                         read_only=True)
+    engine_cache_dir: str = param("~/.cache/sfm_ros/engines", "where TensorRT engines are built and cached",
+                                  read_only=True)
+    depth_output_size: str = param("network", "publish depth at the network size or resized to the input",
+                                   choices=("network", "input"))
+    max_frame_gap_s: float = param(0.5, "a larger gap between frames resets odometry tracking", range=(0.01, 60.0))
+    max_depth_m: float = param(80.0, "depth beyond this is published as +inf", range=(0.1, 1000.0))
+    translation_sigma: float = param(0.05, "odometry translation std-dev per frame as a fraction of the "
+                                           "step length (healthy scale)", range=(1e-4, 10.0))
+    rotation_sigma_rad: float = param(0.002, "odometry rotation std-dev per frame, radians", range=(1e-6, 1.0))
+    unscaled_sigma_factor: float = param(100.0, "covariance inflation when the metric scale is unhealthy",
+                                         range=(1.0, 1e6))
+    T_base_camera: tuple[float, ...] = param(
+        (0.0, 0.0, 0.0, -0.5, 0.5, -0.5, 0.5),
+        "camera optical frame in base_link: x y z qx qy qz qw (default: at the origin, REP 103 optical axes)")
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeConfig:
+    """The ROS 2 node: topics, frames, QoS and publishing options, plus the pipeline and scale."""
+
+    image_transport: str = param("raw", "subscribe to sensor_msgs/Image (raw) or CompressedImage",
+                                 choices=("raw", "compressed"), read_only=True)
+    use_camera_info: bool = param(True, "take intrinsics from the camera_info topic (else from 'intrinsics')",
+                                  read_only=True)
+    intrinsics: tuple[float, ...] = param((0.0, 0.0, 0.0, 0.0), "fx fy cx cy in pixels when use_camera_info is "
+                                                               "false", read_only=True)
+    odom_frame: str = param("odom", "odometry frame id (REP 105)")
+    base_frame: str = param("base_link", "robot body frame id (REP 105)")
+    camera_frame: str = param("", "camera optical frame id; empty = the image header's frame_id")
+    publish_tf: bool = param(True, "broadcast odom -> base_link")
+    publish_mask: bool = param(False, "publish the explainability mask as mono8 (needs a mask-exporting bundle)")
+    lookup_extrinsic_from_tf: bool = param(True, "read base_link -> camera from TF when available "
+                                                 "(else pipeline.T_base_camera)")
+    qos_reliability: str = param("best_effort", "image subscription reliability (sensor data QoS)",
+                                 choices=("best_effort", "reliable"), read_only=True)
+    qos_depth: int = param(1, "image subscription queue depth; 1 keeps only the newest frame", range=(1, 100),
+                           read_only=True)
+    speed_topic: str = param("", "nav_msgs/Odometry topic for scale.source 'external_speed'", read_only=True)
+    pipeline: PipelineConfig = dataclasses.field(default_factory=PipelineConfig)
+    scale: ScaleConfig = dataclasses.field(default_factory=ScaleConfig)

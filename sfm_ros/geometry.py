@@ -1,0 +1,129 @@
+"""Camera geometry in numpy for the run-time path (no torch).
+
+Conventions (DESIGN.md):
+- pose vector [tx ty tz rx ry rz] in metres and radians, R = Rx(rx) @ Ry(ry) @ Rz(rz);
+- a transform ``T_a_b`` (4x4) maps points expressed in frame b into frame a: ``p_a = T_a_b @ p_b``;
+  the networks' pose is ``T_source_target`` ("target -> source"): it takes a point in the target camera
+  to the source camera;
+- camera frames are optical (REP 103 "_optical": x right, y down, z forward);
+- intrinsics K are 3x3 in pixels, for pixel centres at integer coordinates.
+
+The torch twins live in ``sfm_ros.models.warp``; tests pin both to the same numbers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# base_link (x forward, y left, z up) <- camera optical (x right, y down, z forward), REP 103.
+R_BASE_OPTICAL = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+
+
+def euler_to_matrix(rx: float, ry: float, rz: float) -> np.ndarray:
+    """Rotation matrix R = Rx(rx) @ Ry(ry) @ Rz(rz), angles in radians. Returns [3,3]."""
+    cx, sx = np.cos(rx), np.sin(rx)
+    cy, sy = np.cos(ry), np.sin(ry)
+    cz, sz = np.cos(rz), np.sin(rz)
+    rot_x = np.array([[1.0, 0.0, 0.0], [0.0, cx, -sx], [0.0, sx, cx]])
+    rot_y = np.array([[cy, 0.0, sy], [0.0, 1.0, 0.0], [-sy, 0.0, cy]])
+    rot_z = np.array([[cz, -sz, 0.0], [sz, cz, 0.0], [0.0, 0.0, 1.0]])
+    return rot_x @ rot_y @ rot_z
+
+
+def pose_vec_to_mat(pose_vec: np.ndarray) -> np.ndarray:
+    """Pose vectors [..., 6] = [tx ty tz rx ry rz] (m, rad) -> transforms [..., 4, 4] (T_source_target)."""
+    pose_vec = np.asarray(pose_vec, dtype=np.float64)
+    if pose_vec.shape[-1] != 6:
+        raise ValueError(f"pose vector must end in 6 values [tx ty tz rx ry rz], got shape {pose_vec.shape}")
+    flat = pose_vec.reshape(-1, 6)
+    out = np.tile(np.eye(4), (len(flat), 1, 1))
+    for i, (tx, ty, tz, rx, ry, rz) in enumerate(flat):
+        out[i, :3, :3] = euler_to_matrix(rx, ry, rz)
+        out[i, :3, 3] = (tx, ty, tz)
+    return out.reshape(*pose_vec.shape[:-1], 4, 4)
+
+
+def invert_transform(T: np.ndarray) -> np.ndarray:
+    """Inverse of rigid transforms [..., 4, 4] using R^T (exact for rotations, no general inverse)."""
+    T = np.asarray(T, dtype=np.float64)
+    rotation_t = np.swapaxes(T[..., :3, :3], -1, -2)
+    out = np.zeros_like(T)
+    out[..., :3, :3] = rotation_t
+    out[..., :3, 3] = -(rotation_t @ T[..., :3, 3:4])[..., 0]
+    out[..., 3, 3] = 1.0
+    return out
+
+
+def compose(*transforms: np.ndarray) -> np.ndarray:
+    """Chain transforms left to right: compose(T_a_b, T_b_c) = T_a_c."""
+    result = np.eye(4)
+    for T in transforms:
+        result = result @ T
+    return result
+
+
+def scale_intrinsics(K: np.ndarray, scale_x: float, scale_y: float) -> np.ndarray:
+    """Intrinsics [3,3] after resizing the image by (scale_x, scale_y).
+
+    Uses the pixel-centre convention: a pixel centre u maps to (u + 0.5) * s - 0.5, so cx' = (cx + 0.5) s - 0.5.
+    For the pyramid levels of the loss, use ``scale_x = scale_y = 1 / 2**s``.
+    """
+    K = np.asarray(K, dtype=np.float64)
+    scaled = K.copy()
+    scaled[0, 0] = K[0, 0] * scale_x
+    scaled[0, 2] = (K[0, 2] + 0.5) * scale_x - 0.5
+    scaled[1, 1] = K[1, 1] * scale_y
+    scaled[1, 2] = (K[1, 2] + 0.5) * scale_y - 0.5
+    return scaled
+
+
+def crop_intrinsics(K: np.ndarray, left: float, top: float) -> np.ndarray:
+    """Intrinsics [3,3] after cropping ``left`` columns and ``top`` rows off the image."""
+    cropped = np.asarray(K, dtype=np.float64).copy()
+    cropped[0, 2] -= left
+    cropped[1, 2] -= top
+    return cropped
+
+
+def backproject(depth: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """Depth [H,W] (m) -> points [H,W,3] in the camera optical frame."""
+    height, width = depth.shape
+    u, v = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64))
+    x = (u - K[0, 2]) / K[0, 0] * depth
+    y = (v - K[1, 2]) / K[1, 1] * depth
+    return np.stack([x, y, depth], axis=-1)
+
+
+def rotation_to_quaternion(R: np.ndarray) -> np.ndarray:
+    """Rotation [3,3] -> unit quaternion [x, y, z, w] (ROS order), w >= 0."""
+    R = np.asarray(R, dtype=np.float64)
+    trace = np.trace(R)
+    if trace > 0:
+        s = 2.0 * np.sqrt(trace + 1.0)
+        q = np.array([(R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s, 0.25 * s])
+    elif R[0, 0] > R[1, 1] and R[0, 0] > R[2, 2]:
+        s = 2.0 * np.sqrt(1.0 + R[0, 0] - R[1, 1] - R[2, 2])
+        q = np.array([0.25 * s, (R[0, 1] + R[1, 0]) / s, (R[0, 2] + R[2, 0]) / s, (R[2, 1] - R[1, 2]) / s])
+    elif R[1, 1] > R[2, 2]:
+        s = 2.0 * np.sqrt(1.0 + R[1, 1] - R[0, 0] - R[2, 2])
+        q = np.array([(R[0, 1] + R[1, 0]) / s, 0.25 * s, (R[1, 2] + R[2, 1]) / s, (R[0, 2] - R[2, 0]) / s])
+    else:
+        s = 2.0 * np.sqrt(1.0 + R[2, 2] - R[0, 0] - R[1, 1])
+        q = np.array([(R[0, 2] + R[2, 0]) / s, (R[1, 2] + R[2, 1]) / s, 0.25 * s, (R[1, 0] - R[0, 1]) / s])
+    q /= np.linalg.norm(q)
+    return q if q[3] >= 0 else -q
+
+
+def quaternion_to_rotation(q: np.ndarray) -> np.ndarray:
+    """Unit quaternion [x, y, z, w] -> rotation [3,3]."""
+    x, y, z, w = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+    ])
+
+
+def rotation_angle(R: np.ndarray) -> float:
+    """Angle (rad) of a rotation [3,3]."""
+    return float(np.arccos(np.clip((np.trace(R) - 1.0) / 2.0, -1.0, 1.0)))

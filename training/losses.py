@@ -1,0 +1,164 @@
+"""The SfMLearner objective as plain tensor functions (Zhou et al. 2017, Sec. 3).
+
+Per scale s (images area-downsampled to the disparity's size, intrinsics scaled) and per source i:
+  L_vs  = mean |I_t - warp(I_s)| * E_i               (view synthesis, explainability-weighted)
+  L_reg = lambda_e * mean CE(E_i, 1)                 (keeps E away from the trivial all-zero mask)
+  L_sm  = lambda_s / 2^s * (|d_xx| + |d_xy| + |d_yx| + |d_yy|) on disparity
+and the total is the sum over scales and sources. Every weight and every deviation from the paper is a
+field of ``LossConfig``; the defaults are the paper's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from sfm_ros.models.warp import inverse_warp, pose_vec_to_mat, scale_intrinsics
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Weights and optional terms of the objective. Defaults reproduce the paper."""
+
+    num_scales: int = 4
+    smooth_weight: float = 0.5  # lambda_s; scale s uses lambda_s / 2^s
+    explain_weight: float = 0.2  # lambda_e; 0 disables the mask (unweighted photometric error)
+    smoothness: str = "second_order"  # "second_order" (paper) | "edge_aware" (first order, image-weighted)
+    ssim_weight: float = 0.0  # 0 = the paper's pure L1; 0.85 mixes (1-SSIM)/2 in, as monodepth2 does
+    min_over_sources: bool = False  # per-pixel minimum of the error over sources instead of the sum
+    auto_mask: bool = False  # ignore pixels where the unwarped source already matches (static scenes)
+    validity_mask: bool = False  # ignore pixels that warp out of the source view (paper: counted vs zero)
+
+    def __post_init__(self) -> None:
+        if self.smoothness not in ("second_order", "edge_aware"):
+            raise ValueError(f"smoothness must be 'second_order' or 'edge_aware', got {self.smoothness!r}")
+        if not 0.0 <= self.ssim_weight <= 1.0:
+            raise ValueError(f"ssim_weight must be in [0, 1], got {self.ssim_weight}")
+        if not 1 <= self.num_scales <= 4:
+            raise ValueError(f"num_scales must be 1..4, got {self.num_scales}")
+
+
+def ssim_dissimilarity(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(1 - SSIM) / 2 per pixel over 3x3 windows (reflection-padded). x, y: [B,C,H,W] -> [B,C,H,W] in [0,1]."""
+    c1, c2 = 0.01**2, 0.03**2
+    x = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    y = F.pad(y, (1, 1, 1, 1), mode="reflect")
+    mu_x, mu_y = F.avg_pool2d(x, 3, 1), F.avg_pool2d(y, 3, 1)
+    sigma_x = F.avg_pool2d(x * x, 3, 1) - mu_x**2
+    sigma_y = F.avg_pool2d(y * y, 3, 1) - mu_y**2
+    sigma_xy = F.avg_pool2d(x * y, 3, 1) - mu_x * mu_y
+    numerator = (2 * mu_x * mu_y + c1) * (2 * sigma_xy + c2)
+    denominator = (mu_x**2 + mu_y**2 + c1) * (sigma_x + sigma_y + c2)
+    return ((1 - numerator / denominator) / 2).clamp(0, 1)
+
+
+def photometric_error(target: torch.Tensor, synthesised: torch.Tensor, ssim_weight: float = 0.0) -> torch.Tensor:
+    """Per-pixel error [B,1,H,W]: channel-mean L1, optionally mixed with SSIM dissimilarity.
+
+    Images are in the network's normalised range ([-1, 1] by default); SSIM is computed on them rescaled to [0, 1].
+    """
+    l1 = (target - synthesised).abs().mean(dim=1, keepdim=True)
+    if ssim_weight == 0.0:
+        return l1
+    dssim = ssim_dissimilarity((target + 1) / 2, (synthesised + 1) / 2).mean(dim=1, keepdim=True)
+    return ssim_weight * dssim + (1 - ssim_weight) * l1
+
+
+def second_order_smoothness(disparity: torch.Tensor) -> torch.Tensor:
+    """Paper's smoothness: mean |d_xx| + |d_xy| + |d_yx| + |d_yy| of disparity [B,1,H,W] -> scalar."""
+    dx = disparity[:, :, :, 1:] - disparity[:, :, :, :-1]
+    dy = disparity[:, :, 1:, :] - disparity[:, :, :-1, :]
+    dxx = dx[:, :, :, 1:] - dx[:, :, :, :-1]
+    dxy = dx[:, :, 1:, :] - dx[:, :, :-1, :]
+    dyx = dy[:, :, :, 1:] - dy[:, :, :, :-1]
+    dyy = dy[:, :, 1:, :] - dy[:, :, :-1, :]
+    return dxx.abs().mean() + dxy.abs().mean() + dyx.abs().mean() + dyy.abs().mean()
+
+
+def edge_aware_smoothness(disparity: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """First-order smoothness of mean-normalised disparity, down-weighted at image edges -> scalar.
+
+    disparity: [B,1,H,W]; image: [B,3,H,W] at the same size (monodepth2's form).
+    """
+    normalised = disparity / (disparity.mean(dim=(2, 3), keepdim=True) + 1e-7)
+    grad_x = (normalised[:, :, :, 1:] - normalised[:, :, :, :-1]).abs()
+    grad_y = (normalised[:, :, 1:, :] - normalised[:, :, :-1, :]).abs()
+    image_x = (image[:, :, :, 1:] - image[:, :, :, :-1]).abs().mean(1, keepdim=True)
+    image_y = (image[:, :, 1:, :] - image[:, :, :-1, :]).abs().mean(1, keepdim=True)
+    return (grad_x * torch.exp(-image_x)).mean() + (grad_y * torch.exp(-image_y)).mean()
+
+
+def explainability_regularisation(mask: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each mask pixel toward 1 ("explainable"): mean -log(E). mask: [B,N,H,W] in (0,1)."""
+    return -torch.log(mask.clamp_min(1e-6)).mean()
+
+
+def sfm_objective(target: torch.Tensor, sources: torch.Tensor, disparities: tuple[torch.Tensor, ...],
+                  poses: torch.Tensor, masks: tuple[torch.Tensor, ...], K: torch.Tensor,
+                  config: LossConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The full objective for one batch of snippets.
+
+    target: [B,3,H,W], sources: [B,N,3,H,W] (normalised images); disparities: finest-first tuple of
+    [B,1,H/2^s,W/2^s]; poses: [B,N,6] (T_source_target vectors); masks: finest-first tuple of
+    [B,N,H/2^s,W/2^s], or () for no explainability; K: [B,3,3] at H,W.
+    Returns (total, terms) where terms holds each component (detached) and a warped source for logging.
+    """
+    batch, num_sources = sources.shape[:2]
+    height, width = target.shape[-2:]
+    use_mask = bool(masks) and config.explain_weight > 0
+    transforms = [pose_vec_to_mat(poses[:, i]) for i in range(num_sources)]
+    photometric = target.new_zeros(())
+    smoothness = target.new_zeros(())
+    regulariser = target.new_zeros(())
+    warped_for_log = None
+    for scale in range(config.num_scales):
+        disparity = disparities[scale]
+        scaled_h, scaled_w = disparity.shape[-2:]
+        target_s = F.adaptive_avg_pool2d(target, (scaled_h, scaled_w)) if scale else target
+        sources_s = (F.adaptive_avg_pool2d(sources.flatten(0, 1), (scaled_h, scaled_w)).view(
+            batch, num_sources, 3, scaled_h, scaled_w) if scale else sources)
+        K_s = scale_intrinsics(K, scaled_w / width, scaled_h / height)
+        depth = 1.0 / disparity
+        errors, valids, identity_errors = [], [], []
+        for i in range(num_sources):
+            warped, valid = inverse_warp(sources_s[:, i], depth, transforms[i], K_s)
+            error = photometric_error(target_s, warped, config.ssim_weight)
+            if use_mask:
+                error = error * masks[scale][:, i : i + 1]
+                regulariser = regulariser + config.explain_weight * explainability_regularisation(
+                    masks[scale][:, i : i + 1])
+            errors.append(error)
+            valids.append(valid if config.validity_mask else torch.ones_like(valid))
+            if config.auto_mask:
+                identity_errors.append(photometric_error(target_s, sources_s[:, i], config.ssim_weight))
+            if scale == 0 and i == 0:
+                warped_for_log = warped.detach()
+        stacked, valid = torch.cat(errors, dim=1), torch.cat(valids, dim=1)  # [B,N,h,w]
+        if config.min_over_sources:
+            # Invalid samples must never win the minimum.
+            candidates = torch.where(valid > 0, stacked, stacked.detach().max() + 1.0)
+            per_pixel = candidates.min(dim=1, keepdim=True).values
+            pixel_valid = valid.amax(dim=1, keepdim=True)
+        else:
+            per_pixel, pixel_valid = stacked, valid
+        per_pixel = per_pixel * pixel_valid
+        if config.auto_mask:
+            identity = torch.cat(identity_errors, dim=1).min(dim=1, keepdim=True).values
+            # Tiny noise breaks ties on perfectly static, textureless pixels (monodepth2).
+            identity = identity + 1e-5 * torch.randn_like(identity)
+            per_pixel = per_pixel * (stacked.min(dim=1, keepdim=True).values < identity).to(per_pixel.dtype)
+        # Mean over (valid) pixels per source, summed over sources; with every flag off this is the paper's sum
+        # of per-source means.
+        scale_photometric = (per_pixel.sum(dim=(0, 2, 3)) / pixel_valid.sum(dim=(0, 2, 3)).clamp_min(1.0)).sum()
+        photometric = photometric + scale_photometric
+        weight = config.smooth_weight / (2**scale)
+        if config.smoothness == "second_order":
+            smoothness = smoothness + weight * second_order_smoothness(disparity)
+        else:
+            smoothness = smoothness + weight * edge_aware_smoothness(disparity, target_s)
+    total = photometric + smoothness + regulariser
+    terms = {"total": total.detach(), "photometric": photometric.detach(), "smoothness": smoothness.detach(),
+             "explainability": regulariser.detach(), "warped": warped_for_log}
+    return total, terms
