@@ -1,0 +1,102 @@
+"""Training configuration: frozen dataclasses per concern, loaded from ``config/train_*.yaml``.
+
+The defaults below are the paper's KITTI recipe (128x416, batch 4, Adam lr 2e-4, beta1 0.9, 3 frames, mask on).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from sfm_ros.config import load_config, param
+from training.losses import LossConfig
+
+__all__ = ["DataConfig", "ModelConfig", "OptimConfig", "RunConfig", "TrainConfig", "load_train_config"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where frames come from and how snippets are made."""
+
+    sources: tuple[str, ...] = param((), "KITTI raw drive/date folders, odometry sequences, bags, image folders")
+    val_sources: tuple[str, ...] = param((), "sources held out for validation (split by drive)")
+    height: int = param(128, "network input height (multiple of 8)", range=(8, 4096))
+    width: int = param(416, "network input width (multiple of 8)", range=(8, 8192))
+    sequence_length: int = param(3, "frames per snippet, target in the middle (3 or 5)", range=(3, 9))
+    static_filter: str = param("auto", "auto: KITTI list for KITTI raw, motion elsewhere",
+                               choices=("auto", "list", "motion", "none"))
+    static_frames_list: str = param("", "SfMLearner static-frame list (empty: the bundled one)")
+    exclude_test_scenes: bool = param(True, "drop the Eigen test scenes from training sources")
+    min_motion_px: float = param(1.0, "mean optical flow (pixels at network size) below which a frame is static",
+                                 range=(0.0, 100.0))
+    augment: bool = param(True, "the paper's random scale (1 to scale_crop_max) and crop, intrinsics updated")
+    scale_crop_max: float = param(1.15, "largest random zoom of the scale-crop augmentation", range=(1.0, 2.0))
+    intrinsics: tuple[float, ...] = param((), "fx fy cx cy (native pixels) for bags without CameraInfo")
+    image_topic: str = param("", "bag image topic (empty: auto-detect)")
+    info_topic: str = param("", "bag CameraInfo topic (empty: auto-detect)")
+    kitti_camera: tuple[int, ...] = param((2, 3), "KITTI raw colour cameras to use, each a separate sequence")
+    workers: int = param(2, "DataLoader worker processes", range=(0, 64))
+
+    def __post_init__(self) -> None:
+        if self.height % 8 or self.width % 8:
+            raise ValueError(f"data.height and data.width must be multiples of 8, got {self.height}x{self.width}")
+        if self.sequence_length % 2 == 0:
+            raise ValueError(f"data.sequence_length must be odd (target in the middle), got {self.sequence_length}")
+        if self.intrinsics and len(self.intrinsics) != 4:
+            raise ValueError(f"data.intrinsics must be fx fy cx cy, got {self.intrinsics}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Network constants (documented in sfm_ros.models)."""
+
+    disparity_alpha: float = 10.0
+    disparity_beta: float = 0.01
+    pose_scale: float = 0.01
+    with_mask: bool = True  # the explainability decoder; off also turns the mask terms off
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """Adam and the schedule."""
+
+    lr: float = 2e-4
+    beta1: float = 0.9
+    beta2: float = 0.999
+    weight_decay: float = 0.0
+    batch_size: int = 4
+    epochs: int = 200
+    max_steps: int = 0  # 0 = run all epochs
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Output, logging, checkpoints and speed options (speed options keep the maths)."""
+
+    output: str = "runs/sfm"
+    seed: int = 0
+    device: str = param("auto", "auto, cpu, cuda or cuda:N", choices=None)
+    checkpoint_every: int = 500
+    log_every: int = 20
+    image_every: int = 200
+    val_every_epochs: int = 1
+    val_max_batches: int = 50
+    amp: bool = False  # bf16 autocast on CUDA
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the networks
+    progress: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run needs; saved beside the checkpoints and in the bundle's training provenance."""
+
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)
+
+
+def load_train_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Load a preset (``config/train_*.yaml``) and ``section.key=value`` overrides."""
+    return load_config(TrainConfig, path, overrides)

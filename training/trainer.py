@@ -1,0 +1,385 @@
+"""The train loop: small functions around a ``Trainer`` that holds the state of one run.
+
+A checkpoint holds only tensors and plain values (loaded with ``weights_only=True``): both networks, the
+optimiser, step/epoch/position in the epoch, the torch RNG state and the resolved config. It is written
+atomically every ``run.checkpoint_every`` steps and on SIGINT/SIGTERM, and ``resume`` continues exactly:
+the sample order is a permutation seeded by (seed, epoch) and augmentation by (seed, epoch, index).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from torch.utils.data import DataLoader
+
+from sfm_ros.bundle import BundleMetadata, atomic_write_bytes, save_networks
+from sfm_ros.config import to_dict
+from sfm_ros.metrics import DEPTH_METRICS, eigen_depth_evaluation
+from sfm_ros.models import DispNet, PoseExpNet
+from training.config import TrainConfig, load_train_config
+from training.data import SnippetDataset
+from training.losses import sfm_objective
+
+__all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "Trainer", "load_checkpoint", "resolve_device"]
+
+CHECKPOINT_FORMAT = "sfm_ros-checkpoint-1"
+MEAN, STD = 0.5, 0.5  # (rgb/255 - 0.5) / 0.5 -> [-1, 1], the paper's input range; stored in the bundle
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupt, or from another format."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; refuses an unavailable CUDA device instead of falling back."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"run.device={name!r} but CUDA is not available; use run.device=cpu")
+    return device
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint safely (no arbitrary unpickling); a corrupt file is a CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated or foreign files
+        raise CheckpointError(f"checkpoint {path} is corrupt or not an sfm_ros checkpoint: "
+                              f"{type(exc).__name__}: {str(exc)[:200]}") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not an sfm_ros checkpoint (format {CHECKPOINT_FORMAT})")
+    return state
+
+
+def normalise(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [...,3,H,W] -> float in [-1, 1]."""
+    return (images.float() / 255.0 - MEAN) / STD
+
+
+def disparity_colormap(disparity: torch.Tensor) -> np.ndarray:
+    """Disparity [H,W] -> RGB uint8 [3,H,W] with the magma colour map (near = bright)."""
+    from matplotlib import colormaps
+
+    values = disparity.detach().float().cpu().numpy()
+    low, high = np.percentile(values, 1), np.percentile(values, 99)
+    scaled = np.clip((values - low) / max(high - low, 1e-6), 0, 1)
+    return (colormaps["magma"](scaled)[..., :3] * 255).astype(np.uint8).transpose(2, 0, 1)
+
+
+@dataclasses.dataclass
+class TrainState:
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best_val: float = math.inf
+
+
+class Trainer:
+    """One training run: networks, optimiser, data, logging and checkpoints."""
+
+    def __init__(self, config: TrainConfig, cache_dir: str | Path, output: str | Path | None = None) -> None:
+        self.config = config
+        self.output = Path(output or config.run.output)
+        self.rank, self.world_size = _init_distributed()
+        self.device = resolve_device(config.run.device)
+        if self.device.type == "cuda" and self.world_size > 1:
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.manual_seed(config.run.seed)
+        model = config.model
+        self.depth_net = DispNet(alpha=model.disparity_alpha, beta=model.disparity_beta).to(self.device)
+        self.pose_net = PoseExpNet(num_sources=config.data.sequence_length - 1, with_mask=model.with_mask,
+                                   pose_scale=model.pose_scale).to(self.device)
+        if config.run.channels_last:
+            self.depth_net = self.depth_net.to(memory_format=torch.channels_last)
+            self.pose_net = self.pose_net.to(memory_format=torch.channels_last)
+        self.depth_model, self.pose_model = self.depth_net, self.pose_net
+        if self.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.depth_model = DistributedDataParallel(self.depth_net, device_ids=ids)
+            self.pose_model = DistributedDataParallel(self.pose_net, device_ids=ids)
+        if config.run.compile:
+            self.depth_model = torch.compile(self.depth_model)
+            self.pose_model = torch.compile(self.pose_model)
+        parameters = [*self.depth_net.parameters(), *self.pose_net.parameters()]
+        self.optimizer = torch.optim.Adam(parameters, lr=config.optim.lr, betas=(config.optim.beta1,
+                                          config.optim.beta2), weight_decay=config.optim.weight_decay)
+        self.train_data = SnippetDataset(cache_dir, "train", config.data.sequence_length, config.data.augment,
+                                         config.data.scale_crop_max, config.run.seed)
+        self.val_data = SnippetDataset(cache_dir, "val", config.data.sequence_length)
+        if len(self.train_data) < config.optim.batch_size * self.world_size:
+            raise ValueError(f"{len(self.train_data)} training snippets are fewer than one batch of "
+                             f"{config.optim.batch_size} x {self.world_size} processes")
+        self.lidar = np.load(Path(cache_dir) / "lidar.npz") if (Path(cache_dir) / "lidar.npz").is_file() else None
+        self.state = TrainState()
+        self._stop_signal: int | None = None
+        self._writer = None
+
+    # ---- data order ------------------------------------------------------------------------------------
+    def steps_per_epoch(self) -> int:
+        return len(self.train_data) // (self.config.optim.batch_size * self.world_size)
+
+    def _epoch_batches(self, epoch: int, skip: int) -> Iterator[dict[str, torch.Tensor]]:
+        generator = torch.Generator().manual_seed(self.config.run.seed * 100003 + epoch)
+        order = torch.randperm(len(self.train_data), generator=generator).tolist()
+        batch = self.config.optim.batch_size
+        usable = self.steps_per_epoch() * batch * self.world_size
+        mine = order[:usable][self.rank::self.world_size]
+        self.train_data.epoch = epoch
+        batches = [mine[i: i + batch] for i in range(skip * batch, len(mine), batch)]
+        loader = DataLoader(self.train_data, batch_sampler=batches, num_workers=self.config.data.workers,
+                            pin_memory=self.device.type == "cuda", persistent_workers=False)
+        yield from loader
+
+    # ---- one step --------------------------------------------------------------------------------------
+    def _forward(self, batch: dict[str, torch.Tensor], loss_config: Any = None) -> tuple[torch.Tensor, dict[str, Any]]:
+        images = normalise(batch["images"].to(self.device, non_blocking=True))  # [B,L,3,H,W]
+        K = batch["K"].to(self.device, non_blocking=True)
+        center = images.shape[1] // 2
+        target = images[:, center]
+        sources = torch.cat([images[:, :center], images[:, center + 1:]], dim=1)
+        if self.config.run.channels_last:
+            target = target.contiguous(memory_format=torch.channels_last)
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                  enabled=self.config.run.amp and self.device.type == "cuda")
+        with autocast:
+            disparities = self.depth_model(target)
+            poses, masks = self.pose_model(target, sources)
+        # The warp and loss run in fp32 for the same maths with or without mixed precision.
+        disparities = tuple(d.float() for d in disparities)
+        masks = tuple(m.float() for m in masks)
+        total, terms = sfm_objective(target, sources, disparities, poses.float(), masks, K,
+                                     loss_config or self.config.loss)
+        terms.update(disparity=disparities[0].detach(), mask=masks[0].detach() if masks else None, target=target)
+        return total, terms
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """One optimiser step; returns the loss terms (tensors, no host sync)."""
+        self.depth_model.train()
+        self.pose_model.train()
+        total, terms = self._forward(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        self.state.step += 1
+        return terms
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Photometric error on the validation snippets, and Eigen depth metrics where LiDAR exists.
+
+        The photometric error here is unweighted by the explainability mask (explain_weight 0), so that it
+        measures view synthesis alone and compares across runs and mask settings.
+        """
+        if not len(self.val_data):
+            return {}
+        self.depth_model.eval()
+        self.pose_model.eval()
+        loader = DataLoader(self.val_data, batch_size=self.config.optim.batch_size, shuffle=False)
+        unweighted = dataclasses.replace(self.config.loss, explain_weight=0.0)
+        losses, depth_rows = [], []
+        for i, batch in enumerate(loader):
+            if i >= self.config.run.val_max_batches:
+                break
+            _, terms = self._forward(batch, unweighted)
+            losses.append(float(terms["photometric"]))
+            if self.lidar is not None:
+                for frame, disparity in zip(batch["frame"].tolist(), terms["disparity"], strict=True):
+                    key = f"{frame}_d"
+                    if key not in self.lidar:
+                        continue
+                    size = next(s["raw_size"] for s in self.val_data.index["sequences"]
+                                if s["offset"] <= frame < s["offset"] + s["count"])
+                    gt = np.zeros(size, dtype=np.float32)
+                    gt[self.lidar[f"{frame}_v"], self.lidar[f"{frame}_u"]] = self.lidar[key]
+                    depth = 1.0 / disparity[0].float().cpu().numpy()
+                    depth_rows.append(eigen_depth_evaluation(depth, gt).metrics)
+        results = {"val/photometric": float(np.mean(losses))}
+        for name in DEPTH_METRICS if depth_rows else ():
+            results[f"val/depth_{name}"] = float(np.mean([r[name] for r in depth_rows]))
+        return results
+
+    # ---- checkpoints -----------------------------------------------------------------------------------
+    def checkpoint_path(self) -> Path:
+        return self.output / "checkpoint.pt"
+
+    def save_checkpoint(self) -> Path:
+        """Write the whole training state atomically (rank 0 only)."""
+        if self.rank != 0:
+            return self.checkpoint_path()
+        state = {"format": CHECKPOINT_FORMAT, **dataclasses.asdict(self.state),
+                 "config": yaml.safe_dump(to_dict(self.config)),
+                 "depth_net": self.depth_net.state_dict(), "pose_net": self.pose_net.state_dict(),
+                 "optimizer": self.optimizer.state_dict(), "rng_torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            state["rng_cuda"] = torch.cuda.get_rng_state_all()
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        atomic_write_bytes(self.checkpoint_path(), buffer.getvalue())
+        return self.checkpoint_path()
+
+    def resume(self, path: str | Path) -> None:
+        """Restore networks, optimiser, position and RNG from a checkpoint of the same configuration."""
+        state = load_checkpoint(path)
+        saved = yaml.safe_load(state["config"])
+        for section in ("model", "data"):
+            if saved.get(section, {}).get("sequence_length") != to_dict(self.config)[section].get("sequence_length"):
+                raise CheckpointError(f"{path}: {section}.sequence_length differs from this run's config")
+        try:
+            self.depth_net.load_state_dict(state["depth_net"], strict=True)
+            self.pose_net.load_state_dict(state["pose_net"], strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{path} does not match this run's networks: {str(exc)[:300]}") from None
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.state = TrainState(step=state["step"], epoch=state["epoch"], batch_in_epoch=state["batch_in_epoch"],
+                                best_val=state["best_val"])
+        torch.set_rng_state(state["rng_torch"])
+        if "rng_cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+
+    def save_bundle(self, folder: str | Path | None = None) -> Path:
+        """Write the model bundle (weights + sfm.json with provenance) that export and the node read."""
+        folder = Path(folder or self.output / "bundle")
+        config = self.config
+        metadata = BundleMetadata(
+            height=config.data.height, width=config.data.width, num_sources=config.data.sequence_length - 1,
+            mean=(MEAN,) * 3, std=(STD,) * 3,
+            dispnet={"alpha": config.model.disparity_alpha, "beta": config.model.disparity_beta},
+            posenet={"with_mask": config.model.with_mask, "pose_scale": config.model.pose_scale},
+            training={"config": to_dict(config), "steps": self.state.step, "epochs": self.state.epoch,
+                      "best_val": None if math.isinf(self.state.best_val) else self.state.best_val,
+                      "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                      "sources": list(config.data.sources)})
+        if self.rank == 0:
+            save_networks(folder, self.depth_net, self.pose_net, metadata)
+        return folder
+
+    # ---- the loop --------------------------------------------------------------------------------------
+    def _handle_signal(self, signum: int, _frame: Any) -> None:
+        self._stop_signal = signum
+
+    def _log(self, terms: dict[str, Any], images_per_s: float) -> None:
+        if self._writer is None:
+            return
+        step = self.state.step
+        for name in ("total", "photometric", "smoothness", "explainability"):
+            self._writer.add_scalar(f"loss/{name}", float(terms[name]), step)
+        self._writer.add_scalar("lr", self.optimizer.param_groups[0]["lr"], step)
+        self._writer.add_scalar("images_per_s", images_per_s, step)
+        if step % self.config.run.image_every == 0:
+            target = ((terms["target"][0].float().cpu() * STD + MEAN).clamp(0, 1) * 255).to(torch.uint8)
+            self._writer.add_image("input/target", target, step)
+            self._writer.add_image("depth/disparity", disparity_colormap(terms["disparity"][0, 0]), step)
+            if terms["warped"] is not None:
+                warped = ((terms["warped"][0].float().cpu() * STD + MEAN).clamp(0, 1) * 255).to(torch.uint8)
+                self._writer.add_image("warped/source0", warped, step)
+            if terms["mask"] is not None:
+                self._writer.add_image("mask/source0", terms["mask"][0, :1].float().cpu(), step)
+
+    def fit(self) -> dict[str, Any]:
+        """Train until ``optim.epochs`` or ``optim.max_steps``, or a stop signal; returns a summary."""
+        from tqdm import tqdm
+
+        config = self.config
+        self.output.mkdir(parents=True, exist_ok=True)
+        if self.rank == 0:
+            (self.output / "config.yaml").write_text(yaml.safe_dump(to_dict(config)))
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.output / "tensorboard"))
+        previous = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        steps_per_epoch = self.steps_per_epoch()
+        total_steps = config.optim.epochs * steps_per_epoch
+        if config.optim.max_steps:
+            total_steps = min(total_steps, config.optim.max_steps)
+        bar = tqdm(total=total_steps, initial=self.state.step, desc="train", unit="step",
+                   disable=not (config.run.progress and self.rank == 0))
+        history: list[dict[str, float]] = []
+        val_results: dict[str, float] = {}
+        stopped_by = None
+        try:
+            while self.state.step < total_steps and self._stop_signal is None:
+                tick, seen = time.perf_counter(), 0
+                for batch in self._epoch_batches(self.state.epoch, self.state.batch_in_epoch):
+                    terms = self.train_step(batch)
+                    self.state.batch_in_epoch += 1
+                    seen += batch["images"].shape[0] * self.world_size
+                    if self.state.step % config.run.log_every == 0 or self.state.step == 1:
+                        rate = seen / max(time.perf_counter() - tick, 1e-9)
+                        row = {k: float(terms[k]) for k in ("total", "photometric", "smoothness", "explainability")}
+                        history.append({"step": self.state.step, **row})
+                        bar.set_postfix(loss=f"{row['total']:.4f}", img_s=f"{rate:.1f}")
+                        self._log(terms, rate)
+                    bar.update(1)
+                    if self.state.step % config.run.checkpoint_every == 0:
+                        self.save_checkpoint()
+                    if self.state.step >= total_steps or self._stop_signal is not None:
+                        break
+                else:
+                    self.state.epoch += 1
+                    self.state.batch_in_epoch = 0
+                    if self.state.epoch % config.run.val_every_epochs == 0 and len(self.val_data):
+                        val_results = self.validate()
+                        for key, value in val_results.items():
+                            if self._writer is not None:
+                                self._writer.add_scalar(key, value, self.state.step)
+                        self.state.best_val = min(self.state.best_val, val_results["val/photometric"])
+            if self._stop_signal is not None:
+                stopped_by = signal.Signals(self._stop_signal).name
+        finally:
+            bar.close()
+            self.save_checkpoint()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if self._writer is not None:
+                self._writer.close()
+        if not val_results and len(self.val_data):
+            val_results = self.validate()
+        bundle = self.save_bundle()
+        summary = {"steps": self.state.step, "epochs": self.state.epoch, "stopped_by": stopped_by,
+                   "checkpoint": str(self.checkpoint_path()), "bundle": str(bundle), "history": history,
+                   "validation": val_results}
+        if self.rank == 0:
+            (self.output / "summary.json").write_text(json.dumps(summary, indent=1))
+        return summary
+
+
+def _init_distributed() -> tuple[int, int]:
+    """torchrun sets WORLD_SIZE/RANK; a single process is the default."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world_size
+
+
+def config_from_checkpoint(path: str | Path) -> TrainConfig:
+    """The resolved config a checkpoint was trained with."""
+    import tempfile
+
+    state = load_checkpoint(path)
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
+        handle.write(state["config"])
+    try:
+        return load_train_config(handle.name)
+    finally:
+        Path(handle.name).unlink()
