@@ -189,6 +189,8 @@ class PipelineConfig:
     depth_output_size: str = param("network", "publish depth at the network size or resized to the input",
                                    choices=("network", "input"))
     max_frame_gap_s: float = param(0.5, "a larger gap between frames resets odometry tracking", range=(0.01, 60.0))
+    min_pose_interval_s: float = param(0.0, "feed a frame to the pose window only this long after the last one "
+                                            "(0.1 for a 10 Hz-trained model on a 30 Hz camera)", range=(0.0, 10.0))
     max_depth_m: float = param(80.0, "depth beyond this is published as +inf", range=(0.1, 1000.0))
     translation_sigma: float = param(0.05, "odometry translation std-dev per frame as a fraction of the "
                                            "step length (healthy scale)", range=(1e-4, 10.0))

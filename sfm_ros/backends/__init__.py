@@ -1,0 +1,101 @@
+"""Inference backends behind one interface: TensorRT (pycuda), onnxruntime, torch.
+
+Each is built from a model bundle and owns its preprocessing (from the bundle's metadata):
+
+- ``infer_depth(image_nchw) -> disparity [1,1,H,W]``
+- ``infer_pose(target_nchw, sources_nchw) -> (poses [N,6] T_source_target vectors, mask [N,H,W] | None)``
+
+``make_backend(bundle, "auto")`` picks TensorRT on an NVIDIA GPU, else onnxruntime (best provider), else torch,
+and says which and why in ``backend.description``; a named backend that cannot run is an error, never a
+silent fallback. Modules are imported lazily so the node runs without torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from sfm_ros.bundle import BundleMetadata, normalise_images
+
+__all__ = ["BACKENDS", "Backend", "BackendError", "check_input", "make_backend", "preprocess"]
+
+
+class BackendError(RuntimeError):
+    """A backend cannot be built or run; the message names what was expected and what was found."""
+
+
+class Backend(Protocol):
+    """What the pipeline needs from an inference backend."""
+
+    name: str
+    description: str
+    metadata: BundleMetadata
+    has_mask: bool
+
+    def infer_depth(self, image: np.ndarray) -> np.ndarray: ...
+
+    def infer_pose(self, target: np.ndarray, sources: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]: ...
+
+
+# name -> "module:Class", imported on demand (rosbags' STORAGE_PLUGINS shape, lazily)
+BACKENDS = {
+    "tensorrt": "sfm_ros.backends.tensorrt_backend:TensorRTBackend",
+    "onnxruntime": "sfm_ros.backends.onnxruntime_backend:OnnxRuntimeBackend",
+    "torch": "sfm_ros.backends.torch_backend:TorchBackend",
+}
+
+
+def preprocess(rgb: np.ndarray, metadata: BundleMetadata) -> np.ndarray:
+    """uint8 RGB [H,W,3] at the network size -> float32 [1,3,H,W] normalised as the bundle says."""
+    if rgb.shape != (metadata.height, metadata.width, 3):
+        raise BackendError(f"frame is {rgb.shape}, the network expects ({metadata.height}, {metadata.width}, 3)")
+    return normalise_images(rgb, metadata)[None]
+
+
+def check_input(name: str, array: np.ndarray, expected: tuple[int, ...]) -> None:
+    """Raise a BackendError naming both shapes when ``array`` does not have the model's input shape."""
+    if tuple(array.shape) != tuple(expected):
+        raise BackendError(f"input {name!r} has shape {tuple(array.shape)}, the model expects {tuple(expected)}")
+
+
+def _has_nvidia_gpu() -> bool:
+    return Path("/dev/nvidiactl").exists() or Path("/dev/nvhost-ctrl").exists()  # desktop GPU or Jetson
+
+
+def _auto_choice(bundle: Path, metadata: BundleMetadata) -> tuple[str, str]:
+    exported = "depth" in metadata.onnx and "pose" in metadata.onnx
+    if exported and _has_nvidia_gpu() and importlib.util.find_spec("tensorrt") and importlib.util.find_spec("pycuda"):
+        return "tensorrt", "NVIDIA GPU with tensorrt and pycuda"
+    if exported and importlib.util.find_spec("onnxruntime"):
+        return "onnxruntime", "no TensorRT+GPU; onnxruntime installed and the bundle is exported"
+    if importlib.util.find_spec("torch"):
+        reason = "bundle not exported to ONNX" if not exported else "neither TensorRT nor onnxruntime installed"
+        return "torch", reason
+    raise BackendError(f"no backend can run {bundle}: install onnxruntime (and run `sfm export`) or torch")
+
+
+def make_backend(bundle: str | Path, name: str = "auto", *, device: str = "auto", precision: str = "fp16",
+                 threads: int = 0, with_mask: bool = False, engine_cache_dir: str | Path | None = None) -> Backend:
+    """Build a backend by name ('auto', 'tensorrt', 'onnxruntime', 'torch') for a bundle."""
+    from sfm_ros.bundle import read_metadata
+
+    bundle = Path(bundle).expanduser()
+    metadata = read_metadata(bundle)
+    reason = "requested"
+    if name == "auto":
+        name, reason = _auto_choice(bundle, metadata)
+    if name not in BACKENDS:
+        raise BackendError(f"unknown backend {name!r}; choose from {['auto', *BACKENDS]}")
+    module_name, class_name = BACKENDS[name].split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise BackendError(f"backend {name!r} needs a package that is not installed: {exc}") from None
+    backend = getattr(module, class_name)(bundle, metadata, device=device, precision=precision, threads=threads,
+                                          with_mask=with_mask, engine_cache_dir=engine_cache_dir)
+    backend.description = f"{backend.description} ({reason})"
+    return backend

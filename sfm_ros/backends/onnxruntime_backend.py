@@ -1,0 +1,56 @@
+"""onnxruntime backend: CPU or CUDA execution provider, threads configurable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sfm_ros.backends import BackendError, check_input
+from sfm_ros.bundle import BundleMetadata
+from sfm_ros.export import onnx_path
+
+
+class OnnxRuntimeBackend:
+    """Runs the bundle's exported ONNX models (fp32 on CPU; the fp16 variant on CUDA when asked)."""
+
+    name = "onnxruntime"
+
+    def __init__(self, bundle: Path, metadata: BundleMetadata, *, device: str = "auto", precision: str = "fp32",
+                 threads: int = 0, with_mask: bool = False, engine_cache_dir: Any = None) -> None:
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        if device == "cuda" and "CUDAExecutionProvider" not in available:
+            raise BackendError(f"device 'cuda' asked for, but onnxruntime offers only {available}")
+        use_cuda = device == "cuda" or (device == "auto" and "CUDAExecutionProvider" in available)
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
+        precision = precision if use_cuda else "fp32"  # fp16 kernels are a GPU matter; CPU runs the fp32 graph
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.metadata = metadata
+        self.depth = ort.InferenceSession(str(onnx_path(bundle, "depth", precision)), options, providers=providers)
+        self.pose = ort.InferenceSession(str(onnx_path(bundle, "pose", precision)), options, providers=providers)
+        outputs = [o.name for o in self.pose.get_outputs()]
+        self.has_mask = "mask" in outputs
+        if with_mask and not self.has_mask:
+            raise BackendError(f"the mask was requested but {bundle}'s pose.onnx has outputs {outputs}; "
+                               "re-export with `sfm export --mask`")
+        self._shapes = {i.name: tuple(i.shape) for s in (self.depth, self.pose) for i in s.get_inputs()}
+        expected = {"image", "target", "sources"}
+        if set(self._shapes) != expected:
+            raise BackendError(f"ONNX inputs are {sorted(self._shapes)}, expected {sorted(expected)}")
+        self.description = f"onnxruntime {ort.__version__} {providers[0]} {precision}"
+
+    def infer_depth(self, image: np.ndarray) -> np.ndarray:
+        check_input("image", image, self._shapes["image"])
+        return self.depth.run(["disparity"], {"image": image.astype(np.float32, copy=False)})[0]
+
+    def infer_pose(self, target: np.ndarray, sources: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        check_input("target", target, self._shapes["target"])
+        check_input("sources", sources, self._shapes["sources"])
+        outputs = self.pose.run(None, {"target": target.astype(np.float32, copy=False),
+                                       "sources": sources.astype(np.float32, copy=False)})
+        return outputs[0][0], (outputs[1][0] if self.has_mask else None)

@@ -1,0 +1,228 @@
+"""The visual-odometry core, ROS-free: frames in order -> metric depth, relative pose, odometry, covariance.
+
+At frame t the depth net sees frame t; the pose net sees the window (t-2, t-1, t) with t-1 as target and
+returns T(t-1 -> t) at once, so odometry has no frame of delay. Monocular scale comes from ``sfm_ros.scale``;
+the same factor scales depth and translation, so they agree. Tracking resets (first frame, time going
+backwards, a gap, a new image size, ``reset()``) restart the pose window and inflate the covariance; they
+never zero it, and each is reported in ``Estimate.events``.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import time
+from typing import Any
+
+import cv2
+import numpy as np
+
+from sfm_ros.backends import Backend, make_backend, preprocess
+from sfm_ros.config import PipelineConfig, ScaleConfig
+from sfm_ros.geometry import invert_transform, pose_vec_to_mat, quaternion_to_rotation, scale_intrinsics
+from sfm_ros.ros_io import CameraModel
+from sfm_ros.scale import ExternalSpeedScale, ScaleEstimate, make_scale_estimator
+
+__all__ = ["Estimate", "FrameError", "Pipeline"]
+
+MIN_TRANSLATION_SIGMA_M = 1e-3
+
+
+class FrameError(ValueError):
+    """A frame cannot be processed (shape, dtype, intrinsics); the pipeline state is unchanged."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+    """What the pipeline gives for one frame.
+
+    depth_m: [h,w] float32 metres (+inf beyond max_depth_m; up-to-scale units when scale.metric is False);
+    camera_info_scaled: the camera model matching depth_m's size; T_odom_camera / T_odom_base: [4,4] poses in
+    the odom frame; T_prev_current: [4,4] motion of this frame in the previous pose frame (None without a
+    pose yet); covariance: [6,6] of T_odom_base (x y z roll pitch yaw), never zero; mask: explainability of
+    this frame w.r.t. the previous one [h,w] or None; events: resets and warnings of this frame.
+    """
+
+    stamp_ns: int
+    depth_m: np.ndarray
+    camera_info_scaled: CameraModel
+    T_odom_camera: np.ndarray
+    T_odom_base: np.ndarray
+    T_prev_current: np.ndarray | None
+    covariance: np.ndarray
+    scale: ScaleEstimate
+    timings_ms: dict[str, float]
+    mask: np.ndarray | None = None
+    events: tuple[str, ...] = ()
+
+    @property
+    def scale_source(self) -> str:
+        return self.scale.source.value
+
+
+def _base_camera_transform(values: tuple[float, ...]) -> np.ndarray:
+    if len(values) != 7:
+        raise ValueError(f"T_base_camera must be x y z qx qy qz qw, got {len(values)} values")
+    T = np.eye(4)
+    T[:3, :3] = quaternion_to_rotation(np.asarray(values[3:]))
+    T[:3, 3] = values[:3]
+    return T
+
+
+class Pipeline:
+    """Stateful per-camera processing. Build once (loads the backend), then call ``process`` per frame."""
+
+    def __init__(self, config: PipelineConfig, scale_config: ScaleConfig | None = None,
+                 backend: Backend | None = None) -> None:
+        self.config = config
+        self.scale_config = scale_config or ScaleConfig()
+        if backend is None:
+            if not config.bundle:
+                raise ValueError("pipeline.bundle is empty: give the model bundle folder")
+            backend = make_backend(config.bundle, config.backend, device=config.device, precision=config.precision,
+                                   threads=config.threads, engine_cache_dir=config.engine_cache_dir)
+        self.backend = backend
+        self.metadata = backend.metadata
+        self.window_length = self.metadata.num_sources + 1
+        self.scale_estimator = make_scale_estimator(self.scale_config)
+        self.T_base_camera = _base_camera_transform(config.T_base_camera)
+        self.reset("start")
+
+    # ---- state -----------------------------------------------------------------------------------------
+    def reset(self, reason: str = "reset requested") -> None:
+        """Forget the pose window and odometry (odometry restarts at the identity)."""
+        self._window: collections.deque[tuple[int, np.ndarray]] = collections.deque(maxlen=self.window_length)
+        self._T_world_camera = np.eye(4)
+        self._covariance = np.diag([MIN_TRANSLATION_SIGMA_M**2] * 3 + [self.config.rotation_sigma_rad**2] * 3)
+        self._last_stamp: int | None = None
+        self._input_size: tuple[int, int] | None = None
+        self._pending_events = [f"reset: {reason}"]
+
+    def set_extrinsic(self, T_base_camera: np.ndarray) -> None:
+        """Camera optical frame in base_link (from TF), [4,4]."""
+        self.T_base_camera = np.asarray(T_base_camera, dtype=np.float64)
+
+    def set_speed(self, speed_mps: float) -> None:
+        """Feed the external speed (m/s) when scale.source is 'external_speed'."""
+        if isinstance(self.scale_estimator, ExternalSpeedScale):
+            self.scale_estimator.set_speed(speed_mps)
+
+    def _restart_tracking(self, reason: str) -> None:
+        """Keep the odometry pose, drop the window, and inflate the covariance (we lost continuity)."""
+        self._window.clear()
+        self._covariance = self._covariance * self.config.unscaled_sigma_factor
+        self._pending_events.append(f"tracking restarted: {reason}")
+
+    # ---- per frame -------------------------------------------------------------------------------------
+    def _check_frame(self, rgb: np.ndarray, camera: CameraModel) -> None:
+        if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise FrameError(f"frame must be uint8 [H,W,3], got {getattr(rgb, 'dtype', type(rgb))} "
+                             f"{getattr(rgb, 'shape', '')}")
+        if rgb.shape[0] != camera.height or rgb.shape[1] != camera.width:
+            raise FrameError(f"frame is {rgb.shape[1]}x{rgb.shape[0]} but its camera model is "
+                             f"{camera.width}x{camera.height}")
+        K = np.asarray(camera.K)
+        if K.shape != (3, 3) or K[0, 0] <= 0 or K[1, 1] <= 0:
+            raise FrameError(f"camera intrinsics are unusable: K = {K.tolist()}")
+
+    def process(self, stamp_ns: int, rgb: np.ndarray, camera: CameraModel) -> Estimate:
+        """Run one frame. ``rgb`` uint8 [H,W,3] of ``camera``'s size; stamps in ns, increasing."""
+        tick = time.perf_counter()
+        self._check_frame(rgb, camera)
+        events = self._pending_events
+        self._pending_events = []
+        size = (camera.height, camera.width)
+        if self._input_size is not None and size != self._input_size:
+            self._restart_tracking(f"image size changed from {self._input_size[1]}x{self._input_size[0]} to "
+                                   f"{size[1]}x{size[0]}")
+        self._input_size = size
+        if self._last_stamp is not None:
+            if stamp_ns <= self._last_stamp:
+                self._restart_tracking(f"time went backwards by {(self._last_stamp - stamp_ns) / 1e9:.3f} s "
+                                       "(bag loop or clock reset)")
+            elif (stamp_ns - self._last_stamp) / 1e9 > self.config.max_frame_gap_s:
+                self._restart_tracking(f"gap of {(stamp_ns - self._last_stamp) / 1e9:.3f} s between frames")
+        events += self._pending_events
+        self._pending_events = []
+        dt_s = (stamp_ns - self._last_stamp) / 1e9 if self._last_stamp is not None and self._window else None
+        self._last_stamp = stamp_ns
+
+        height, width = self.metadata.height, self.metadata.width
+        small = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
+        K_net = scale_intrinsics(camera.K, width / camera.width, height / camera.height)
+        image = preprocess(small, self.metadata)
+        t_pre = time.perf_counter()
+        disparity = self.backend.infer_depth(image)[0, 0]
+        t_depth = time.perf_counter()
+        depth_units = 1.0 / np.maximum(disparity, 1e-6)
+
+        T_prev_current, mask = None, None
+        window_dt = (stamp_ns - self._window[-1][0]) / 1e9 if self._window else None
+        if not self._window or window_dt >= self.config.min_pose_interval_s:
+            self._window.append((stamp_ns, image))
+            if len(self._window) == self.window_length:
+                T_prev_current, mask = self._relative_pose()
+                dt_s = window_dt
+        t_pose = time.perf_counter()
+
+        translation_units = float(np.linalg.norm(T_prev_current[:3, 3])) if T_prev_current is not None else None
+        scale = self.scale_estimator.update(depth=depth_units, K=K_net, translation_units=translation_units,
+                                            dt_s=dt_s)
+        if T_prev_current is not None:
+            T_prev_current = T_prev_current.copy()
+            T_prev_current[:3, 3] *= scale.factor
+            self._T_world_camera = self._T_world_camera @ T_prev_current
+            self._covariance = self._covariance + self._step_covariance(T_prev_current, scale)
+        depth_m = (depth_units * scale.factor).astype(np.float32)
+        depth_m[depth_m > self.config.max_depth_m] = np.inf
+        info = CameraModel(K=K_net, height=height, width=width, frame_id=camera.frame_id)
+        if self.config.depth_output_size == "input":
+            depth_m = cv2.resize(depth_m, (camera.width, camera.height), interpolation=cv2.INTER_NEAREST)
+            info = CameraModel(K=np.asarray(camera.K, dtype=np.float64), height=camera.height, width=camera.width,
+                               frame_id=camera.frame_id)
+        T_odom_base = self.T_base_camera @ self._T_world_camera @ invert_transform(self.T_base_camera)
+        if not scale.healthy:
+            events.append(f"scale unhealthy: {scale.reason}")
+        timings = {"preprocess": (t_pre - tick) * 1e3, "depth": (t_depth - t_pre) * 1e3,
+                   "pose": (t_pose - t_depth) * 1e3, "total": (time.perf_counter() - tick) * 1e3}
+        return Estimate(stamp_ns=stamp_ns, depth_m=depth_m, camera_info_scaled=info,
+                        T_odom_camera=T_odom_base @ self.T_base_camera, T_odom_base=T_odom_base,
+                        T_prev_current=T_prev_current, covariance=self._covariance_in_base(), scale=scale,
+                        timings_ms=timings, mask=mask, events=tuple(events))
+
+    def _relative_pose(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """T(t-1 -> t) as the pose of frame t in frame t-1's camera (network units), and frame t's mask."""
+        frames = [image for _, image in self._window]
+        center = self.window_length // 2
+        target = frames[center]
+        sources = np.stack([f[0] for i, f in enumerate(frames) if i != center])[None]
+        poses, masks = self.backend.infer_pose(target, sources)
+        # poses[i] = T_source_target for source i; sources are the window without its centre, in order.
+        source_frames = [i for i in range(self.window_length) if i != center]
+        T_source_target = {frame: pose_vec_to_mat(poses[k]) for k, frame in enumerate(source_frames)}
+        T_source_target[center] = np.eye(4)
+        last, previous = self.window_length - 1, self.window_length - 2
+        # Points of frame t-1 into frame t: T_t_target @ T_target_(t-1); the pose of t in t-1 is its inverse.
+        T_current_prev = T_source_target[last] @ invert_transform(T_source_target[previous])
+        mask = masks[source_frames.index(last)] if masks is not None else None
+        return invert_transform(T_current_prev), mask
+
+    def _step_covariance(self, T_prev_current: np.ndarray, scale: ScaleEstimate) -> np.ndarray:
+        """Per-frame covariance (camera frame): translation std proportional to the step, inflated when the
+        scale is unhealthy or not metric."""
+        step = float(np.linalg.norm(T_prev_current[:3, 3]))
+        sigma_t = max(self.config.translation_sigma * step, MIN_TRANSLATION_SIGMA_M)
+        sigma_r = self.config.rotation_sigma_rad
+        inflation = 1.0 if scale.healthy and scale.metric else self.config.unscaled_sigma_factor
+        return np.diag([(sigma_t * inflation) ** 2] * 3 + [sigma_r**2] * 3)
+
+    def _covariance_in_base(self) -> np.ndarray:
+        """Rotate the accumulated camera-frame covariance into base_link axes."""
+        rotation = np.zeros((6, 6))
+        rotation[:3, :3] = rotation[3:, 3:] = self.T_base_camera[:3, :3]
+        return rotation @ self._covariance @ rotation.T
+
+    def describe(self) -> dict[str, Any]:
+        """Backend and scale settings, for diagnostics and reports."""
+        return {"backend": self.backend.description, "scale_source": self.scale_config.source,
+                "network_size": [self.metadata.height, self.metadata.width], "window": self.window_length}

@@ -1,0 +1,166 @@
+"""Metric scale for monocular depth and odometry: camera height over a fitted ground plane, external speed,
+a fixed factor, or none.
+
+Each estimator returns a ``ScaleEstimate``: the factor (metres per network unit) and its health. When it
+fails (no ground visible, speed too low, no speed yet) it says so and keeps the last healthy factor, which
+the pipeline then flags through covariance and diagnostics; it never invents metres.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+import numpy as np
+
+from sfm_ros.config import ScaleConfig
+from sfm_ros.geometry import backproject
+
+__all__ = ["ExternalSpeedScale", "GroundPlaneScale", "ScaleEstimate", "ScaleSource", "fit_ground_plane",
+           "make_scale_estimator"]
+
+
+class ScaleSource(str, enum.Enum):
+    CAMERA_HEIGHT = "camera_height"
+    EXTERNAL_SPEED = "external_speed"
+    FIXED = "fixed"
+    NONE = "none"
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaleEstimate:
+    """factor: metres per network unit (1.0 for 'none'); healthy: this frame's estimate is trustworthy;
+    reason: why not, for diagnostics; metric: whether outputs are in metres at all."""
+
+    factor: float
+    healthy: bool
+    source: ScaleSource
+    reason: str = ""
+    metric: bool = True
+
+
+def fit_ground_plane(points: np.ndarray, rng: np.random.Generator, iterations: int, threshold: float,
+                     max_tilt_deg: float) -> tuple[np.ndarray, float, float] | None:
+    """RANSAC plane n.p + d = 0 through points [M,3] (camera optical frame), normal close to the camera's
+    down axis (+y). Returns (unit normal pointing down [3], distance of the camera to the plane, inlier ratio)
+    refined by least squares on the inliers, or None when no plane within the tilt limit is found."""
+    if len(points) < 3:
+        return None
+    best_inliers, best_count = None, 0
+    cos_limit = np.cos(np.radians(max_tilt_deg))
+    for _ in range(iterations):
+        sample = points[rng.choice(len(points), 3, replace=False)]
+        normal = np.cross(sample[1] - sample[0], sample[2] - sample[0])
+        norm = np.linalg.norm(normal)
+        if norm < 1e-9:
+            continue
+        normal /= norm
+        if normal[1] < 0:
+            normal = -normal
+        if normal[1] < cos_limit:
+            continue
+        distances = np.abs((points - sample[0]) @ normal)
+        inliers = distances < threshold
+        count = int(inliers.sum())
+        if count > best_count:
+            best_inliers, best_count = inliers, count
+    if best_inliers is None or best_count < 3:
+        return None
+    inlier_points = points[best_inliers]
+    centroid = inlier_points.mean(axis=0)
+    _, _, vh = np.linalg.svd(inlier_points - centroid, full_matrices=False)
+    normal = vh[2] if vh[2][1] >= 0 else -vh[2]
+    if normal[1] < cos_limit:
+        return None
+    # The camera is at the origin: its distance to the plane through the centroid.
+    height = float(abs(centroid @ normal))
+    return normal, height, best_count / len(points)
+
+
+class GroundPlaneScale:
+    """Scale = known camera height / height of the camera over the ground plane fitted to predicted depth."""
+
+    def __init__(self, config: ScaleConfig, seed: int = 0) -> None:
+        self.config = config
+        self.rng = np.random.default_rng(seed)
+        self.factor: float | None = None
+
+    def update(self, depth: np.ndarray, K: np.ndarray, max_points: int = 2000, **_: object) -> ScaleEstimate:
+        """depth: [H,W] network-unit depth at the network size; K [3,3] at that size."""
+        config = self.config
+        height = depth.shape[0]
+        top = int(height * (1.0 - config.ground_region))
+        points = backproject(depth, K)[top:].reshape(-1, 3)
+        points = points[np.isfinite(points).all(axis=1) & (points[:, 2] > 0)]
+        if len(points) > max_points:
+            points = points[self.rng.choice(len(points), max_points, replace=False)]
+        median_depth = float(np.median(points[:, 2])) if len(points) else 0.0
+        fit = fit_ground_plane(points, self.rng, config.ransac_iterations,
+                               config.inlier_threshold * max(median_depth, 1e-6), config.max_ground_tilt_deg)
+        if fit is None:
+            return self._failed("no ground plane found in the lower image")
+        _, camera_height, inlier_ratio = fit
+        if inlier_ratio < config.min_inlier_ratio or camera_height <= 1e-6:
+            return self._failed(f"ground fit too weak (inliers {inlier_ratio:.0%})")
+        measured = config.camera_height_m / camera_height
+        self.factor = measured if self.factor is None else (
+            config.smoothing * self.factor + (1 - config.smoothing) * measured)
+        return ScaleEstimate(self.factor, True, ScaleSource.CAMERA_HEIGHT)
+
+    def _failed(self, reason: str) -> ScaleEstimate:
+        if self.factor is None:
+            return ScaleEstimate(1.0, False, ScaleSource.CAMERA_HEIGHT, reason + "; no metric scale yet", metric=False)
+        return ScaleEstimate(self.factor, False, ScaleSource.CAMERA_HEIGHT, reason + "; holding the last scale")
+
+
+class ExternalSpeedScale:
+    """Scale = speed x dt / network translation per frame, from wheel odometry or another speed source."""
+
+    def __init__(self, config: ScaleConfig) -> None:
+        self.config = config
+        self.factor: float | None = None
+        self.speed_mps: float | None = None
+
+    def set_speed(self, speed_mps: float) -> None:
+        self.speed_mps = abs(float(speed_mps))
+
+    def update(self, translation_units: float | None = None, dt_s: float | None = None, **_: object
+               ) -> ScaleEstimate:
+        """translation_units: network translation norm between the last two frames; dt_s: their time gap."""
+        if self.speed_mps is None:
+            return self._failed("no speed message received")
+        if self.speed_mps < self.config.min_speed_mps:
+            return self._failed(f"speed {self.speed_mps:.2f} m/s below {self.config.min_speed_mps} (standstill)")
+        if translation_units is None or dt_s is None or translation_units < 1e-6 or dt_s <= 0:
+            return self._failed("no frame-to-frame translation yet")
+        measured = self.speed_mps * dt_s / translation_units
+        self.factor = measured if self.factor is None else (
+            self.config.smoothing * self.factor + (1 - self.config.smoothing) * measured)
+        return ScaleEstimate(self.factor, True, ScaleSource.EXTERNAL_SPEED)
+
+    def _failed(self, reason: str) -> ScaleEstimate:
+        if self.factor is None:
+            return ScaleEstimate(1.0, False, ScaleSource.EXTERNAL_SPEED, reason + "; no metric scale yet", metric=False)
+        return ScaleEstimate(self.factor, False, ScaleSource.EXTERNAL_SPEED, reason + "; holding the last scale")
+
+
+class FixedScale:
+    """A calibrated constant factor (always healthy) or, for 'none', up-to-scale output."""
+
+    def __init__(self, config: ScaleConfig, source: ScaleSource) -> None:
+        self.estimate = (ScaleEstimate(config.fixed_factor, True, ScaleSource.FIXED) if source == ScaleSource.FIXED
+                         else ScaleEstimate(1.0, True, ScaleSource.NONE, "up to scale (scale.source none)",
+                                            metric=False))
+
+    def update(self, **_: object) -> ScaleEstimate:
+        return self.estimate
+
+
+def make_scale_estimator(config: ScaleConfig) -> GroundPlaneScale | ExternalSpeedScale | FixedScale:
+    """The estimator for ``config.source``."""
+    source = ScaleSource(config.source)
+    if source == ScaleSource.CAMERA_HEIGHT:
+        return GroundPlaneScale(config)
+    if source == ScaleSource.EXTERNAL_SPEED:
+        return ExternalSpeedScale(config)
+    return FixedScale(config, source)
