@@ -213,7 +213,8 @@ class BagWriter:
         self.overwrite = overwrite
         self.typestore = typestore or open_typestore()
         self.types = MessageTypes.from_rosbags(self.typestore)
-        self._tmp_parent = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent or "."))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp_parent = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
         self._tmp = self._tmp_parent / self.path.name
         self._writer: Any = None
         self._connections: dict[str, Any] = {}

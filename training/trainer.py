@@ -351,8 +351,8 @@ class Trainer:
                 signal.signal(sig, handler)
             if self._writer is not None:
                 self._writer.close()
-        if not val_results and len(self.val_data):
-            val_results = self.validate()
+        if len(self.val_data):
+            val_results = self.validate()  # always report the final model
         bundle = self.save_bundle()
         summary = {"steps": self.state.step, "epochs": self.state.epoch, "stopped_by": stopped_by,
                    "checkpoint": str(self.checkpoint_path()), "bundle": str(bundle), "history": history,

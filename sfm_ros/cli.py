@@ -1,0 +1,378 @@
+"""The ``sfm`` command: prepare, train, export, replay, eval, bench, demo.
+
+This is the composition root: it is the one place in ``sfm_ros`` that reaches into ``training`` (lazily, only
+for the sub-commands that train), so the runtime package never depends on the trainer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["build_parser", "main"]
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=1, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
+
+
+def _node_config(args: argparse.Namespace) -> Any:
+    from sfm_ros.config import NodeConfig, load_config
+
+    overrides = list(args.set or [])
+    if getattr(args, "bundle", None):
+        overrides.append(f"pipeline.bundle={args.bundle}")
+    if getattr(args, "backend", None):
+        overrides.append(f"pipeline.backend={args.backend}")
+    if getattr(args, "scale_source", None):
+        overrides.append(f"scale.source={args.scale_source}")
+    params = args.params
+    if params is None and Path("config/sfm.yaml").is_file():
+        params = "config/sfm.yaml"
+    return load_config(NodeConfig, _ros_params_to_plain(params), overrides)
+
+
+def _ros_params_to_plain(path: str | None) -> str | None:
+    """config/sfm.yaml is a ROS parameter file (node: ros__parameters: ...); give the plain mapping."""
+    if path is None:
+        return None
+    import tempfile
+
+    import yaml
+
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if len(data) == 1:
+        (inner,) = data.values()
+        if isinstance(inner, dict) and "ros__parameters" in inner:
+            data = inner["ros__parameters"]
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
+        handle.write(yaml.safe_dump(data))
+    return handle.name
+
+
+# ---- sub-commands -----------------------------------------------------------------------------------------
+
+def cmd_prepare_cache(args: argparse.Namespace) -> int:
+    from training.config import load_train_config
+    from training.data import prepare_cache
+
+    config = load_train_config(args.config, args.set or [])
+    out = prepare_cache(config.data, args.out, progress=not args.quiet, overwrite=args.overwrite)
+    print(f"cache written to {out}")
+    return 0
+
+
+def cmd_kitti_to_bag(args: argparse.Namespace) -> int:
+    from sfm_ros import kitti
+    from sfm_ros.bags import kitti_to_bag
+
+    source = Path(args.source)
+    if any((source / f"image_{c:02d}").is_dir() for c in range(4)):
+        sequence = kitti.kitti_raw_drive(source, args.camera if args.camera is not None else 2)
+        ground_truth = None
+        oxts_drive = Path(args.oxts) if args.oxts else source if (source / "oxts").is_dir() else None
+        if oxts_drive is not None:
+            _, poses = kitti.oxts_camera_poses(oxts_drive, sequence.camera)
+            if len(poses) < len(sequence):
+                raise SystemExit(f"{oxts_drive} has {len(poses)} OXTS packets for {len(sequence)} frames")
+            ground_truth = poses[[int(p.stem) for p in sequence.image_paths]]
+    else:
+        camera = args.camera if args.camera is not None else (2 if (source / "image_2").is_dir() else 0)
+        sequence = kitti.kitti_odometry_sequence(source, camera, args.poses)
+        ground_truth = None
+    out = kitti_to_bag(sequence, args.out, compressed=args.compressed, ground_truth=ground_truth,
+                       overwrite=args.overwrite, progress=not args.quiet)
+    has_truth = ground_truth is not None or sequence.poses is not None
+    print(f"wrote {out} ({len(sequence)} frames{', with ground truth' if has_truth else ''})")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from training.config import load_train_config
+    from training.data import prepare_cache
+    from training.trainer import Trainer, config_from_checkpoint
+
+    overrides = list(args.set or [])
+    if args.output:
+        overrides.append(f"run.output={args.output}")
+    config = config_from_checkpoint(args.resume) if args.resume and not args.config else load_train_config(
+        args.config, overrides)
+    cache = args.cache
+    if cache is None:
+        cache = Path(tempfile.mkdtemp(prefix="sfm_cache_")) / "cache"
+        prepare_cache(config.data, cache, progress=config.run.progress)
+    trainer = Trainer(config, cache)
+    if args.resume:
+        trainer.resume(args.resume)
+    summary = trainer.fit()
+    summary.pop("history")
+    _print_json(summary)
+    return 130 if summary["stopped_by"] else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from sfm_ros.export import export_bundle
+
+    report = export_bundle(args.bundle, fp16=not args.no_fp16, with_mask=args.mask, verify=not args.no_verify)
+    models = {name: {k: v for k, v in entry.items() if k in ("file", "parity", "tensorrt_missing")}
+              for name, entry in report["models"].items()}
+    _print_json({"bundle": report["bundle"], "opset": report["opset"], "tolerances": report["tolerances"],
+                 "models": models})
+    if args.engine:
+        from sfm_ros.backends.tensorrt_backend import trtexec_command
+        from sfm_ros.export import onnx_path
+
+        for model in ("depth", "pose"):
+            print("equivalent:", trtexec_command(onnx_path(args.bundle, model), f"{model}.engine", args.precision))
+        calibrator = None
+        if args.precision == "int8":
+            from sfm_ros.backends.int8 import BagCalibrator
+
+            if not args.int8_bag:
+                raise SystemExit("--precision int8 needs --int8-bag BAG for calibration frames")
+            calibrator = BagCalibrator(args.int8_bag, args.bundle, args.engine_cache)
+        from sfm_ros.backends.tensorrt_backend import TensorRTBackend
+        from sfm_ros.bundle import read_metadata
+
+        backend = TensorRTBackend(Path(args.bundle), read_metadata(args.bundle), precision=args.precision,
+                                  engine_cache_dir=args.engine_cache, calibrator=calibrator)
+        print(f"engines ready in {args.engine_cache}: {backend.description}")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from sfm_ros.pipeline import Pipeline
+    from sfm_ros.replay import replay_bag
+
+    config = _node_config(args)
+    pipeline = Pipeline(config.pipeline, config.scale)
+    print(f"backend: {pipeline.backend.description}")
+    summary = replay_bag(args.bag, pipeline, args.output, realtime=args.realtime, gt_topic=args.gt_topic,
+                         odom_frame=config.odom_frame, base_frame=config.base_frame,
+                         publish_mask=config.publish_mask, overwrite=args.overwrite, progress=not args.quiet)
+    data = summary.as_dict()
+    evaluation = data.pop("evaluation")
+    data["events"] = data["events"][:20]
+    _print_json(data)
+    if evaluation:
+        print(f"pose: snippet ATE {evaluation['snippet_ate']['mean']:.4f} +- {evaluation['snippet_ate']['std']:.4f}, "
+              f"ATE Sim(3) {evaluation['sim3']['ate_rmse_m']:.3f} m, SE(3) {evaluation['se3']['ate_rmse_m']:.3f} m; "
+              f"report: {Path(args.output) / 'report' / 'index.html'}")
+    return 0
+
+
+def cmd_eval_depth(args: argparse.Namespace) -> int:
+    from sfm_ros.backends import make_backend
+    from sfm_ros.evaluate import depth_samples_from_drive, depth_samples_from_list, evaluate_depth
+
+    if bool(args.drive) == bool(args.list):
+        raise SystemExit("give either --drive DRIVE_SYNC_FOLDER or --list LIST --kitti-root ROOT")
+    samples = (depth_samples_from_drive(args.drive) if args.drive
+               else depth_samples_from_list(args.list, args.kitti_root))
+    backend = make_backend(args.bundle, args.backend)
+    report = evaluate_depth(backend, samples, args.output, median_scaling=not args.no_median_scaling,
+                            progress=not args.quiet)
+    report.pop("per_image")
+    _print_json(report)
+    return 0
+
+
+def cmd_eval_pose(args: argparse.Namespace) -> int:
+    from sfm_ros import kitti
+    from sfm_ros.bags import read_odometry
+    from sfm_ros.evaluate import evaluate_pose, read_tum, run_sequence
+
+    if args.gt_bag:
+        gt_stamps, gt_poses, _ = read_odometry(args.gt_bag, args.gt_topic)
+    elif args.gt_oxts:
+        gt_stamps, gt_poses = kitti.oxts_camera_poses(args.gt_oxts)
+    elif args.sequence:
+        sequence = kitti.kitti_odometry_sequence(args.sequence, args.camera, args.gt_poses)
+        if sequence.poses is None:
+            raise SystemExit(f"{args.sequence} has no ground-truth poses: give --gt-poses")
+        gt_stamps, gt_poses = sequence.stamps_ns, sequence.poses
+    else:
+        raise SystemExit("give ground truth: --sequence (KITTI odometry), --gt-bag or --gt-oxts")
+    if args.estimate:
+        est_stamps, est_poses = read_tum(args.estimate)
+    else:
+        if not (args.sequence and args.bundle):
+            raise SystemExit("without --estimate, give --sequence and --bundle to run the model")
+        from sfm_ros.pipeline import Pipeline
+
+        config = _node_config(args)
+        est_stamps, est_poses = run_sequence(Pipeline(config.pipeline, config.scale),
+                                             kitti.kitti_odometry_sequence(args.sequence, args.camera),
+                                             progress=not args.quiet)
+    report = evaluate_pose(gt_stamps, gt_poses, est_stamps, est_poses, args.output,
+                           snippet_length=args.snippet_length)
+    _print_json(report)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "inference":
+        from sfm_ros.bench import bench_inference
+
+        _print_json(bench_inference(args.bundle, args.backend, args.repeats, args.device, args.precision,
+                                    args.threads))
+    else:
+        from training.bench import bench_train
+
+        _print_json(bench_train(args.batch_sizes, args.steps, args.height, args.width, args.device,
+                                fast=not args.baseline))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from training.demo import run_demo
+
+    return run_demo(Path(args.output), steps=args.steps, sample=Path(args.sample), quiet=args.quiet)
+
+
+# ---- parser -----------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sfm", description="SfMLearner depth and visual odometry: train on "
+                                     "recorded drives, export to ONNX/TensorRT, replay bags, evaluate.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    prepare = commands.add_parser("prepare", help="build a training cache, or convert KITTI to a rosbag2")
+    prepare_kinds = prepare.add_subparsers(dest="kind", required=True, metavar="KIND")
+    cache = prepare_kinds.add_parser("cache", help="preprocess training sources into a memory-mapped cache")
+    cache.add_argument("--config", help="training preset, e.g. config/train_kitti.yaml")
+    cache.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. data.sources=[a,b]")
+    cache.add_argument("--out", required=True, help="cache folder to create")
+    cache.add_argument("--overwrite", action="store_true")
+    cache.add_argument("--quiet", action="store_true")
+    cache.set_defaults(func=cmd_prepare_cache)
+    to_bag = prepare_kinds.add_parser("kitti-to-bag", help="KITTI raw drive or odometry sequence -> MCAP rosbag2")
+    to_bag.add_argument("source", help="a *_sync drive folder or an odometry sequences/NN folder")
+    to_bag.add_argument("out", help="bag folder to create")
+    to_bag.add_argument("--camera", type=int, help="KITTI camera (raw: 2; odometry: 2 if present, else 0)")
+    to_bag.add_argument("--compressed", action="store_true", help="JPEG CompressedImage instead of raw rgb8")
+    to_bag.add_argument("--poses", help="odometry ground-truth pose file (default ../../poses/NN.txt)")
+    to_bag.add_argument("--oxts", help="raw drive whose OXTS gives ground truth (default: the drive itself)")
+    to_bag.add_argument("--overwrite", action="store_true")
+    to_bag.add_argument("--quiet", action="store_true")
+    to_bag.set_defaults(func=cmd_kitti_to_bag)
+
+    train = commands.add_parser("train", help="train depth and pose networks on unlabelled video")
+    train.add_argument("--config", help="training preset (config/train_kitti.yaml, config/train_cpu_small.yaml)")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config value")
+    train.add_argument("--cache", help="a prepared cache (default: prepare the sources into a temporary one)")
+    train.add_argument("--output", help="run folder (checkpoint, tensorboard, bundle)")
+    train.add_argument("--resume", help="checkpoint to continue from exactly")
+    train.set_defaults(func=cmd_train)
+
+    export = commands.add_parser("export", help="export a bundle to ONNX (verified), optionally build engines")
+    export.add_argument("bundle")
+    export.add_argument("--no-fp16", action="store_true", help="skip the fp16 ONNX variant")
+    export.add_argument("--mask", action="store_true", help="export the explainability mask output too")
+    export.add_argument("--no-verify", action="store_true", help="skip the onnxruntime parity check")
+    export.add_argument("--engine", action="store_true", help="also build TensorRT engines here (on the target)")
+    export.add_argument("--precision", default="fp16", choices=("fp32", "fp16", "int8"))
+    export.add_argument("--int8-bag", help="bag whose frames calibrate INT8")
+    export.add_argument("--engine-cache", default="~/.cache/sfm_ros/engines")
+    export.set_defaults(func=cmd_export)
+
+    def node_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--bundle", help="model bundle (pipeline.bundle)")
+        sub.add_argument("--backend", choices=("auto", "tensorrt", "onnxruntime", "torch"))
+        sub.add_argument("--scale-source", choices=("camera_height", "external_speed", "fixed", "none"))
+        sub.add_argument("--params", help="node parameter file (default config/sfm.yaml when present)")
+        sub.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. scale.camera_height_m=1.5")
+
+    replay = commands.add_parser("replay", help="run the node's pipeline over a bag, write an output bag")
+    replay.add_argument("bag")
+    replay.add_argument("--output", required=True, help="folder for the output bag, trajectory and report")
+    replay.add_argument("--realtime", action="store_true", help="recorded speed, dropping frames like the node")
+    replay.add_argument("--gt-topic", help="ground-truth nav_msgs/Odometry topic (default: auto)")
+    replay.add_argument("--overwrite", action="store_true")
+    replay.add_argument("--quiet", action="store_true")
+    node_options(replay)
+    replay.set_defaults(func=cmd_replay)
+
+    evaluate = commands.add_parser("eval", help="evaluate depth (Eigen) or pose (ATE, RPE, KITTI)")
+    eval_kinds = evaluate.add_subparsers(dest="kind", required=True, metavar="KIND")
+    depth = eval_kinds.add_parser("depth", help="Eigen depth protocol against KITTI LiDAR")
+    depth.add_argument("--bundle", required=True)
+    depth.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "onnxruntime", "torch"))
+    depth.add_argument("--drive", help="a KITTI raw *_sync drive with velodyne_points")
+    depth.add_argument("--list", help="an Eigen-format list (e.g. sfm_ros/data/test_files_eigen.txt)")
+    depth.add_argument("--kitti-root", help="KITTI raw root for --list")
+    depth.add_argument("--no-median-scaling", action="store_true", help="for metric models")
+    depth.add_argument("--output", help="report folder")
+    depth.add_argument("--quiet", action="store_true")
+    depth.set_defaults(func=cmd_eval_depth)
+    pose = eval_kinds.add_parser("pose", help="snippet ATE, trajectory ATE/RPE, KITTI segment errors")
+    pose.add_argument("--sequence", help="KITTI odometry sequences/NN folder (ground truth and images)")
+    pose.add_argument("--camera", type=int, default=0)
+    pose.add_argument("--gt-poses", help="KITTI pose file for --sequence")
+    pose.add_argument("--gt-bag", help="bag with a ground-truth Odometry topic")
+    pose.add_argument("--gt-topic")
+    pose.add_argument("--gt-oxts", help="KITTI raw drive with OXTS")
+    pose.add_argument("--estimate", help="TUM trajectory (from sfm replay) instead of running the model")
+    pose.add_argument("--snippet-length", type=int, default=5)
+    pose.add_argument("--output", help="report folder")
+    pose.add_argument("--quiet", action="store_true")
+    node_options(pose)
+    pose.set_defaults(func=cmd_eval_pose)
+
+    bench = commands.add_parser("bench", help="measure inference latency or training throughput (prints JSON)")
+    bench.add_argument("what", choices=("inference", "train"))
+    bench.add_argument("--bundle", help="bundle for inference")
+    bench.add_argument("--backend", default="auto")
+    bench.add_argument("--device", default="auto")
+    bench.add_argument("--precision", default="fp16")
+    bench.add_argument("--threads", type=int, default=0)
+    bench.add_argument("--repeats", type=int, default=30)
+    bench.add_argument("--batch-sizes", type=int, nargs="+", default=[4, 32])
+    bench.add_argument("--steps", type=int, default=20)
+    bench.add_argument("--height", type=int, default=128)
+    bench.add_argument("--width", type=int, default=416)
+    bench.add_argument("--baseline", action="store_true", help="train: plain fp32 eager (the reference)")
+    bench.set_defaults(func=cmd_bench)
+
+    demo = commands.add_parser("demo", help="the whole story on the bundled KITTI sample")
+    demo.add_argument("--output", default="demo_output")
+    demo.add_argument("--steps", type=int, help="training steps (default: 150 on CPU, 2000 on a GPU)")
+    demo.add_argument("--sample", default="test/data", help="the bundled sample folder")
+    demo.add_argument("--quiet", action="store_true")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    """Errors that carry a user-facing message: printed in one line instead of a traceback."""
+    import importlib
+
+    names = {"sfm_ros.backends": "BackendError", "sfm_ros.bundle": "BundleError", "sfm_ros.config": "ConfigError",
+             "sfm_ros.kitti": "KittiError", "sfm_ros.ros_io": "ImageError", "sfm_ros.bags": "BagError",
+             "sfm_ros.export": "ExportError", "sfm_ros.pipeline": "FrameError", "training.data": "DataError",
+             "training.trainer": "CheckpointError"}
+    found: list[type[BaseException]] = [FileNotFoundError]
+    for module, name in names.items():
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except ImportError:  # an optional dependency of that module is missing; its commands will say so
+            continue
+    return tuple(found)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except _known_errors() as exc:
+        print(f"sfm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

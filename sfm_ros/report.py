@@ -1,0 +1,160 @@
+"""Evaluation reports people can look at: JSON for machines, Markdown and an HTML page with pictures."""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["colorize_depth", "plot_depth_grid", "plot_frame_errors", "plot_trajectory", "write_report"]
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def colorize_depth(depth: np.ndarray, max_depth: float | None = None) -> np.ndarray:
+    """Depth [H,W] (0/inf/NaN = none) -> RGB uint8 [H,W,3], magma on inverse depth (near = bright)."""
+    from matplotlib import colormaps
+
+    valid = np.isfinite(depth) & (depth > 0)
+    inverse = np.zeros_like(depth, dtype=np.float64)
+    inverse[valid] = 1.0 / depth[valid]
+    if valid.any():
+        low = 1.0 / max_depth if max_depth else np.percentile(inverse[valid], 2)
+        high = np.percentile(inverse[valid], 98)
+        inverse = np.clip((inverse - low) / max(high - low, 1e-9), 0, 1)
+    rgb = (colormaps["magma"](inverse)[..., :3] * 255).astype(np.uint8)
+    rgb[~valid] = 0
+    return rgb
+
+
+def plot_trajectory(path: Path, reference_xyz: np.ndarray, estimate_xyz: np.ndarray, title: str,
+                    labels: tuple[str, str] = ("ground truth", "estimate")) -> Path:
+    """Top view (x right, z forward: the camera optical frame of KITTI poses) of two trajectories."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6, 6))
+    axis.plot(reference_xyz[:, 0], reference_xyz[:, 2], "k-", label=labels[0], linewidth=2)
+    axis.plot(estimate_xyz[:, 0], estimate_xyz[:, 2], "-", color="tab:orange", label=labels[1])
+    axis.plot(reference_xyz[0, 0], reference_xyz[0, 2], "go", label="start")
+    axis.set_xlabel("x [m]")
+    axis.set_ylabel("z (forward) [m]")
+    axis.set_aspect("equal", adjustable="datalim")
+    axis.set_title(title)
+    axis.grid(True, alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def plot_frame_errors(path: Path, errors: dict[str, np.ndarray], ylabel: str, title: str) -> Path:
+    """Per-frame error curves."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(8, 3.2))
+    for label, values in errors.items():
+        axis.plot(np.asarray(values), label=label)
+    axis.set_xlabel("frame")
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
+    axis.grid(True, alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def plot_depth_grid(path: Path, rows: list[dict[str, np.ndarray]], max_depth: float = 80.0) -> Path:
+    """Rows of input / predicted depth / LiDAR ground truth / abs-rel error (each dict: rgb, pred, gt)."""
+    import cv2
+
+    plt = _pyplot()
+    figure, axes = plt.subplots(len(rows), 4, figsize=(16, 1.6 * len(rows) + 0.6), squeeze=False)
+    for r, row in enumerate(rows):
+        height, width = row["gt"].shape
+        pred = cv2.resize(row["pred"].astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+        gt = row["gt"]
+        error = np.zeros_like(gt)
+        valid = gt > 0
+        error[valid] = np.abs(pred[valid] - gt[valid]) / gt[valid]
+        dilated_gt = cv2.dilate(gt.astype(np.float32), np.ones((3, 3), np.uint8))
+        dilated_error = cv2.dilate(error.astype(np.float32), np.ones((3, 3), np.uint8))
+        panels = [row["rgb"], colorize_depth(pred, max_depth), colorize_depth(dilated_gt, max_depth),
+                  dilated_error]
+        titles = ["input", "prediction (median-scaled)", "LiDAR ground truth", "abs rel error (0-0.5)"]
+        for c, (panel, title) in enumerate(zip(panels, titles, strict=True)):
+            axis = axes[r, c]
+            if c == 3:
+                axis.imshow(panel, cmap="inferno", vmin=0, vmax=0.5)
+            else:
+                axis.imshow(panel)
+            axis.set_axis_off()
+            if r == 0:
+                axis.set_title(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+    return path
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        return "n/a" if math.isnan(value) else f"{value:.4f}"
+    return str(value)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def write_report(folder: str | Path, title: str, sections: list[dict[str, Any]], data: dict[str, Any]) -> Path:
+    """Write ``report.json`` (``data``), ``report.md`` and ``index.html`` into ``folder``.
+
+    sections: [{"heading", "text" (optional), "table": {name: value} (optional), "images": [file names]}].
+    Returns the HTML page.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "report.json").write_text(json.dumps(data, indent=1, default=_json_default))
+    markdown = [f"# {title}", ""]
+    page = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+            "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+            "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+            "img{max-width:100%;border:1px solid #ddd;margin:6px 0}</style></head><body>",
+            f"<h1>{html.escape(title)}</h1>"]
+    for section in sections:
+        markdown += [f"## {section['heading']}", ""]
+        page.append(f"<h2>{html.escape(section['heading'])}</h2>")
+        if section.get("text"):
+            markdown += [section["text"], ""]
+            page.append(f"<p>{html.escape(section['text'])}</p>")
+        if section.get("table"):
+            markdown += ["| metric | value |", "| --- | --- |"]
+            markdown += [f"| {k} | {_format(v)} |" for k, v in section["table"].items()]
+            markdown.append("")
+            rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_format(v))}</td></tr>"
+                           for k, v in section["table"].items())
+            page.append(f"<table>{rows}</table>")
+        for image in section.get("images", []):
+            markdown += [f"![{image}]({image})", ""]
+            page.append(f"<img src='{html.escape(image)}' alt='{html.escape(image)}'>")
+    page.append("</body></html>")
+    (folder / "report.md").write_text("\n".join(markdown) + "\n")
+    index = folder / "index.html"
+    index.write_text("\n".join(page) + "\n")
+    return index
