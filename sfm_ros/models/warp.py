@@ -87,5 +87,6 @@ def inverse_warp(source: torch.Tensor, depth_target: torch.Tensor, T_source_targ
     grid = torch.stack([2.0 * pixel_coords[..., 0] / max(width - 1, 1) - 1.0,
                         2.0 * pixel_coords[..., 1] / max(height - 1, 1) - 1.0], dim=-1)
     warped = F.grid_sample(source, grid, mode="bilinear", padding_mode=padding_mode, align_corners=True)
-    valid = (grid.abs() <= 1.0).all(dim=-1, keepdim=True).permute(0, 3, 1, 2).to(source.dtype)
+    # A 1e-5 margin (far below a pixel) keeps edge pixels valid under float32 rounding of K^-1.
+    valid = (grid.abs() <= 1.0 + 1e-5).all(dim=-1, keepdim=True).permute(0, 3, 1, 2).to(source.dtype)
     return warped, valid

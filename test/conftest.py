@@ -1,0 +1,48 @@
+"""Shared fixtures: paths to the bundled sample and ../shared/data, and a small random-weight bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "test" / "data"
+ODOMETRY_06 = SAMPLE / "kitti_odometry" / "sequences" / "06"
+DRIVE_0060 = SAMPLE / "kitti_raw" / "2011_09_26" / "2011_09_26_drive_0060_sync"
+DRIVE_0001 = SAMPLE / "kitti_raw" / "2011_09_26" / "2011_09_26_drive_0001_sync"
+SHARED = REPO.parent / "shared" / "data"
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared/data, or skip the test with the reason."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"needs {path} (../shared/data is present in CI and on developer machines only)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle of randomly initialised networks at 64x208 (3-frame, with mask), exported to ONNX."""
+    import torch
+
+    from sfm_ros.bundle import BundleMetadata, save_networks
+    from sfm_ros.export import export_bundle
+    from sfm_ros.models import DispNet, PoseExpNet
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("bundle") / "bundle"
+    save_networks(folder, DispNet(), PoseExpNet(2, with_mask=True), BundleMetadata(height=64, width=208))
+    export_bundle(folder, fp16=False, with_mask=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def odometry_bag(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Sequence 06 of the bundled sample as an MCAP bag with ground-truth odometry."""
+    from sfm_ros import kitti
+    from sfm_ros.bags import kitti_to_bag
+
+    out = tmp_path_factory.mktemp("bags") / "seq06"
+    return kitti_to_bag(kitti.kitti_odometry_sequence(ODOMETRY_06), out, progress=False)

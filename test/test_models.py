@@ -1,0 +1,69 @@
+"""DispNet and PoseExpNet: the paper's parameter counts, output shapes and value ranges at every scale."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sfm_ros.models import DispNet, PoseExpNet, dispnet, posenet
+
+
+def count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_parameter_counts_match_the_paper_architecture() -> None:
+    assert count(dispnet()) == 31_596_900
+    assert count(posenet(num_sources=2, with_mask=False)) == 1_590_668
+
+
+@pytest.mark.parametrize(("height", "width"), [(128, 416), (64, 208), (96, 320)])
+def test_dispnet_scales_and_range(height: int, width: int) -> None:
+    torch.manual_seed(0)
+    net = DispNet(alpha=10.0, beta=0.01)
+    for mode in (net.train, net.eval):
+        mode()
+        with torch.no_grad():
+            outputs = net(torch.randn(2, 3, height, width))
+        assert isinstance(outputs, tuple) and len(outputs) == 4
+        for scale, disparity in enumerate(outputs):
+            assert disparity.shape == (2, 1, height // 2**scale, width // 2**scale)
+            assert float(disparity.min()) > 0.01 and float(disparity.max()) < 10.01
+
+
+def test_dispnet_rejects_sizes_the_pyramid_cannot_halve() -> None:
+    with pytest.raises(ValueError, match="multiples of 8"):
+        DispNet()(torch.zeros(1, 3, 100, 416))
+
+
+def test_posenet_outputs_and_mask_scales() -> None:
+    torch.manual_seed(0)
+    net = PoseExpNet(num_sources=2, with_mask=True, pose_scale=0.01)
+    target, sources = torch.randn(1, 3, 128, 416), torch.randn(1, 2, 3, 128, 416)
+    for mode in (net.train, net.eval):
+        mode()
+        with torch.no_grad():
+            poses, masks = net(target, sources)
+        assert poses.shape == (1, 2, 6)
+        assert float(poses.abs().max()) < 0.05  # 0.01 x a mean of conv outputs: small initial motion
+        assert [m.shape for m in masks] == [(1, 2, 128 // 2**s, 416 // 2**s) for s in range(4)]
+        assert all(float(m.min()) > 0 and float(m.max()) < 1 for m in masks)
+    poses_only, empty = PoseExpNet(num_sources=4, with_mask=False)(target, torch.randn(1, 4, 3, 128, 416))
+    assert poses_only.shape == (1, 4, 6) and empty == ()
+
+
+def test_posenet_checks_the_source_count() -> None:
+    with pytest.raises(ValueError, match=r"\[B,2,3,H,W\]"):
+        PoseExpNet(num_sources=2)(torch.zeros(1, 3, 64, 64), torch.zeros(1, 3, 3, 64, 64))
+    with pytest.raises(ValueError, match="num_sources"):
+        PoseExpNet(num_sources=0)
+
+
+def test_xavier_initialisation_zero_bias() -> None:
+    net = DispNet()
+    conv = net.encoder[0][0][0]
+    weight, bias = conv.weight.detach(), conv.bias.detach()
+    assert float(bias.abs().max()) == 0
+    fan_in, fan_out = 3 * 49, 32 * 49
+    bound = (6 / (fan_in + fan_out)) ** 0.5
+    assert float(weight.abs().max()) <= bound
