@@ -1,0 +1,215 @@
+"""Training data sources on real data, snippets and augmentation, exact resume after a kill, learning."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from sfm_ros import kitti
+from sfm_ros.bags import BagError, kitti_to_bag
+from test.conftest import DRIVE_0060, ODOMETRY_06, REPO
+from training.config import DataConfig, load_train_config
+from training.data import DataError, SnippetDataset, open_source, prepare_cache, random_scale_crop
+from training.trainer import CheckpointError, Trainer, load_checkpoint
+
+TINY = ["data.height=32", "data.width=104", "optim.batch_size=2", "data.workers=0", "run.progress=false",
+        "run.log_every=1", "data.augment=true"]
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    config = load_train_config(str(REPO / "config" / "train_cpu_small.yaml"), TINY)
+    return prepare_cache(config.data, tmp_path_factory.mktemp("cache") / "tiny", progress=False)
+
+
+def test_kitti_raw_source_honours_the_static_list_and_motion_filter() -> None:
+    (sequence,) = open_source(DRIVE_0060, DataConfig(kitti_camera=(2,)))
+    assert sequence.static_keys[0] == "2011_09_26 2011_09_26_drive_0060_sync 0000000000"
+    with pytest.raises(DataError, match="after static filtering"):
+        prepare_cache(DataConfig(sources=(str(DRIVE_0060),), kitti_camera=(2,), static_filter="list"),
+                      Path("/nonexistent/never-written"), progress=False)
+
+
+def test_eigen_test_scenes_are_excluded(tmp_path: Path) -> None:
+    # Pretend the sample drive is an Eigen test scene by naming it so.
+    root = tmp_path / "2011_09_26"
+    shutil.copytree(DRIVE_0060.parent, root, ignore=shutil.ignore_patterns("*0001*", "velodyne*"))
+    (root / "2011_09_26_drive_0060_sync").rename(root / "2011_09_26_drive_0117_sync")
+    config = DataConfig(sources=(str(root / "2011_09_26_drive_0117_sync"),), kitti_camera=(2,),
+                        static_filter="none")
+    with pytest.raises(DataError, match="no training sequence"):
+        prepare_cache(config, tmp_path / "cache", progress=False)
+
+
+def test_odometry_bag_and_image_folder_sources_agree(odometry_bag: Path, tmp_path: Path) -> None:
+    (from_kitti,) = open_source(ODOMETRY_06, DataConfig())
+    (from_bag,) = open_source(odometry_bag, DataConfig())
+    np.testing.assert_allclose(from_bag.K, from_kitti.K)
+    np.testing.assert_array_equal(from_bag.stamps_ns, from_kitti.stamps_ns)
+    first_bag, first_kitti = next(from_bag.frames()), next(from_kitti.frames())
+    np.testing.assert_array_equal(first_bag, first_kitti)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for path in list(ODOMETRY_06.glob("image_0/*.jpg"))[:5]:
+        shutil.copy(path, folder)
+    with pytest.raises(DataError, match="intrinsics.yaml"):
+        open_source(folder, DataConfig())
+    (folder / "intrinsics.yaml").write_text(yaml.safe_dump({"fx": 707.0912, "fy": 707.0912, "cx": 601.8873,
+                                                            "cy": 183.1104}))
+    (from_folder,) = open_source(folder, DataConfig())
+    np.testing.assert_allclose(from_folder.K, from_kitti.K)
+    assert len(from_folder.stamps_ns) == 5
+
+
+def test_compressed_bag_source(tmp_path: Path) -> None:
+    bag = kitti_to_bag(kitti.kitti_raw_drive(DRIVE_0060, 2), tmp_path / "jpeg", compressed=True, progress=False)
+    (sequence,) = open_source(bag, DataConfig())
+    frames = list(sequence.frames())
+    assert len(frames) == 20 and frames[0].shape == (375, 1242, 3)
+    # JPEG at quality 95 of a JPEG: close to the original frame.
+    assert np.abs(frames[0].astype(int) - kitti.load_rgb(kitti.kitti_raw_drive(DRIVE_0060).image_paths[0])).mean() < 3
+
+
+def test_bad_sources_give_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="does not exist"):
+        open_source(tmp_path / "missing", DataConfig())
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("hello")
+    with pytest.raises(DataError, match="not a KITTI raw drive"):
+        open_source(tmp_path / "notes", DataConfig())
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "frame.png").write_bytes(b"not a png")
+    (broken / "intrinsics.yaml").write_text("fx: 1\nfy: 1\ncx: 0\ncy: 0\n")
+    with pytest.raises(kitti.KittiError, match="cannot read image"):
+        open_source(broken, DataConfig())
+    empty = tmp_path / "empty_bag"
+    from sfm_ros.bags import BagWriter
+
+    with BagWriter(empty):
+        pass
+    with pytest.raises(BagError, match="no sensor_msgs Image"):
+        open_source(empty, DataConfig())
+
+
+def test_bag_with_wrong_encoding_and_missing_topic(tmp_path: Path) -> None:
+    from sfm_ros.bags import BagWriter
+    from sfm_ros.ros_io import CameraModel, make_camera_info, make_header
+
+    bag = tmp_path / "yuv"
+    with BagWriter(bag) as writer:
+        types = writer.types
+        header = make_header(types, 1, "cam")
+        writer.write("/cam/camera_info", make_camera_info(types, CameraModel(np.eye(3) * 100, 4, 4), header), 1)
+        writer.write("/cam/image_raw", types.Image(header=header, height=4, width=4, encoding="yuv422",
+                                                   is_bigendian=0, step=8, data=np.zeros(32, np.uint8)), 1)
+    with pytest.raises(Exception, match="unsupported image encoding 'yuv422'"):
+        open_source(bag, DataConfig())
+    with pytest.raises(BagError, match="'/other' is not in the bag"):
+        open_source(bag, DataConfig(image_topic="/other"))
+
+
+def test_scale_crop_keeps_projections_consistent() -> None:
+    rng = np.random.default_rng(0)
+    images = np.zeros((3, 64, 208, 3), np.uint8)
+    K = np.array([[120.0, 0, 103.5], [0, 120.0, 31.5], [0, 0, 1]])
+    point = np.array([0.7, -0.3, 6.0])
+    u, v = (K @ point)[:2] / point[2]
+    images[:, int(round(v)), int(round(u))] = 255
+    augmented, K_aug = random_scale_crop(images, K, rng, 1.15)
+    u_aug, v_aug = (K_aug @ point)[:2] / point[2]
+    bright = np.unravel_index(np.argmax(augmented[1, :, :, 0]), augmented.shape[1:3])
+    assert abs(bright[0] - v_aug) <= 1.0 and abs(bright[1] - u_aug) <= 1.0
+    assert augmented.shape == images.shape
+
+
+def test_snippets_have_the_target_in_the_middle(tiny_cache: Path) -> None:
+    dataset = SnippetDataset(tiny_cache, "train", 3)
+    assert len(dataset) == 49  # 51 frames, none static by motion, minus the two ends
+    item = dataset[0]
+    frames = np.load(tiny_cache / "frames.npy", mmap_mode="r")
+    np.testing.assert_array_equal(item["images"][1].permute(1, 2, 0).numpy(), frames[1])
+    assert item["K"].dtype == torch.float32 and item["images"].dtype == torch.uint8
+
+
+def _train_command(cache: Path, output: Path, steps: int) -> list[str]:
+    overrides = [*TINY, f"optim.max_steps={steps}", "run.checkpoint_every=2", f"run.output={output}"]
+    command = [sys.executable, "-m", "sfm_ros.cli", "train", "--config", str(REPO / "config" / "train_cpu_small.yaml"),
+               "--cache", str(cache)]
+    for override in overrides:
+        command += ["--set", override]
+    return command
+
+
+def test_resume_after_a_kill_continues_exactly(tiny_cache: Path, tmp_path: Path) -> None:
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(_train_command(tiny_cache, killed, 10_000), cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    checkpoint = killed / "checkpoint.pt"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, output.decode()[-2000:]
+    state = load_checkpoint(checkpoint)
+    stopped_at = state["step"]
+    assert stopped_at >= 2
+
+    overrides = [*TINY, f"optim.max_steps={stopped_at + 3}", f"run.output={tmp_path / 'straight'}",
+                 "run.checkpoint_every=1000"]
+    config = load_train_config(str(REPO / "config" / "train_cpu_small.yaml"), overrides)
+    straight = Trainer(config, tiny_cache).fit()["history"]
+    resumed_trainer = Trainer(load_train_config(str(REPO / "config" / "train_cpu_small.yaml"),
+                                                [*overrides[:-2], f"run.output={tmp_path / 'resumed'}"]), tiny_cache)
+    resumed_trainer.resume(checkpoint)
+    resumed = resumed_trainer.fit()["history"]
+    after = {row["step"]: row["total"] for row in straight if row["step"] > stopped_at}
+    again = {row["step"]: row["total"] for row in resumed}
+    assert sorted(again) == sorted(after) and len(after) == 3
+    for step, value in after.items():
+        assert again[step] == pytest.approx(value, rel=1e-5, abs=1e-7), (step, value, again[step])
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(b"\x80\x02 definitely not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt or not an sfm_ros checkpoint"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+    torch.save({"format": "something-else"}, path)
+    with pytest.raises(CheckpointError, match="not an sfm_ros checkpoint"):
+        load_checkpoint(path)
+
+
+@pytest.mark.slow
+def test_short_cpu_run_lowers_the_photometric_error(tiny_cache: Path, tmp_path: Path) -> None:
+    config = load_train_config(str(REPO / "config" / "train_cpu_small.yaml"),
+                               [*TINY, "optim.max_steps=80", "optim.batch_size=4", f"run.output={tmp_path}",
+                                "run.checkpoint_every=1000", "data.augment=false"])
+    trainer = Trainer(config, tiny_cache)
+    probe = {"images": torch.stack([trainer.train_data[i]["images"] for i in range(0, 48, 4)]),
+             "K": torch.stack([trainer.train_data[i]["K"] for i in range(0, 48, 4)])}
+    import dataclasses
+
+    unweighted = dataclasses.replace(config.loss, explain_weight=0.0)
+    with torch.no_grad():
+        before = float(trainer._forward(probe, unweighted)[1]["photometric"])
+    summary = trainer.fit()
+    with torch.no_grad():
+        after = float(trainer._forward(probe, unweighted)[1]["photometric"])
+    assert after < 0.9 * before, (before, after)
+    bundle = Path(summary["bundle"])
+    assert (bundle / "sfm.json").is_file() and (bundle / "depth.safetensors").is_file()
+    assert (tmp_path / "tensorboard").is_dir() and any((tmp_path / "tensorboard").iterdir())
