@@ -169,6 +169,6 @@ def load_networks(folder: str | Path, device: str = "cpu", with_mask: bool | Non
                               f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
         try:
             net.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise BundleError(f"{path}: {exc}") from None
+        except RuntimeError as exc:  # same keys, other shapes: say which network config disagrees
+            raise BundleError(f"{path} does not match the network in {METADATA_FILE}: {exc}") from None
     return depth_net.to(device).eval(), pose_net.to(device).eval(), metadata

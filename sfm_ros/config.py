@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 
 import yaml
 
-__all__ = ["ConfigError", "NodeConfig", "PipelineConfig", "ScaleConfig", "apply_overrides", "from_dict",
-           "load_config", "param", "to_dict"]
+__all__ = ["ConfigError", "NodeConfig", "ParameterSpec", "PipelineConfig", "ScaleConfig", "apply_overrides",
+           "from_dict", "load_config", "nest", "param", "parameter_table", "to_dict"]
 
 T = TypeVar("T")
 
@@ -226,3 +226,43 @@ class NodeConfig:
     speed_topic: str = param("", "nav_msgs/Odometry topic for scale.source 'external_speed'", read_only=True)
     pipeline: PipelineConfig = dataclasses.field(default_factory=PipelineConfig)
     scale: ScaleConfig = dataclasses.field(default_factory=ScaleConfig)
+
+
+@dataclasses.dataclass(frozen=True)
+class ParameterSpec:
+    """One flattened parameter (``pipeline.bundle``) with what a ROS ParameterDescriptor needs."""
+
+    name: str
+    default: Any
+    description: str
+    choices: tuple[str, ...] | None
+    range: tuple[float, float] | None
+    read_only: bool
+
+
+def parameter_table(cls: type = NodeConfig, prefix: str = "") -> list[ParameterSpec]:
+    """Every leaf field of a config dataclass as a dotted parameter, in declaration order."""
+    specs: list[ParameterSpec] = []
+    instance = cls()
+    for field in dataclasses.fields(cls):
+        name = f"{prefix}{field.name}"
+        value = getattr(instance, field.name)
+        if dataclasses.is_dataclass(value):
+            specs += parameter_table(type(value), f"{name}.")
+            continue
+        metadata = field.metadata
+        specs.append(ParameterSpec(name, value, metadata.get("description", ""), metadata.get("choices"),
+                                   metadata.get("range"), bool(metadata.get("read_only", False))))
+    return specs
+
+
+def nest(flat: dict[str, Any]) -> dict[str, Any]:
+    """{'a.b': 1} -> {'a': {'b': 1}} (ROS parameter names back to the config structure)."""
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = list(value) if isinstance(value, tuple) else value
+    return nested

@@ -17,9 +17,23 @@ import numpy as np
 
 from sfm_ros.geometry import rotation_to_quaternion
 
-__all__ = ["CameraModel", "ImageError", "MessageTypes", "camera_info_to_model", "compressed_to_rgb",
-           "depth_to_image_msg", "cv_bridge_to_rgb", "image_to_rgb", "make_camera_info", "make_header", "make_odometry",
-           "make_transform", "mask_to_image_msg", "rgb_to_image_msg", "stamp_to_ns"]
+__all__ = [
+    "CameraModel",
+    "ImageError",
+    "MessageTypes",
+    "camera_info_to_model",
+    "compressed_to_rgb",
+    "cv_bridge_to_rgb",
+    "depth_to_image_msg",
+    "image_to_rgb",
+    "make_camera_info",
+    "make_header",
+    "make_odometry",
+    "make_transform",
+    "mask_to_image_msg",
+    "rgb_to_image_msg",
+    "stamp_to_ns",
+]
 
 
 class ImageError(ValueError):

@@ -8,8 +8,15 @@ import pytest
 import torch
 
 from sfm_ros.models.warp import inverse_warp, pose_vec_to_mat
-from training.losses import (LossConfig, edge_aware_smoothness, explainability_regularisation, photometric_error,
-                             second_order_smoothness, sfm_objective, ssim_dissimilarity)
+from training.losses import (
+    LossConfig,
+    edge_aware_smoothness,
+    explainability_regularisation,
+    photometric_error,
+    second_order_smoothness,
+    sfm_objective,
+    ssim_dissimilarity,
+)
 
 H, W = 32, 96
 K = torch.tensor([[[60.0, 0.0, 47.5], [0.0, 60.0, 15.5], [0.0, 0.0, 1.0]]])

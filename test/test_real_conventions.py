@@ -86,7 +86,8 @@ def _fit_pose(sequence: kitti.Sequence, t: int, gap: int) -> tuple[np.ndarray, f
 
     # Coarse search along the optical axis on blurred images, then all six parameters coarse-to-fine.
     with torch.no_grad():
-        start = min(np.arange(-1.0, 1.01, 0.1), key=lambda tz: float(error(torch.tensor([[0, 0, float(tz), 0, 0, 0]]), 2)))
+        start = min(np.arange(-1.0, 1.01, 0.1),
+                    key=lambda tz: float(error(torch.tensor([[0, 0, float(tz), 0, 0, 0]]), 2)))
     pose = torch.tensor([[0.0, 0.0, float(start), 0.0, 0.0, 0.0]], requires_grad=True)
     optimiser = torch.optim.Adam([pose], lr=0.005)
     for blur in (2.0, 1.0, 0.0):

@@ -62,7 +62,7 @@ def test_odometry_bag_and_image_folder_sources_agree(odometry_bag: Path, tmp_pat
     folder.mkdir()
     for path in list(ODOMETRY_06.glob("image_0/*.jpg"))[:5]:
         shutil.copy(path, folder)
-    with pytest.raises(DataError, match="intrinsics.yaml"):
+    with pytest.raises(DataError, match=r"intrinsics\.yaml"):
         open_source(folder, DataConfig())
     (folder / "intrinsics.yaml").write_text(yaml.safe_dump({"fx": 707.0912, "fy": 707.0912, "cx": 601.8873,
                                                             "cy": 183.1104}))
@@ -125,7 +125,7 @@ def test_scale_crop_keeps_projections_consistent() -> None:
     K = np.array([[120.0, 0, 103.5], [0, 120.0, 31.5], [0, 0, 1]])
     point = np.array([0.7, -0.3, 6.0])
     u, v = (K @ point)[:2] / point[2]
-    images[:, int(round(v)), int(round(u))] = 255
+    images[:, round(v), round(u)] = 255
     augmented, K_aug = random_scale_crop(images, K, rng, 1.15)
     u_aug, v_aug = (K_aug @ point)[:2] / point[2]
     bright = np.unravel_index(np.argmax(augmented[1, :, :, 0]), augmented.shape[1:3])

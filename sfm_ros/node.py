@@ -1,0 +1,247 @@
+"""The ROS 2 node: parameters -> NodeConfig, camera messages -> Pipeline (on a worker thread) -> messages.
+
+Subscribes: ``image`` (sensor_msgs/Image, or ``image/compressed`` CompressedImage with image_transport
+compressed), ``camera_info`` (sensor_msgs/CameraInfo), optionally a speed topic (nav_msgs/Odometry).
+Publishes: ``depth`` (32FC1 metres, the input header), ``depth/camera_info``, ``odom`` (nav_msgs/Odometry,
+non-zero covariance), TF odom -> base_link (``publish_tf``), ``explainability`` (mono8, ``publish_mask``),
+and ``/diagnostics``. Service: ``reset`` (std_srvs/Trigger).
+
+Parameters are declared from the ``NodeConfig`` dataclass (description, range, choices, read-only), read once
+into the config, and validated before anything heavy loads. Images are subscribed with the sensor-data QoS at
+depth 1 (overridable through ROS QoS overrides); the callback only hands the newest message to the worker.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticStatus
+from diagnostic_updater import Updater
+from nav_msgs.msg import Odometry
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos_overriding_options import QoSOverridingOptions
+from rclpy.time import Time
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_srvs.srv import Trigger
+from tf2_ros import Buffer, TransformBroadcaster, TransformException, TransformListener
+
+from sfm_ros.config import ConfigError, NodeConfig, from_dict, nest, parameter_table
+from sfm_ros.geometry import quaternion_to_rotation
+from sfm_ros.pipeline import Pipeline
+from sfm_ros.ros_io import (
+    CameraModel,
+    ImageError,
+    MessageTypes,
+    camera_info_to_model,
+    compressed_to_rgb,
+    cv_bridge_to_rgb,
+    depth_to_image_msg,
+    image_to_rgb,
+    make_camera_info,
+    make_odometry,
+    make_transform,
+    mask_to_image_msg,
+    stamp_to_ns,
+)
+from sfm_ros.worker import LatestFrameWorker
+
+__all__ = ["SfmNode", "main"]
+
+
+def _descriptor(spec: Any) -> ParameterDescriptor:
+    descriptor = ParameterDescriptor(description=spec.description, read_only=spec.read_only)
+    if spec.choices:
+        descriptor.additional_constraints = f"one of {list(spec.choices)}"
+    if spec.range and isinstance(spec.default, float):
+        descriptor.floating_point_range = [FloatingPointRange(from_value=float(spec.range[0]),
+                                                              to_value=float(spec.range[1]), step=0.0)]
+    elif spec.range and isinstance(spec.default, int) and not isinstance(spec.default, bool):
+        descriptor.integer_range = [IntegerRange(from_value=int(spec.range[0]), to_value=int(spec.range[1]), step=1)]
+    return descriptor
+
+
+def _choose_converter() -> tuple[Any, str]:
+    """cv_bridge where it imports and converts correctly, else the package's own numpy conversion."""
+    try:
+        probe = Image(height=1, width=1, encoding="rgb8", step=3, data=bytes([1, 2, 3]))
+        if np.array_equal(cv_bridge_to_rgb(probe), image_to_rgb(probe)):
+            return cv_bridge_to_rgb, "cv_bridge"
+        return image_to_rgb, "numpy (cv_bridge disagreed on a probe image)"
+    except (ImportError, ImageError, AttributeError) as exc:  # e.g. cv_bridge built against another NumPy
+        return image_to_rgb, f"numpy (cv_bridge unavailable: {type(exc).__name__})"
+
+
+class SfmNode(Node):
+    """Monocular depth and visual odometry from one camera."""
+
+    def __init__(self) -> None:
+        super().__init__("sfm")
+        specs = parameter_table(NodeConfig)
+        for spec in specs:
+            default = list(spec.default) if isinstance(spec.default, tuple) else spec.default
+            self.declare_parameter(spec.name, default, _descriptor(spec))
+        values = {spec.name: self.get_parameter(spec.name).value for spec in specs}
+        self.config: NodeConfig = from_dict(NodeConfig, nest(values))  # validated here, before loading models
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.pipeline = Pipeline(self.config.pipeline, self.config.scale)
+        self.types = MessageTypes.from_rclpy()
+        self.convert_image, converter = _choose_converter()
+        self.get_logger().info(f"backend: {self.pipeline.backend.description}; image conversion: {converter}")
+
+        config = self.config
+        image_qos = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=config.qos_depth,
+                               reliability=QoSReliabilityPolicy.BEST_EFFORT if config.qos_reliability == "best_effort"
+                               else QoSReliabilityPolicy.RELIABLE)
+        overrides = QoSOverridingOptions.with_default_policies()
+        if config.image_transport == "compressed":
+            self.create_subscription(CompressedImage, "image/compressed", self._on_image, image_qos,
+                                     qos_overriding_options=overrides)
+        else:
+            self.create_subscription(Image, "image", self._on_image, image_qos, qos_overriding_options=overrides)
+        self.camera: CameraModel | None = None
+        if config.use_camera_info:
+            self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos_profile_sensor_data)
+        elif len(config.intrinsics) != 4 or min(config.intrinsics[:2]) <= 0:
+            raise ConfigError(f"use_camera_info is false, so intrinsics must be fx fy cx cy > 0, got "
+                              f"{list(config.intrinsics)}")
+        if config.speed_topic:
+            self.create_subscription(Odometry, config.speed_topic, self._on_speed, 10)
+        self.depth_publisher = self.create_publisher(Image, "depth", 10)
+        self.info_publisher = self.create_publisher(CameraInfo, "depth/camera_info", 10)
+        self.odom_publisher = self.create_publisher(Odometry, "odom", 10)
+        self.mask_publisher = self.create_publisher(Image, "explainability", 10) if config.publish_mask else None
+        self.tf_broadcaster = TransformBroadcaster(self) if config.publish_tf else None
+        self.tf_buffer = Buffer()
+        self.tf_listener = TransformListener(self.tf_buffer, self) if config.lookup_extrinsic_from_tf else None
+        self.create_service(Trigger, "reset", self._on_reset)
+        self.diagnostics = Updater(self)
+        self.diagnostics.setHardwareID("sfm_ros")
+        self.diagnostics.add("sfm pipeline", self._diagnose)
+        self.worker = LatestFrameWorker(self._process, self._on_new_error)
+        self._last_estimate: Any = None
+        self._started = time.monotonic()
+
+    # ---- callbacks (cheap: the worker does the work) ----------------------------------------------------
+    def _on_image(self, msg: Any) -> None:
+        self.worker.submit(msg)
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        try:
+            self.camera = camera_info_to_model(msg)
+        except ImageError as exc:
+            self.get_logger().warning(f"ignoring CameraInfo: {exc}", throttle_duration_sec=5.0)
+
+    def _on_speed(self, msg: Odometry) -> None:
+        v = msg.twist.twist.linear
+        self.pipeline.set_speed(float(np.linalg.norm([v.x, v.y, v.z])))
+
+    def _on_reset(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        self.pipeline.reset("reset service called")
+        response.success, response.message = True, "odometry and pose window reset"
+        return response
+
+    def _on_set_parameters(self, parameters: list[Any]) -> SetParametersResult:
+        values = {spec.name: self.get_parameter(spec.name).value for spec in parameter_table(NodeConfig)}
+        values.update({p.name: p.value for p in parameters})
+        try:
+            from_dict(NodeConfig, nest(values))
+        except ConfigError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        return SetParametersResult(successful=True)
+
+    def _on_new_error(self, kind: str, exc: BaseException) -> None:
+        self.get_logger().error(f"skipping frames with a new kind of error ({kind}): {exc}")
+
+    # ---- the worker ---------------------------------------------------------------------------------------
+    def _camera_for(self, msg: Any, height: int, width: int) -> CameraModel:
+        config = self.config
+        if not config.use_camera_info:
+            fx, fy, cx, cy = config.intrinsics
+            return CameraModel(K=np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]]), height=height, width=width,
+                               frame_id=msg.header.frame_id)
+        if self.camera is None:
+            raise ImageError("no CameraInfo received yet")
+        return self.camera
+
+    def _update_extrinsic(self, camera_frame: str) -> None:
+        if self.tf_listener is None or not camera_frame:
+            return
+        try:
+            transform = self.tf_buffer.lookup_transform(self.config.base_frame, camera_frame, Time())
+        except TransformException:
+            return  # keep the parameter's extrinsic until TF has it
+        t, q = transform.transform.translation, transform.transform.rotation
+        T = np.eye(4)
+        T[:3, :3] = quaternion_to_rotation(np.array([q.x, q.y, q.z, q.w]))
+        T[:3, 3] = (t.x, t.y, t.z)
+        self.pipeline.set_extrinsic(T)
+
+    def _process(self, msg: Any) -> None:
+        rgb = compressed_to_rgb(msg) if isinstance(msg, CompressedImage) else self.convert_image(msg)
+        camera = self._camera_for(msg, *rgb.shape[:2])
+        camera_frame = self.config.camera_frame or msg.header.frame_id
+        self._update_extrinsic(camera_frame)
+        estimate = self.pipeline.process(stamp_to_ns(msg.header.stamp), rgb, camera)
+        for event in estimate.events:
+            self.get_logger().info(event, throttle_duration_sec=2.0)
+        header = msg.header
+        self.depth_publisher.publish(depth_to_image_msg(self.types, estimate.depth_m, header))
+        self.info_publisher.publish(make_camera_info(self.types, estimate.camera_info_scaled, header))
+        odom_header = type(header)(stamp=header.stamp, frame_id=self.config.odom_frame)
+        self.odom_publisher.publish(make_odometry(self.types, odom_header, self.config.base_frame,
+                                                  estimate.T_odom_base, estimate.covariance))
+        if self.tf_broadcaster is not None:
+            self.tf_broadcaster.sendTransform(make_transform(self.types, odom_header, self.config.base_frame,
+                                                             estimate.T_odom_base))
+        if self.mask_publisher is not None and estimate.mask is not None:
+            self.mask_publisher.publish(mask_to_image_msg(self.types, estimate.mask, header))
+        self._last_estimate = estimate
+
+    def _diagnose(self, status: Any) -> Any:
+        worker, estimate = self.worker, self._last_estimate
+        elapsed = max(time.monotonic() - self._started, 1e-9)
+        level, message = DiagnosticStatus.OK, "tracking"
+        if estimate is None:
+            level, message = DiagnosticStatus.WARN, "no frame processed yet"
+        elif not estimate.scale.healthy or not estimate.scale.metric:
+            level, message = DiagnosticStatus.WARN, f"scale: {estimate.scale.reason}"
+        if worker.errors:
+            level = max(level, DiagnosticStatus.WARN)
+        status.summary(level, message)
+        values = {"backend": self.pipeline.backend.description, "scale_source": self.config.scale.source,
+                  "frames_processed": worker.processed, "frames_dropped": worker.dropped,
+                  "rate_hz": f"{worker.processed / elapsed:.2f}", "latency_ms": f"{worker.last_latency_s * 1e3:.1f}",
+                  "errors": dict(worker.errors)}
+        if estimate is not None:
+            values["scale_factor"] = f"{estimate.scale.factor:.4f}"
+        for key, value in values.items():
+            status.add(key, str(value))
+        return status
+
+    def destroy_node(self) -> None:
+        self.worker.stop()
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> None:
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = SfmNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except ConfigError as exc:
+        rclpy.logging.get_logger("sfm").fatal(f"invalid configuration: {exc}")
+        raise SystemExit(2) from None
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+

@@ -1,0 +1,69 @@
+"""Typed configuration: YAML presets, overrides, validation, and config/sfm.yaml in sync with NodeConfig."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import yaml
+
+from sfm_ros.config import ConfigError, NodeConfig, ScaleConfig, load_config, nest, parameter_table, to_dict
+from test.conftest import REPO
+from training.config import TrainConfig, load_train_config
+
+
+def test_train_presets_load_and_the_kitti_one_is_the_papers() -> None:
+    kitti = load_train_config(str(REPO / "config" / "train_kitti.yaml"))
+    assert (kitti.data.height, kitti.data.width, kitti.data.sequence_length) == (128, 416, 3)
+    assert (kitti.optim.batch_size, kitti.optim.lr, kitti.optim.beta1) == (4, 2e-4, 0.9)
+    assert (kitti.loss.smooth_weight, kitti.loss.explain_weight) == (0.5, 0.2)
+    # Everything but the run folder and checkpoint cadence equals the dataclass defaults.
+    defaults = TrainConfig()
+    for section in ("data", "model", "loss", "optim"):
+        assert getattr(kitti, section) == getattr(defaults, section), section
+    small = load_train_config(str(REPO / "config" / "train_cpu_small.yaml"))
+    assert (small.data.height, small.data.width) == (64, 208)
+
+
+def test_overrides_and_errors_name_the_key() -> None:
+    config = load_train_config(None, ["loss.ssim_weight=0.85", "data.sources=[a, b]", "optim.max_steps=7"])
+    assert config.loss.ssim_weight == 0.85 and config.data.sources == ("a", "b") and config.optim.max_steps == 7
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['lamda_e'\] in loss"):
+        load_train_config(None, ["loss.lamda_e=0.2"])
+    with pytest.raises(ConfigError, match="optim.batch_size must be an integer, got 'four'"):
+        load_train_config(None, ["optim.batch_size=four"])
+    with pytest.raises(ConfigError, match="multiples of 8"):
+        load_train_config(None, ["data.height=100"])
+    with pytest.raises(ConfigError, match=r"source must be one of \['camera_height'"):
+        load_config(NodeConfig, None, ["scale.source=lidar"])
+    with pytest.raises(ConfigError, match=r"camera_height_m must be in \[0.05, 10.0\]"):
+        load_config(NodeConfig, None, ["scale.camera_height_m=-1"])
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        load_train_config(None, ["novalue"])
+
+
+def test_config_is_frozen() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ScaleConfig().source = "none"  # type: ignore[misc]
+
+
+def test_node_parameter_file_matches_the_dataclass_defaults() -> None:
+    data = yaml.safe_load((REPO / "config" / "sfm.yaml").read_text())["sfm"]["ros__parameters"]
+    assert data == to_dict(NodeConfig())
+    text = (REPO / "config" / "sfm.yaml").read_text()
+    for spec in parameter_table(NodeConfig):
+        assert spec.description, spec.name
+        assert spec.description.split(";")[0] in text, f"{spec.name} is not documented in config/sfm.yaml"
+
+
+def test_parameter_table_round_trips_through_ros_names() -> None:
+    specs = parameter_table(NodeConfig)
+    names = [s.name for s in specs]
+    assert "pipeline.bundle" in names and "scale.camera_height_m" in names and len(names) == len(set(names))
+    flat = {s.name: s.default for s in specs}
+    assert load_config(NodeConfig, None, []) == NodeConfig()
+    from sfm_ros.config import from_dict
+
+    assert from_dict(NodeConfig, nest(flat)) == NodeConfig()
+    read_only = {s.name for s in specs if s.read_only}
+    assert {"pipeline.bundle", "pipeline.backend", "qos_depth"} <= read_only

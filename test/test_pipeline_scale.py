@@ -1,0 +1,255 @@
+"""The ROS-free pipeline, metric scale, replay and the newest-frame-wins worker, on real KITTI-derived bags."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sfm_ros.bags import read_camera_frames, read_odometry
+from sfm_ros.config import PipelineConfig, ScaleConfig
+from sfm_ros.geometry import backproject, pose_vec_to_mat
+from sfm_ros.pipeline import FrameError, Pipeline
+from sfm_ros.ros_io import CameraModel
+from sfm_ros.scale import ExternalSpeedScale, GroundPlaneScale, fit_ground_plane
+from sfm_ros.worker import LatestFrameWorker
+
+K_NET = np.array([[120.0, 0, 103.5], [0, 120.0, 31.5], [0, 0, 1]])
+
+
+class FakeBackend:
+    """A deterministic backend: constant disparity and a fixed relative pose (for exact pipeline checks)."""
+
+    name = "fake"
+    description = "fake"
+    has_mask = False
+
+    def __init__(self, metadata, disparity: float = 0.1, pose: np.ndarray | None = None) -> None:
+        self.metadata = metadata
+        self.disparity = disparity
+        self.pose = pose if pose is not None else np.array([0, 0, -0.1, 0, 0, 0.0])  # target->source per frame
+        self.calls = 0
+
+    def infer_depth(self, image: np.ndarray) -> np.ndarray:
+        return np.full((1, 1, *image.shape[-2:]), self.disparity, np.float32)
+
+    def infer_pose(self, target: np.ndarray, sources: np.ndarray):
+        self.calls += 1
+        # sources = (t-2, t); T_source_target: t-2 is behind the target (t-1), t is ahead.
+        back = self.pose.copy()
+        back[:3] *= -1
+        return np.stack([back, self.pose]).astype(np.float32), None
+
+
+def fake_pipeline(**config: object) -> tuple[Pipeline, FakeBackend]:
+    from sfm_ros.bundle import BundleMetadata
+
+    backend = FakeBackend(BundleMetadata(height=64, width=208))
+    scale = config.pop("scale", ScaleConfig(source="fixed", fixed_factor=2.0))
+    return Pipeline(PipelineConfig(**config), scale, backend=backend), backend
+
+
+CAMERA = CameraModel(K=K_NET * [[2], [2], [1]] + [[0, 0, 0.5], [0, 0, 0.5], [0, 0, 0]], height=128, width=416,
+                     frame_id="cam")
+
+
+def frame(value: int = 100) -> np.ndarray:
+    return np.full((128, 416, 3), value, np.uint8)
+
+
+def test_pose_from_the_window_has_no_frame_of_delay_and_is_scaled() -> None:
+    pipeline, backend = fake_pipeline()
+    first = pipeline.process(0, frame(), CAMERA)
+    second = pipeline.process(100_000_000, frame(), CAMERA)
+    assert first.T_prev_current is None and second.T_prev_current is None and backend.calls == 0
+    third = pipeline.process(200_000_000, frame(), CAMERA)
+    # T_t<-(t-1) is the pose vector's transform; the pose of t in t-1 is its inverse: 0.1 forward, x2 scale.
+    np.testing.assert_allclose(third.T_prev_current[:3, 3], [0, 0, 0.2], atol=1e-9)
+    fourth = pipeline.process(300_000_000, frame(), CAMERA)
+    # In the first camera's optical frame the camera moved 0.4 along z ...
+    in_first_camera = np.linalg.inv(first.T_odom_camera) @ fourth.T_odom_camera
+    np.testing.assert_allclose(in_first_camera[:3, 3], [0, 0, 0.4], atol=1e-9)
+    # ... which is x (forward) in odom and for base_link (REP 103/105).
+    np.testing.assert_allclose(fourth.T_odom_base[:3, 3], [0.4, 0, 0], atol=1e-9)
+    np.testing.assert_allclose(fourth.T_odom_camera[:3, 3], [0.4, 0, 0], atol=1e-9)
+    assert third.depth_m.shape == (64, 208) and float(third.depth_m[0, 0]) == pytest.approx(20.0)
+    np.testing.assert_allclose(third.camera_info_scaled.K, K_NET, atol=1e-9)
+
+
+def test_rotation_composes_in_the_camera_frame() -> None:
+    pipeline, backend = fake_pipeline()
+    backend.pose = np.array([0, 0, 0, 0, 0.05, 0])  # a yaw about the optical y axis, no translation
+    estimates = [pipeline.process(i * 100_000_000, frame(), CAMERA) for i in range(5)]
+    # Three relative poses of inverse(R_y(0.05)) each, in the first camera's frame.
+    in_first_camera = np.linalg.inv(estimates[0].T_odom_camera) @ estimates[-1].T_odom_camera
+    np.testing.assert_allclose(in_first_camera, np.linalg.matrix_power(
+        np.linalg.inv(pose_vec_to_mat(backend.pose)), 3), atol=1e-12)
+
+
+def test_covariance_grows_never_zero_and_inflates_on_resets() -> None:
+    pipeline, _ = fake_pipeline()
+    stamps = [0, 1, 2, 3, 4]
+    estimates = [pipeline.process(s * 100_000_000, frame(), CAMERA) for s in stamps]
+    traces = [np.trace(e.covariance) for e in estimates]
+    assert all(t > 0 for t in traces)
+    assert traces[-1] > traces[2]
+    backwards = pipeline.process(100_000_000, frame(), CAMERA)
+    assert any("time went backwards" in e for e in backwards.events)
+    assert np.trace(backwards.covariance) > traces[-1] * 10
+    assert backwards.T_prev_current is None  # the window restarted
+
+
+def test_gaps_size_changes_and_bad_frames() -> None:
+    pipeline, _ = fake_pipeline(max_frame_gap_s=0.5)
+    pipeline.process(0, frame(), CAMERA)
+    gap = pipeline.process(2_000_000_000, frame(), CAMERA)
+    assert any("gap of 2.000 s" in e for e in gap.events)
+    small = CameraModel(K=K_NET, height=64, width=208)
+    resized = pipeline.process(2_100_000_000, np.zeros((64, 208, 3), np.uint8), small)
+    assert any("image size changed from 416x128 to 208x64" in e for e in resized.events)
+    with pytest.raises(FrameError, match="uint8"):
+        pipeline.process(3_000_000_000, np.zeros((64, 208, 3), np.float32), small)
+    with pytest.raises(FrameError, match="camera model is 208x64"):
+        pipeline.process(3_000_000_000, frame(), small)
+    pipeline.reset("test")
+    assert pipeline.process(4_000_000_000, frame(), CAMERA).events == ("reset: test",)
+
+
+def test_depth_at_input_size_and_far_depth_is_infinite() -> None:
+    pipeline, _backend = fake_pipeline(depth_output_size="input", max_depth_m=10.0)
+    estimate = pipeline.process(0, frame(), CAMERA)
+    assert estimate.depth_m.shape == (128, 416) and np.isinf(estimate.depth_m).all()  # 20 m > 10 m
+    np.testing.assert_allclose(estimate.camera_info_scaled.K, CAMERA.K)
+
+
+def test_min_pose_interval_subsamples_a_fast_camera() -> None:
+    pipeline, backend = fake_pipeline(min_pose_interval_s=0.09)
+    for i in range(9):  # a 30 Hz camera: every third frame enters the pose window
+        pipeline.process(i * 33_333_333, frame(), CAMERA)
+    assert backend.calls == 1
+
+
+def plane_depth(height_m: float, K: np.ndarray, shape: tuple[int, int], tilt: float = 0.0) -> np.ndarray:
+    """Depth of a ground plane height_m below the camera (optical y down), optionally pitched."""
+    v, _u = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float64)
+    ray_y = (v - K[1, 2]) / K[1, 1] + tilt
+    with np.errstate(divide="ignore"):
+        depth = np.where(ray_y > 0.02, height_m / ray_y, 200.0)
+    return depth
+
+
+def test_ground_plane_on_a_synthetic_plane_gives_the_exact_scale() -> None:
+    config = ScaleConfig(camera_height_m=1.65, smoothing=0.0)
+    estimator = GroundPlaneScale(config)
+    depth = plane_depth(0.5, K_NET, (64, 208))  # the network thinks the camera is 0.5 units high
+    estimate = estimator.update(depth=depth, K=K_NET)
+    assert estimate.healthy and estimate.factor == pytest.approx(1.65 / 0.5, rel=1e-6)
+
+
+def test_ground_plane_is_robust_to_objects_above_the_ground() -> None:
+    rng = np.random.default_rng(0)
+    depth = plane_depth(0.5, K_NET, (64, 208))
+    depth[40:, 80:130] = rng.uniform(2, 4, size=(24, 50))  # a car's rear in the lower image
+    estimate = GroundPlaneScale(ScaleConfig(smoothing=0.0)).update(depth=depth, K=K_NET)
+    assert estimate.healthy and estimate.factor == pytest.approx(3.3, rel=0.02)
+    points = backproject(depth, K_NET)[40:].reshape(-1, 3)
+    fit = fit_ground_plane(points, rng, 200, 0.02, 30.0)
+    assert fit is not None and fit[1] == pytest.approx(0.5, rel=0.01) and fit[2] < 0.9
+
+
+def test_no_ground_is_a_failure_flag_not_a_number() -> None:
+    wall = np.full((64, 208), 5.0)  # a fronto-parallel wall fills the view: no plane near horizontal
+    estimate = GroundPlaneScale(ScaleConfig()).update(depth=wall, K=K_NET)
+    assert not estimate.healthy and not estimate.metric and "no ground" in estimate.reason
+
+
+def test_external_speed_scale_and_standstill() -> None:
+    estimator = ExternalSpeedScale(ScaleConfig(smoothing=0.0, min_speed_mps=0.3))
+    assert not estimator.update(translation_units=0.1, dt_s=0.1).healthy  # no speed yet
+    estimator.set_speed(10.0)
+    estimate = estimator.update(translation_units=0.5, dt_s=0.1)
+    assert estimate.healthy and estimate.factor == pytest.approx(2.0)
+    estimator.set_speed(0.0)
+    standstill = estimator.update(translation_units=0.01, dt_s=0.1)
+    assert not standstill.healthy and "standstill" in standstill.reason and standstill.factor == pytest.approx(2.0)
+
+
+def test_external_speed_from_a_ground_truth_odometry_topic(odometry_bag: Path, small_bundle: Path) -> None:
+    """Speed from the bag's ground-truth Odometry makes the per-frame translation metric."""
+    stamps, poses, _ = read_odometry(odometry_bag)
+    speeds = np.linalg.norm(np.diff(poses[:, :3, 3], axis=0), axis=1) / (np.diff(stamps) / 1e9)
+    config = PipelineConfig(bundle=str(small_bundle), backend="onnxruntime")
+    pipeline = Pipeline(config, ScaleConfig(source="external_speed", smoothing=0.0))
+    steps = []
+    for i, camera_frame in enumerate(read_camera_frames(odometry_bag)):
+        if i:
+            pipeline.set_speed(speeds[i - 1])
+        estimate = pipeline.process(camera_frame.stamp_ns, camera_frame.rgb, camera_frame.camera)
+        if estimate.T_prev_current is not None and estimate.scale.healthy:
+            steps.append((np.linalg.norm(estimate.T_prev_current[:3, 3]), speeds[i - 1] * 0.1))
+        if i > 12:
+            break
+    steps = np.asarray(steps)
+    assert len(steps) > 5
+    np.testing.assert_allclose(steps[:, 0], steps[:, 1], rtol=1e-6)  # speed x dt, whatever the network says
+
+
+def test_replay_writes_one_depth_per_input_frame(odometry_bag: Path, small_bundle: Path, tmp_path: Path) -> None:
+    from rosbags.rosbag2 import Reader
+
+    from sfm_ros.replay import replay_bag
+
+    pipeline = Pipeline(PipelineConfig(bundle=str(small_bundle), backend="onnxruntime"), ScaleConfig(source="none"))
+    summary = replay_bag(odometry_bag, pipeline, tmp_path / "replay", progress=False, publish_mask=True)
+    assert summary.frames_in == summary.frames_out == 51 and summary.dropped == 0
+    input_stamps = [f.stamp_ns for f in read_camera_frames(odometry_bag)]
+    with Reader(summary.output_bag) as reader:
+        topics = {c.topic: c.msgcount for c in reader.connections}
+        depth_stamps = [t for c, t, _ in reader.messages() if c.topic == "/sfm/depth"]
+    assert depth_stamps == input_stamps
+    assert topics["/sfm/odom"] == topics["/tf"] == topics["/sfm/depth/camera_info"] == 51
+    assert topics["/sfm/explainability"] == 49
+    assert (tmp_path / "replay" / "trajectory.tum").is_file()
+    assert summary.evaluation is not None and (tmp_path / "replay" / "report" / "index.html").is_file()
+    assert set(summary.latency_ms) == {"p50", "p90", "p99", "max"}
+
+
+def test_replay_refuses_to_overwrite(odometry_bag: Path, small_bundle: Path, tmp_path: Path) -> None:
+    from sfm_ros.bags import BagError
+    from sfm_ros.replay import replay_bag
+
+    (tmp_path / "sfm_output").mkdir()
+    pipeline = Pipeline(PipelineConfig(bundle=str(small_bundle), backend="onnxruntime"))
+    with pytest.raises(BagError, match="exists already, not overwriting"):
+        replay_bag(odometry_bag, pipeline, tmp_path, progress=False)
+
+
+def test_worker_keeps_the_newest_and_survives_errors() -> None:
+    seen: list[int] = []
+    gate = threading.Event()
+
+    def handler(item: int) -> None:
+        gate.wait(5)
+        if item == 3:
+            raise ValueError("bad frame: step mismatch")
+        seen.append(item)
+
+    reported: list[str] = []
+    worker = LatestFrameWorker(handler, lambda kind, exc: reported.append(kind))
+    worker.submit(0)
+    time.sleep(0.05)  # the worker takes 0 and blocks on the gate
+    for item in range(1, 30):
+        worker.submit(item)  # 1..28 are replaced before the worker is free: only 29 survives
+    gate.set()
+    assert worker.wait_idle()
+    assert seen == [0, 29] and worker.dropped == 28
+    worker.submit(3)
+    worker.submit(3) if worker.wait_idle() else None
+    assert worker.wait_idle()
+    worker.submit(40)
+    assert worker.wait_idle()
+    worker.stop()
+    assert seen[-1] == 40 and worker.errors["ValueError: bad frame"] == 2 and reported == ["ValueError: bad frame"]
