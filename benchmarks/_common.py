@@ -1,0 +1,32 @@
+"""Helpers for the benchmark scripts: a full-size random bundle and the git commit."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def random_bundle(folder: Path, height: int = 128, width: int = 416, fp16: bool = True) -> Path:
+    """Randomly initialised paper-size networks, exported; latency does not depend on the weights' values."""
+    import torch
+
+    from sfm_ros.bundle import BundleMetadata, save_networks
+    from sfm_ros.export import export_bundle
+    from sfm_ros.models import DispNet, PoseExpNet
+
+    if (folder / "sfm.json").is_file() and (folder / "depth.onnx").is_file():
+        return folder
+    torch.manual_seed(0)
+    save_networks(folder, DispNet(), PoseExpNet(2, with_mask=True), BundleMetadata(height=height, width=width))
+    export_bundle(folder, fp16=fp16)
+    return folder

@@ -1,0 +1,87 @@
+"""Node-level load test without ROS: real KITTI frames offered at 30 Hz to the node's worker (newest frame wins)
+running the pipeline, for several minutes. Reports latency percentiles, processed/dropped frames, and resident
+memory over time (it must stay flat). Prints JSON.
+
+Usage: python benchmarks/bench_node_load.py [--minutes 3] [--rate 30] [--backend onnxruntime]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import REPO, git_commit, random_bundle
+from sfm_ros import kitti
+from sfm_ros.bench import machine_description
+from sfm_ros.config import PipelineConfig, ScaleConfig
+from sfm_ros.pipeline import Pipeline
+from sfm_ros.ros_io import CameraModel
+from sfm_ros.worker import LatestFrameWorker
+
+
+def resident_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=3.0)
+    parser.add_argument("--rate", type=float, default=30.0)
+    parser.add_argument("--backend", default="onnxruntime")
+    parser.add_argument("--bundle")
+    args = parser.parse_args()
+    bundle = Path(args.bundle) if args.bundle else random_bundle(Path(tempfile.gettempdir()) / "sfm_bench_bundle")
+    sequence = kitti.kitti_odometry_sequence(REPO / "test" / "data" / "kitti_odometry" / "sequences" / "06")
+    frames = [kitti.load_rgb(p) for p in sequence.image_paths]
+    camera = CameraModel(K=sequence.K, height=sequence.size[0], width=sequence.size[1])
+    pipeline = Pipeline(PipelineConfig(bundle=str(bundle), backend=args.backend, max_frame_gap_s=5.0),
+                        ScaleConfig(source="camera_height"))
+    latencies: list[float] = []
+
+    def handle(item: tuple[int, np.ndarray]) -> None:
+        offered, rgb = item
+        pipeline.process(offered, rgb, camera)
+        latencies.append((time.perf_counter_ns() - offered) / 1e6)  # offer -> result, including waiting
+
+    worker = LatestFrameWorker(handle)
+    period = 1.0 / args.rate
+    start = time.perf_counter()
+    memory = []
+    next_memory = start
+    i = 0
+    while time.perf_counter() - start < args.minutes * 60:
+        worker.submit((time.perf_counter_ns(), frames[i % len(frames)]))
+        i += 1
+        now = time.perf_counter()
+        if now >= next_memory:
+            memory.append((round(now - start, 1), round(resident_mb(), 1)))
+            next_memory += 10.0
+        time.sleep(max(0.0, start + i * period - time.perf_counter()))
+    worker.wait_idle(30)
+    worker.stop()
+    values = np.asarray(latencies)
+    half = len(memory) // 2
+    print(json.dumps({
+        "benchmark": "node load (worker + pipeline), KITTI 1226x370 frames", "commit": git_commit(),
+        "backend": pipeline.backend.description, "offered_hz": args.rate, "seconds": args.minutes * 60,
+        "offered": worker.submitted, "processed": worker.processed, "dropped": worker.dropped,
+        "processed_hz": worker.processed / (args.minutes * 60), "errors": dict(worker.errors),
+        "latency_ms": {p: float(np.percentile(values, q)) for p, q in (("p50", 50), ("p90", 90), ("p99", 99))},
+        "rss_mb_first_half_max": max(m for _, m in memory[:max(half, 1)]),
+        "rss_mb_second_half_max": max(m for _, m in memory[half:]) if memory[half:] else None,
+        "rss_mb_timeline": memory, "machine": machine_description()}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
