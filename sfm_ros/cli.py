@@ -175,8 +175,13 @@ def cmd_eval_depth(args: argparse.Namespace) -> int:
     samples = (depth_samples_from_drive(args.drive) if args.drive
                else depth_samples_from_list(args.list, args.kitti_root))
     backend = make_backend(args.bundle, args.backend)
+    metric_scale = None
+    if args.metric_scale:
+        from sfm_ros.config import ScaleConfig
+
+        metric_scale = ScaleConfig(source="camera_height", camera_height_m=args.camera_height)
     report = evaluate_depth(backend, samples, args.output, median_scaling=not args.no_median_scaling,
-                            progress=not args.quiet)
+                            progress=not args.quiet, metric_scale=metric_scale)
     report.pop("per_image")
     _print_json(report)
     return 0
@@ -307,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     depth.add_argument("--list", help="an Eigen-format list (e.g. sfm_ros/data/test_files_eigen.txt)")
     depth.add_argument("--kitti-root", help="KITTI raw root for --list")
     depth.add_argument("--no-median-scaling", action="store_true", help="for metric models")
+    depth.add_argument("--metric-scale", action="store_true",
+                       help="scale each prediction by the camera-height ground-plane estimate, no median scaling")
+    depth.add_argument("--camera-height", type=float, default=1.65, help="metres, for --metric-scale (KITTI 1.65)")
     depth.add_argument("--output", help="report folder")
     depth.add_argument("--quiet", action="store_true")
     depth.set_defaults(func=cmd_eval_depth)

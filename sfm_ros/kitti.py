@@ -13,9 +13,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["KittiError", "Sequence", "eigen_test_files", "image_files", "kitti_odometry_sequence", "kitti_raw_drive",
-           "lidar_depth_map", "load_rgb", "oxts_camera_poses", "read_calib_file", "read_kitti_poses",
-           "read_timestamps", "read_velodyne", "velodyne_to_image_projection"]
+__all__ = ["KittiError", "Sequence", "eigen_test_files", "image_files", "kitti_camera_matrix",
+           "kitti_odometry_sequence", "kitti_raw_drive", "lidar_depth_map", "load_rgb", "oxts_camera_poses",
+           "read_calib_file", "read_kitti_poses", "read_timestamps", "read_velodyne", "velodyne_to_image_projection"]
 
 KITTI_FRAME_PERIOD_NS = 100_000_000  # 10 Hz, used when a drive has no timestamps file
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -115,6 +115,12 @@ def _raw_calibration(calib_dir: Path, camera: int) -> tuple[np.ndarray, np.ndarr
     T_cam0rect_velo = rect @ _rigid(velo["R"], velo["T"])
     width, height = cam[f"S_rect_{camera:02d}"].astype(int)
     return cam[key].reshape(3, 4), T_cam0rect_velo, (int(height), int(width))
+
+
+def kitti_camera_matrix(calib_dir: Path | str, camera: int = 2) -> np.ndarray:
+    """Rectified intrinsics K [3,3] of a raw-drive camera (from P_rect_0c)."""
+    projection, _, _ = _raw_calibration(Path(calib_dir), camera)
+    return projection[:, :3].copy()
 
 
 def velodyne_to_image_projection(calib_dir: Path | str, camera: int = 2) -> np.ndarray:

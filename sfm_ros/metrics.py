@@ -70,9 +70,13 @@ def eigen_depth_evaluation(pred_depth: np.ndarray, gt_depth: np.ndarray, median_
     if not mask.any():
         raise ValueError("no ground-truth pixel inside the depth range and crop")
     gt_valid, pred_valid = gt_depth[mask].astype(np.float64), pred[mask].astype(np.float64)
-    ratio = float(np.median(gt_valid) / np.median(pred_valid)) if median_scaling else 1.0
+    median_ratio = float(np.median(gt_valid) / np.median(pred_valid))
+    ratio = median_ratio if median_scaling else 1.0
     pred_valid = np.clip(pred_valid * ratio, min_depth, max_depth)
-    return DepthResult(depth_errors(gt_valid, pred_valid), ratio, int(mask.sum()))
+    errors = depth_errors(gt_valid, pred_valid)
+    if not median_scaling:
+        errors["median_ratio"] = median_ratio  # how far a metric prediction is off: 1.0 is right
+    return DepthResult(errors, ratio, int(mask.sum()))
 
 
 def compose_relative(T_prev_current: np.ndarray) -> np.ndarray:

@@ -253,3 +253,30 @@ def test_worker_keeps_the_newest_and_survives_errors() -> None:
     assert worker.wait_idle()
     worker.stop()
     assert seen[-1] == 40 and worker.errors["ValueError: bad frame"] == 2 and reported == ["ValueError: bad frame"]
+
+
+def test_metric_depth_evaluation_on_lidar_with_camera_height_scale(tmp_path: Path) -> None:
+    """A backend that predicts a flat road 0.5 units below the camera: the camera-height scale (1.65 m) must make it
+    metric without median scaling, and LiDAR agrees on the ratio of medians."""
+    from sfm_ros.bundle import BundleMetadata
+    from sfm_ros.evaluate import depth_samples_from_drive, evaluate_depth
+    from test.conftest import DRIVE_0060
+
+    class FlatRoadBackend(FakeBackend):
+        def infer_depth(self, image: np.ndarray) -> np.ndarray:
+            height, width = image.shape[-2:]
+            K = np.array([[721.5377 * width / 1242, 0, 609.56 * width / 1242],
+                          [0, 721.5377 * height / 375, 172.85 * height / 375], [0, 0, 1]])
+            depth = plane_depth(0.5, K, (height, width))
+            return (1.0 / depth)[None, None].astype(np.float32)
+
+    backend = FlatRoadBackend(BundleMetadata(height=128, width=416))
+    samples = depth_samples_from_drive(DRIVE_0060)[:4]
+    report = evaluate_depth(backend, samples, tmp_path / "metric", progress=False,
+                            metric_scale=ScaleConfig(camera_height_m=1.65))
+    assert report["scale_failures"] == 0 and "camera height" in report["protocol"]
+    # Flat-road depth is right where LiDAR sees road and too far on cars: a metric, not a perfect, prediction.
+    assert 0.5 < report["metrics"]["median_ratio"] < 1.2
+    median_scaled = evaluate_depth(backend, samples, progress=False)
+    assert median_scaled["metrics"]["abs_rel"] != pytest.approx(report["metrics"]["abs_rel"])
+    assert (tmp_path / "metric" / "index.html").is_file()
