@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import yaml
 
 __all__ = ["ConfigError", "NodeConfig", "ParameterSpec", "PipelineConfig", "ScaleConfig", "apply_overrides",
-           "from_dict", "load_config", "nest", "param", "parameter_table", "to_dict"]
+           "from_dict", "load_config", "nest", "param", "parameter_table", "render_parameter_file", "to_dict"]
 
 T = TypeVar("T")
 
@@ -223,7 +223,9 @@ class NodeConfig:
                                  choices=("best_effort", "reliable"), read_only=True)
     qos_depth: int = param(1, "image subscription queue depth; 1 keeps only the newest frame", range=(1, 100),
                            read_only=True)
-    speed_topic: str = param("", "nav_msgs/Odometry topic for scale.source 'external_speed'", read_only=True)
+    speed_topic: str = param("", "speed topic for scale.source 'external_speed' (wheel odometry)", read_only=True)
+    speed_topic_type: str = param("odometry", "message type of speed_topic", choices=("odometry", "twist_stamped"),
+                                  read_only=True)
     pipeline: PipelineConfig = dataclasses.field(default_factory=PipelineConfig)
     scale: ScaleConfig = dataclasses.field(default_factory=ScaleConfig)
 
@@ -266,3 +268,34 @@ def nest(flat: dict[str, Any]) -> dict[str, Any]:
             node = node.setdefault(part, {})
         node[leaf] = list(value) if isinstance(value, tuple) else value
     return nested
+
+
+def render_parameter_file(cls: type = NodeConfig, node_name: str = "sfm") -> str:
+    """The ROS 2 parameter file (config/sfm.yaml) documenting every parameter with its default.
+
+    Regenerate with:
+    python -c "from sfm_ros.config import render_parameter_file as r; print(r(), end='')" > config/sfm.yaml
+    """
+    import json
+
+    lines = ["# Parameters of the sfm node (ROS 2 parameter file), generated from sfm_ros/config.py (NodeConfig):",
+             "# every value is the default there. (ro) = read-only: restart the node to change it.",
+             "# Usage: ros2 launch sfm_ros sfm.launch.py params_file:=/path/to/this.yaml bundle:=/path/to/bundle",
+             f"{node_name}:", "  ros__parameters:"]
+    section = None
+    for spec in parameter_table(cls):
+        *parents, leaf = spec.name.split(".")
+        if parents and parents[0] != section:
+            lines.append(f"    {parents[0]}:")
+        section = parents[0] if parents else None
+        indent = "      " if parents else "    "
+        note = spec.description
+        if spec.choices:
+            note += f"; one of {list(spec.choices)}"
+        if spec.range:
+            note += f"; range {list(spec.range)}"
+        if spec.read_only:
+            note += " (ro)"
+        value = list(spec.default) if isinstance(spec.default, tuple) else spec.default
+        lines += [f"{indent}# {note}", f"{indent}{leaf}: {json.dumps(value)}"]
+    return "\n".join(lines) + "\n"

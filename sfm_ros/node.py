@@ -1,7 +1,8 @@
 """The ROS 2 node: parameters -> NodeConfig, camera messages -> Pipeline (on a worker thread) -> messages.
 
 Subscribes: ``image`` (sensor_msgs/Image, or ``image/compressed`` CompressedImage with image_transport
-compressed), ``camera_info`` (sensor_msgs/CameraInfo), optionally a speed topic (nav_msgs/Odometry).
+compressed), ``camera_info`` (sensor_msgs/CameraInfo), optionally a speed topic (nav_msgs/Odometry or
+geometry_msgs/TwistStamped).
 Publishes: ``depth`` (32FC1 metres, the input header), ``depth/camera_info``, ``odom`` (nav_msgs/Odometry,
 non-zero covariance), TF odom -> base_link (``publish_tf``), ``explainability`` (mono8, ``publish_mask``),
 and ``/diagnostics``. Service: ``reset`` (std_srvs/Trigger).
@@ -20,6 +21,7 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticStatus
 from diagnostic_updater import Updater
+from geometry_msgs.msg import TwistStamped
 from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.executors import ExternalShutdownException
@@ -111,7 +113,8 @@ class SfmNode(Node):
             raise ConfigError(f"use_camera_info is false, so intrinsics must be fx fy cx cy > 0, got "
                               f"{list(config.intrinsics)}")
         if config.speed_topic:
-            self.create_subscription(Odometry, config.speed_topic, self._on_speed, 10)
+            speed_type = Odometry if config.speed_topic_type == "odometry" else TwistStamped
+            self.create_subscription(speed_type, config.speed_topic, self._on_speed, 10)
         self.depth_publisher = self.create_publisher(Image, "depth", 10)
         self.info_publisher = self.create_publisher(CameraInfo, "depth/camera_info", 10)
         self.odom_publisher = self.create_publisher(Odometry, "odom", 10)
@@ -137,8 +140,8 @@ class SfmNode(Node):
         except ImageError as exc:
             self.get_logger().warning(f"ignoring CameraInfo: {exc}", throttle_duration_sec=5.0)
 
-    def _on_speed(self, msg: Odometry) -> None:
-        v = msg.twist.twist.linear
+    def _on_speed(self, msg: Any) -> None:
+        v = msg.twist.twist.linear if isinstance(msg, Odometry) else msg.twist.linear
         self.pipeline.set_speed(float(np.linalg.norm([v.x, v.y, v.z])))
 
     def _on_reset(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:

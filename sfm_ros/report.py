@@ -38,6 +38,17 @@ def colorize_depth(depth: np.ndarray, max_depth: float | None = None) -> np.ndar
     return rgb
 
 
+def _finish(plt: Any, figure: Any, axis: Any, path: Path, title: str) -> Path:
+    """Title, grid, legend, save and close: the common end of every line plot."""
+    axis.set_title(title)
+    axis.grid(True, alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
 def plot_trajectory(path: Path, reference_xyz: np.ndarray, estimate_xyz: np.ndarray, title: str,
                     labels: tuple[str, str] = ("ground truth", "estimate")) -> Path:
     """Top view (x right, z forward: the camera optical frame of KITTI poses) of two trajectories."""
@@ -49,13 +60,7 @@ def plot_trajectory(path: Path, reference_xyz: np.ndarray, estimate_xyz: np.ndar
     axis.set_xlabel("x [m]")
     axis.set_ylabel("z (forward) [m]")
     axis.set_aspect("equal", adjustable="datalim")
-    axis.set_title(title)
-    axis.grid(True, alpha=0.3)
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _finish(plt, figure, axis, path, title)
 
 
 def plot_frame_errors(path: Path, errors: dict[str, np.ndarray], ylabel: str, title: str) -> Path:
@@ -66,13 +71,7 @@ def plot_frame_errors(path: Path, errors: dict[str, np.ndarray], ylabel: str, ti
         axis.plot(np.asarray(values), label=label)
     axis.set_xlabel("frame")
     axis.set_ylabel(ylabel)
-    axis.set_title(title)
-    axis.grid(True, alpha=0.3)
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _finish(plt, figure, axis, path, title)
 
 
 def plot_depth_grid(path: Path, rows: list[dict[str, np.ndarray]], max_depth: float = 80.0) -> Path:

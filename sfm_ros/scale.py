@@ -77,13 +77,34 @@ def fit_ground_plane(points: np.ndarray, rng: np.random.Generator, iterations: i
     return normal, height, best_count / len(points)
 
 
-class GroundPlaneScale:
+class _SmoothedScale:
+    """Shared state of the measuring estimators: the smoothed factor, and failures that hold the last one."""
+
+    source: ScaleSource
+
+    def __init__(self, config: ScaleConfig) -> None:
+        self.config = config
+        self.factor: float | None = None
+
+    def _accept(self, measured: float) -> ScaleEstimate:
+        smoothing = self.config.smoothing
+        self.factor = measured if self.factor is None else smoothing * self.factor + (1 - smoothing) * measured
+        return ScaleEstimate(self.factor, True, self.source)
+
+    def _failed(self, reason: str) -> ScaleEstimate:
+        if self.factor is None:
+            return ScaleEstimate(1.0, False, self.source, reason + "; no metric scale yet", metric=False)
+        return ScaleEstimate(self.factor, False, self.source, reason + "; holding the last scale")
+
+
+class GroundPlaneScale(_SmoothedScale):
     """Scale = known camera height / height of the camera over the ground plane fitted to predicted depth."""
 
+    source = ScaleSource.CAMERA_HEIGHT
+
     def __init__(self, config: ScaleConfig, seed: int = 0) -> None:
-        self.config = config
+        super().__init__(config)
         self.rng = np.random.default_rng(seed)
-        self.factor: float | None = None
 
     def update(self, depth: np.ndarray, K: np.ndarray, max_points: int = 2000, **_: object) -> ScaleEstimate:
         """depth: [H,W] network-unit depth at the network size; K [3,3] at that size."""
@@ -102,23 +123,16 @@ class GroundPlaneScale:
         _, camera_height, inlier_ratio = fit
         if inlier_ratio < config.min_inlier_ratio or camera_height <= 1e-6:
             return self._failed(f"ground fit too weak (inliers {inlier_ratio:.0%})")
-        measured = config.camera_height_m / camera_height
-        self.factor = measured if self.factor is None else (
-            config.smoothing * self.factor + (1 - config.smoothing) * measured)
-        return ScaleEstimate(self.factor, True, ScaleSource.CAMERA_HEIGHT)
-
-    def _failed(self, reason: str) -> ScaleEstimate:
-        if self.factor is None:
-            return ScaleEstimate(1.0, False, ScaleSource.CAMERA_HEIGHT, reason + "; no metric scale yet", metric=False)
-        return ScaleEstimate(self.factor, False, ScaleSource.CAMERA_HEIGHT, reason + "; holding the last scale")
+        return self._accept(config.camera_height_m / camera_height)
 
 
-class ExternalSpeedScale:
+class ExternalSpeedScale(_SmoothedScale):
     """Scale = speed x dt / network translation per frame, from wheel odometry or another speed source."""
 
+    source = ScaleSource.EXTERNAL_SPEED
+
     def __init__(self, config: ScaleConfig) -> None:
-        self.config = config
-        self.factor: float | None = None
+        super().__init__(config)
         self.speed_mps: float | None = None
 
     def set_speed(self, speed_mps: float) -> None:
@@ -133,15 +147,7 @@ class ExternalSpeedScale:
             return self._failed(f"speed {self.speed_mps:.2f} m/s below {self.config.min_speed_mps} (standstill)")
         if translation_units is None or dt_s is None or translation_units < 1e-6 or dt_s <= 0:
             return self._failed("no frame-to-frame translation yet")
-        measured = self.speed_mps * dt_s / translation_units
-        self.factor = measured if self.factor is None else (
-            self.config.smoothing * self.factor + (1 - self.config.smoothing) * measured)
-        return ScaleEstimate(self.factor, True, ScaleSource.EXTERNAL_SPEED)
-
-    def _failed(self, reason: str) -> ScaleEstimate:
-        if self.factor is None:
-            return ScaleEstimate(1.0, False, ScaleSource.EXTERNAL_SPEED, reason + "; no metric scale yet", metric=False)
-        return ScaleEstimate(self.factor, False, ScaleSource.EXTERNAL_SPEED, reason + "; holding the last scale")
+        return self._accept(self.speed_mps * dt_s / translation_units)
 
 
 class FixedScale:
