@@ -34,7 +34,8 @@ from sfm_ros.ros_io import (
 )
 
 __all__ = ["IMAGE_TYPES", "BagError", "BagWriter", "CameraFrame", "CameraTopics", "find_camera_topics",
-           "kitti_to_bag", "open_typestore", "read_camera_frames", "read_odometry"]
+           "kitti_to_bag", "open_reader", "open_typestore", "read_camera_frames", "read_camera_stamps",
+           "read_odometry"]
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
@@ -75,7 +76,8 @@ class CameraFrame:
 
 
 @contextlib.contextmanager
-def _open_reader(path: Path | str) -> Iterator[Any]:
+def open_reader(path: Path | str) -> Iterator[Any]:
+    """A rosbags Reader, opened; a missing or unreadable bag is a BagError."""
     from rosbags.rosbag2 import Reader
     from rosbags.rosbag2.errors import ReaderError
 
@@ -136,7 +138,7 @@ def read_camera_frames(bag: Path | str, topics: CameraTopics | None = None, intr
     dict, in which case it is counted there by kind of error and skipped.
     """
     typestore = typestore or open_typestore()
-    with _open_reader(bag) as reader:
+    with open_reader(bag) as reader:
         if topics is None:
             topics = find_camera_topics(reader.connections, need_info=intrinsics is None)
         wanted = [c for c in reader.connections if c.topic in (topics.image, topics.camera_info)]
@@ -153,8 +155,8 @@ def read_camera_frames(bag: Path | str, topics: CameraTopics | None = None, intr
             except ImageError as exc:
                 if errors is None:
                     raise ImageError(f"{topics.image} at {timestamp} ns: {exc}") from None
-                kind = str(exc).split(" ")[0:3]
-                errors[" ".join(kind)] = errors.get(" ".join(kind), 0) + 1
+                kind = str(exc).split(";")[0].split(":")[0][:80]
+                errors[kind] = errors.get(kind, 0) + 1
                 continue
             height, width = rgb.shape[:2]
             if intrinsics is not None:
@@ -168,6 +170,22 @@ def read_camera_frames(bag: Path | str, topics: CameraTopics | None = None, intr
                               frame_id=msg.header.frame_id)
 
 
+def read_camera_stamps(bag: Path | str, topics: CameraTopics, need_info: bool = True, typestore: Any = None
+                       ) -> np.ndarray:
+    """Header stamps (ns) of the frames ``read_camera_frames`` would yield, without decoding any image."""
+    typestore = typestore or open_typestore()
+    stamps, seen_info = [], not need_info
+    with open_reader(bag) as reader:
+        wanted = [c for c in reader.connections if c.topic in (topics.image, topics.camera_info)]
+        for connection, _, raw in reader.messages(connections=wanted):
+            if connection.topic == topics.camera_info:
+                seen_info = True
+                continue
+            if seen_info:
+                stamps.append(stamp_to_ns(typestore.deserialize_cdr(raw, connection.msgtype).header.stamp))
+    return np.asarray(stamps, dtype=np.int64)
+
+
 def read_odometry(bag: Path | str, topic: str | None = None, typestore: Any = None
                   ) -> tuple[np.ndarray, np.ndarray, str]:
     """All nav_msgs/Odometry poses of a topic: ([N] stamps ns, [N,4,4] T_frame_child, topic).
@@ -177,7 +195,7 @@ def read_odometry(bag: Path | str, topic: str | None = None, typestore: Any = No
     from sfm_ros.geometry import quaternion_to_rotation
 
     typestore = typestore or open_typestore()
-    with _open_reader(bag) as reader:
+    with open_reader(bag) as reader:
         candidates = sorted({c.topic for c in reader.connections if c.msgtype == ODOMETRY_TYPE})
         if topic is None:
             preferred = [t for t in candidates if "ground_truth" in t]

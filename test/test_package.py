@@ -48,8 +48,15 @@ def test_package_xml_declares_the_ros_dependencies() -> None:
 
 @pytest.mark.slow
 def test_wheel_installs_launch_and_config(tmp_path: Path) -> None:
+    import shutil
+
+    # Build from a copy: setuptools writes build/ and *.egg-info next to setup.py.
+    source = tmp_path / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "runs",
+                                                                 "demo_output", "__pycache__", "data"))
+    shutil.copytree(REPO / "sfm_ros" / "data", source / "sfm_ros" / "data")
     result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w",
-                             str(tmp_path), str(REPO)], capture_output=True, text=True, timeout=300)
+                             str(tmp_path), str(source)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     (wheel,) = tmp_path.glob("sfm_ros-*.whl")
     names = zipfile.ZipFile(wheel).namelist()

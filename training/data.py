@@ -94,10 +94,17 @@ def _intrinsics_from_config(config: DataConfig) -> np.ndarray | None:
 
 
 def _bag_sequence(path: Path, config: DataConfig) -> FrameSequence:
-    from sfm_ros.bags import BagError, CameraTopics, _open_reader, find_camera_topics, read_camera_frames
+    from sfm_ros.bags import (
+        BagError,
+        CameraTopics,
+        find_camera_topics,
+        open_reader,
+        read_camera_frames,
+        read_camera_stamps,
+    )
 
     given_K = _intrinsics_from_config(config)
-    with _open_reader(path) as reader:
+    with open_reader(path) as reader:
         topics: CameraTopics = find_camera_topics(reader.connections, config.image_topic or None,
                                                   config.info_topic or None, need_info=given_K is None)
         if reader.message_count == 0:
@@ -105,7 +112,7 @@ def _bag_sequence(path: Path, config: DataConfig) -> FrameSequence:
     first = next(read_camera_frames(path, topics, given_K), None)
     if first is None:
         raise DataError(f"bag {path}: no decodable frame on {topics.image} (with CameraInfo {topics.camera_info})")
-    stamps = np.array([f.stamp_ns for f in read_camera_frames(path, topics, given_K)], dtype=np.int64)
+    stamps = read_camera_stamps(path, topics, need_info=given_K is None)
     return FrameSequence(name=path.stem if path.is_file() else path.name, K=first.camera.K,
                          size=first.rgb.shape[:2], stamps_ns=stamps,
                          frames=lambda: (f.rgb for f in read_camera_frames(path, topics, given_K)))
