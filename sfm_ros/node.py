@@ -151,7 +151,8 @@ class SfmNode(Node):
 
     def _on_set_parameters(self, parameters: list[Any]) -> SetParametersResult:
         values = {spec.name: self.get_parameter(spec.name).value for spec in parameter_table(NodeConfig)}
-        values.update({p.name: p.value for p in parameters})
+        # Only our parameters: use_sim_time and diagnostic_updater.period belong to rclpy and the updater.
+        values.update({p.name: p.value for p in parameters if p.name in values})
         try:
             from_dict(NodeConfig, nest(values))
         except ConfigError as exc:
