@@ -70,3 +70,15 @@ def test_prepare_kitti_to_bag_from_a_raw_drive_with_oxts(tmp_path: Path, capsys:
     assert "20 frames" in capsys.readouterr().out
     assert main(["prepare", "kitti-to-bag", str(DRIVE_0060), str(tmp_path / "bag"), "--quiet"]) == 2
     assert "exists already" in capsys.readouterr().err
+
+
+def test_kitti_to_bag_attaches_oxts_ground_truth(tmp_path: Path) -> None:
+    from sfm_ros.bags import read_odometry
+
+    # The sample's drive 0001 carries OXTS only; attached to drive 0060's 20 frames it exercises the conversion.
+    assert main(["prepare", "kitti-to-bag", str(DRIVE_0060), str(tmp_path / "bag"), "--oxts", str(DRIVE_0001),
+                 "--compressed", "--quiet"]) == 0
+    stamps, poses, topic = read_odometry(tmp_path / "bag")
+    assert topic == "/ground_truth/odom" and len(stamps) == 20
+    expected = kitti.oxts_camera_poses(DRIVE_0001, 2)[1][:20]
+    np.testing.assert_allclose(poses, expected, atol=1e-6)

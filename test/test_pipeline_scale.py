@@ -280,3 +280,22 @@ def test_metric_depth_evaluation_on_lidar_with_camera_height_scale(tmp_path: Pat
     median_scaled = evaluate_depth(backend, samples, progress=False)
     assert median_scaled["metrics"]["abs_rel"] != pytest.approx(report["metrics"]["abs_rel"])
     assert (tmp_path / "metric" / "index.html").is_file()
+
+
+def test_realtime_replay_drops_frames_it_cannot_keep_up_with(odometry_bag: Path, tmp_path: Path) -> None:
+    from sfm_ros.bundle import BundleMetadata
+    from sfm_ros.replay import replay_bag
+
+    class SlowBackend(FakeBackend):
+        def infer_depth(self, image: np.ndarray) -> np.ndarray:
+            time.sleep(0.25)  # 4 Hz against a 10 Hz bag
+            return super().infer_depth(image)
+
+    backend = SlowBackend(BundleMetadata(height=64, width=208))
+    pipeline = Pipeline(PipelineConfig(max_frame_gap_s=5.0), ScaleConfig(source="none"), backend=backend)
+    tick = time.monotonic()
+    summary = replay_bag(odometry_bag, pipeline, tmp_path, realtime=True, progress=False, evaluate=False)
+    elapsed = time.monotonic() - tick
+    assert summary.frames_in == 51 and summary.dropped > 20
+    assert summary.frames_out + summary.dropped == 51
+    assert elapsed < 9.0  # about the bag's 5 s: it kept pace by dropping, not by falling behind
