@@ -5,6 +5,10 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= train,onnx,eval,dev
 PYTEST_ARGS ?=
+# ROS 2 Jazzy wheels from PyPI (rclpy + FastDDS + messages) so the node tests run without a ROS installation;
+# skipped when rclpy already imports (a sourced ROS 2), or set ROS_WHEELS= to skip them.
+ROS_WHEELS ?= ros-jazzy-rclpy[fastrtps]==7.1.6 ros-jazzy-sensor-msgs==5.3.6 ros-jazzy-nav-msgs==5.3.6 \
+	ros-jazzy-geometry-msgs==5.3.6 ros-jazzy-std-srvs==5.3.6 ros-jazzy-diagnostic-msgs==5.3.6
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
@@ -17,6 +21,8 @@ $(STAMP): setup.py
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH_SPEC)
 	$(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
+	$(BIN)/python -c "import rclpy" 2>/dev/null || [ -z "$(strip $(ROS_WHEELS))" ] || \
+		$(BIN)/pip install --quiet $(foreach w,$(ROS_WHEELS),'$(w)')
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -14,13 +14,13 @@ depth 1 (overridable through ROS QoS overrides); the callback only hands the new
 
 from __future__ import annotations
 
+import importlib
 import time
 from typing import Any
 
 import numpy as np
 import rclpy
-from diagnostic_msgs.msg import DiagnosticStatus
-from diagnostic_updater import Updater
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import TwistStamped
 from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
@@ -31,7 +31,6 @@ from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_srvs.srv import Trigger
-from tf2_ros import Buffer, TransformBroadcaster, TransformException, TransformListener
 
 from sfm_ros.config import ConfigError, NodeConfig, from_dict, nest, parameter_table
 from sfm_ros.geometry import quaternion_to_rotation
@@ -68,6 +67,15 @@ def _descriptor(spec: Any) -> ParameterDescriptor:
     return descriptor
 
 
+def _tf2_ros() -> Any:
+    """tf2_ros, needed only for publish_tf and the TF extrinsic lookup (a clear error where it is missing)."""
+    try:
+        return importlib.import_module("tf2_ros")
+    except ImportError as exc:
+        raise ConfigError(f"publish_tf and lookup_extrinsic_from_tf need the ROS package tf2_ros ({exc}); install "
+                          "it or set both parameters to false") from None
+
+
 def _choose_converter() -> tuple[Any, str]:
     """cv_bridge where it imports and converts correctly, else the package's own numpy conversion."""
     try:
@@ -82,8 +90,8 @@ def _choose_converter() -> tuple[Any, str]:
 class SfmNode(Node):
     """Monocular depth and visual odometry from one camera."""
 
-    def __init__(self) -> None:
-        super().__init__("sfm")
+    def __init__(self, **node_options: Any) -> None:
+        super().__init__("sfm", **node_options)
         specs = parameter_table(NodeConfig)
         for spec in specs:
             default = list(spec.default) if isinstance(spec.default, tuple) else spec.default
@@ -119,13 +127,14 @@ class SfmNode(Node):
         self.info_publisher = self.create_publisher(CameraInfo, "depth/camera_info", 10)
         self.odom_publisher = self.create_publisher(Odometry, "odom", 10)
         self.mask_publisher = self.create_publisher(Image, "explainability", 10) if config.publish_mask else None
-        self.tf_broadcaster = TransformBroadcaster(self) if config.publish_tf else None
-        self.tf_buffer = Buffer()
-        self.tf_listener = TransformListener(self.tf_buffer, self) if config.lookup_extrinsic_from_tf else None
+        tf2 = _tf2_ros() if config.publish_tf or config.lookup_extrinsic_from_tf else None
+        self.tf_broadcaster = tf2.TransformBroadcaster(self) if config.publish_tf else None
+        self.tf_buffer = tf2.Buffer() if config.lookup_extrinsic_from_tf else None
+        self.tf_listener = tf2.TransformListener(self.tf_buffer, self) if config.lookup_extrinsic_from_tf else None
+        self._transform_exception = tf2.TransformException if tf2 is not None else Exception
         self.create_service(Trigger, "reset", self._on_reset)
-        self.diagnostics = Updater(self)
-        self.diagnostics.setHardwareID("sfm_ros")
-        self.diagnostics.add("sfm pipeline", self._diagnose)
+        self.diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_timer(1.0, self._publish_diagnostics)
         self.worker = LatestFrameWorker(self._process, self._on_new_error)
         self._last_estimate: Any = None
         self._started = time.monotonic()
@@ -178,7 +187,7 @@ class SfmNode(Node):
             return
         try:
             transform = self.tf_buffer.lookup_transform(self.config.base_frame, camera_frame, Time())
-        except TransformException:
+        except self._transform_exception:
             return  # keep the parameter's extrinsic until TF has it
         t, q = transform.transform.translation, transform.transform.rotation
         T = np.eye(4)
@@ -207,7 +216,8 @@ class SfmNode(Node):
             self.mask_publisher.publish(mask_to_image_msg(self.types, estimate.mask, header))
         self._last_estimate = estimate
 
-    def _diagnose(self, status: Any) -> Any:
+    def diagnostic_status(self) -> DiagnosticStatus:
+        """Rate, latency, dropped frames, errors, backend and scale health as one DiagnosticStatus."""
         worker, estimate = self.worker, self._last_estimate
         elapsed = max(time.monotonic() - self._started, 1e-9)
         level, message = DiagnosticStatus.OK, "tracking"
@@ -217,16 +227,21 @@ class SfmNode(Node):
             level, message = DiagnosticStatus.WARN, f"scale: {estimate.scale.reason}"
         if worker.errors:
             level = max(level, DiagnosticStatus.WARN)
-        status.summary(level, message)
+            message += f"; {sum(worker.errors.values())} frames skipped for errors"
         values = {"backend": self.pipeline.backend.description, "scale_source": self.config.scale.source,
                   "frames_processed": worker.processed, "frames_dropped": worker.dropped,
                   "rate_hz": f"{worker.processed / elapsed:.2f}", "latency_ms": f"{worker.last_latency_s * 1e3:.1f}",
                   "errors": dict(worker.errors)}
         if estimate is not None:
             values["scale_factor"] = f"{estimate.scale.factor:.4f}"
-        for key, value in values.items():
-            status.add(key, str(value))
-        return status
+        key_values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+        return DiagnosticStatus(level=level, name=f"{self.get_name()}: pipeline", message=message,
+                                hardware_id="sfm_ros", values=key_values)
+
+    def _publish_diagnostics(self) -> None:
+        array = DiagnosticArray(status=[self.diagnostic_status()])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self.diagnostics_publisher.publish(array)
 
     def destroy_node(self) -> None:
         self.worker.stop()

@@ -194,7 +194,11 @@ class MessageTypes:
         from nav_msgs.msg import Odometry
         from sensor_msgs.msg import CameraInfo, Image, RegionOfInterest
         from std_msgs.msg import Header
-        from tf2_msgs.msg import TFMessage
+
+        try:  # only bag writing builds TFMessage; the node broadcasts through tf2_ros
+            from tf2_msgs.msg import TFMessage
+        except ImportError:
+            TFMessage = None
 
         return cls(Time=Time, Header=Header, Image=Image, CameraInfo=CameraInfo, RegionOfInterest=RegionOfInterest,
                    Odometry=Odometry, PoseWithCovariance=PoseWithCovariance, Pose=Pose, Point=Point,

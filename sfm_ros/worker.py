@@ -5,6 +5,7 @@ never by queueing without bound. ROS-free, so it is tested here and used by the 
 from __future__ import annotations
 
 import collections
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -57,7 +58,8 @@ class LatestFrameWorker:
             try:
                 self._handler(item)
             except Exception as exc:  # the node must survive any bad frame; the kind is counted and reported
-                kind = f"{type(exc).__name__}: {str(exc).split(':')[0][:80]}"
+                # One kind per error class and message shape: sizes and counts are not part of the kind.
+                kind = f"{type(exc).__name__}: {re.sub(r'[0-9]+', 'N', str(exc).split(':')[0])[:80]}"
                 self.errors[kind] += 1
                 if self.errors[kind] == 1 and self._on_new_error is not None:
                     self._on_new_error(kind, exc)
