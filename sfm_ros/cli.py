@@ -20,7 +20,10 @@ def _print_json(data: Any) -> None:
 
 
 def _node_config(args: argparse.Namespace) -> Any:
-    from sfm_ros.config import NodeConfig, load_config
+    """NodeConfig from a ROS parameter file (default config/sfm.yaml when present) plus command-line overrides."""
+    import yaml
+
+    from sfm_ros.config import ConfigError, NodeConfig, apply_overrides, from_dict
 
     overrides = list(args.set or [])
     if getattr(args, "bundle", None):
@@ -29,28 +32,18 @@ def _node_config(args: argparse.Namespace) -> Any:
         overrides.append(f"pipeline.backend={args.backend}")
     if getattr(args, "scale_source", None):
         overrides.append(f"scale.source={args.scale_source}")
-    params = args.params
-    if params is None and Path("config/sfm.yaml").is_file():
-        params = "config/sfm.yaml"
-    return load_config(NodeConfig, _ros_params_to_plain(params), overrides)
-
-
-def _ros_params_to_plain(path: str | None) -> str | None:
-    """config/sfm.yaml is a ROS parameter file (node: ros__parameters: ...); give the plain mapping."""
-    if path is None:
-        return None
-    import tempfile
-
-    import yaml
-
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    if len(data) == 1:
-        (inner,) = data.values()
-        if isinstance(inner, dict) and "ros__parameters" in inner:
-            data = inner["ros__parameters"]
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
-        handle.write(yaml.safe_dump(data))
-    return handle.name
+    path = args.params or ("config/sfm.yaml" if Path("config/sfm.yaml").is_file() else None)
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read parameter file {path}: {exc}") from None
+        # A ROS parameter file nests the values under <node>: ros__parameters:.
+        if len(data) == 1 and isinstance(next(iter(data.values())), dict) and \
+                "ros__parameters" in next(iter(data.values())):
+            data = next(iter(data.values()))["ros__parameters"]
+    return from_dict(NodeConfig, apply_overrides(data, overrides))
 
 
 # ---- sub-commands -----------------------------------------------------------------------------------------

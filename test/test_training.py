@@ -213,3 +213,15 @@ def test_short_cpu_run_lowers_the_photometric_error(tiny_cache: Path, tmp_path: 
     bundle = Path(summary["bundle"])
     assert (bundle / "sfm.json").is_file() and (bundle / "depth.safetensors").is_file()
     assert (tmp_path / "tensorboard").is_dir() and any((tmp_path / "tensorboard").iterdir())
+
+
+def test_resume_refuses_a_different_objective(tiny_cache: Path, tmp_path: Path) -> None:
+    preset = str(REPO / "config" / "train_cpu_small.yaml")
+    trainer = Trainer(load_train_config(preset, [*TINY, f"run.output={tmp_path}"]), tiny_cache)
+    checkpoint = trainer.save_checkpoint()
+    other = Trainer(load_train_config(preset, [*TINY, f"run.output={tmp_path}", "loss.ssim_weight=0.85"]), tiny_cache)
+    with pytest.raises(CheckpointError, match="loss config differs"):
+        other.resume(checkpoint)
+    from training.trainer import config_from_checkpoint
+
+    assert config_from_checkpoint(checkpoint) == trainer.config

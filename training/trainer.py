@@ -29,7 +29,7 @@ from sfm_ros.bundle import BundleMetadata, atomic_write_bytes, save_networks
 from sfm_ros.config import to_dict
 from sfm_ros.metrics import DEPTH_METRICS, eigen_depth_evaluation
 from sfm_ros.models import DispNet, PoseExpNet
-from training.config import TrainConfig, load_train_config
+from training.config import TrainConfig
 from training.data import SnippetDataset
 from training.losses import sfm_objective
 
@@ -240,9 +240,10 @@ class Trainer:
         """Restore networks, optimiser, position and RNG from a checkpoint of the same configuration."""
         state = load_checkpoint(path)
         saved = yaml.safe_load(state["config"])
-        for section in ("model", "data"):
-            if saved.get(section, {}).get("sequence_length") != to_dict(self.config)[section].get("sequence_length"):
-                raise CheckpointError(f"{path}: {section}.sequence_length differs from this run's config")
+        for section in ("model", "data", "loss"):
+            if saved.get(section) != to_dict(self.config)[section]:
+                raise CheckpointError(f"{path}: the checkpoint's {section} config differs from this run's; resume with "
+                                      "the same config (or `sfm train --resume` alone, which reads it)")
         try:
             self.depth_net.load_state_dict(state["depth_net"], strict=True)
             self.pose_net.load_state_dict(state["pose_net"], strict=True)
@@ -374,12 +375,6 @@ def _init_distributed() -> tuple[int, int]:
 
 def config_from_checkpoint(path: str | Path) -> TrainConfig:
     """The resolved config a checkpoint was trained with."""
-    import tempfile
+    from sfm_ros.config import from_dict
 
-    state = load_checkpoint(path)
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
-        handle.write(state["config"])
-    try:
-        return load_train_config(handle.name)
-    finally:
-        Path(handle.name).unlink()
+    return from_dict(TrainConfig, yaml.safe_load(load_checkpoint(path)["config"]))
