@@ -35,8 +35,12 @@ def test_train_presets_load_and_the_kitti_one_is_the_papers() -> None:
 
 
 def test_overrides_and_errors_name_the_key() -> None:
-    config = load_train_config(None, ["loss.ssim_weight=0.85", "data.sources=[a, b]", "optim.max_steps=7"])
+    config = load_train_config(None, ["loss.ssim_weight=0.85", "data.sources=[a, b]", "optim.max_steps=7",
+                                      "optim.lr=1e-4"])
     assert config.loss.ssim_weight == 0.85 and config.data.sources == ("a", "b") and config.optim.max_steps == 7
+    assert config.optim.lr == 1e-4  # YAML 1.1 would leave "1e-4" a string
+    with pytest.raises(ConfigError, match="optim.lr must be a number, got 'fast'"):
+        load_train_config(None, ["optim.lr=fast"])
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['lamda_e'\] in loss"):
         load_train_config(None, ["loss.lamda_e=0.2"])
     with pytest.raises(ConfigError, match="optim.batch_size must be an integer, got 'four'"):
