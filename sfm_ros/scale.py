@@ -14,7 +14,7 @@ import enum
 import numpy as np
 
 from sfm_ros.config import ScaleConfig
-from sfm_ros.geometry import backproject
+from sfm_ros.geometry import backproject, crop_intrinsics
 
 __all__ = ["ExternalSpeedScale", "GroundPlaneScale", "ScaleEstimate", "ScaleSource", "fit_ground_plane",
            "make_scale_estimator"]
@@ -111,7 +111,8 @@ class GroundPlaneScale(_SmoothedScale):
         config = self.config
         height = depth.shape[0]
         top = int(height * (1.0 - config.ground_region))
-        points = backproject(depth, K)[top:].reshape(-1, 3)
+        # Only the ground region is back-projected (per frame on the node's path): shift the principal point instead.
+        points = backproject(depth[top:], crop_intrinsics(K, 0, top)).reshape(-1, 3)
         points = points[np.isfinite(points).all(axis=1) & (points[:, 2] > 0)]
         if len(points) > max_points:
             points = points[self.rng.choice(len(points), max_points, replace=False)]
