@@ -82,3 +82,28 @@ def test_kitti_to_bag_attaches_oxts_ground_truth(tmp_path: Path) -> None:
     assert topic == "/ground_truth/odom" and len(stamps) == 20
     expected = kitti.oxts_camera_poses(DRIVE_0001, 2)[1][:20]
     np.testing.assert_allclose(poses, expected, atol=1e-6)
+
+
+def test_prepare_cache_export_and_bench_commands(small_bundle: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    from test.conftest import REPO
+
+    preset = str(REPO / "config" / "train_cpu_small.yaml")
+    assert main(["prepare", "cache", "--config", preset, "--set", "data.height=32", "--set", "data.width=104",
+                 "--out", str(tmp_path / "cache"), "--quiet"]) == 0
+    assert (tmp_path / "cache" / "frames.npy").is_file() and (tmp_path / "cache" / "index.json").is_file()
+    capsys.readouterr()
+    bundle = tmp_path / "bundle"
+    shutil.copytree(small_bundle, bundle)
+    assert main(["export", str(bundle), "--no-fp16"]) == 0
+    exported = json.loads(capsys.readouterr().out)
+    assert exported["opset"] == 17 and exported["models"]["depth"]["tensorrt_missing"] == {"10": [], "8.5": []}
+    assert main(["bench", "inference", "--bundle", str(bundle), "--backend", "onnxruntime", "--repeats", "2"]) == 0
+    inference = json.loads(capsys.readouterr().out)
+    assert inference["input"] == [64, 208] and inference["depth_pose_ms_median"] > 0
+    assert main(["bench", "train", "--device", "cpu", "--batch-sizes", "1", "--steps", "1", "--height", "32",
+                 "--width", "104", "--baseline"]) == 0
+    training = json.loads(capsys.readouterr().out)
+    assert training["mode"] == "fp32 eager" and training["results"][0]["images_per_s"] > 0

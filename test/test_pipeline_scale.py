@@ -299,3 +299,23 @@ def test_realtime_replay_drops_frames_it_cannot_keep_up_with(odometry_bag: Path,
     assert summary.frames_in == 51 and summary.dropped > 20
     assert summary.frames_out + summary.dropped == 51
     assert elapsed < 9.0  # about the bag's 5 s: it kept pace by dropping, not by falling behind
+
+
+def test_five_frame_model_composes_the_pose_of_the_newest_frame() -> None:
+    """With 4 sources the target is the window's centre (t-2); T(t-1 -> t) = T_t<-c @ inv(T_(t-1)<-c)."""
+    from sfm_ros.bundle import BundleMetadata
+
+    step = 0.3
+
+    class FiveFrameBackend(FakeBackend):
+        def infer_pose(self, target: np.ndarray, sources: np.ndarray):
+            self.calls += 1
+            # Sources at window positions 0, 1, 3, 4 around the centre 2; constant forward motion of `step` per frame:
+            # a target point is (k - 2) * step nearer in source k, so its T_source_target translation is -(k-2)*step.
+            return np.array([[0, 0, -(k - 2) * step, 0, 0, 0] for k in (0, 1, 3, 4)], np.float32), None
+
+    backend = FiveFrameBackend(BundleMetadata(height=64, width=208, num_sources=4))
+    pipeline = Pipeline(PipelineConfig(), ScaleConfig(source="none"), backend=backend)
+    estimates = [pipeline.process(i * 100_000_000, frame(), CAMERA) for i in range(6)]
+    assert [e.T_prev_current is None for e in estimates] == [True] * 4 + [False] * 2
+    np.testing.assert_allclose(estimates[-1].T_prev_current[:3, 3], [0, 0, step], atol=1e-6)
