@@ -219,7 +219,9 @@ def evaluate_pose(gt_stamps_ns: np.ndarray, gt_poses: np.ndarray, est_stamps_ns:
                  sim3["rpe_rot_rmse_deg"], "KITTI t_err [%]": segments["t_err_percent"],
                  "KITTI r_err [deg/100m]": segments["r_err_deg_per_100m"],
                  "step length ratio est/gt (median)": report["translation_scale_ratio"]["median"]}
-        write_report(output, title, [{"heading": "Trajectory", "table": table, "text": report["snippet_ate"]["note"],
-                                      "images": ["trajectory_sim3.png", "trajectory_se3.png", "frame_errors.png"]}],
-                     report)
+        sections = [{"heading": "Trajectory", "table": table, "text": report["snippet_ate"]["note"],
+                     "images": ["trajectory_sim3.png", "trajectory_se3.png", "frame_errors.png"]}]
+        if (output / "depth_preview.png").is_file():
+            sections.append({"heading": "Depth", "images": ["depth_preview.png"]})
+        write_report(output, title, sections, report)
     return report

@@ -28,6 +28,8 @@ from sfm_ros.ros_io import (
 
 __all__ = ["ReplaySummary", "replay_bag"]
 
+PREVIEW_EVERY, PREVIEW_ROWS = 15, 4  # depth colour maps of every 15th output frame, at most 4
+
 
 @dataclasses.dataclass
 class ReplaySummary:
@@ -58,6 +60,7 @@ def replay_bag(bag: str | Path, pipeline: Pipeline, output: str | Path, *, realt
     output.mkdir(parents=True, exist_ok=True)
     summary = ReplaySummary(output_bag=str(output / "sfm_output"), trajectory=str(output / "trajectory.tum"))
     latencies, stamps, poses = [], [], []
+    previews: list[tuple[str, np.ndarray, np.ndarray]] = []
     wall_start, bag_start = None, None
     bar = tqdm(desc="replay", unit="frame", disable=not progress)
     with BagWriter(summary.output_bag, overwrite=overwrite) as writer:
@@ -97,6 +100,9 @@ def replay_bag(bag: str | Path, pipeline: Pipeline, output: str | Path, *, realt
             if publish_mask and estimate.mask is not None:
                 writer.write("/sfm/explainability", mask_to_image_msg(types, estimate.mask, header), frame.stamp_ns)
             summary.frames_out += 1
+            if summary.frames_out % PREVIEW_EVERY == 1 and len(previews) < PREVIEW_ROWS:
+                unit = "m" if estimate.scale.metric else "network units"
+                previews.append((f"frame {summary.frames_out - 1} ({unit})", frame.rgb, estimate.depth_m))
             stamps.append(frame.stamp_ns)
             poses.append(estimate.T_odom_camera)
     bar.close()
@@ -107,6 +113,10 @@ def replay_bag(bag: str | Path, pipeline: Pipeline, output: str | Path, *, realt
     values = np.asarray(latencies)
     summary.latency_ms = {"p50": float(np.percentile(values, 50)), "p90": float(np.percentile(values, 90)),
                           "p99": float(np.percentile(values, 99)), "max": float(values.max())}
+    from sfm_ros.report import plot_depth_previews
+
+    (output / "report").mkdir(exist_ok=True)
+    plot_depth_previews(output / "report" / "depth_preview.png", previews)
     if evaluate:
         try:
             gt_stamps, gt_poses, topic = read_odometry(bag, gt_topic)

@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["colorize_depth", "plot_depth_grid", "plot_frame_errors", "plot_trajectory", "write_report"]
+__all__ = ["colorize_depth", "plot_depth_grid", "plot_depth_previews", "plot_frame_errors", "plot_trajectory",
+           "write_report"]
 
 
 def _pyplot() -> Any:
@@ -101,6 +102,25 @@ def plot_depth_grid(path: Path, rows: list[dict[str, np.ndarray]], max_depth: fl
             axis.set_axis_off()
             if r == 0:
                 axis.set_title(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+    return path
+
+
+def plot_depth_previews(path: Path, rows: list[tuple[str, np.ndarray, np.ndarray]]) -> Path:
+    """Rows of (title, input RGB, depth in metres): the input beside its depth colour map (near = bright)."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(len(rows), 2, figsize=(12, 1.9 * len(rows) + 0.4), squeeze=False)
+    for r, (title, rgb, depth) in enumerate(rows):
+        axes[r, 0].imshow(rgb)
+        axes[r, 0].set_title(title, fontsize=9)
+        axes[r, 1].imshow(colorize_depth(depth))
+        finite = depth[np.isfinite(depth)]
+        label = f"depth {np.percentile(finite, 5):.1f}-{np.percentile(finite, 95):.1f} (5-95 %)" if finite.size else ""
+        axes[r, 1].set_title(label, fontsize=9)
+        for axis in axes[r]:
+            axis.set_axis_off()
     figure.tight_layout()
     figure.savefig(path, dpi=90)
     plt.close(figure)

@@ -214,6 +214,8 @@ def test_replay_writes_one_depth_per_input_frame(odometry_bag: Path, small_bundl
     assert topics["/sfm/explainability"] == 49
     assert (tmp_path / "replay" / "trajectory.tum").is_file()
     assert summary.evaluation is not None and (tmp_path / "replay" / "report" / "index.html").is_file()
+    assert (tmp_path / "replay" / "report" / "depth_preview.png").stat().st_size > 10_000
+    assert "depth_preview.png" in (tmp_path / "replay" / "report" / "index.html").read_text()
     assert set(summary.latency_ms) == {"p50", "p90", "p99", "max"}
 
 
