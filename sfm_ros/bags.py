@@ -32,6 +32,7 @@ from sfm_ros.ros_io import (
     rgb_to_image_msg,
     stamp_to_ns,
 )
+from sfm_ros.worker import error_kind
 
 __all__ = ["IMAGE_TYPES", "BagError", "BagWriter", "CameraFrame", "CameraTopics", "find_camera_topics",
            "kitti_to_bag", "open_reader", "open_typestore", "read_camera_frames", "read_camera_stamps",
@@ -155,7 +156,7 @@ def read_camera_frames(bag: Path | str, topics: CameraTopics | None = None, intr
             except ImageError as exc:
                 if errors is None:
                     raise ImageError(f"{topics.image} at {timestamp} ns: {exc}") from None
-                kind = str(exc).split(";")[0].split(":")[0][:80]
+                kind = error_kind(exc)
                 errors[kind] = errors.get(kind, 0) + 1
                 continue
             height, width = rgb.shape[:2]

@@ -122,8 +122,3 @@ def quaternion_to_rotation(q: np.ndarray) -> np.ndarray:
         [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
         [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
     ])
-
-
-def rotation_angle(R: np.ndarray) -> float:
-    """Angle (rad) of a rotation [3,3]."""
-    return float(np.arccos(np.clip((np.trace(R) - 1.0) / 2.0, -1.0, 1.0)))

@@ -11,7 +11,7 @@ import dataclasses
 import cv2
 import numpy as np
 
-__all__ = ["DEPTH_METRICS", "DepthResult", "align_trajectory", "compose_relative", "depth_errors",
+__all__ = ["DEPTH_METRICS", "DepthResult", "align_trajectory", "depth_errors",
            "eigen_depth_evaluation", "garg_crop_mask", "kitti_segment_errors", "snippet_ate", "snippet_ates",
            "trajectory_errors"]
 
@@ -77,14 +77,6 @@ def eigen_depth_evaluation(pred_depth: np.ndarray, gt_depth: np.ndarray, median_
     if not median_scaling:
         errors["median_ratio"] = median_ratio  # how far a metric prediction is off: 1.0 is right
     return DepthResult(errors, ratio, int(mask.sum()))
-
-
-def compose_relative(T_prev_current: np.ndarray) -> np.ndarray:
-    """Relative motions [N-1,4,4] (T_prev_current: pose of frame i in frame i-1) -> poses [N,4,4] in frame 0."""
-    poses = [np.eye(4)]
-    for T in T_prev_current:
-        poses.append(poses[-1] @ T)
-    return np.asarray(poses)
 
 
 def snippet_ate(gt_xyz: np.ndarray, pred_xyz: np.ndarray) -> float:

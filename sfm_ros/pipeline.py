@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import time
-from typing import Any
 
 import cv2
 import numpy as np
@@ -221,8 +220,3 @@ class Pipeline:
         rotation = np.zeros((6, 6))
         rotation[:3, :3] = rotation[3:, 3:] = self.T_base_camera[:3, :3]
         return rotation @ self._covariance @ rotation.T
-
-    def describe(self) -> dict[str, Any]:
-        """Backend and scale settings, for diagnostics and reports."""
-        return {"backend": self.backend.description, "scale_source": self.scale_config.source,
-                "network_size": [self.metadata.height, self.metadata.width], "window": self.window_length}

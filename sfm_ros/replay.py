@@ -25,6 +25,7 @@ from sfm_ros.ros_io import (
     make_transform,
     mask_to_image_msg,
 )
+from sfm_ros.worker import error_kind
 
 __all__ = ["ReplaySummary", "replay_bag"]
 
@@ -82,7 +83,7 @@ def replay_bag(bag: str | Path, pipeline: Pipeline, output: str | Path, *, realt
             try:
                 estimate = pipeline.process(frame.stamp_ns, frame.rgb, frame.camera)
             except FrameError as exc:
-                key = f"FrameError: {str(exc).split(':')[0]}"
+                key = error_kind(exc)
                 summary.malformed[key] = summary.malformed.get(key, 0) + 1
                 continue
             latencies.append((time.perf_counter() - tick) * 1e3)

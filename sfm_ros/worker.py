@@ -11,7 +11,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["LatestFrameWorker"]
+__all__ = ["LatestFrameWorker", "error_kind"]
+
+
+def error_kind(exc: BaseException) -> str:
+    """A stable key for counting errors: the class and the message's shape, without sizes and counts."""
+    return f"{type(exc).__name__}: {re.sub(r'[0-9]+', 'N', str(exc).split(':')[0].split(';')[0])[:80]}"
 
 
 class LatestFrameWorker:
@@ -58,8 +63,7 @@ class LatestFrameWorker:
             try:
                 self._handler(item)
             except Exception as exc:  # the node must survive any bad frame; the kind is counted and reported
-                # One kind per error class and message shape: sizes and counts are not part of the kind.
-                kind = f"{type(exc).__name__}: {re.sub(r'[0-9]+', 'N', str(exc).split(':')[0])[:80]}"
+                kind = error_kind(exc)
                 self.errors[kind] += 1
                 if self.errors[kind] == 1 and self._on_new_error is not None:
                     self._on_new_error(kind, exc)

@@ -89,9 +89,10 @@ def run_demo(output: Path, steps: int | None = None, sample: Path = Path("test/d
 
     tick = _step(5, "evaluate trajectory and depth")
     pose = replay.evaluation
-    depth = evaluate_depth(pipeline.backend, depth_samples_from_drive(drive), output / "depth", progress=not quiet)
+    samples = depth_samples_from_drive(drive)
+    depth = evaluate_depth(pipeline.backend, samples, output / "depth", progress=not quiet)
     try:
-        metric = evaluate_depth(pipeline.backend, depth_samples_from_drive(drive), output / "depth_metric",
+        metric = evaluate_depth(pipeline.backend, samples, output / "depth_metric",
                                 progress=not quiet, metric_scale=ScaleConfig(camera_height_m=1.65))
     except ValueError as exc:  # an untrained model may show no ground plane at all: say so, do not invent metres
         metric = {"metrics": {}, "scale_failures": len(depth["per_image"]), "note": str(exc)}
