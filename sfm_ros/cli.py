@@ -222,8 +222,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     else:
         from training.bench import bench_train
 
-        _print_json(bench_train(args.batch_sizes, args.steps, args.height, args.width, args.device,
-                                fast=not args.baseline))
+        result = bench_train(args.batch_sizes, args.steps, args.height, args.width, args.device, tuple(args.modes))
+        _print_json(result)
+        return 1 if any("error" in row for row in result["results"]) else 0
     return 0
 
 
@@ -337,7 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, default=20)
     bench.add_argument("--height", type=int, default=128)
     bench.add_argument("--width", type=int, default=416)
-    bench.add_argument("--baseline", action="store_true", help="train: plain fp32 eager (the reference)")
+    bench.add_argument("--modes", nargs="+", default=["baseline", "fast"],
+                       help="train: speed paths to time (baseline = fp32 eager, the reference; fast = bf16 + "
+                            "channels-last + CUDA graph; also amp, fp32-graph, compile, compile-graph)")
     bench.set_defaults(func=cmd_bench)
 
     demo = commands.add_parser("demo", help="the whole story on the bundled KITTI sample")

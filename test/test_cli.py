@@ -104,6 +104,8 @@ def test_prepare_cache_export_and_bench_commands(small_bundle: Path, tmp_path: P
     inference = json.loads(capsys.readouterr().out)
     assert inference["input"] == [64, 208] and inference["depth_pose_ms_median"] > 0
     assert main(["bench", "train", "--device", "cpu", "--batch-sizes", "1", "--steps", "1", "--height", "32",
-                 "--width", "104", "--baseline"]) == 0
+                 "--width", "104", "--modes", "baseline", "fast"]) == 0
     training = json.loads(capsys.readouterr().out)
-    assert training["mode"] == "fp32 eager" and training["results"][0]["images_per_s"] > 0
+    baseline, fast = training["results"]
+    assert baseline["mode"] == "baseline" and baseline["images_per_s"] > 0
+    assert fast["path"] == "cpu: fp32, eager"  # the speed options apply on CUDA only

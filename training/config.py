@@ -80,9 +80,11 @@ class RunConfig:
     image_every: int = 200
     val_every_epochs: int = 1
     val_max_batches: int = 50
-    amp: bool = False  # bf16 autocast on CUDA
+    # Speed options: same maths, CUDA only (a CPU run is fp32 eager whatever they say); see training/step.py.
+    amp: bool = False  # bf16 autocast of the networks; warp and loss stay fp32
     channels_last: bool = False
-    compile: bool = False  # torch.compile the networks
+    compile: bool = False  # torch.compile networks + objective (about a minute at the start of a run)
+    cuda_graph: bool = False  # replay the whole step (forward, loss, backward, Adam) as one CUDA graph
     progress: bool = True
 
 

@@ -31,12 +31,11 @@ from sfm_ros.metrics import DEPTH_METRICS, eigen_depth_evaluation
 from sfm_ros.models import DispNet, PoseExpNet
 from training.config import TrainConfig
 from training.data import SnippetDataset
-from training.losses import sfm_objective
+from training.step import MEAN, STD, TrainStep, forward_objective, make_optimizer
 
 __all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "Trainer", "load_checkpoint", "resolve_device"]
 
 CHECKPOINT_FORMAT = "sfm_ros-checkpoint-1"
-MEAN, STD = 0.5, 0.5  # (rgb/255 - 0.5) / 0.5 -> [-1, 1], the paper's input range; stored in the bundle
 
 
 class CheckpointError(RuntimeError):
@@ -66,11 +65,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not an sfm_ros checkpoint (format {CHECKPOINT_FORMAT})")
     return state
-
-
-def normalise(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [...,3,H,W] -> float in [-1, 1]."""
-    return (images.float() / 255.0 - MEAN) / STD
 
 
 def disparity_colormap(disparity: torch.Tensor) -> np.ndarray:
@@ -106,22 +100,35 @@ class Trainer:
         self.depth_net = DispNet(alpha=model.disparity_alpha, beta=model.disparity_beta).to(self.device)
         self.pose_net = PoseExpNet(num_sources=config.data.sequence_length - 1, with_mask=model.with_mask,
                                    pose_scale=model.pose_scale).to(self.device)
-        if config.run.channels_last:
+        on_cuda = self.device.type == "cuda"
+        if on_cuda and (config.run.amp or config.run.channels_last or config.run.cuda_graph or config.run.compile):
+            torch.backends.cudnn.benchmark = True  # the autotuner picks the fastest convolution algorithms
+        if config.run.channels_last and on_cuda:
             self.depth_net = self.depth_net.to(memory_format=torch.channels_last)
             self.pose_net = self.pose_net.to(memory_format=torch.channels_last)
         self.depth_model, self.pose_model = self.depth_net, self.pose_net
+        if self.world_size > 1 and config.run.cuda_graph and on_cuda:
+            raise ValueError("run.cuda_graph is not supported with several processes (DDP) yet; "
+                             "set run.cuda_graph=false (run.compile still applies)")
         if self.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.depth_model = DistributedDataParallel(self.depth_net, device_ids=ids)
             self.pose_model = DistributedDataParallel(self.pose_net, device_ids=ids)
-        if config.run.compile:
+        if config.run.compile and self.world_size > 1 and on_cuda:
+            # Under DDP the wrapped networks are compiled (DDP splits the graph at its buckets); a single process
+            # compiles networks and objective together in TrainStep.
             self.depth_model = torch.compile(self.depth_model)
             self.pose_model = torch.compile(self.pose_model)
         parameters = [*self.depth_net.parameters(), *self.pose_net.parameters()]
-        self.optimizer = torch.optim.Adam(parameters, lr=config.optim.lr, betas=(config.optim.beta1,
-                                          config.optim.beta2), weight_decay=config.optim.weight_decay)
+        optim = config.optim
+        self.optimizer = make_optimizer(parameters, self.device, lr=optim.lr, betas=(optim.beta1, optim.beta2),
+                                        weight_decay=optim.weight_decay, cuda_graph=config.run.cuda_graph)
+        self.step_runner = TrainStep(self.depth_model, self.pose_model, self.optimizer, config.loss, self.device,
+                              amp=config.run.amp, channels_last=config.run.channels_last,
+                              cuda_graph=config.run.cuda_graph,
+                              compile_objective=config.run.compile and self.world_size == 1)
         self.train_data = SnippetDataset(cache_dir, "train", config.data.sequence_length, config.data.augment,
                                          config.data.scale_crop_max, config.run.seed)
         self.val_data = SnippetDataset(cache_dir, "val", config.data.sequence_length)
@@ -151,34 +158,14 @@ class Trainer:
 
     # ---- one step --------------------------------------------------------------------------------------
     def _forward(self, batch: dict[str, torch.Tensor], loss_config: Any = None) -> tuple[torch.Tensor, dict[str, Any]]:
-        images = normalise(batch["images"].to(self.device, non_blocking=True))  # [B,L,3,H,W]
-        K = batch["K"].to(self.device, non_blocking=True)
-        center = images.shape[1] // 2
-        target = images[:, center]
-        sources = torch.cat([images[:, :center], images[:, center + 1:]], dim=1)
-        if self.config.run.channels_last:
-            target = target.contiguous(memory_format=torch.channels_last)
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                  enabled=self.config.run.amp and self.device.type == "cuda")
-        with autocast:
-            disparities = self.depth_model(target)
-            poses, masks = self.pose_model(target, sources)
-        # The warp and loss run in fp32 for the same maths with or without mixed precision.
-        disparities = tuple(d.float() for d in disparities)
-        masks = tuple(m.float() for m in masks)
-        total, terms = sfm_objective(target, sources, disparities, poses.float(), masks, K,
-                                     loss_config or self.config.loss)
-        terms.update(disparity=disparities[0].detach(), mask=masks[0].detach() if masks else None, target=target)
-        return total, terms
+        """Networks + objective on a batch, outside the optimiser step (validation, probes)."""
+        return forward_objective(self.depth_model, self.pose_model, batch["images"].to(self.device),
+                                 batch["K"].to(self.device), loss_config or self.config.loss,
+                                 amp=self.step_runner.amp, channels_last=self.step_runner.channels_last)
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
-        """One optimiser step; returns the loss terms (tensors, no host sync)."""
-        self.depth_model.train()
-        self.pose_model.train()
-        total, terms = self._forward(batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        self.optimizer.step()
+        """One optimiser step; returns the loss terms (device tensors, no host sync)."""
+        terms = self.step_runner(batch["images"], batch["K"])
         self.state.step += 1
         return terms
 

@@ -1,0 +1,124 @@
+"""The GPU paths: the CUDA-graph training step, mixed precision, the trainer on CUDA, the torch CUDA backend.
+
+They run where torch sees a CUDA device (the lent GPU machine) and skip elsewhere, CI included.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sfm_ros.models import DispNet, PoseExpNet
+from test.conftest import REPO
+from training.config import load_train_config
+from training.data import prepare_cache
+from training.losses import LossConfig
+from training.step import TrainStep, make_optimizer
+from training.trainer import Trainer
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+
+HEIGHT, WIDTH, BATCH = 64, 208, 4
+
+
+def _networks_and_step(**speed: bool) -> TrainStep:
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    depth_net, pose_net = DispNet().to(device), PoseExpNet(2, with_mask=True).to(device)
+    if speed.get("channels_last"):
+        depth_net = depth_net.to(memory_format=torch.channels_last)
+        pose_net = pose_net.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer([*depth_net.parameters(), *pose_net.parameters()], device, lr=2e-4,
+                               betas=(0.9, 0.999), cuda_graph=speed.get("cuda_graph", False))
+    return TrainStep(depth_net, pose_net, optimizer, LossConfig(), device, **speed)
+
+
+def _batches(count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(1)
+    K = torch.tensor([[0.58 * WIDTH, 0, WIDTH / 2], [0, 1.92 * HEIGHT, HEIGHT / 2], [0, 0, 1]]).expand(BATCH, 3, 3)
+    # Smooth random images (upsampled noise) so that the warp has gradients to follow.
+    return [((torch.nn.functional.interpolate(torch.rand(BATCH * 3, 3, 8, 26, generator=generator),
+                                              size=(HEIGHT, WIDTH), mode="bilinear") * 255).to(torch.uint8)
+             .view(BATCH, 3, 3, HEIGHT, WIDTH), K.contiguous()) for _ in range(count)]
+
+
+@pytest.fixture()
+def deterministic_cudnn() -> None:
+    previous = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    yield
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous
+
+
+def test_cuda_graph_step_equals_the_eager_step(deterministic_cudnn: None) -> None:
+    eager, graphed = _networks_and_step(), _networks_and_step(cuda_graph=True)
+    initial = torch.cat([p.detach().flatten() for p in eager.depth_model.parameters()])
+    eager_losses, graph_losses = [], []
+    for images, K in _batches(7):  # 3 warm-up steps, the capture, 3 replays
+        eager_losses.append(float(eager(images, K)["total"]))
+        graph_losses.append(float(graphed(images, K)["total"]))
+    assert graphed._graph is not None, "the step was never captured"
+    # Rounding only (atomic adds in the warp's backward): a stale or skipped batch would differ by percents.
+    np.testing.assert_allclose(graph_losses, eager_losses, rtol=2e-4)
+    assert len(set(graph_losses)) == 7  # the replays really trained on new batches
+    # Adam turns rounding-level gradient differences into steps of up to lr, so compare the whole update instead:
+    # one step skipped or repeated would change it by about a seventh.
+    ours = torch.cat([p.detach().flatten() for p in graphed.depth_model.parameters()])
+    theirs = torch.cat([p.detach().flatten() for p in eager.depth_model.parameters()])
+    assert torch.linalg.norm(ours - theirs) < 0.02 * torch.linalg.norm(theirs - initial)
+    with pytest.raises(ValueError, match="captured for batches of shape"):
+        graphed(images[:2], K[:2])
+
+
+def test_mixed_precision_step_stays_close_to_fp32() -> None:
+    (images, K), = _batches(1)
+    fp32 = float(_networks_and_step()(images, K)["total"])
+    fast_step = _networks_and_step(amp=True, channels_last=True, cuda_graph=True, compile_objective=True)
+    fast = float(fast_step(images, K)["total"])
+    assert fast_step.describe() == "cuda: bf16 autocast, channels-last, torch.compile, CUDA graph"
+    assert abs(fast - fp32) / fp32 < 2e-2
+
+
+def test_trainer_on_cuda_with_the_fast_path_learns_and_resumes(tmp_path: Path) -> None:
+    preset = str(REPO / "config" / "train_cpu_small.yaml")
+    fast = ["run.device=cuda", "run.amp=true", "run.channels_last=true", "run.cuda_graph=true",
+            "run.progress=false", "run.log_every=5", "optim.max_steps=80", "data.augment=false",
+            f"run.output={tmp_path / 'run'}"]
+    config = load_train_config(preset, fast)
+    cache = prepare_cache(config.data, tmp_path / "cache", progress=False)
+    trainer = Trainer(config, cache)
+    probe = {"images": torch.stack([trainer.train_data[i]["images"] for i in range(0, 48, 4)]),
+             "K": torch.stack([trainer.train_data[i]["K"] for i in range(0, 48, 4)])}
+    # The mask-weighted term rises as the mask opens; view synthesis alone must improve.
+    unweighted = dataclasses.replace(config.loss, explain_weight=0.0)
+    with torch.no_grad():
+        before = float(trainer._forward(probe, unweighted)[1]["photometric"])
+    summary = trainer.fit()
+    with torch.no_grad():
+        after = float(trainer._forward(probe, unweighted)[1]["photometric"])
+    assert trainer.step_runner._graph is not None
+    assert summary["steps"] == 80 and all(np.isfinite(row["total"]) for row in summary["history"])
+    assert after < 0.9 * before, (before, after)
+    resumed = Trainer(load_train_config(preset, [*fast, "optim.max_steps=85"]), cache)
+    resumed.resume(summary["checkpoint"])
+    assert resumed.fit()["steps"] == 85
+
+
+def test_torch_cuda_backend_matches_the_cpu(small_bundle: Path) -> None:
+    from sfm_ros.backends import make_backend
+
+    cpu = make_backend(small_bundle, "torch", device="cpu", with_mask=True)
+    gpu = make_backend(small_bundle, "torch", device="cuda", precision="fp16", with_mask=True)
+    assert "cuda-graphs" in gpu.description
+    rng = np.random.default_rng(0)
+    image = rng.standard_normal((1, 3, 64, 208), dtype=np.float32)
+    sources = rng.standard_normal((1, 2, 3, 64, 208), dtype=np.float32)
+    reference = cpu.infer_depth(image)
+    relative = np.abs(gpu.infer_depth(image) - reference).max() / np.abs(reference).max()
+    assert relative < 5e-3
+    poses, _ = gpu.infer_pose(image, sources)
+    np.testing.assert_allclose(poses, cpu.infer_pose(image, sources)[0], atol=1e-3)

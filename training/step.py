@@ -1,0 +1,150 @@
+"""One optimiser step of the objective, eager or replayed from a CUDA graph; the trainer and ``sfm bench train``
+both run it, so the benchmark measures the code that trains.
+
+The speed options keep the maths: bf16 autocast covers the networks only (warp and loss run in fp32),
+channels-last is a memory layout, and a CUDA graph replays exactly the kernels an eager step launches.
+They apply on CUDA; on a CPU the step is fp32 eager whatever they say.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from training.losses import LossConfig, sfm_objective
+
+__all__ = ["MEAN", "STD", "TrainStep", "forward_objective", "make_optimizer", "normalise"]
+
+MEAN, STD = 0.5, 0.5  # (rgb/255 - 0.5) / 0.5 -> [-1, 1], the paper's input range; stored in the bundle
+
+
+def normalise(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [...,3,H,W] -> float in [-1, 1]."""
+    return (images.float() / 255.0 - MEAN) / STD
+
+
+def forward_objective(depth_model: nn.Module, pose_model: nn.Module, images: torch.Tensor, K: torch.Tensor,
+                      loss_config: LossConfig, *, amp: bool = False,
+                      channels_last: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Networks + objective on one batch of snippets.
+
+    images: uint8 [B,L,3,H,W] on the networks' device, target in the middle; K: [B,3,3] at H,W.
+    Returns (total loss, terms): the loss terms (detached), the finest disparity and mask, the target and a
+    warped source for logging. Nothing here reads a value back to the host.
+    """
+    images = normalise(images)
+    center = images.shape[1] // 2
+    target = images[:, center]
+    sources = torch.cat([images[:, :center], images[:, center + 1:]], dim=1)
+    if channels_last:
+        target = target.contiguous(memory_format=torch.channels_last)
+    # No autocast weight cache: it would hold tensors from outside a CUDA-graph capture (each weight is used once).
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp, cache_enabled=False):
+        disparities = depth_model(target)
+        poses, masks = pose_model(target, sources)
+    # The warp and loss run in fp32 for the same maths with or without mixed precision.
+    disparities = tuple(d.float() for d in disparities)
+    masks = tuple(m.float() for m in masks)
+    total, terms = sfm_objective(target, sources, disparities, poses.float(), masks, K, loss_config)
+    terms.update(disparity=disparities[0].detach(), mask=masks[0].detach() if masks else None, target=target)
+    return total, terms
+
+
+def make_optimizer(parameters: Iterable[nn.Parameter], device: torch.device, *, lr: float, betas: tuple[float, float],
+                   weight_decay: float = 0.0, cuda_graph: bool = False) -> torch.optim.Adam:
+    """Adam; on CUDA the fused kernel (one launch for all parameters), capturable when the step is a graph."""
+    on_cuda = device.type == "cuda"
+    return torch.optim.Adam(parameters, lr=lr, betas=betas, weight_decay=weight_decay, fused=on_cuda or None,
+                            capturable=on_cuda and cuda_graph)
+
+
+class TrainStep:
+    """Forward + objective + backward + Adam on one batch.
+
+    With ``cuda_graph`` (CUDA only) the first ``warmup`` steps run eagerly on a side stream (real steps on real
+    batches: they initialise cuDNN, the allocator and Adam's state), the next one is captured, and from then on a
+    step is a copy of the batch into static buffers and one graph replay: no per-kernel launch cost and no host
+    sync. Every batch must then have the shape of the first. The learning rate is baked into the graph, so a
+    schedule that changes it needs an eager step.
+    """
+
+    def __init__(self, depth_model: nn.Module, pose_model: nn.Module, optimizer: torch.optim.Optimizer,
+                 loss_config: LossConfig, device: torch.device, *, amp: bool = False, channels_last: bool = False,
+                 cuda_graph: bool = False, compile_objective: bool = False, warmup: int = 3) -> None:
+        on_cuda = device.type == "cuda"
+        self.depth_model, self.pose_model, self.optimizer = depth_model, pose_model, optimizer
+        self.loss_config, self.device = loss_config, device
+        self.amp, self.channels_last, self.cuda_graph = (amp and on_cuda, channels_last and on_cuda,
+                                                         cuda_graph and on_cuda)
+        if self.cuda_graph and not all(group.get("capturable") for group in optimizer.param_groups):
+            raise ValueError("a CUDA-graph step needs a capturable optimiser (make_optimizer(..., cuda_graph=True))")
+        self.warmup = warmup
+        # torch.compile of networks + objective together fuses the loss's many small elementwise kernels.
+        self.compile_objective = compile_objective and on_cuda
+        self._forward = torch.compile(forward_objective) if self.compile_objective else forward_objective
+        self.calls = 0
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._static: dict[str, Any] = {}
+        self._side_stream = torch.cuda.Stream(device) if self.cuda_graph else None
+
+    def describe(self) -> str:
+        """The speed path in words, for logs and benchmark tables."""
+        parts = ["bf16 autocast" if self.amp else "fp32", *(["channels-last"] if self.channels_last else []),
+                 *(["torch.compile"] if self.compile_objective else []),
+                 *(["CUDA graph"] if self.cuda_graph else ["eager"])]
+        return f"{self.device.type}: " + ", ".join(parts)
+
+    def _eager(self, images: torch.Tensor, K: torch.Tensor) -> dict[str, Any]:
+        total, terms = self._forward(self.depth_model, self.pose_model, images, K, self.loss_config,
+                                     amp=self.amp, channels_last=self.channels_last)
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        return terms
+
+    def __call__(self, images: torch.Tensor, K: torch.Tensor) -> dict[str, Any]:
+        """images: uint8 [B,L,3,H,W], K: [B,3,3] (any device; pinned host memory copies asynchronously).
+
+        Returns the loss terms as device tensors; with a CUDA graph they are overwritten by the next step.
+        """
+        self.depth_model.train()
+        self.pose_model.train()
+        self.calls += 1
+        images = images.to(self.device, non_blocking=True)
+        K = K.to(self.device, dtype=torch.float32, non_blocking=True)
+        if not self.cuda_graph:
+            return self._eager(images, K)
+        if self._graph is not None:
+            if images.shape != self._static["images"].shape:
+                raise ValueError(f"a CUDA-graph step was captured for batches of shape "
+                                 f"{tuple(self._static['images'].shape)}, got {tuple(images.shape)}")
+            self._static["images"].copy_(images, non_blocking=True)
+            self._static["K"].copy_(K, non_blocking=True)
+            self._graph.replay()
+            return self._static["terms"]
+        if self.calls <= self.warmup:
+            self._side_stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(self._side_stream):
+                terms = self._eager(images, K)
+            torch.cuda.current_stream(self.device).wait_stream(self._side_stream)
+            return terms
+        return self._capture(images, K)
+
+    def _capture(self, images: torch.Tensor, K: torch.Tensor) -> dict[str, Any]:
+        self._static = {"images": images.clone(), "K": K.clone()}
+        torch.cuda.synchronize(self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            total, terms = self._forward(self.depth_model, self.pose_model, self._static["images"],
+                                         self._static["K"], self.loss_config, amp=self.amp,
+                                         channels_last=self.channels_last)
+            total.backward()
+            self.optimizer.step()
+        self._graph = graph
+        self._static["terms"] = terms
+        graph.replay()  # capture records the step without running it
+        return terms
