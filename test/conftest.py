@@ -22,6 +22,20 @@ def shared_path(*parts: str) -> Path:
     return path
 
 
+def view_synthesis_error(trainer, snippets: range = range(0, 48, 4)) -> float:
+    """The trainer's unweighted photometric error on fixed training snippets (a probe that ignores the mask:
+    the mask-weighted term rises as the mask opens, view synthesis alone must improve)."""
+    import dataclasses
+
+    import torch
+
+    probe = {"images": torch.stack([trainer.train_data[i]["images"] for i in snippets]),
+             "K": torch.stack([trainer.train_data[i]["K"] for i in snippets])}
+    with torch.no_grad():
+        return float(trainer._forward(probe, dataclasses.replace(trainer.config.loss, explain_weight=0.0))[1]
+                     ["photometric"])
+
+
 @pytest.fixture(scope="session")
 def small_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A bundle of randomly initialised networks at 64x208 (3-frame, with mask), exported to ONNX."""

@@ -5,7 +5,6 @@ They run where torch sees a CUDA device (the lent GPU machine) and skip elsewher
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ import pytest
 import torch
 
 from sfm_ros.models import DispNet, PoseExpNet
-from test.conftest import REPO
+from test.conftest import REPO, view_synthesis_error
 from training.config import load_train_config
 from training.data import prepare_cache
 from training.losses import LossConfig
@@ -100,15 +99,9 @@ def test_trainer_on_cuda_with_the_fast_path_learns_and_resumes(tmp_path: Path) -
     config = load_train_config(preset, fast)
     cache = prepare_cache(config.data, tmp_path / "cache", progress=False)
     trainer = Trainer(config, cache)
-    probe = {"images": torch.stack([trainer.train_data[i]["images"] for i in range(0, 48, 4)]),
-             "K": torch.stack([trainer.train_data[i]["K"] for i in range(0, 48, 4)])}
-    # The mask-weighted term rises as the mask opens; view synthesis alone must improve.
-    unweighted = dataclasses.replace(config.loss, explain_weight=0.0)
-    with torch.no_grad():
-        before = float(trainer._forward(probe, unweighted)[1]["photometric"])
+    before = view_synthesis_error(trainer)
     summary = trainer.fit()
-    with torch.no_grad():
-        after = float(trainer._forward(probe, unweighted)[1]["photometric"])
+    after = view_synthesis_error(trainer)
     assert trainer.step_runner._graph is not None
     assert summary["steps"] == 80 and all(np.isfinite(row["total"]) for row in summary["history"])
     assert after < 0.9 * before, (before, after)

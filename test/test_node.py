@@ -36,29 +36,38 @@ def spin_until(executor, condition, timeout_s: float = 20.0) -> bool:  # pragma:
     return condition()
 
 
-def test_node_on_real_frames(small_bundle: Path, ros_context) -> None:  # pragma: no cover - rclpy machines
-    from diagnostic_msgs.msg import DiagnosticArray
-    from nav_msgs.msg import Odometry
+def start_node(ros_context, bundle: Path, *, tf: bool):  # pragma: no cover - rclpy machines
+    """The sfm node on ``bundle`` (onnxruntime, reliable QoS, no scale) plus a helper node, on one executor."""
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
     from rclpy.parameter import Parameter
-    from sensor_msgs.msg import CameraInfo, Image
-    from std_srvs.srv import Trigger
 
-    from sfm_ros import kitti
     from sfm_ros.node import SfmNode
-    from sfm_ros.ros_io import CameraModel, MessageTypes, make_camera_info, make_header, rgb_to_image_msg
-    from test.conftest import ODOMETRY_06
 
-    overrides = [Parameter("pipeline.bundle", value=str(small_bundle)),
-                 Parameter("pipeline.backend", value="onnxruntime"), Parameter("publish_tf", value=False),
-                 Parameter("lookup_extrinsic_from_tf", value=False), Parameter("qos_reliability", value="reliable"),
+    overrides = [Parameter("pipeline.bundle", value=str(bundle)),
+                 Parameter("pipeline.backend", value="onnxruntime"), Parameter("publish_tf", value=tf),
+                 Parameter("lookup_extrinsic_from_tf", value=tf), Parameter("qos_reliability", value="reliable"),
                  Parameter("scale.source", value="none")]
     node = SfmNode(context=ros_context, parameter_overrides=overrides)
     helper = Node("sfm_test_helper", context=ros_context)
     executor = SingleThreadedExecutor(context=ros_context)
     executor.add_node(node)
     executor.add_node(helper)
+    return node, helper, executor
+
+
+def test_node_on_real_frames(small_bundle: Path, ros_context) -> None:  # pragma: no cover - rclpy machines
+    from diagnostic_msgs.msg import DiagnosticArray
+    from nav_msgs.msg import Odometry
+    from rclpy.parameter import Parameter
+    from sensor_msgs.msg import CameraInfo, Image
+    from std_srvs.srv import Trigger
+
+    from sfm_ros import kitti
+    from sfm_ros.ros_io import CameraModel, MessageTypes, make_camera_info, make_header, rgb_to_image_msg
+    from test.conftest import ODOMETRY_06
+
+    node, helper, executor = start_node(ros_context, small_bundle, tf=False)
     depth, depth_info, odometry, diagnostics = [], [], [], []
     helper.create_subscription(Image, "depth", depth.append, 10)
     helper.create_subscription(CameraInfo, "depth/camera_info", depth_info.append, 10)
@@ -172,14 +181,10 @@ def test_node_broadcasts_tf_and_reads_the_extrinsic_from_tf(  # pragma: no cover
     import sys
 
     from nav_msgs.msg import Odometry
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.node import Node
-    from rclpy.parameter import Parameter
     from sensor_msgs.msg import CameraInfo, Image
 
     from sfm_ros import kitti
     from sfm_ros.geometry import quaternion_to_rotation
-    from sfm_ros.node import SfmNode
     from sfm_ros.ros_io import (
         CameraModel,
         MessageTypes,
@@ -195,15 +200,7 @@ def test_node_broadcasts_tf_and_reads_the_extrinsic_from_tf(  # pragma: no cover
     T_base_camera = np.array([[0, 0, 1, 0.27], [-1, 0, 0, 0.0], [0, -1, 0, 1.65], [0, 0, 0, 1.0]])
     stand_in = _StandInTf2(make_transform(types, make_header(types, 0, "base_link"), "camera", T_base_camera))
     monkeypatch.setitem(sys.modules, "tf2_ros", stand_in)
-    overrides = [Parameter("pipeline.bundle", value=str(small_bundle)),
-                 Parameter("pipeline.backend", value="onnxruntime"), Parameter("publish_tf", value=True),
-                 Parameter("lookup_extrinsic_from_tf", value=True), Parameter("qos_reliability", value="reliable"),
-                 Parameter("scale.source", value="none")]
-    node = SfmNode(context=ros_context, parameter_overrides=overrides)
-    helper = Node("sfm_tf_test_helper", context=ros_context)
-    executor = SingleThreadedExecutor(context=ros_context)
-    executor.add_node(node)
-    executor.add_node(helper)
+    node, helper, executor = start_node(ros_context, small_bundle, tf=True)
     odometry = []
     helper.create_subscription(Odometry, "odom", odometry.append, 10)
     image_publisher = helper.create_publisher(Image, "image", 10)

@@ -17,7 +17,7 @@ import yaml
 
 from sfm_ros import kitti
 from sfm_ros.bags import BagError, kitti_to_bag
-from test.conftest import DRIVE_0060, ODOMETRY_06, REPO
+from test.conftest import DRIVE_0060, ODOMETRY_06, REPO, view_synthesis_error
 from training.config import DataConfig, load_train_config
 from training.data import DataError, SnippetDataset, open_source, prepare_cache, random_scale_crop
 from training.trainer import CheckpointError, Trainer, load_checkpoint
@@ -199,16 +199,9 @@ def test_short_cpu_run_lowers_the_photometric_error(tiny_cache: Path, tmp_path: 
                                [*TINY, "optim.max_steps=80", "optim.batch_size=4", f"run.output={tmp_path}",
                                 "run.checkpoint_every=1000", "data.augment=false"])
     trainer = Trainer(config, tiny_cache)
-    probe = {"images": torch.stack([trainer.train_data[i]["images"] for i in range(0, 48, 4)]),
-             "K": torch.stack([trainer.train_data[i]["K"] for i in range(0, 48, 4)])}
-    import dataclasses
-
-    unweighted = dataclasses.replace(config.loss, explain_weight=0.0)
-    with torch.no_grad():
-        before = float(trainer._forward(probe, unweighted)[1]["photometric"])
+    before = view_synthesis_error(trainer)
     summary = trainer.fit()
-    with torch.no_grad():
-        after = float(trainer._forward(probe, unweighted)[1]["photometric"])
+    after = view_synthesis_error(trainer)
     assert after < 0.9 * before, (before, after)
     bundle = Path(summary["bundle"])
     assert (bundle / "sfm.json").is_file() and (bundle / "depth.safetensors").is_file()
