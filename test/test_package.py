@@ -75,3 +75,31 @@ def test_ruff_is_clean() -> None:
         pytest.skip("ruff is not installed in this environment (make test installs it)")
     result = subprocess.run([str(ruff), "check", str(REPO)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:]
+
+
+def test_launch_file_names_real_parameters_topics_and_the_installed_executable() -> None:
+    """`launch` and `launch_ros` are not installable here (the workflow runs the file on ROS images), so read it:
+    every parameter it overrides must be a node parameter, every remapping one of the node's topics, and its
+    executable the console script setup.py installs."""
+    import ast
+
+    from sfm_ros.config import parameter_table
+
+    tree = ast.parse((REPO / "launch" / "sfm.launch.py").read_text())
+    dict_keys = {key.value for node in ast.walk(tree) if isinstance(node, ast.Dict)
+                 for key in node.keys if isinstance(key, ast.Constant)}
+    node_parameters = {spec.name for spec in parameter_table()} | {"use_sim_time"}  # use_sim_time: rclpy's own
+    assert dict_keys and dict_keys <= node_parameters, dict_keys - node_parameters
+    remapped = {element.elts[0].value for node in ast.walk(tree) if isinstance(node, ast.List)
+                for element in node.elts if isinstance(element, ast.Tuple)}
+    node_source = (REPO / "sfm_ros" / "node.py").read_text()
+    assert remapped == {"image", "image/compressed", "camera_info"}
+    assert all(f'"{topic}", self._on_' in node_source for topic in remapped)
+    keywords = {kw.arg: kw.value.value for node in ast.walk(tree) if isinstance(node, ast.Call)
+                for kw in node.keywords if isinstance(kw.value, ast.Constant)}
+    assert keywords["package"] == "sfm_ros"
+    assert f"{keywords['executable']} = sfm_ros.node:main" in (REPO / "setup.py").read_text().replace("'", "")
+    arguments = {node.args[0].value for node in ast.walk(tree) if isinstance(node, ast.Call)
+                 and getattr(node.func, "id", "") == "DeclareLaunchArgument"}
+    readme = (REPO / "README.md").read_text()
+    assert all(f"{argument}:=" in readme for argument in arguments), arguments
