@@ -103,6 +103,7 @@ def test_trainer_on_cuda_with_the_fast_path_learns_and_resumes(tmp_path: Path) -
     summary = trainer.fit()
     after = view_synthesis_error(trainer)
     assert trainer.step_runner._graph is not None
+    assert summary["speed_path"] == "cuda: bf16 autocast, channels-last, CUDA graph"
     assert summary["steps"] == 80 and all(np.isfinite(row["total"]) for row in summary["history"])
     assert after < 0.9 * before, (before, after)
     resumed = Trainer(load_train_config(preset, [*fast, "optim.max_steps=85"]), cache)

@@ -203,6 +203,7 @@ def test_short_cpu_run_lowers_the_photometric_error(tiny_cache: Path, tmp_path: 
     summary = trainer.fit()
     after = view_synthesis_error(trainer)
     assert after < 0.9 * before, (before, after)
+    assert summary["speed_path"] == "cpu: fp32, eager"
     bundle = Path(summary["bundle"])
     assert (bundle / "sfm.json").is_file() and (bundle / "depth.safetensors").is_file()
     assert (tmp_path / "tensorboard").is_dir() and any((tmp_path / "tensorboard").iterdir())

@@ -300,6 +300,10 @@ class Trainer:
             total_steps = min(total_steps, config.optim.max_steps)
         bar = tqdm(total=total_steps, initial=self.state.step, desc="train", unit="step",
                    disable=not (config.run.progress and self.rank == 0))
+        speed_path = self.step_runner.describe()
+        if config.run.progress and self.rank == 0:
+            # Say which speed options took effect: on a CPU the run.* GPU switches are ignored.
+            bar.write(f"training step: {speed_path}")
         history: list[dict[str, float]] = []
         val_results: dict[str, float] = {}
         stopped_by = None
@@ -343,8 +347,8 @@ class Trainer:
             val_results = self.validate()  # always report the final model
         bundle = self.save_bundle()
         summary = {"steps": self.state.step, "epochs": self.state.epoch, "stopped_by": stopped_by,
-                   "checkpoint": str(self.checkpoint_path()), "bundle": str(bundle), "history": history,
-                   "validation": val_results}
+                   "speed_path": speed_path, "checkpoint": str(self.checkpoint_path()), "bundle": str(bundle),
+                   "history": history, "validation": val_results}
         if self.rank == 0:
             (self.output / "summary.json").write_text(json.dumps(summary, indent=1))
         return summary
