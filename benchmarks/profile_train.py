@@ -1,7 +1,7 @@
 """Where a training step spends its GPU time: torch.profiler tables of the eager step (the kernels a CUDA graph
-replays are the same). Prints the top kernels and the top aten operators by device time.
+replays are the same). Prints the top kernels by device time per step.
 
-Usage: python benchmarks/profile_train.py [--mode amp] [--batch-sizes 4 32] [--rows 25]
+Usage: python benchmarks/profile_train.py [--mode amp|amp-nchw|baseline] [--batch-sizes 4 32] [--rows 25]
 """
 
 from __future__ import annotations
@@ -15,33 +15,22 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sfm_ros.models import DispNet, PoseExpNet
-from training.losses import LossConfig
-from training.step import TrainStep, make_optimizer
+from training.bench import SPEED_MODES, build_step, synthetic_batch
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[4, 32])
-    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--mode", default="amp", choices=[m for m, o in SPEED_MODES.items() if not o["cuda_graph"]],
+                        help="an eager speed mode of training/bench.py (amp: bf16 + channels-last; "
+                             "amp-nchw: without channels-last)")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--rows", type=int, default=25)
     args = parser.parse_args()
     device = torch.device("cuda")
-    torch.backends.cudnn.benchmark = True
     for batch in args.batch_sizes:
-        torch.manual_seed(0)
-        depth_net, pose_net = DispNet().to(device), PoseExpNet(2, with_mask=True).to(device)
-        if args.channels_last:
-            depth_net = depth_net.to(memory_format=torch.channels_last)
-            pose_net = pose_net.to(memory_format=torch.channels_last)
-        optimizer = make_optimizer([*depth_net.parameters(), *pose_net.parameters()], device, lr=2e-4,
-                                   betas=(0.9, 0.999))
-        step = TrainStep(depth_net, pose_net, optimizer, LossConfig(), device, amp=args.amp,
-                         channels_last=args.channels_last)
-        images = torch.randint(0, 256, (batch, 3, 3, 128, 416), dtype=torch.uint8, device=device)
-        K = torch.tensor([[241.0, 0, 208], [0, 246, 64], [0, 0, 1]], device=device).expand(batch, 3, 3)
+        step = build_step(args.mode, device)
+        images, K = synthetic_batch(batch, 128, 416, device)
         for _ in range(5):
             step(images, K)
         torch.cuda.synchronize()
@@ -51,7 +40,7 @@ def main() -> None:
             torch.cuda.synchronize()
         events = prof.key_averages()
         total_us = sum(e.self_device_time_total for e in events) / args.steps
-        print(f"\n=== batch {batch}: {total_us / 1e3:.2f} ms of kernels per step ===")
+        print(f"\n=== {args.mode}, batch {batch}: {total_us / 1e3:.2f} ms of kernels per step ===")
         rows = sorted(events, key=lambda e: e.self_device_time_total, reverse=True)[: args.rows]
         for event in rows:
             per_step = event.self_device_time_total / args.steps

@@ -340,7 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--width", type=int, default=416)
     bench.add_argument("--modes", nargs="+", default=["baseline", "fast"],
                        help="train: speed paths to time (baseline = fp32 eager, the reference; fast = bf16 + "
-                            "channels-last + CUDA graph; also amp, fp32-graph, compile, compile-graph)")
+                            "channels-last + torch.compile + CUDA graph; also amp, amp-nchw, fp32-graph, bf16-graph, "
+                            "graph, compile-networks-graph: see training/bench.py)")
     bench.set_defaults(func=cmd_bench)
 
     demo = commands.add_parser("demo", help="the whole story on the bundled KITTI sample")

@@ -17,13 +17,14 @@ from training.losses import LossConfig
 from training.step import TrainStep, make_optimizer
 from training.trainer import resolve_device
 
-__all__ = ["SPEED_MODES", "bench_train"]
+__all__ = ["SPEED_MODES", "bench_train", "build_step", "synthetic_batch"]
 
 # name -> speed options. "baseline" is the straightforward PyTorch step of the reference figures: fp32 eager,
 # default (foreach) Adam. "fast" is what config/train_kitti.yaml turns on.
 SPEED_MODES: dict[str, dict[str, Any]] = {
     "baseline": {"amp": False, "channels_last": False, "cuda_graph": False, "compile": "none"},
     "amp": {"amp": True, "channels_last": True, "cuda_graph": False, "compile": "none"},
+    "amp-nchw": {"amp": True, "channels_last": False, "cuda_graph": False, "compile": "none"},
     "fp32-graph": {"amp": False, "channels_last": False, "cuda_graph": True, "compile": "none"},
     "bf16-graph": {"amp": True, "channels_last": False, "cuda_graph": True, "compile": "none"},
     "graph": {"amp": True, "channels_last": True, "cuda_graph": True, "compile": "none"},
@@ -32,8 +33,8 @@ SPEED_MODES: dict[str, dict[str, Any]] = {
 }
 
 
-def _bench_one(mode: str, batch: int, steps: int, rounds: int, height: int, width: int,
-               device: torch.device) -> dict[str, Any]:
+def build_step(mode: str, device: torch.device) -> TrainStep:
+    """Paper-size networks (seed 0), Adam and the TrainStep of one speed mode; sets cuDNN's autotuner for it."""
     options = SPEED_MODES[mode]
     on_cuda = device.type == "cuda"
     # cuDNN's autotuner picks the fastest convolution algorithms (same maths); the reference step has it off.
@@ -51,13 +52,26 @@ def _bench_one(mode: str, batch: int, steps: int, rounds: int, height: int, widt
     depth_model, pose_model = depth_net, pose_net
     if options["compile"] == "networks" and on_cuda:
         depth_model, pose_model = torch.compile(depth_net), torch.compile(pose_net)
-    step = TrainStep(depth_model, pose_model, optimizer, LossConfig(), device, amp=options["amp"],
+    return TrainStep(depth_model, pose_model, optimizer, LossConfig(), device, amp=options["amp"],
                      channels_last=options["channels_last"], cuda_graph=options["cuda_graph"],
                      compile_objective=options["compile"] == "objective")
+
+
+def synthetic_batch(batch: int, height: int, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random uint8 snippets [B,3,3,H,W] and KITTI-like K [B,3,3], pinned on the host when training on CUDA."""
     images = torch.randint(0, 256, (batch, 3, 3, height, width), dtype=torch.uint8)
     K = torch.tensor([[0.58 * width, 0, width / 2], [0, 1.92 * height, height / 2], [0, 0, 1]]).expand(batch, 3, 3)
-    if on_cuda:
-        images, K = images.pin_memory(), K.contiguous().pin_memory()
+    if device.type == "cuda":
+        return images.pin_memory(), K.contiguous().pin_memory()
+    return images, K.contiguous()
+
+
+def _bench_one(mode: str, batch: int, steps: int, rounds: int, height: int, width: int,
+               device: torch.device) -> dict[str, Any]:
+    options = SPEED_MODES[mode]
+    on_cuda = device.type == "cuda"
+    step = build_step(mode, device)
+    images, K = synthetic_batch(batch, height, width, device)
     synchronize = torch.cuda.synchronize if on_cuda else (lambda: None)
     if on_cuda:
         torch.cuda.reset_peak_memory_stats(device)
