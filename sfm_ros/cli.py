@@ -111,7 +111,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from sfm_ros.export import export_bundle
 
-    report = export_bundle(args.bundle, fp16=not args.no_fp16, with_mask=args.mask, verify=not args.no_verify)
+    report = export_bundle(args.bundle, fp16=not args.no_fp16, with_mask=args.mask, verify=not args.no_verify,
+                           restructure=not args.as_trained_graph)
     models = {name: {k: v for k, v in entry.items() if k in ("file", "parity", "tensorrt_missing")}
               for name, entry in report["models"].items()}
     _print_json({"bundle": report["bundle"], "opset": report["opset"], "tolerances": report["tolerances"],
@@ -274,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--no-fp16", action="store_true", help="skip the fp16 ONNX variant")
     export.add_argument("--mask", action="store_true", help="export the explainability mask output too")
     export.add_argument("--no-verify", action="store_true", help="skip the onnxruntime parity check")
+    export.add_argument("--as-trained-graph", action="store_true",
+                        help="export the networks' graphs unchanged, not the equivalent CPU-friendly restructuring")
     export.add_argument("--engine", action="store_true", help="also build TensorRT engines here (on the target)")
     export.add_argument("--precision", default="fp16", choices=("fp32", "fp16", "int8"))
     export.add_argument("--int8-bag", help="bag whose frames calibrate INT8")

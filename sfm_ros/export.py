@@ -124,8 +124,11 @@ def _check_io(path: Path, expected: dict[str, tuple[int, ...]]) -> dict[str, lis
 
 
 def export_bundle(bundle: str | Path, *, fp16: bool = True, with_mask: bool = False, verify: bool = True,
-                  seed: int = 0) -> dict[str, Any]:
+                  seed: int = 0, restructure: bool = True) -> dict[str, Any]:
     """Export the bundle's networks to ONNX inside the bundle and record them in ``sfm.json``.
+
+    ``restructure`` exports the CPU-friendly equivalents of ``sfm_ros.models.inference`` (the same functions,
+    verified against the networks as trained); False exports the networks' graphs as they are.
 
     Returns a report: files, checksums, operators, TensorRT operator check, parity errors and tolerances.
     """
@@ -133,6 +136,7 @@ def export_bundle(bundle: str | Path, *, fp16: bool = True, with_mask: bool = Fa
     import torch
 
     from sfm_ros.bundle import load_networks
+    from sfm_ros.models.inference import inference_copies
 
     folder = Path(bundle).expanduser()
     depth_net, pose_net, metadata = load_networks(folder, "cpu", with_mask=with_mask)
@@ -144,16 +148,18 @@ def export_bundle(bundle: str | Path, *, fp16: bool = True, with_mask: bool = Fa
         reference_disparity = depth_net(image)[0].numpy()
         reference_poses, reference_masks = pose_net(image, sources)
     DepthExport, PoseExport = _export_modules(with_mask)
+    export_depth, export_pose = inference_copies(depth_net, pose_net) if restructure else (depth_net, pose_net)
     pose_outputs = ["poses", "mask"] if with_mask else ["poses"]
-    report: dict[str, Any] = {"bundle": str(folder), "opset": OPSET, "tolerances": TOLERANCES, "models": {}}
+    report: dict[str, Any] = {"bundle": str(folder), "opset": OPSET, "tolerances": TOLERANCES,
+                              "restructured": restructure, "models": {}}
     onnx_section: dict[str, Any] = {}
     for precision in ("fp32", "fp16") if fp16 else ("fp32",):
         half = precision == "fp16"
         suffix = "_fp16" if half else ""
         jobs = {
-            "depth": (DepthExport(copy.deepcopy(depth_net), half), (image,), ["image"], ["disparity"],
+            "depth": (DepthExport(copy.deepcopy(export_depth), half), (image,), ["image"], ["disparity"],
                       {"image": (1, 3, height, width), "disparity": (1, 1, height, width)}),
-            "pose": (PoseExport(copy.deepcopy(pose_net), half), (image, sources), ["target", "sources"],
+            "pose": (PoseExport(copy.deepcopy(export_pose), half), (image, sources), ["target", "sources"],
                      pose_outputs, {"target": (1, 3, height, width), "sources": (1, num_sources, 3, height, width),
                                     "poses": (1, num_sources, 6)}),
         }
@@ -165,6 +171,7 @@ def export_bundle(bundle: str | Path, *, fp16: bool = True, with_mask: bool = Fa
             if any(missing.values()):
                 raise ExportError(f"{path.name} uses operators the TensorRT parser lacks: {missing}")
             entry = {"file": path.name, "sha256": sha256_file(path), "precision": precision,
+                     "graph": "restructured" if restructure else "as-trained",
                      "inputs": {n: io_shapes[n] for n in input_names},
                      "outputs": {n: io_shapes[n] for n in output_names}}
             if verify:

@@ -34,6 +34,19 @@ def test_export_writes_verified_onnx_with_checksums(small_bundle: Path) -> None:
     assert metadata.onnx["depth"]["parity"]["disparity_rel"] < 1e-4
     assert check_tensorrt_operators(onnx_path(small_bundle, "depth")) == {"10": [], "8.5": []}
     assert {"Conv", "ConvTranspose", "Sigmoid"} <= onnx_operators(onnx_path(small_bundle, "depth"))
+    # exported as the restructured equivalent (sfm_ros.models.inference), verified against the trained networks
+    assert metadata.onnx["pose"]["graph"] == "restructured"
+    assert "Split" in onnx_operators(onnx_path(small_bundle, "pose"))
+
+
+def test_as_trained_export_keeps_the_original_graph(small_bundle: Path, tmp_path: Path) -> None:
+    from sfm_ros.export import export_bundle
+
+    folder = shutil.copytree(small_bundle, tmp_path / "bundle")
+    report = export_bundle(folder, fp16=False, restructure=False)
+    assert report["restructured"] is False and read_metadata(folder).onnx["depth"]["graph"] == "as-trained"
+    assert "Split" not in onnx_operators(onnx_path(folder, "depth")) | onnx_operators(onnx_path(folder, "pose"))
+    assert report["models"]["depth"]["parity"]["disparity_rel"] < 1e-4
 
 
 def test_operator_check_reports_unsupported_ops(tmp_path: Path) -> None:

@@ -67,3 +67,39 @@ def test_xavier_initialisation_zero_bias() -> None:
     fan_in, fan_out = 3 * 49, 32 * 49
     bound = (6 / (fan_in + fan_out)) ** 0.5
     assert float(weight.abs().max()) <= bound
+
+
+def test_inference_copies_compute_the_same_functions() -> None:
+    from sfm_ros.models.inference import SplitInputConv, inference_copies
+
+    torch.manual_seed(0)
+    depth_net, pose_net = DispNet().eval(), PoseExpNet(3, with_mask=True).eval()
+    original_state = {k: v.clone() for k, v in depth_net.state_dict().items()}
+    fast_depth, fast_pose = inference_copies(depth_net, pose_net)
+    # the three finest iconvs (129, 65, 17 input channels) and the pose net's 12-channel input are split
+    assert sum(isinstance(m, SplitInputConv) for m in fast_depth.modules()) == 3
+    assert fast_pose.encoder[0][0].group_sizes == [3, 3, 3, 3]
+    image, sources = torch.randn(1, 3, 64, 208), torch.randn(1, 3, 3, 64, 208)
+    with torch.no_grad():
+        for fast, slow in zip(fast_depth(image), depth_net(image), strict=True):
+            torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+        (fast_poses, fast_masks), (poses, masks) = fast_pose(image, sources), pose_net(image, sources)
+    torch.testing.assert_close(fast_poses, poses, rtol=1e-5, atol=1e-7)
+    for fast, slow in zip(fast_masks, masks, strict=True):
+        torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-6)
+    assert all(torch.equal(v, original_state[k]) for k, v in depth_net.state_dict().items())  # originals untouched
+
+
+def test_split_input_conv_refuses_groups_that_do_not_cover_the_inputs() -> None:
+    from sfm_ros.models.inference import split_input_conv
+
+    with pytest.raises(ValueError, match="do not split the 9 input channels"):
+        split_input_conv(torch.nn.Conv2d(9, 4, 3), [3, 3])
+
+
+def test_crop_like_only_slices_when_sizes_differ() -> None:
+    from sfm_ros.models.blocks import crop_like
+
+    x = torch.randn(1, 2, 8, 14)
+    assert crop_like(x, torch.empty(1, 1, 8, 14)) is x
+    assert crop_like(x, torch.empty(1, 1, 8, 13)).shape == (1, 2, 8, 13)
