@@ -17,17 +17,33 @@ def git_commit() -> str:
         return "unknown"
 
 
-def random_bundle(folder: Path, height: int = 128, width: int = 416, fp16: bool = True) -> Path:
-    """Randomly initialised paper-size networks, exported; latency does not depend on the weights' values."""
+def random_bundle(folder: Path, height: int = 128, width: int = 416, fp16: bool = True, restructure: bool = True
+                  ) -> Path:
+    """Randomly initialised paper-size networks, exported; latency does not depend on the weights' values.
+
+    Reused when ``folder`` already holds an export of the same graph form (restructured or as trained).
+    """
     import torch
 
-    from sfm_ros.bundle import BundleMetadata, save_networks
+    from sfm_ros.bundle import BundleMetadata, read_metadata, save_networks
     from sfm_ros.export import export_bundle
     from sfm_ros.models import DispNet, PoseExpNet
 
-    if (folder / "sfm.json").is_file() and (folder / "depth.onnx").is_file():
+    graph = "restructured" if restructure else "as-trained"
+    if (folder / "sfm.json").is_file() and read_metadata(folder).onnx.get("depth", {}).get("graph") == graph:
         return folder
     torch.manual_seed(0)
     save_networks(folder, DispNet(), PoseExpNet(2, with_mask=True), BundleMetadata(height=height, width=width))
-    export_bundle(folder, fp16=fp16)
+    export_bundle(folder, fp16=fp16, restructure=restructure)
     return folder
+
+
+def sample_bag(folder: Path) -> Path:
+    """The repository's KITTI odometry sample (sequence 06) as an MCAP bag: real frames to calibrate INT8."""
+    from sfm_ros import kitti
+    from sfm_ros.bags import kitti_to_bag
+
+    if (folder / "metadata.yaml").is_file():
+        return folder
+    sequence = kitti.kitti_odometry_sequence(REPO / "test" / "data" / "kitti_odometry" / "sequences" / "06")
+    return kitti_to_bag(sequence, folder, progress=False)

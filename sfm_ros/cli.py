@@ -117,6 +117,13 @@ def cmd_export(args: argparse.Namespace) -> int:
               for name, entry in report["models"].items()}
     _print_json({"bundle": report["bundle"], "opset": report["opset"], "tolerances": report["tolerances"],
                  "models": models})
+    if args.precision == "int8" and not args.int8_bag:
+        raise SystemExit("--precision int8 needs --int8-bag BAG for calibration frames")
+    if args.precision == "int8":
+        from sfm_ros.quantize import quantize_bundle
+
+        _print_json(quantize_bundle(args.bundle, args.int8_bag, max_windows=args.int8_windows,
+                                    method=args.int8_calibration))
     if args.engine:
         from sfm_ros.backends.tensorrt_backend import trtexec_command
         from sfm_ros.export import onnx_path
@@ -127,9 +134,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         if args.precision == "int8":
             from sfm_ros.backends.int8 import BagCalibrator
 
-            if not args.int8_bag:
-                raise SystemExit("--precision int8 needs --int8-bag BAG for calibration frames")
-            calibrator = BagCalibrator(args.int8_bag, args.bundle, args.engine_cache)
+            calibrator = BagCalibrator(args.int8_bag, args.bundle, args.engine_cache, max_frames=args.int8_windows)
         from sfm_ros.backends.tensorrt_backend import TensorRTBackend
         from sfm_ros.bundle import read_metadata
 
@@ -168,7 +173,7 @@ def cmd_eval_depth(args: argparse.Namespace) -> int:
         raise SystemExit("give either --drive DRIVE_SYNC_FOLDER or --list LIST --kitti-root ROOT")
     samples = (depth_samples_from_drive(args.drive) if args.drive
                else depth_samples_from_list(args.list, args.kitti_root))
-    backend = make_backend(args.bundle, args.backend)
+    backend = make_backend(args.bundle, args.backend, precision=args.precision)
     metric_scale = None
     if args.metric_scale:
         from sfm_ros.config import ScaleConfig
@@ -278,8 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--as-trained-graph", action="store_true",
                         help="export the networks' graphs unchanged, not the equivalent CPU-friendly restructuring")
     export.add_argument("--engine", action="store_true", help="also build TensorRT engines here (on the target)")
-    export.add_argument("--precision", default="fp16", choices=("fp32", "fp16", "int8"))
-    export.add_argument("--int8-bag", help="bag whose frames calibrate INT8")
+    export.add_argument("--precision", default="fp16", choices=("fp32", "fp16", "int8"),
+                        help="engine precision; int8 also writes onnxruntime CPU INT8 models (checked against fp32)")
+    export.add_argument("--int8-bag", help="bag whose frames calibrate INT8 (and, for onnxruntime, check it)")
+    export.add_argument("--int8-windows", type=int, default=64, help="frame windows read from the bag")
+    export.add_argument("--int8-calibration", default="minmax", choices=("minmax", "entropy", "percentile"),
+                        help="onnxruntime activation-range method")
     export.add_argument("--engine-cache", default="~/.cache/sfm_ros/engines")
     export.set_defaults(func=cmd_export)
 
@@ -305,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     depth = eval_kinds.add_parser("depth", help="Eigen depth protocol against KITTI LiDAR")
     depth.add_argument("--bundle", required=True)
     depth.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "onnxruntime", "torch"))
+    depth.add_argument("--precision", default="fp16", choices=("fp32", "fp16", "int8"),
+                       help="fp16 runs on GPUs only (a CPU runs fp32); int8 needs `sfm export --precision int8`")
     depth.add_argument("--drive", help="a KITTI raw *_sync drive with velodyne_points")
     depth.add_argument("--list", help="an Eigen-format list (e.g. sfm_ros/data/test_files_eigen.txt)")
     depth.add_argument("--kitti-root", help="KITTI raw root for --list")
@@ -363,7 +374,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     names = {"sfm_ros.backends": "BackendError", "sfm_ros.bundle": "BundleError", "sfm_ros.config": "ConfigError",
              "sfm_ros.kitti": "KittiError", "sfm_ros.ros_io": "ImageError", "sfm_ros.bags": "BagError",
              "sfm_ros.export": "ExportError", "sfm_ros.pipeline": "FrameError", "training.data": "DataError",
-             "training.trainer": "CheckpointError"}
+             "sfm_ros.quantize": "QuantizeError", "training.trainer": "CheckpointError"}
     found: list[type[BaseException]] = [FileNotFoundError]
     for module, name in names.items():
         try:

@@ -187,7 +187,9 @@ class PipelineConfig:
                          read_only=True)
     device: str = param("auto", "device for onnxruntime/torch: auto, cpu or cuda", choices=("auto", "cpu", "cuda"),
                         read_only=True)
-    precision: str = param("fp16", "TensorRT/torch-CUDA precision", choices=("fp32", "fp16"), read_only=True)
+    precision: str = param("fp16", "fp16/fp32 on a GPU (a CPU runs fp32); int8: onnxruntime CPU or TensorRT, "
+                           "after `sfm export --precision int8 --int8-bag BAG`", choices=("fp32", "fp16", "int8"),
+                           read_only=True)
     threads: int = param(0, "CPU threads for onnxruntime/torch (0 = library default)", range=(0, 256),
                          read_only=True)
     engine_cache_dir: str = param("~/.cache/sfm_ros/engines", "where TensorRT engines are built and cached",

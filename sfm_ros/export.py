@@ -202,11 +202,15 @@ def export_bundle(bundle: str | Path, *, fp16: bool = True, with_mask: bool = Fa
 
 def onnx_path(bundle: str | Path, model: str, precision: str = "fp32", verify_checksum: bool = True) -> Path:
     """Path of an exported ONNX model ('depth' or 'pose') of a bundle, checked against its recorded sha256."""
+    suffixes = {"fp32": "", "fp16": "_fp16", "int8": "_int8"}
+    if precision not in suffixes:
+        raise BundleError(f"precision {precision!r} unknown; exported precisions are {sorted(suffixes)}")
     metadata = read_metadata(bundle)
-    key = model + ("_fp16" if precision == "fp16" else "")
+    key = model + suffixes[precision]
     entry = metadata.onnx.get(key)
     if entry is None:
-        raise BundleError(f"{bundle} has no exported {key} model: run `sfm export {bundle}` first")
+        how = f"sfm export {bundle} --precision int8 --int8-bag BAG" if precision == "int8" else f"sfm export {bundle}"
+        raise BundleError(f"{bundle} has no exported {key} model: run `{how}` first")
     path = Path(bundle).expanduser() / entry["file"]
     if not path.is_file():
         raise BundleError(f"{path} is listed in sfm.json but missing")

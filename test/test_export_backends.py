@@ -201,7 +201,8 @@ def test_runtime_modules_do_not_import_torch_or_training() -> None:
 
     runtime = ["sfm_ros/node.py", "sfm_ros/pipeline.py", "sfm_ros/ros_io.py", "sfm_ros/scale.py", "sfm_ros/replay.py",
                "sfm_ros/worker.py", "sfm_ros/backends/__init__.py", "sfm_ros/backends/onnxruntime_backend.py",
-               "sfm_ros/backends/tensorrt_backend.py", "launch/sfm.launch.py"]
+               "sfm_ros/backends/tensorrt_backend.py", "sfm_ros/backends/int8.py", "sfm_ros/quantize.py",
+               "launch/sfm.launch.py"]
     for path in runtime:
         tree = ast.parse((REPO / path).read_text())
         modules = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}

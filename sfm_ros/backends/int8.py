@@ -10,9 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from sfm_ros.backends import preprocess
-from sfm_ros.bags import read_camera_frames
 from sfm_ros.bundle import read_metadata
+from sfm_ros.quantize import calibration_windows
 
 try:  # the base class must exist at class-definition time
     import tensorrt as trt
@@ -23,27 +22,19 @@ except ImportError:  # pragma: no cover - TensorRT machines only
 
 
 class BagCalibrator(_Base):
-    """Feeds up to ``max_frames`` preprocessed frames; serves 'image', 'target' and 'sources' by name."""
+    """Feeds the frame windows of a bag (``sfm_ros.quantize.calibration_windows``), inputs served by name."""
 
     def __init__(self, bag: str | Path, bundle: str | Path, cache_dir: str | Path, max_frames: int = 200) -> None:
         if _Base is object:
             raise ImportError("INT8 calibration needs the tensorrt package")
         super().__init__()
-        import cv2
         import pycuda.driver as cuda
 
         self._cuda = cuda
         metadata = read_metadata(bundle)
-        frames = []
-        for frame in read_camera_frames(bag):
-            small = cv2.resize(frame.rgb, (metadata.width, metadata.height), interpolation=cv2.INTER_AREA)
-            frames.append(preprocess(small, metadata))
-            if len(frames) >= max_frames:
-                break
-        if len(frames) <= metadata.num_sources:
-            raise ValueError(f"{bag} gave {len(frames)} frames; INT8 calibration needs more")
-        self._frames = frames
-        self._num_sources = metadata.num_sources
+        self._windows = list(calibration_windows(bag, metadata, max_windows=max_frames))
+        if not self._windows:
+            raise ValueError(f"{bag} gave no window of {metadata.num_sources + 1} frames; INT8 calibration needs one")
         self._index = 0
         self._device: dict[str, Any] = {}
         self._cache = Path(cache_dir).expanduser() / "int8_calibration.cache"
@@ -52,14 +43,10 @@ class BagCalibrator(_Base):
         return 1
 
     def get_batch(self, names: list[str]) -> list[int] | None:
-        window = self._num_sources + 1
-        if self._index + window > len(self._frames):
+        if self._index >= len(self._windows):
             return None
-        frames = self._frames[self._index: self._index + window]
+        feeds = self._windows[self._index]
         self._index += 1
-        center = window // 2
-        feeds = {"image": frames[center], "target": frames[center],
-                 "sources": np.stack([f[0] for i, f in enumerate(frames) if i != center])[None]}
         pointers = []
         for name in names:
             array = np.ascontiguousarray(feeds[name], dtype=np.float32)

@@ -13,7 +13,7 @@ from sfm_ros.export import onnx_path
 
 
 class OnnxRuntimeBackend:
-    """Runs the bundle's exported ONNX models (fp32 on CPU; the fp16 variant on CUDA when asked)."""
+    """Runs the bundle's exported ONNX models: fp32 or int8 on CPU, the fp16 variant on CUDA when asked."""
 
     name = "onnxruntime"
 
@@ -21,12 +21,17 @@ class OnnxRuntimeBackend:
                  threads: int = 0, with_mask: bool = False, engine_cache_dir: Any = None) -> None:
         import onnxruntime as ort
 
+        if precision == "int8" and device == "cuda":
+            raise BackendError("the INT8 ONNX models are for onnxruntime's CPU provider (QLinearConv); on a GPU use "
+                               "TensorRT for int8, or fp16")
         available = ort.get_available_providers()
         if device == "cuda" and "CUDAExecutionProvider" not in available:
             raise BackendError(f"device 'cuda' asked for, but onnxruntime offers only {available}")
-        use_cuda = device == "cuda" or (device == "auto" and "CUDAExecutionProvider" in available)
+        use_cuda = precision != "int8" and (
+            device == "cuda" or (device == "auto" and "CUDAExecutionProvider" in available))
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
-        precision = precision if use_cuda else "fp32"  # fp16 kernels are a GPU matter; CPU runs the fp32 graph
+        if not use_cuda and precision == "fp16":
+            precision = "fp32"  # fp16 kernels are a GPU matter; the CPU runs the fp32 graph
         options = ort.SessionOptions()
         # Two sessions (depth, pose) each own a thread pool; idle workers spinning in one steal the cores from the
         # other (measured 2x slower on 2 cores), so workers sleep when idle.

@@ -23,6 +23,9 @@ class TorchBackend:
 
     def __init__(self, bundle: Path, metadata: BundleMetadata, *, device: str = "auto", precision: str = "fp16",
                  threads: int = 0, with_mask: bool = False, engine_cache_dir: Any = None) -> None:
+        if precision == "int8":
+            raise BackendError("the torch backend runs fp32 or fp16; int8 is onnxruntime on a CPU "
+                               "(`sfm export --precision int8 --int8-bag BAG`) or TensorRT")
         if device == "cuda" and not torch.cuda.is_available():
             raise BackendError("device 'cuda' asked for, but torch sees no CUDA device")
         self.device = torch.device("cuda" if device in ("cuda", "auto") and torch.cuda.is_available() else "cpu")

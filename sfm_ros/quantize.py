@@ -1,0 +1,150 @@
+"""Static INT8 of the exported models for onnxruntime on CPUs, calibrated and checked on the frames of a bag.
+
+On a 2-core AVX2 CPU onnxruntime's int8 convolutions (QLinearConv) run DispNet about 1.4x faster than fp32
+(benchmarks/RESULTS.md). This is an opt-in deployment step, not the paper's method: the fp32 models stay the
+default, and the INT8 ones are written beside them only after they pass the check below.
+
+Format: QOperator (QLinearConv), weights int8 per output channel, activations uint8 per tensor with ranges from
+the calibration frames. These files are for onnxruntime's CPU provider; TensorRT builds its INT8 engines from the
+fp32 ONNX with its own calibrator (``backends/int8.py``) from the same frames.
+
+Check (``INT8_TOLERANCES``): the bag's frame windows alternate between calibration and a held-out check; on the
+held-out ones the INT8 disparity must stay within 5 % of the fp32 disparity per pixel (median over pixels and
+frames) and the INT8 poses within 10 % of the fp32 pose vector's norm (median over frames). torch is not needed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sfm_ros.bundle import BundleMetadata, atomic_write_bytes, read_metadata, sha256_file, write_metadata
+
+__all__ = ["CALIBRATION_METHODS", "INT8_TOLERANCES", "QuantizeError", "calibration_windows", "quantize_bundle"]
+
+INT8_TOLERANCES = {"disparity_rel_median": 0.05, "pose_rel_median": 0.10}
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+class QuantizeError(RuntimeError):
+    """INT8 quantisation failed or missed its tolerances; the message names the model and the figures."""
+
+
+def calibration_windows(bag: str | Path, metadata: BundleMetadata, max_windows: int = 64
+                        ) -> Iterator[dict[str, np.ndarray]]:
+    """Network inputs from consecutive frames of a bag, resized as the pipeline does.
+
+    Yields {'image': [1,3,H,W], 'target': [1,3,H,W], 'sources': [1,N,3,H,W]} for each window of N+1
+    consecutive frames (target = the middle one, as in training), at most ``max_windows``.
+    """
+    import cv2
+
+    from sfm_ros.backends import preprocess
+    from sfm_ros.bags import read_camera_frames
+
+    window = metadata.num_sources + 1
+    frames: list[np.ndarray] = []
+    produced = 0
+    for frame in read_camera_frames(bag):
+        small = cv2.resize(frame.rgb, (metadata.width, metadata.height), interpolation=cv2.INTER_AREA)
+        frames.append(preprocess(small, metadata))
+        if len(frames) < window:
+            continue
+        center = window // 2
+        sources = np.stack([f[0] for i, f in enumerate(frames) if i != center])[None]
+        yield {"image": frames[center], "target": frames[center], "sources": sources}
+        frames.pop(0)
+        produced += 1
+        if produced >= max_windows:
+            return
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader protocol over a list of feeds (inputs not in the model dropped)."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]], input_names: list[str]) -> None:
+        self._feeds = iter([{name: feed[name] for name in input_names} for feed in feeds])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._feeds, None)
+
+
+def _relative_errors(model: str, int8_outputs: list[np.ndarray], fp32_outputs: list[np.ndarray]) -> float:
+    if model == "depth":
+        return float(np.median(np.abs(int8_outputs[0] - fp32_outputs[0]) / np.abs(fp32_outputs[0])))
+    norm = np.linalg.norm(fp32_outputs[0], axis=-1)
+    return float(np.median(np.linalg.norm(int8_outputs[0] - fp32_outputs[0], axis=-1) / np.maximum(norm, 1e-12)))
+
+
+def quantize_bundle(bundle: str | Path, bag: str | Path, *, max_windows: int = 64, method: str = "minmax",
+                    check: bool = True) -> dict[str, Any]:
+    """Write ``depth_int8.onnx`` and ``pose_int8.onnx`` into an exported bundle and record them in ``sfm.json``.
+
+    Returns a report: files, calibration and check window counts, the held-out errors and the tolerances.
+    Raises QuantizeError (and leaves the bundle unchanged) when a model misses its tolerance.
+    """
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from sfm_ros.export import onnx_path
+
+    if method not in CALIBRATION_METHODS:
+        raise QuantizeError(f"calibration method {method!r} unknown; choose from {CALIBRATION_METHODS}")
+    folder = Path(bundle).expanduser()
+    metadata = read_metadata(folder)
+    windows = list(calibration_windows(bag, metadata, max_windows))
+    calibration, held_out = windows[0::2], windows[1::2]
+    if not held_out:
+        raise QuantizeError(f"{bag} gave {len(windows)} frame windows of {metadata.num_sources + 1}; "
+                            "INT8 calibration and its check need at least 2")
+    calibration_method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                          "percentile": CalibrationMethod.Percentile}[method]
+    report: dict[str, Any] = {"bundle": str(folder), "bag": str(bag), "method": method,
+                              "calibration_windows": len(calibration), "check_windows": len(held_out),
+                              "tolerances": INT8_TOLERANCES, "models": {}}
+    entries, blobs = {}, {}
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    with tempfile.TemporaryDirectory(prefix="sfm_int8_") as scratch:
+        for model, tolerance_key in (("depth", "disparity_rel_median"), ("pose", "pose_rel_median")):
+            source = onnx_path(folder, model)
+            prepared, quantized = Path(scratch) / f"{model}_prepared.onnx", Path(scratch) / f"{model}_int8.onnx"
+            # static shapes: ONNX shape inference suffices (symbolic inference would need sympy on the robot)
+            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+            fp32 = ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+            input_names = [i.name for i in fp32.get_inputs()]
+            quantize_static(str(prepared), str(quantized), _Reader(calibration, input_names),
+                            quant_format=QuantFormat.QOperator, per_channel=True, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, calibrate_method=calibration_method)
+            int8 = ort.InferenceSession(str(quantized), options, providers=["CPUExecutionProvider"])
+            errors = []
+            for feed in held_out if check else []:
+                inputs = {name: feed[name] for name in input_names}
+                errors.append(_relative_errors(model, int8.run(None, inputs), fp32.run(None, inputs)))
+            entry: dict[str, Any] = {"file": f"{model}_int8.onnx", "precision": "int8", "from": source.name,
+                                     "calibration": method,
+                                     "inputs": metadata.onnx[model]["inputs"],
+                                     "outputs": metadata.onnx[model]["outputs"]}
+            if check:
+                error = float(np.median(errors))
+                entry["check"] = {tolerance_key: error}
+                if error > INT8_TOLERANCES[tolerance_key]:
+                    raise QuantizeError(f"{model}: INT8 differs from fp32 by {error:.1%} ({tolerance_key} over "
+                                        f"{len(held_out)} held-out windows of {bag}), tolerance "
+                                        f"{INT8_TOLERANCES[tolerance_key]:.0%}; the fp32 models stay in use")
+            blobs[model] = quantized.read_bytes()
+            entries[model] = entry
+        for model, entry in entries.items():
+            path = folder / entry["file"]
+            atomic_write_bytes(path, blobs[model])
+            entry["sha256"] = sha256_file(path)
+            report["models"][f"{model}_int8"] = entry
+    onnx_section = {**metadata.onnx, **{f"{model}_int8": entry for model, entry in entries.items()}}
+    write_metadata(folder, dataclasses.replace(metadata, onnx=onnx_section))
+    return report

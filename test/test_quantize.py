@@ -1,0 +1,126 @@
+"""onnxruntime INT8: calibration windows from a real bag, the held-out check, the backend, failures that keep
+the bundle as it was, and quantisation and inference with torch blocked."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sfm_ros.backends import BackendError, make_backend
+from sfm_ros.bundle import BundleError, read_metadata
+from sfm_ros.export import onnx_operators, onnx_path
+from sfm_ros.quantize import INT8_TOLERANCES, QuantizeError, calibration_windows, quantize_bundle
+from test.conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def int8_bundle(small_bundle: Path, odometry_bag: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = shutil.copytree(small_bundle, tmp_path_factory.mktemp("int8") / "bundle")
+    quantize_bundle(folder, odometry_bag, max_windows=16)
+    return folder
+
+
+def test_calibration_windows_are_consecutive_real_frames(small_bundle: Path, odometry_bag: Path) -> None:
+    windows = list(calibration_windows(odometry_bag, read_metadata(small_bundle), max_windows=4))
+    assert len(windows) == 4
+    first, second = windows[0], windows[1]
+    assert first["image"].shape == (1, 3, 64, 208) and first["sources"].shape == (1, 2, 3, 64, 208)
+    assert first["image"] is first["target"]
+    # window k = frames k..k+2 with the middle one as target: the next window's first source is this target
+    np.testing.assert_array_equal(second["sources"][0, 0], first["target"][0])
+    assert first["image"].std() > 0.1  # real, normalised images, not blank frames
+
+
+def test_int8_models_are_checked_recorded_and_run(int8_bundle: Path, odometry_bag: Path) -> None:
+    metadata = read_metadata(int8_bundle)
+    for model, key in (("depth", "disparity_rel_median"), ("pose", "pose_rel_median")):
+        entry = metadata.onnx[f"{model}_int8"]
+        assert entry["check"][key] <= INT8_TOLERANCES[key]
+        assert entry["inputs"] == metadata.onnx[model]["inputs"]
+        assert "QLinearConv" in onnx_operators(onnx_path(int8_bundle, model, "int8"))  # verifies the sha256 too
+    fp32 = make_backend(int8_bundle, "onnxruntime", precision="fp32", with_mask=True)
+    int8 = make_backend(int8_bundle, "onnxruntime", precision="int8", with_mask=True)
+    assert "int8" in int8.description and int8.has_mask
+    image = list(calibration_windows(odometry_bag, metadata, max_windows=24))[-1]["image"]  # past the 16 used
+    reference, quantized = fp32.infer_depth(image), int8.infer_depth(image)
+    assert quantized.shape == reference.shape and not np.array_equal(quantized, reference)  # really a second model
+    assert np.median(np.abs(quantized - reference) / reference) < 0.10
+
+
+def test_int8_tolerance_miss_leaves_the_bundle_unchanged(small_bundle: Path, odometry_bag: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = shutil.copytree(small_bundle, tmp_path / "bundle")
+    before = (folder / "sfm.json").read_text()
+    monkeypatch.setitem(INT8_TOLERANCES, "disparity_rel_median", 0.0)
+    with pytest.raises(QuantizeError, match=r"depth: INT8 differs from fp32 by .* tolerance 0%"):
+        quantize_bundle(folder, odometry_bag, max_windows=6)
+    assert (folder / "sfm.json").read_text() == before
+    assert not list(folder.glob("*int8*"))
+
+
+def test_int8_needs_enough_frames_and_a_known_method(small_bundle: Path, odometry_bag: Path, tmp_path: Path) -> None:
+    folder = shutil.copytree(small_bundle, tmp_path / "bundle")
+    with pytest.raises(QuantizeError, match="gave 1 frame windows of 3"):
+        quantize_bundle(folder, odometry_bag, max_windows=1)
+    with pytest.raises(QuantizeError, match="calibration method 'best' unknown"):
+        quantize_bundle(folder, odometry_bag, method="best")
+
+
+def test_int8_errors_name_what_to_do(small_bundle: Path, int8_bundle: Path) -> None:
+    with pytest.raises(BundleError, match="--precision int8 --int8-bag BAG"):
+        make_backend(small_bundle, "onnxruntime", precision="int8")
+    with pytest.raises(BackendError, match="CPU provider"):
+        make_backend(int8_bundle, "onnxruntime", device="cuda", precision="int8")
+    with pytest.raises(BackendError, match="int8 is onnxruntime on a CPU"):
+        make_backend(int8_bundle, "torch", precision="int8")
+
+
+def test_reexport_drops_stale_int8_models(int8_bundle: Path, tmp_path: Path) -> None:
+    from sfm_ros.export import export_bundle
+
+    folder = shutil.copytree(int8_bundle, tmp_path / "bundle")
+    export_bundle(folder, fp16=False, with_mask=True)
+    assert "depth_int8" not in read_metadata(folder).onnx  # built from the old fp32 model: not listed any more
+
+
+def test_cli_int8_export_needs_a_bag(small_bundle: Path, tmp_path: Path) -> None:
+    folder = shutil.copytree(small_bundle, tmp_path / "bundle")
+    result = subprocess.run([sys.executable, "-m", "sfm_ros.cli", "export", str(folder), "--no-fp16", "--precision",
+                             "int8"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "--precision int8 needs --int8-bag BAG" in result.stderr
+
+
+def test_int8_quantisation_and_pipeline_without_torch(small_bundle: Path, odometry_bag: Path, tmp_path: Path) -> None:
+    """On the robot: quantise with the robot's own bag and run the node's pipeline on INT8, `import torch` blocked."""
+    folder = shutil.copytree(small_bundle, tmp_path / "bundle")
+    script = f"""
+import sys, importlib.abc, json
+class BlockTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this test")
+sys.meta_path.insert(0, BlockTorch())
+import numpy as np
+from sfm_ros.quantize import quantize_bundle
+from sfm_ros.pipeline import Pipeline
+from sfm_ros.config import PipelineConfig, ScaleConfig
+from sfm_ros.ros_io import CameraModel
+report = quantize_bundle({str(folder)!r}, {str(odometry_bag)!r}, max_windows=16)
+config = PipelineConfig(bundle={str(folder)!r}, backend="onnxruntime", precision="int8")
+p = Pipeline(config, ScaleConfig(source="none"))
+camera = CameraModel(K=np.array([[200.0, 0, 103.5], [0, 200, 31.5], [0, 0, 1]]), height=64, width=208)
+for i in range(3):
+    e = p.process(i * 100_000_000, np.full((64, 208, 3), 100 + i, np.uint8), camera)
+assert e.T_prev_current is not None and "int8" in p.backend.description
+assert "torch" not in sys.modules
+print(json.dumps(sorted(report["models"])))
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == ["depth_int8", "pose_int8"]
