@@ -2,7 +2,7 @@
 running the pipeline, for several minutes. Reports latency percentiles, processed/dropped frames, and resident
 memory over time (it must stay flat). Prints JSON.
 
-Usage: python benchmarks/bench_node_load.py [--minutes 3] [--rate 30] [--backend onnxruntime]
+Usage: python benchmarks/bench_node_load.py [--minutes 3] [--rate 30] [--backend onnxruntime] [--precision int8]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import REPO, git_commit, random_bundle
+from benchmarks._common import REPO, git_commit, random_bundle, sample_bag
 from sfm_ros import kitti
 from sfm_ros.bench import machine_description
 from sfm_ros.config import PipelineConfig, ScaleConfig
@@ -39,13 +39,20 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=3.0)
     parser.add_argument("--rate", type=float, default=30.0)
     parser.add_argument("--backend", default="onnxruntime")
+    parser.add_argument("--precision", default="fp32", help="int8: quantise the bundle with the sample bag first")
     parser.add_argument("--bundle")
     args = parser.parse_args()
-    bundle = Path(args.bundle) if args.bundle else random_bundle(Path(tempfile.gettempdir()) / "sfm_bench_bundle")
+    scratch = Path(tempfile.gettempdir())
+    bundle = Path(args.bundle) if args.bundle else random_bundle(scratch / "sfm_bench_bundle")
+    if args.precision == "int8" and "depth_int8" not in json.loads((bundle / "sfm.json").read_text())["onnx"]:
+        from sfm_ros.quantize import quantize_bundle
+
+        quantize_bundle(bundle, sample_bag(scratch / "sfm_bench_sample_bag"))
     sequence = kitti.kitti_odometry_sequence(REPO / "test" / "data" / "kitti_odometry" / "sequences" / "06")
     frames = [kitti.load_rgb(p) for p in sequence.image_paths]
     camera = CameraModel(K=sequence.K, height=sequence.size[0], width=sequence.size[1])
-    pipeline = Pipeline(PipelineConfig(bundle=str(bundle), backend=args.backend, max_frame_gap_s=5.0),
+    pipeline = Pipeline(PipelineConfig(bundle=str(bundle), backend=args.backend, precision=args.precision,
+                                       max_frame_gap_s=5.0),
                         ScaleConfig(source="camera_height"))
     latencies: list[float] = []
 
