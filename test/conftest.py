@@ -12,6 +12,15 @@ ODOMETRY_06 = SAMPLE / "kitti_odometry" / "sequences" / "06"
 DRIVE_0060 = SAMPLE / "kitti_raw" / "2011_09_26" / "2011_09_26_drive_0060_sync"
 DRIVE_0001 = SAMPLE / "kitti_raw" / "2011_09_26" / "2011_09_26_drive_0001_sync"
 SHARED = REPO.parent / "shared" / "data"
+# Prepended to a subprocess script: any `import torch` in it fails, as on a robot without torch.
+BLOCK_TORCH = """
+import sys, importlib.abc
+class BlockTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this test")
+sys.meta_path.insert(0, BlockTorch())
+"""
 
 
 def shared_path(*parts: str) -> Path:

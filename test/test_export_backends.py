@@ -16,7 +16,7 @@ from sfm_ros.backends import BackendError, make_backend
 from sfm_ros.backends.tensorrt_backend import EngineCache, EngineKey, trtexec_command
 from sfm_ros.bundle import BundleError, read_metadata
 from sfm_ros.export import OPSET, check_tensorrt_operators, onnx_operators, onnx_path
-from test.conftest import REPO
+from test.conftest import BLOCK_TORCH, REPO
 
 
 def test_export_writes_verified_onnx_with_checksums(small_bundle: Path) -> None:
@@ -171,13 +171,7 @@ def test_tensorrt_backend_matches_onnxruntime(small_bundle: Path, tmp_path: Path
 
 def test_runtime_imports_without_torch(small_bundle: Path) -> None:
     """The node's path (pipeline + onnxruntime + ros_io + replay) must work with `import torch` blocked."""
-    script = f"""
-import sys, importlib.abc
-class BlockTorch(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is blocked in this test")
-sys.meta_path.insert(0, BlockTorch())
+    script = BLOCK_TORCH + f"""
 import numpy as np
 from sfm_ros.pipeline import Pipeline
 from sfm_ros.config import PipelineConfig, ScaleConfig

@@ -16,7 +16,7 @@ from sfm_ros.backends import BackendError, make_backend
 from sfm_ros.bundle import BundleError, read_metadata
 from sfm_ros.export import onnx_operators, onnx_path
 from sfm_ros.quantize import INT8_TOLERANCES, QuantizeError, calibration_windows, quantize_bundle
-from test.conftest import REPO
+from test.conftest import BLOCK_TORCH, REPO
 
 
 @pytest.fixture(scope="module")
@@ -99,13 +99,8 @@ def test_cli_int8_export_needs_a_bag(small_bundle: Path, tmp_path: Path) -> None
 def test_int8_quantisation_and_pipeline_without_torch(small_bundle: Path, odometry_bag: Path, tmp_path: Path) -> None:
     """On the robot: quantise with the robot's own bag and run the node's pipeline on INT8, `import torch` blocked."""
     folder = shutil.copytree(small_bundle, tmp_path / "bundle")
-    script = f"""
-import sys, importlib.abc, json
-class BlockTorch(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is blocked in this test")
-sys.meta_path.insert(0, BlockTorch())
+    script = BLOCK_TORCH + f"""
+import json
 import numpy as np
 from sfm_ros.quantize import quantize_bundle
 from sfm_ros.pipeline import Pipeline
