@@ -167,6 +167,7 @@ class Pipeline:
         translation_units = float(np.linalg.norm(T_prev_current[:3, 3])) if T_prev_current is not None else None
         scale = self.scale_estimator.update(depth=depth_units, K=K_net, translation_units=translation_units,
                                             dt_s=dt_s)
+        t_scale = time.perf_counter()
         if T_prev_current is not None:
             T_prev_current = T_prev_current.copy()
             T_prev_current[:3, 3] *= scale.factor
@@ -183,7 +184,8 @@ class Pipeline:
         if not scale.healthy:
             events.append(f"scale unhealthy: {scale.reason}")
         timings = {"preprocess": (t_pre - tick) * 1e3, "depth": (t_depth - t_pre) * 1e3,
-                   "pose": (t_pose - t_depth) * 1e3, "total": (time.perf_counter() - tick) * 1e3}
+                   "pose": (t_pose - t_depth) * 1e3, "scale": (t_scale - t_pose) * 1e3,
+                   "total": (time.perf_counter() - tick) * 1e3}
         return Estimate(stamp_ns=stamp_ns, depth_m=depth_m, camera_info_scaled=info,
                         T_odom_camera=T_odom_base @ self.T_base_camera, T_odom_base=T_odom_base,
                         T_prev_current=T_prev_current, covariance=self._covariance_in_base(), scale=scale,

@@ -46,31 +46,31 @@ def fit_ground_plane(points: np.ndarray, rng: np.random.Generator, iterations: i
     refined by least squares on the inliers, or None when no plane within the tilt limit is found."""
     if len(points) < 3:
         return None
-    best_inliers, best_count = None, 0
-    cos_limit = np.cos(np.radians(max_tilt_deg))
-    for _ in range(iterations):
-        sample = points[rng.choice(len(points), 3, replace=False)]
-        normal = np.cross(sample[1] - sample[0], sample[2] - sample[0])
-        norm = np.linalg.norm(normal)
-        if norm < 1e-9:
-            continue
-        normal /= norm
-        if normal[1] < 0:
-            normal = -normal
-        if normal[1] < cos_limit:
-            continue
-        distances = np.abs((points - sample[0]) @ normal)
-        inliers = distances < threshold
-        count = int(inliers.sum())
-        if count > best_count:
-            best_inliers, best_count = inliers, count
-    if best_inliers is None or best_count < 3:
+    # All hypotheses at once: one [M, I] distance product instead of I passes (the estimator went from 19 to 5 ms a
+    # frame on the node's path). Triples that repeat a point have no normal and are dropped, like collinear ones.
+    samples = points[rng.integers(0, len(points), size=(iterations, 3))]
+    normals = np.cross(samples[:, 1] - samples[:, 0], samples[:, 2] - samples[:, 0])
+    norms = np.linalg.norm(normals, axis=1)
+    usable = norms > 1e-9
+    normals = normals[usable] / norms[usable, None]
+    normals *= np.where(normals[:, 1:2] < 0, -1.0, 1.0)  # point down (+y)
+    upright = normals[:, 1] >= np.cos(np.radians(max_tilt_deg))
+    normals, anchors = normals[upright], samples[usable][upright, 0]
+    if not len(normals):
         return None
+    # Scored in float32 with a contiguous [3, I] right-hand side (a transposed view left BLAS: 15x slower).
+    offsets = np.einsum("ij,ij->i", anchors, normals).astype(np.float32)
+    distances = np.abs(points.astype(np.float32) @ np.ascontiguousarray(normals.T, dtype=np.float32) - offsets)
+    counts = (distances < threshold).sum(axis=0)
+    best = int(np.argmax(counts))
+    if counts[best] < 3:
+        return None
+    best_inliers, best_count = distances[:, best] < threshold, int(counts[best])
     inlier_points = points[best_inliers]
     centroid = inlier_points.mean(axis=0)
     _, _, vh = np.linalg.svd(inlier_points - centroid, full_matrices=False)
     normal = vh[2] if vh[2][1] >= 0 else -vh[2]
-    if normal[1] < cos_limit:
+    if normal[1] < np.cos(np.radians(max_tilt_deg)):
         return None
     # The camera is at the origin: its distance to the plane through the centroid.
     height = float(abs(centroid @ normal))
@@ -112,8 +112,8 @@ class GroundPlaneScale(_SmoothedScale):
         height = depth.shape[0]
         top = int(height * (1.0 - config.ground_region))
         # Only the ground region is back-projected (per frame on the node's path): shift the principal point instead.
-        points = backproject(depth[top:], crop_intrinsics(K, 0, top)).reshape(-1, 3)
-        points = points[np.isfinite(points).all(axis=1) & (points[:, 2] > 0)]
+        region = depth[top:]
+        points = backproject(region, crop_intrinsics(K, 0, top))[np.isfinite(region) & (region > 0)]
         if len(points) > max_points:
             points = points[self.rng.choice(len(points), max_points, replace=False)]
         median_depth = float(np.median(points[:, 2])) if len(points) else 0.0

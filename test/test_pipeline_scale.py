@@ -77,6 +77,8 @@ def test_pose_from_the_window_has_no_frame_of_delay_and_is_scaled() -> None:
     np.testing.assert_allclose(fourth.T_odom_camera[:3, 3], [0.4, 0, 0], atol=1e-9)
     assert third.depth_m.shape == (64, 208) and float(third.depth_m[0, 0]) == pytest.approx(20.0)
     np.testing.assert_allclose(third.camera_info_scaled.K, K_NET, atol=1e-9)
+    assert set(third.timings_ms) == {"preprocess", "depth", "pose", "scale", "total"}
+    assert third.timings_ms["total"] >= third.timings_ms["depth"] + third.timings_ms["scale"]
 
 
 def test_rotation_composes_in_the_camera_frame() -> None:
@@ -150,14 +152,37 @@ def test_ground_plane_on_a_synthetic_plane_gives_the_exact_scale() -> None:
 
 
 def test_ground_plane_is_robust_to_objects_above_the_ground() -> None:
+    # RANSAC is random: judge it over 100 seeds (one seed's error ranges 0-8 %; over 200 seeds the median is 1.2 %).
+    errors = []
+    for seed in range(100):
+        rng = np.random.default_rng(seed)
+        depth = plane_depth(0.5, K_NET, (64, 208))
+        depth[40:, 80:130] = rng.uniform(2, 4, size=(24, 50))  # a car's rear in the lower image
+        estimate = GroundPlaneScale(ScaleConfig(smoothing=0.0), seed=seed).update(depth=depth, K=K_NET)
+        assert estimate.healthy
+        errors.append(abs(estimate.factor / 3.3 - 1))
+    assert np.median(errors) < 0.02 and np.percentile(errors, 90) < 0.06 and max(errors) < 0.10
     rng = np.random.default_rng(0)
-    depth = plane_depth(0.5, K_NET, (64, 208))
-    depth[40:, 80:130] = rng.uniform(2, 4, size=(24, 50))  # a car's rear in the lower image
-    estimate = GroundPlaneScale(ScaleConfig(smoothing=0.0)).update(depth=depth, K=K_NET)
-    assert estimate.healthy and estimate.factor == pytest.approx(3.3, rel=0.02)
     points = backproject(depth, K_NET)[40:].reshape(-1, 3)
     fit = fit_ground_plane(points, rng, 200, 0.02, 30.0)
     assert fit is not None and fit[1] == pytest.approx(0.5, rel=0.01) and fit[2] < 0.9
+
+
+@pytest.mark.parametrize(("tilt_deg", "found"), [(0.0, True), (20.0, True), (45.0, False)])
+def test_ground_plane_tilt_limit(tilt_deg: float, found: bool) -> None:
+    rng = np.random.default_rng(1)
+    tilt = np.radians(tilt_deg)
+    normal = np.array([np.sin(tilt), np.cos(tilt), 0.0])  # a slope rising to the left, 1.2 below the camera
+    in_plane = np.cross(normal, [0.0, 0.0, 1.0]), np.array([0.0, 0.0, 1.0])
+    coords = rng.uniform(-5, 5, size=(1500, 2)) + np.array([0.0, 10.0])
+    points = 1.2 * normal + coords[:, :1] * in_plane[0] + coords[:, 1:] * in_plane[1]
+    fit = fit_ground_plane(points, rng, 100, 0.01, max_tilt_deg=30.0)
+    if not found:
+        assert fit is None
+        return
+    assert fit is not None
+    np.testing.assert_allclose(fit[0], normal, atol=1e-9)
+    assert fit[1] == pytest.approx(1.2, rel=1e-9) and fit[2] == 1.0
 
 
 def test_no_ground_is_a_failure_flag_not_a_number() -> None:
