@@ -1,4 +1,4 @@
-"""The ``sfm`` command: prepare, train, export, replay, eval, bench, demo.
+"""The ``sfm`` command: prepare, train, export, quantize, replay, eval, bench, demo.
 
 This is the composition root: it is the one place in ``sfm_ros`` that reaches into ``training`` (lazily, only
 for the sub-commands that train), so the runtime package never depends on the trainer.
@@ -141,6 +141,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         backend = TensorRTBackend(Path(args.bundle), read_metadata(args.bundle), precision=args.precision,
                                   engine_cache_dir=args.engine_cache, calibrator=calibrator)
         print(f"engines ready in {args.engine_cache}: {backend.description}")
+    return 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from sfm_ros.quantize import quantize_bundle
+
+    _print_json(quantize_bundle(args.bundle, args.bag, max_windows=args.windows, method=args.calibration))
     return 0
 
 
@@ -291,6 +298,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="onnxruntime activation-range method")
     export.add_argument("--engine-cache", default="~/.cache/sfm_ros/engines")
     export.set_defaults(func=cmd_export)
+
+    quantize = commands.add_parser(
+        "quantize", help="onnxruntime INT8 models for CPUs from an exported bundle, checked on a bag (no torch needed)")
+    quantize.add_argument("bundle", help="a bundle exported with `sfm export`")
+    quantize.add_argument("bag", help="bag whose camera frames calibrate INT8 and check it")
+    quantize.add_argument("--windows", type=int, default=64, help="frame windows read from the bag")
+    quantize.add_argument("--calibration", default="minmax", choices=("minmax", "entropy", "percentile"),
+                          help="activation-range method")
+    quantize.set_defaults(func=cmd_quantize)
 
     def node_options(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--bundle", help="model bundle (pipeline.bundle)")
