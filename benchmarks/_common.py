@@ -38,6 +38,17 @@ def random_bundle(folder: Path, height: int = 128, width: int = 416, fp16: bool 
     return folder
 
 
+def with_int8(bundle: Path, scratch: Path) -> Path:
+    """``bundle`` with onnxruntime INT8 models, quantised once on the sample bag (kept in ``scratch``)."""
+    from sfm_ros.bundle import read_metadata
+    from sfm_ros.export import onnx_key
+    from sfm_ros.quantize import quantize_bundle
+
+    if onnx_key("depth", "int8") not in read_metadata(bundle).onnx:
+        quantize_bundle(bundle, sample_bag(scratch / "sfm_bench_sample_bag"))
+    return bundle
+
+
 def sample_bag(folder: Path) -> Path:
     """The repository's KITTI odometry sample (sequence 06) as an MCAP bag: real frames to calibrate INT8."""
     from sfm_ros import kitti

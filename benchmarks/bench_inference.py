@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import REPO, git_commit, random_bundle, sample_bag
+from benchmarks._common import REPO, git_commit, random_bundle, with_int8
 
 # A fresh process per run: torch's OpenMP workers keep spinning after the export and would steal the cores from
 # onnxruntime (measured: about 2x slower), which no deployed node suffers.
@@ -63,10 +63,8 @@ def main() -> None:
             bundles[graph] = Path(args.bundle)
         elif graph not in bundles:
             bundles[graph] = random_bundle(scratch / f"sfm_bench_bundle_{graph}", restructure=graph == "restructured")
-        if precision == "int8" and "depth_int8" not in json.loads((bundles[graph] / "sfm.json").read_text())["onnx"]:
-            from sfm_ros.quantize import quantize_bundle
-
-            quantize_bundle(bundles[graph], sample_bag(scratch / "sfm_bench_sample_bag"))
+        if precision == "int8":
+            with_int8(bundles[graph], scratch)
     runs: dict[str, list[dict]] = {v: [] for v in args.variants}
     for _ in range(args.rounds):
         for text, (backend, precision, graph) in zip(args.variants, variants, strict=True):

@@ -18,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import REPO, git_commit, random_bundle, sample_bag
+from benchmarks._common import REPO, git_commit, random_bundle, with_int8
 from sfm_ros import kitti
 from sfm_ros.bench import machine_description
 from sfm_ros.config import PipelineConfig, ScaleConfig
@@ -44,10 +44,8 @@ def main() -> None:
     args = parser.parse_args()
     scratch = Path(tempfile.gettempdir())
     bundle = Path(args.bundle) if args.bundle else random_bundle(scratch / "sfm_bench_bundle")
-    if args.precision == "int8" and "depth_int8" not in json.loads((bundle / "sfm.json").read_text())["onnx"]:
-        from sfm_ros.quantize import quantize_bundle
-
-        quantize_bundle(bundle, sample_bag(scratch / "sfm_bench_sample_bag"))
+    if args.precision == "int8":
+        with_int8(bundle, scratch)
     sequence = kitti.kitti_odometry_sequence(REPO / "test" / "data" / "kitti_odometry" / "sequences" / "06")
     frames = [kitti.load_rgb(p) for p in sequence.image_paths]
     camera = CameraModel(K=sequence.K, height=sequence.size[0], width=sequence.size[1])

@@ -111,14 +111,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from sfm_ros.export import export_bundle
 
+    if args.precision == "int8" and not args.int8_bag:  # before the export, not after its minutes of work
+        raise SystemExit("--precision int8 needs --int8-bag BAG for calibration frames")
     report = export_bundle(args.bundle, fp16=not args.no_fp16, with_mask=args.mask, verify=not args.no_verify,
                            restructure=not args.as_trained_graph)
     models = {name: {k: v for k, v in entry.items() if k in ("file", "parity", "tensorrt_missing")}
               for name, entry in report["models"].items()}
     _print_json({"bundle": report["bundle"], "opset": report["opset"], "tolerances": report["tolerances"],
                  "models": models})
-    if args.precision == "int8" and not args.int8_bag:
-        raise SystemExit("--precision int8 needs --int8-bag BAG for calibration frames")
     if args.precision == "int8":
         from sfm_ros.quantize import quantize_bundle
 
@@ -250,6 +250,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # ---- parser -----------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
+    from sfm_ros.quantize import CALIBRATION_METHODS
+
     parser = argparse.ArgumentParser(prog="sfm", description="SfMLearner depth and visual odometry: train on "
                                      "recorded drives, export to ONNX/TensorRT, replay bags, evaluate.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -294,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="engine precision; int8 also writes onnxruntime CPU INT8 models (checked against fp32)")
     export.add_argument("--int8-bag", help="bag whose frames calibrate INT8 (and, for onnxruntime, check it)")
     export.add_argument("--int8-windows", type=int, default=64, help="frame windows read from the bag")
-    export.add_argument("--int8-calibration", default="minmax", choices=("minmax", "entropy", "percentile"),
+    export.add_argument("--int8-calibration", default="minmax", choices=CALIBRATION_METHODS,
                         help="onnxruntime activation-range method")
     export.add_argument("--engine-cache", default="~/.cache/sfm_ros/engines")
     export.set_defaults(func=cmd_export)
@@ -304,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("bundle", help="a bundle exported with `sfm export`")
     quantize.add_argument("bag", help="bag whose camera frames calibrate INT8 and check it")
     quantize.add_argument("--windows", type=int, default=64, help="frame windows read from the bag")
-    quantize.add_argument("--calibration", default="minmax", choices=("minmax", "entropy", "percentile"),
+    quantize.add_argument("--calibration", default="minmax", choices=CALIBRATION_METHODS,
                           help="activation-range method")
     quantize.set_defaults(func=cmd_quantize)
 

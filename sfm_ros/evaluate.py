@@ -11,7 +11,6 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from sfm_ros import kitti
@@ -49,9 +48,7 @@ def depth_samples_from_drive(drive_dir: str | Path, camera: int = 2) -> list[Dep
 
 def predict_depth(backend: Backend, rgb: np.ndarray) -> np.ndarray:
     """Network depth (units of the model, 1/disparity) at the network size for an RGB image of any size."""
-    metadata = backend.metadata
-    small = cv2.resize(rgb, (metadata.width, metadata.height), interpolation=cv2.INTER_AREA)
-    disparity = backend.infer_depth(preprocess(small, metadata))[0, 0]
+    disparity = backend.infer_depth(preprocess(rgb, backend.metadata))[0, 0]
     return 1.0 / np.maximum(disparity, 1e-6)
 
 

@@ -28,12 +28,13 @@ import numpy as np
 
 from sfm_ros.bundle import BundleError, atomic_write_bytes, read_metadata, sha256_file, write_metadata
 
-__all__ = ["OPSET", "TOLERANCES", "ExportError", "check_tensorrt_operators", "export_bundle", "onnx_operators",
-           "supported_tensorrt_operators"]
+__all__ = ["OPSET", "TOLERANCES", "ExportError", "check_tensorrt_operators", "export_bundle", "onnx_key",
+           "onnx_operators", "onnx_path", "supported_tensorrt_operators"]
 
 OPSET = 17
 TOLERANCES = {"fp32": {"disparity_rel": 1e-4, "pose_abs": 1e-5}, "fp16": {"disparity_rel": 5e-3, "pose_abs": 1e-3}}
 TENSORRT_OPERATOR_LISTS = {"10": "trt10_supported_ops.txt", "8.5": "trt8.5_supported_ops.txt"}
+ONNX_SUFFIXES = {"fp32": "", "fp16": "_fp16", "int8": "_int8"}  # sfm.json key and file name: depth_fp16(.onnx)
 
 
 class ExportError(RuntimeError):
@@ -155,7 +156,6 @@ def export_bundle(bundle: str | Path, *, fp16: bool = True, with_mask: bool = Fa
     onnx_section: dict[str, Any] = {}
     for precision in ("fp32", "fp16") if fp16 else ("fp32",):
         half = precision == "fp16"
-        suffix = "_fp16" if half else ""
         jobs = {
             "depth": (DepthExport(copy.deepcopy(export_depth), half), (image,), ["image"], ["disparity"],
                       {"image": (1, 3, height, width), "disparity": (1, 1, height, width)}),
@@ -164,7 +164,8 @@ def export_bundle(bundle: str | Path, *, fp16: bool = True, with_mask: bool = Fa
                                     "poses": (1, num_sources, 6)}),
         }
         for name, (module, inputs, input_names, output_names, shapes) in jobs.items():
-            path = folder / f"{name}{suffix}.onnx"
+            key = onnx_key(name, precision)
+            path = folder / f"{key}.onnx"
             atomic_write_bytes(path, _onnx_bytes(module.eval(), inputs, input_names, output_names))
             io_shapes = _check_io(path, shapes)
             missing = check_tensorrt_operators(path)
@@ -193,20 +194,23 @@ def export_bundle(bundle: str | Path, *, fp16: bool = True, with_mask: bool = Fa
                     if error > tolerance["pose_abs"]:
                         raise ExportError(f"{path.name}: onnxruntime poses differ from PyTorch by {error:.2e}, "
                                           f"tolerance {tolerance['pose_abs']:.0e}")
-            onnx_section[f"{name}{suffix}"] = entry
-            report["models"][f"{name}{suffix}"] = {**entry, "operators": sorted(onnx_operators(path)),
-                                                   "tensorrt_missing": missing}
+            onnx_section[key] = entry
+            report["models"][key] = {**entry, "operators": sorted(onnx_operators(path)), "tensorrt_missing": missing}
     write_metadata(folder, dataclasses.replace(metadata, onnx=onnx_section))
     return report
 
 
+def onnx_key(model: str, precision: str) -> str:
+    """The ``sfm.json`` key (and file stem) of an exported model: 'depth', 'pose_fp16', 'depth_int8'."""
+    if precision not in ONNX_SUFFIXES:
+        raise BundleError(f"precision {precision!r} unknown; exported precisions are {sorted(ONNX_SUFFIXES)}")
+    return model + ONNX_SUFFIXES[precision]
+
+
 def onnx_path(bundle: str | Path, model: str, precision: str = "fp32", verify_checksum: bool = True) -> Path:
     """Path of an exported ONNX model ('depth' or 'pose') of a bundle, checked against its recorded sha256."""
-    suffixes = {"fp32": "", "fp16": "_fp16", "int8": "_int8"}
-    if precision not in suffixes:
-        raise BundleError(f"precision {precision!r} unknown; exported precisions are {sorted(suffixes)}")
+    key = onnx_key(model, precision)
     metadata = read_metadata(bundle)
-    key = model + suffixes[precision]
     entry = metadata.onnx.get(key)
     if entry is None:
         how = f"sfm export {bundle} --precision int8 --int8-bag BAG" if precision == "int8" else f"sfm export {bundle}"

@@ -147,9 +147,8 @@ class Pipeline:
         self._last_stamp = stamp_ns
 
         height, width = self.metadata.height, self.metadata.width
-        small = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
         K_net = scale_intrinsics(camera.K, width / camera.width, height / camera.height)
-        image = preprocess(small, self.metadata)
+        image = preprocess(rgb, self.metadata)
         t_pre = time.perf_counter()
         disparity = self.backend.infer_depth(image)[0, 0]
         t_depth = time.perf_counter()

@@ -28,7 +28,7 @@ from sfm_ros.bundle import BundleMetadata, atomic_write_bytes, read_metadata, sh
 __all__ = ["CALIBRATION_METHODS", "INT8_TOLERANCES", "QuantizeError", "calibration_windows", "quantize_bundle"]
 
 INT8_TOLERANCES = {"disparity_rel_median": 0.05, "pose_rel_median": 0.10}
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")  # onnxruntime's MinMax, Entropy, Percentile
 
 
 class QuantizeError(RuntimeError):
@@ -37,13 +37,11 @@ class QuantizeError(RuntimeError):
 
 def calibration_windows(bag: str | Path, metadata: BundleMetadata, max_windows: int = 64
                         ) -> Iterator[dict[str, np.ndarray]]:
-    """Network inputs from consecutive frames of a bag, resized as the pipeline does.
+    """Network inputs from consecutive frames of a bag, preprocessed as the pipeline does.
 
     Yields {'image': [1,3,H,W], 'target': [1,3,H,W], 'sources': [1,N,3,H,W]} for each window of N+1
     consecutive frames (target = the middle one, as in training), at most ``max_windows``.
     """
-    import cv2
-
     from sfm_ros.backends import preprocess
     from sfm_ros.bags import read_camera_frames
 
@@ -51,8 +49,7 @@ def calibration_windows(bag: str | Path, metadata: BundleMetadata, max_windows: 
     frames: list[np.ndarray] = []
     produced = 0
     for frame in read_camera_frames(bag):
-        small = cv2.resize(frame.rgb, (metadata.width, metadata.height), interpolation=cv2.INTER_AREA)
-        frames.append(preprocess(small, metadata))
+        frames.append(preprocess(frame.rgb, metadata))
         if len(frames) < window:
             continue
         center = window // 2
@@ -81,8 +78,8 @@ def _relative_errors(model: str, int8_outputs: list[np.ndarray], fp32_outputs: l
     return float(np.median(np.linalg.norm(int8_outputs[0] - fp32_outputs[0], axis=-1) / np.maximum(norm, 1e-12)))
 
 
-def quantize_bundle(bundle: str | Path, bag: str | Path, *, max_windows: int = 64, method: str = "minmax",
-                    check: bool = True) -> dict[str, Any]:
+def quantize_bundle(bundle: str | Path, bag: str | Path, *, max_windows: int = 64, method: str = "minmax"
+                    ) -> dict[str, Any]:
     """Write ``depth_int8.onnx`` and ``pose_int8.onnx`` into an exported bundle and record them in ``sfm.json``.
 
     Returns a report: files, calibration and check window counts, the held-out errors and the tolerances.
@@ -92,7 +89,7 @@ def quantize_bundle(bundle: str | Path, bag: str | Path, *, max_windows: int = 6
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from sfm_ros.export import onnx_path
+    from sfm_ros.export import onnx_key, onnx_path
 
     if method not in CALIBRATION_METHODS:
         raise QuantizeError(f"calibration method {method!r} unknown; choose from {CALIBRATION_METHODS}")
@@ -103,8 +100,7 @@ def quantize_bundle(bundle: str | Path, bag: str | Path, *, max_windows: int = 6
     if not held_out:
         raise QuantizeError(f"{bag} gave {len(windows)} frame windows of {metadata.num_sources + 1}; "
                             "INT8 calibration and its check need at least 2")
-    calibration_method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                          "percentile": CalibrationMethod.Percentile}[method]
+    calibration_method = {m.name.lower(): m for m in CalibrationMethod}[method]
     report: dict[str, Any] = {"bundle": str(folder), "bag": str(bag), "method": method,
                               "calibration_windows": len(calibration), "check_windows": len(held_out),
                               "tolerances": INT8_TOLERANCES, "models": {}}
@@ -114,7 +110,8 @@ def quantize_bundle(bundle: str | Path, bag: str | Path, *, max_windows: int = 6
     with tempfile.TemporaryDirectory(prefix="sfm_int8_") as scratch:
         for model, tolerance_key in (("depth", "disparity_rel_median"), ("pose", "pose_rel_median")):
             source = onnx_path(folder, model)
-            prepared, quantized = Path(scratch) / f"{model}_prepared.onnx", Path(scratch) / f"{model}_int8.onnx"
+            key = onnx_key(model, "int8")
+            prepared, quantized = Path(scratch) / f"{model}_prepared.onnx", Path(scratch) / f"{key}.onnx"
             # static shapes: ONNX shape inference suffices (symbolic inference would need sympy on the robot)
             quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
             fp32 = ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
@@ -124,27 +121,24 @@ def quantize_bundle(bundle: str | Path, bag: str | Path, *, max_windows: int = 6
                             weight_type=QuantType.QInt8, calibrate_method=calibration_method)
             int8 = ort.InferenceSession(str(quantized), options, providers=["CPUExecutionProvider"])
             errors = []
-            for feed in held_out if check else []:
+            for feed in held_out:
                 inputs = {name: feed[name] for name in input_names}
                 errors.append(_relative_errors(model, int8.run(None, inputs), fp32.run(None, inputs)))
-            entry: dict[str, Any] = {"file": f"{model}_int8.onnx", "precision": "int8", "from": source.name,
+            error = float(np.median(errors))
+            if error > INT8_TOLERANCES[tolerance_key]:
+                raise QuantizeError(f"{model}: INT8 differs from fp32 by {error:.1%} ({tolerance_key} over "
+                                    f"{len(held_out)} held-out windows of {bag}), tolerance "
+                                    f"{INT8_TOLERANCES[tolerance_key]:.0%}; the fp32 models stay in use")
+            entry: dict[str, Any] = {"file": quantized.name, "precision": "int8", "from": source.name,
                                      "calibration": method,
                                      "inputs": metadata.onnx[model]["inputs"],
-                                     "outputs": metadata.onnx[model]["outputs"]}
-            if check:
-                error = float(np.median(errors))
-                entry["check"] = {tolerance_key: error}
-                if error > INT8_TOLERANCES[tolerance_key]:
-                    raise QuantizeError(f"{model}: INT8 differs from fp32 by {error:.1%} ({tolerance_key} over "
-                                        f"{len(held_out)} held-out windows of {bag}), tolerance "
-                                        f"{INT8_TOLERANCES[tolerance_key]:.0%}; the fp32 models stay in use")
-            blobs[model] = quantized.read_bytes()
-            entries[model] = entry
-        for model, entry in entries.items():
+                                     "outputs": metadata.onnx[model]["outputs"], "check": {tolerance_key: error}}
+            blobs[key] = quantized.read_bytes()
+            entries[key] = entry
+        for key, entry in entries.items():
             path = folder / entry["file"]
-            atomic_write_bytes(path, blobs[model])
+            atomic_write_bytes(path, blobs[key])
             entry["sha256"] = sha256_file(path)
-            report["models"][f"{model}_int8"] = entry
-    onnx_section = {**metadata.onnx, **{f"{model}_int8": entry for model, entry in entries.items()}}
-    write_metadata(folder, dataclasses.replace(metadata, onnx=onnx_section))
+    report["models"] = entries
+    write_metadata(folder, dataclasses.replace(metadata, onnx={**metadata.onnx, **entries}))
     return report

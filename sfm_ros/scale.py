@@ -46,6 +46,7 @@ def fit_ground_plane(points: np.ndarray, rng: np.random.Generator, iterations: i
     refined by least squares on the inliers, or None when no plane within the tilt limit is found."""
     if len(points) < 3:
         return None
+    cos_limit = np.cos(np.radians(max_tilt_deg))
     # All hypotheses at once: one [M, I] distance product instead of I passes (the estimator went from 19 to 5 ms a
     # frame on the node's path). Triples that repeat a point have no normal and are dropped, like collinear ones.
     samples = points[rng.integers(0, len(points), size=(iterations, 3))]
@@ -54,7 +55,7 @@ def fit_ground_plane(points: np.ndarray, rng: np.random.Generator, iterations: i
     usable = norms > 1e-9
     normals = normals[usable] / norms[usable, None]
     normals *= np.where(normals[:, 1:2] < 0, -1.0, 1.0)  # point down (+y)
-    upright = normals[:, 1] >= np.cos(np.radians(max_tilt_deg))
+    upright = normals[:, 1] >= cos_limit
     normals, anchors = normals[upright], samples[usable][upright, 0]
     if not len(normals):
         return None
@@ -70,7 +71,7 @@ def fit_ground_plane(points: np.ndarray, rng: np.random.Generator, iterations: i
     centroid = inlier_points.mean(axis=0)
     _, _, vh = np.linalg.svd(inlier_points - centroid, full_matrices=False)
     normal = vh[2] if vh[2][1] >= 0 else -vh[2]
-    if normal[1] < np.cos(np.radians(max_tilt_deg)):
+    if normal[1] < cos_limit:
         return None
     # The camera is at the origin: its distance to the plane through the centroid.
     height = float(abs(centroid @ normal))

@@ -17,6 +17,7 @@ import importlib.util
 from pathlib import Path
 from typing import Protocol
 
+import cv2
 import numpy as np
 
 from sfm_ros.bundle import BundleMetadata, normalise_images
@@ -50,9 +51,14 @@ BACKENDS = {
 
 
 def preprocess(rgb: np.ndarray, metadata: BundleMetadata) -> np.ndarray:
-    """uint8 RGB [H,W,3] at the network size -> float32 [1,3,H,W] normalised as the bundle says."""
-    if rgb.shape != (metadata.height, metadata.width, 3):
-        raise BackendError(f"frame is {rgb.shape}, the network expects ({metadata.height}, {metadata.width}, 3)")
+    """uint8 RGB [h,w,3] of any size -> float32 [1,3,H,W] at the network size, normalised as the bundle says.
+
+    The one resize (INTER_AREA, as training's cache) for the node, evaluation and INT8 calibration alike.
+    """
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise BackendError(f"frame is {rgb.shape}, expected an RGB image [H,W,3]")
+    if rgb.shape[:2] != (metadata.height, metadata.width):
+        rgb = cv2.resize(rgb, (metadata.width, metadata.height), interpolation=cv2.INTER_AREA)
     return normalise_images(rgb, metadata)[None]
 
 

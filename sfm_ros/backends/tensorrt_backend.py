@@ -21,7 +21,7 @@ import numpy as np
 
 from sfm_ros.backends import BackendError, check_input
 from sfm_ros.bundle import BundleMetadata, atomic_write_bytes
-from sfm_ros.export import onnx_path
+from sfm_ros.export import onnx_key, onnx_path
 
 __all__ = ["EngineCache", "EngineKey", "TensorRTBackend", "build_engine", "trtexec_command"]
 
@@ -158,7 +158,7 @@ class TensorRTBackend:
             self._stream = cuda.Stream()
             for model in ("depth", "pose"):
                 path = onnx_path(bundle, model, onnx_precision)
-                entry = metadata.onnx[model + ("_fp16" if onnx_precision == "fp16" else "")]
+                entry = metadata.onnx[onnx_key(model, onnx_precision)]
                 key = EngineKey(entry["sha256"], trt.__version__, gpu_name, capability, precision,
                                 tuple(sorted((n, tuple(s)) for n, s in entry["inputs"].items())))
                 engine = self._load_or_build(cache, model, key, path, precision, calibrator)
