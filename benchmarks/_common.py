@@ -38,14 +38,18 @@ def random_bundle(folder: Path, height: int = 128, width: int = 416, fp16: bool 
     return folder
 
 
-def with_int8(bundle: Path, scratch: Path) -> Path:
-    """``bundle`` with onnxruntime INT8 models, quantised once on the sample bag (kept in ``scratch``)."""
+def with_int8(bundle: Path, scratch: Path, polyphase: bool = True) -> Path:
+    """``bundle`` with onnxruntime INT8 models, quantised once on the sample bag (kept in ``scratch``).
+
+    Re-quantised when the bundle's INT8 depth model was made with the other ``polyphase`` setting.
+    """
     from sfm_ros.bundle import read_metadata
     from sfm_ros.export import onnx_key
     from sfm_ros.quantize import quantize_bundle
 
-    if onnx_key("depth", "int8") not in read_metadata(bundle).onnx:
-        quantize_bundle(bundle, sample_bag(scratch / "sfm_bench_sample_bag"))
+    entry = read_metadata(bundle).onnx.get(onnx_key("depth", "int8"))
+    if entry is None or bool(entry.get("polyphase_layers")) != polyphase:
+        quantize_bundle(bundle, sample_bag(scratch / "sfm_bench_sample_bag"), polyphase=polyphase)
     return bundle
 
 

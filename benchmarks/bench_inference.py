@@ -3,8 +3,9 @@
 Usage: python benchmarks/bench_inference.py [--variants onnxruntime onnxruntime:int8 torch] [--rounds 5]
 
 A variant is BACKEND[:PRECISION][@GRAPH]: GRAPH is the export form, ``restructured`` (default, what `sfm export`
-writes) or ``as-trained`` (`--as-trained-graph`); ``:int8`` quantises the restructured export with frames of the
-repository's KITTI sample bag. Each variant runs in a fresh process per round, and the rounds interleave the
+writes) or ``as-trained`` (`--as-trained-graph`); ``:int8`` quantises the export with frames of the repository's
+KITTI sample bag, and ``:int8-transposed`` does so keeping the transposed convolutions in fp32
+(`sfm quantize --keep-transposed-convs`). Each variant runs in a fresh process per round, and the rounds interleave the
 variants, so drift in a shared machine's speed spreads over all of them; figures are medians over rounds.
 """
 
@@ -35,12 +36,17 @@ FIGURES = ("depth_ms_median", "pose_ms_median", "depth_pose_ms_median", "depth_p
 
 
 def parse_variant(text: str, default_precision: str) -> tuple[str, str, str]:
-    """'onnxruntime:int8@as-trained' -> ('onnxruntime', 'int8', 'as-trained')."""
+    """'onnxruntime:int8@as-trained' -> ('onnxruntime', 'int8', 'as-trained').
+
+    ``int8-transposed`` comes back as precision 'int8' on the graph 'restructured+transposed' (its own bundle).
+    """
     name, _, graph = text.partition("@")
     backend, _, precision = name.partition(":")
     graph = graph or "restructured"
     if graph not in ("restructured", "as-trained"):
         raise SystemExit(f"variant {text!r}: graph must be 'restructured' or 'as-trained'")
+    if precision == "int8-transposed":
+        return backend, "int8", f"{graph}+transposed"
     return backend, precision or default_precision, graph
 
 
@@ -59,12 +65,14 @@ def main() -> None:
     scratch = Path(tempfile.gettempdir())
     bundles = {}
     for _, precision, graph in variants:
+        export_form, _, transposed = graph.partition("+")
         if args.bundle:
             bundles[graph] = Path(args.bundle)
         elif graph not in bundles:
-            bundles[graph] = random_bundle(scratch / f"sfm_bench_bundle_{graph}", restructure=graph == "restructured")
+            bundles[graph] = random_bundle(scratch / f"sfm_bench_bundle_{graph}",
+                                           restructure=export_form == "restructured")
         if precision == "int8":
-            with_int8(bundles[graph], scratch)
+            with_int8(bundles[graph], scratch, polyphase=not transposed)
     runs: dict[str, list[dict]] = {v: [] for v in args.variants}
     for _ in range(args.rounds):
         for text, (backend, precision, graph) in zip(args.variants, variants, strict=True):

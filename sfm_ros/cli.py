@@ -147,7 +147,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_quantize(args: argparse.Namespace) -> int:
     from sfm_ros.quantize import quantize_bundle
 
-    _print_json(quantize_bundle(args.bundle, args.bag, max_windows=args.windows, method=args.calibration))
+    _print_json(quantize_bundle(args.bundle, args.bag, max_windows=args.windows, method=args.calibration,
+                                polyphase=not args.keep_transposed_convs))
     return 0
 
 
@@ -308,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--windows", type=int, default=64, help="frame windows read from the bag")
     quantize.add_argument("--calibration", default="minmax", choices=CALIBRATION_METHODS,
                           help="activation-range method")
+    quantize.add_argument("--keep-transposed-convs", action="store_true",
+                          help="leave ConvTranspose in fp32 instead of rewriting it as four INT8 convolutions")
     quantize.set_defaults(func=cmd_quantize)
 
     def node_options(sub: argparse.ArgumentParser) -> None:

@@ -5,8 +5,10 @@ On a 2-core AVX2 CPU onnxruntime's int8 convolutions (QLinearConv) run DispNet a
 default, and the INT8 ones are written beside them only after they pass the check below.
 
 Format: QOperator (QLinearConv), weights int8 per output channel, activations uint8 per tensor with ranges from
-the calibration frames. These files are for onnxruntime's CPU provider; TensorRT builds its INT8 engines from the
-fp32 ONNX with its own calibrator (``backends/int8.py``) from the same frames.
+the calibration frames. Transposed convolutions are first rewritten as four convolutions each
+(``sfm_ros.polyphase``; exact, and checked on a frame) so that they quantise too. These files are for onnxruntime's
+CPU provider; TensorRT builds its INT8 engines from the fp32 ONNX with its own calibrator (``backends/int8.py``)
+from the same frames.
 
 Check (``INT8_TOLERANCES``): the bag's frame windows alternate between calibration and a held-out check; on the
 held-out ones the INT8 disparity must stay within 5 % of the fp32 disparity per pixel (median over pixels and
@@ -24,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from sfm_ros.bundle import BundleMetadata, atomic_write_bytes, read_metadata, sha256_file, write_metadata
+from sfm_ros.polyphase import polyphase_transposed_convs
 
 __all__ = ["CALIBRATION_METHODS", "INT8_TOLERANCES", "QuantizeError", "calibration_windows", "quantize_bundle"]
 
@@ -78,13 +81,30 @@ def _relative_errors(model: str, int8_outputs: list[np.ndarray], fp32_outputs: l
     return float(np.median(np.linalg.norm(int8_outputs[0] - fp32_outputs[0], axis=-1) / np.maximum(norm, 1e-12)))
 
 
-def quantize_bundle(bundle: str | Path, bag: str | Path, *, max_windows: int = 64, method: str = "minmax"
-                    ) -> dict[str, Any]:
+def _check_same_function(model: str, rewritten: Path, fp32, feed: dict[str, np.ndarray], input_names: list[str],
+                         options) -> None:
+    """The rewritten fp32 graph must give the exported graph's outputs (to 1e-4 of their largest value)."""
+    import onnxruntime as ort
+
+    inputs = {name: feed[name] for name in input_names}
+    session = ort.InferenceSession(str(rewritten), options, providers=["CPUExecutionProvider"])
+    for expected, found in zip(fp32.run(None, inputs), session.run(None, inputs), strict=True):
+        error = float(np.max(np.abs(found - expected)) / max(float(np.max(np.abs(expected))), 1e-12))
+        if error > 1e-4:
+            raise QuantizeError(f"{model}: the polyphase rewrite changed the fp32 outputs by {error:.1e} of their "
+                                "largest value (expected <= 1e-4); quantise with polyphase=False")
+
+
+def quantize_bundle(bundle: str | Path, bag: str | Path, *, max_windows: int = 64, method: str = "minmax",
+                    polyphase: bool = True) -> dict[str, Any]:
     """Write ``depth_int8.onnx`` and ``pose_int8.onnx`` into an exported bundle and record them in ``sfm.json``.
 
+    ``polyphase=False`` keeps the transposed convolutions in fp32 (the form before the rewrite, for comparison).
     Returns a report: files, calibration and check window counts, the held-out errors and the tolerances.
-    Raises QuantizeError (and leaves the bundle unchanged) when a model misses its tolerance.
+    Raises QuantizeError (and leaves the bundle unchanged) when a model misses its tolerance, or when the
+    rewritten fp32 graph does not reproduce the exported one.
     """
+    import onnx
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -112,10 +132,18 @@ def quantize_bundle(bundle: str | Path, bag: str | Path, *, max_windows: int = 6
             source = onnx_path(folder, model)
             key = onnx_key(model, "int8")
             prepared, quantized = Path(scratch) / f"{model}_prepared.onnx", Path(scratch) / f"{key}.onnx"
-            # static shapes: ONNX shape inference suffices (symbolic inference would need sympy on the robot)
-            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
             fp32 = ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
             input_names = [i.name for i in fp32.get_inputs()]
+            source_graph, rewritten_layers = source, 0
+            if polyphase:
+                graph = onnx.load(str(source))
+                rewritten_layers = polyphase_transposed_convs(graph)
+                if rewritten_layers:
+                    source_graph = Path(scratch) / f"{model}_polyphase.onnx"
+                    onnx.save(graph, str(source_graph))
+                    _check_same_function(model, source_graph, fp32, calibration[0], input_names, options)
+            # static shapes: ONNX shape inference suffices (symbolic inference would need sympy on the robot)
+            quant_pre_process(str(source_graph), str(prepared), skip_symbolic_shape=True)
             quantize_static(str(prepared), str(quantized), _Reader(calibration, input_names),
                             quant_format=QuantFormat.QOperator, per_channel=True, activation_type=QuantType.QUInt8,
                             weight_type=QuantType.QInt8, calibrate_method=calibration_method)
@@ -130,7 +158,7 @@ def quantize_bundle(bundle: str | Path, bag: str | Path, *, max_windows: int = 6
                                     f"{len(held_out)} held-out windows of {bag}), tolerance "
                                     f"{INT8_TOLERANCES[tolerance_key]:.0%}; the fp32 models stay in use")
             entry: dict[str, Any] = {"file": quantized.name, "precision": "int8", "from": source.name,
-                                     "calibration": method,
+                                     "calibration": method, "polyphase_layers": rewritten_layers,
                                      "inputs": metadata.onnx[model]["inputs"],
                                      "outputs": metadata.onnx[model]["outputs"], "check": {tolerance_key: error}}
             blobs[key] = quantized.read_bytes()

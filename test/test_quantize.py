@@ -11,10 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from onnx import numpy_helper
 
 from sfm_ros.backends import BackendError, make_backend
 from sfm_ros.bundle import BundleError, read_metadata
 from sfm_ros.export import onnx_operators, onnx_path
+from sfm_ros.polyphase import polyphase_transposed_convs
 from sfm_ros.quantize import INT8_TOLERANCES, QuantizeError, calibration_windows, quantize_bundle
 from test.conftest import BLOCK_TORCH, REPO
 
@@ -43,7 +45,11 @@ def test_int8_models_are_checked_recorded_and_run(int8_bundle: Path, odometry_ba
         entry = metadata.onnx[f"{model}_int8"]
         assert entry["check"][key] <= INT8_TOLERANCES[key]
         assert entry["inputs"] == metadata.onnx[model]["inputs"]
-        assert "QLinearConv" in onnx_operators(onnx_path(int8_bundle, model, "int8"))  # verifies the sha256 too
+        operators = onnx_operators(onnx_path(int8_bundle, model, "int8"))  # verifies the sha256 too
+        assert "QLinearConv" in operators
+        assert "ConvTranspose" not in operators  # they became INT8 convolutions (sfm_ros.polyphase)
+    # DispNet's 7 upconvs and the 5 of PoseExpNet's mask decoder (this bundle exports the mask)
+    assert metadata.onnx["depth_int8"]["polyphase_layers"] == 7 and metadata.onnx["pose_int8"]["polyphase_layers"] == 5
     fp32 = make_backend(int8_bundle, "onnxruntime", precision="fp32", with_mask=True)
     int8 = make_backend(int8_bundle, "onnxruntime", precision="int8", with_mask=True)
     assert "int8" in int8.description and int8.has_mask
@@ -62,6 +68,33 @@ def test_int8_tolerance_miss_leaves_the_bundle_unchanged(small_bundle: Path, odo
         quantize_bundle(folder, odometry_bag, max_windows=6)
     assert (folder / "sfm.json").read_text() == before
     assert not list(folder.glob("*int8*"))
+
+
+def test_a_rewrite_that_changes_the_function_is_refused(small_bundle: Path, odometry_bag: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import sfm_ros.quantize
+
+    def broken_rewrite(model) -> int:  # a sign slip in the (odd, odd) kernels: the check must see it
+        count = polyphase_transposed_convs(model)
+        for weight in model.graph.initializer:
+            if weight.name.endswith("phase3_weight"):
+                weight.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(weight), weight.name))
+        return count
+
+    folder = shutil.copytree(small_bundle, tmp_path / "bundle")
+    before = (folder / "sfm.json").read_text()
+    monkeypatch.setattr(sfm_ros.quantize, "polyphase_transposed_convs", broken_rewrite)
+    with pytest.raises(QuantizeError, match=r"depth: the polyphase rewrite changed the fp32 outputs"):
+        quantize_bundle(folder, odometry_bag, max_windows=4)
+    assert (folder / "sfm.json").read_text() == before and not list(folder.glob("*int8*"))
+
+
+def test_keeping_transposed_convs_quantises_the_rest(small_bundle: Path, odometry_bag: Path, tmp_path: Path) -> None:
+    folder = shutil.copytree(small_bundle, tmp_path / "bundle")
+    report = quantize_bundle(folder, odometry_bag, max_windows=16, polyphase=False)
+    assert report["models"]["depth_int8"]["polyphase_layers"] == 0
+    operators = onnx_operators(onnx_path(folder, "depth", "int8"))
+    assert {"ConvTranspose", "QLinearConv"} <= operators
 
 
 def test_int8_needs_enough_frames_and_a_known_method(small_bundle: Path, odometry_bag: Path, tmp_path: Path) -> None:
