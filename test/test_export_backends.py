@@ -207,3 +207,23 @@ def test_runtime_modules_do_not_import_torch_or_training() -> None:
         if path.name == "cli.py":
             continue
         assert "from training" not in path.read_text() and "import training" not in path.read_text(), path
+
+
+def test_runtime_preprocessing_matches_training() -> None:
+    """The robot's preprocess (numpy) feeds the networks what training's normalise (torch) fed them."""
+    import torch
+
+    from sfm_ros.backends import preprocess
+    from sfm_ros.bundle import BundleMetadata
+    from training.step import MEAN, STD, normalise
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, size=(64, 208, 3), dtype=np.uint8)
+    trained = normalise(torch.from_numpy(rgb).permute(2, 0, 1)[None]).numpy()
+    found = preprocess(rgb, BundleMetadata(height=64, width=208, mean=[MEAN] * 3, std=[STD] * 3))
+    assert found.shape == (1, 3, 64, 208) and found.dtype == np.float32 and found.flags["C_CONTIGUOUS"]
+    np.testing.assert_allclose(found, trained, atol=1e-6)
+    # per-channel statistics land on their own channel
+    metadata = BundleMetadata(height=64, width=208, mean=[0.1, 0.5, 0.9], std=[0.2, 0.4, 0.8])
+    expected = (rgb.astype(np.float64) / 255 - metadata.mean) / metadata.std
+    np.testing.assert_allclose(preprocess(rgb, metadata)[0], expected.transpose(2, 0, 1), atol=1e-5)
