@@ -123,7 +123,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         from sfm_ros.quantize import quantize_bundle
 
         _print_json(quantize_bundle(args.bundle, args.int8_bag, max_windows=args.int8_windows,
-                                    method=args.int8_calibration))
+                                    method=args.int8_calibration, progress=True))
     if args.engine:
         from sfm_ros.backends.tensorrt_backend import trtexec_command
         from sfm_ros.export import onnx_path
@@ -148,7 +148,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from sfm_ros.quantize import quantize_bundle
 
     _print_json(quantize_bundle(args.bundle, args.bag, max_windows=args.windows, method=args.calibration,
-                                polyphase=not args.keep_transposed_convs))
+                                polyphase=not args.keep_transposed_convs, progress=not args.quiet))
     return 0
 
 
@@ -311,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="activation-range method")
     quantize.add_argument("--keep-transposed-convs", action="store_true",
                           help="leave ConvTranspose in fp32 instead of rewriting it as four INT8 convolutions")
+    quantize.add_argument("--quiet", action="store_true", help="no progress bars")
     quantize.set_defaults(func=cmd_quantize)
 
     def node_options(sub: argparse.ArgumentParser) -> None:

@@ -81,14 +81,11 @@ def _relative_errors(model: str, int8_outputs: list[np.ndarray], fp32_outputs: l
     return float(np.median(np.linalg.norm(int8_outputs[0] - fp32_outputs[0], axis=-1) / np.maximum(norm, 1e-12)))
 
 
-def _check_same_function(model: str, rewritten: Path, fp32, feed: dict[str, np.ndarray], input_names: list[str],
-                         options) -> None:
+def _check_same_function(model: str, source: Path, rewritten: Path, feed: dict[str, np.ndarray]) -> None:
     """The rewritten fp32 graph must give the exported graph's outputs (to 1e-4 of their largest value)."""
-    import onnxruntime as ort
-
-    inputs = {name: feed[name] for name in input_names}
-    session = ort.InferenceSession(str(rewritten), options, providers=["CPUExecutionProvider"])
-    for expected, found in zip(fp32.run(None, inputs), session.run(None, inputs), strict=True):
+    fp32, candidate = _session(source), _session(rewritten)
+    inputs = {i.name: feed[i.name] for i in fp32.get_inputs()}
+    for expected, found in zip(fp32.run(None, inputs), candidate.run(None, inputs), strict=True):
         error = float(np.max(np.abs(found - expected)) / max(float(np.max(np.abs(expected))), 1e-12))
         if error > 1e-4:
             raise QuantizeError(f"{model}: the polyphase rewrite changed the fp32 outputs by {error:.1e} of their "
@@ -96,7 +93,7 @@ def _check_same_function(model: str, rewritten: Path, fp32, feed: dict[str, np.n
 
 
 def quantize_bundle(bundle: str | Path, bag: str | Path, *, max_windows: int = 64, method: str = "minmax",
-                    polyphase: bool = True) -> dict[str, Any]:
+                    polyphase: bool = True, progress: bool = False) -> dict[str, Any]:
     """Write ``depth_int8.onnx`` and ``pose_int8.onnx`` into an exported bundle and record them in ``sfm.json``.
 
     ``polyphase=False`` keeps the transposed convolutions in fp32 (the form before the rewrite, for comparison).
@@ -104,65 +101,38 @@ def quantize_bundle(bundle: str | Path, bag: str | Path, *, max_windows: int = 6
     Raises QuantizeError (and leaves the bundle unchanged) when a model misses its tolerance, or when the
     rewritten fp32 graph does not reproduce the exported one.
     """
-    import onnx
-    import onnxruntime as ort
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     from sfm_ros.export import onnx_key, onnx_path
 
     if method not in CALIBRATION_METHODS:
         raise QuantizeError(f"calibration method {method!r} unknown; choose from {CALIBRATION_METHODS}")
     folder = Path(bundle).expanduser()
     metadata = read_metadata(folder)
-    windows = list(calibration_windows(bag, metadata, max_windows))
+    windows = list(_progress(calibration_windows(bag, metadata, max_windows), progress, total=max_windows,
+                             desc="read frames", unit="window"))
     calibration, held_out = windows[0::2], windows[1::2]
     if not held_out:
         raise QuantizeError(f"{bag} gave {len(windows)} frame windows of {metadata.num_sources + 1}; "
                             "INT8 calibration and its check need at least 2")
-    calibration_method = {m.name.lower(): m for m in CalibrationMethod}[method]
     report: dict[str, Any] = {"bundle": str(folder), "bag": str(bag), "method": method,
                               "calibration_windows": len(calibration), "check_windows": len(held_out),
                               "tolerances": INT8_TOLERANCES, "models": {}}
     entries, blobs = {}, {}
-    options = ort.SessionOptions()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     with tempfile.TemporaryDirectory(prefix="sfm_int8_") as scratch:
-        for model, tolerance_key in (("depth", "disparity_rel_median"), ("pose", "pose_rel_median")):
-            source = onnx_path(folder, model)
-            key = onnx_key(model, "int8")
-            prepared, quantized = Path(scratch) / f"{model}_prepared.onnx", Path(scratch) / f"{key}.onnx"
-            fp32 = ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
-            input_names = [i.name for i in fp32.get_inputs()]
-            source_graph, rewritten_layers = source, 0
-            if polyphase:
-                graph = onnx.load(str(source))
-                rewritten_layers = polyphase_transposed_convs(graph)
-                if rewritten_layers:
-                    source_graph = Path(scratch) / f"{model}_polyphase.onnx"
-                    onnx.save(graph, str(source_graph))
-                    _check_same_function(model, source_graph, fp32, calibration[0], input_names, options)
-            # static shapes: ONNX shape inference suffices (symbolic inference would need sympy on the robot)
-            quant_pre_process(str(source_graph), str(prepared), skip_symbolic_shape=True)
-            quantize_static(str(prepared), str(quantized), _Reader(calibration, input_names),
-                            quant_format=QuantFormat.QOperator, per_channel=True, activation_type=QuantType.QUInt8,
-                            weight_type=QuantType.QInt8, calibrate_method=calibration_method)
-            int8 = ort.InferenceSession(str(quantized), options, providers=["CPUExecutionProvider"])
-            errors = []
-            for feed in held_out:
-                inputs = {name: feed[name] for name in input_names}
-                errors.append(_relative_errors(model, int8.run(None, inputs), fp32.run(None, inputs)))
-            error = float(np.median(errors))
+        for model, tolerance_key in _progress((("depth", "disparity_rel_median"), ("pose", "pose_rel_median")),
+                                              progress, desc="quantise", unit="model"):
+            source, key = onnx_path(folder, model), onnx_key(model, "int8")
+            quantized, rewritten_layers = _quantize_model(model, source, Path(scratch) / f"{key}.onnx", calibration,
+                                                          method, polyphase)
+            error = _held_out_error(model, source, quantized, held_out)
             if error > INT8_TOLERANCES[tolerance_key]:
                 raise QuantizeError(f"{model}: INT8 differs from fp32 by {error:.1%} ({tolerance_key} over "
                                     f"{len(held_out)} held-out windows of {bag}), tolerance "
                                     f"{INT8_TOLERANCES[tolerance_key]:.0%}; the fp32 models stay in use")
-            entry: dict[str, Any] = {"file": quantized.name, "precision": "int8", "from": source.name,
-                                     "calibration": method, "polyphase_layers": rewritten_layers,
-                                     "inputs": metadata.onnx[model]["inputs"],
-                                     "outputs": metadata.onnx[model]["outputs"], "check": {tolerance_key: error}}
+            entries[key] = {"file": quantized.name, "precision": "int8", "from": source.name,
+                            "calibration": method, "polyphase_layers": rewritten_layers,
+                            "inputs": metadata.onnx[model]["inputs"],
+                            "outputs": metadata.onnx[model]["outputs"], "check": {tolerance_key: error}}
             blobs[key] = quantized.read_bytes()
-            entries[key] = entry
         for key, entry in entries.items():
             path = folder / entry["file"]
             atomic_write_bytes(path, blobs[key])
@@ -170,3 +140,57 @@ def quantize_bundle(bundle: str | Path, bag: str | Path, *, max_windows: int = 6
     report["models"] = entries
     write_metadata(folder, dataclasses.replace(metadata, onnx={**metadata.onnx, **entries}))
     return report
+
+
+def _progress(items, enabled: bool, **bar: Any):
+    if not enabled:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, **bar)
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _quantize_model(model: str, source: Path, quantized: Path, calibration: list[dict[str, np.ndarray]],
+                    method: str, polyphase: bool) -> tuple[Path, int]:
+    """Quantise one exported fp32 model into ``quantized``; returns it and the number of rewritten layers."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    scratch = quantized.parent
+    graph_file, rewritten_layers = source, 0
+    if polyphase:
+        graph = onnx.load(str(source))
+        rewritten_layers = polyphase_transposed_convs(graph)
+        if rewritten_layers:
+            graph_file = scratch / f"{model}_polyphase.onnx"
+            onnx.save(graph, str(graph_file))
+            _check_same_function(model, source, graph_file, calibration[0])
+    prepared = scratch / f"{model}_prepared.onnx"
+    # static shapes: ONNX shape inference suffices (symbolic inference would need sympy on the robot)
+    quant_pre_process(str(graph_file), str(prepared), skip_symbolic_shape=True)
+    input_names = [i.name for i in onnx.load(str(source), load_external_data=False).graph.input]
+    calibration_method = {m.name.lower(): m for m in CalibrationMethod}[method]
+    quantize_static(str(prepared), str(quantized), _Reader(calibration, input_names),
+                    quant_format=QuantFormat.QOperator, per_channel=True, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8, calibrate_method=calibration_method)
+    return quantized, rewritten_layers
+
+
+def _held_out_error(model: str, source: Path, quantized: Path, held_out: list[dict[str, np.ndarray]]) -> float:
+    """Median over the held-out windows of the INT8 model's relative error against the fp32 one."""
+    fp32, int8 = _session(source), _session(quantized)
+    input_names = [i.name for i in fp32.get_inputs()]
+    errors = []
+    for feed in held_out:
+        inputs = {name: feed[name] for name in input_names}
+        errors.append(_relative_errors(model, int8.run(None, inputs), fp32.run(None, inputs)))
+    return float(np.median(errors))
