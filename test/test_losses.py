@@ -100,7 +100,7 @@ def test_regulariser_prevents_the_all_zero_mask() -> None:
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-        return float(torch.sigmoid(logit))
+        return float(torch.sigmoid(logit).detach())
     assert optimise(0.0) < 0.05  # without it the mask collapses to "explain nothing"
     assert optimise(0.2) > 0.9
 
