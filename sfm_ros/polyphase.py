@@ -84,79 +84,98 @@ def polyphase_transposed_convs(model):
     layers rewritten. The outputs are the same to float rounding (checked by the caller on real inputs).
     """
     import onnx
-    from onnx import helper, numpy_helper
+    from onnx import numpy_helper
 
     graph = model.graph
-    inferred = onnx.shape_inference.infer_shapes(model)
     shapes = {}
-    for value in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    for value in (*inferred.value_info, *inferred.input, *inferred.output):
         dims = value.type.tensor_type.shape.dim
         if dims and all(d.HasField("dim_value") for d in dims):
             shapes[value.name] = [d.dim_value for d in dims]
     initializers = {tensor.name: tensor for tensor in graph.initializer}
-    nodes = list(graph.node)
+    nodes = [_copy(node) for node in graph.node]
     consumers: dict[str, list[int]] = {}
     for index, node in enumerate(nodes):
         for name in node.input:
             consumers.setdefault(name, []).append(index)
     graph_outputs = {output.name for output in graph.output}
 
-    rewritten, removed, new_nodes, new_initializers = 0, set(), [], []
+    rewritten, absorbed_relus, new_nodes, new_initializers = 0, set(), [], []
     for index, node in enumerate(nodes):
-        if index in removed:
+        if index in absorbed_relus:
             continue
-        weight = numpy_helper.to_array(initializers[node.input[1]]) if (
-            node.op_type == "ConvTranspose" and node.input[1] in initializers) else None
-        input_shape = shapes.get(node.input[0]) if node.op_type == "ConvTranspose" else None
-        padding = None if weight is None else _doubling_padding(node, _attributes(node), weight)
-        if padding is None or input_shape is None or len(input_shape) != 4:
+        weight = padding = None
+        if node.op_type == "ConvTranspose" and node.input[1] in initializers:
+            weight = numpy_helper.to_array(initializers[node.input[1]])
+            padding = _doubling_padding(node, _attributes(node), weight)
+        input_shape = shapes.get(node.input[0]) if padding is not None else None
+        if input_shape is None or len(input_shape) != 4:
             new_nodes.append(node)
             continue
         users = consumers.get(node.output[0], [])
-        relu = nodes[users[0]] if (len(users) == 1 and nodes[users[0]].op_type == "Relu"
-                                   and node.output[0] not in graph_outputs) else None
-        output = relu.output[0] if relu is not None else node.output[0]
-        if relu is not None:
-            removed.add(users[0])
-        batch, _, height, width = input_shape
-        channels = weight.shape[1]
-        prefix = f"{node.name or node.output[0]}/polyphase"
-        bias = [node.input[2]] if len(node.input) > 2 and node.input[2] else []
-        phase_outputs = []
-        for number, (kernel, pads) in enumerate(phase_weights(weight, padding)):
-            kernel_name = f"{prefix}/phase{number}_weight"
-            new_initializers.append(numpy_helper.from_array(kernel.astype(weight.dtype), kernel_name))
-            phase = f"{prefix}/phase{number}"
-            new_nodes.append(helper.make_node("Conv", [node.input[0], kernel_name, *bias], [phase],
-                                              name=f"{phase}/Conv", kernel_shape=list(kernel.shape[2:]), pads=pads))
-            if relu is not None:
-                new_nodes.append(helper.make_node("Relu", [phase], [f"{phase}/relu"], name=f"{phase}/Relu"))
-                phase = f"{phase}/relu"
-            phase_outputs.append(phase)
-        shape_6d, shape_4d = f"{prefix}/shape_6d", f"{prefix}/shape_4d"
-        new_initializers += [numpy_helper.from_array(np.array([batch, height, width, 2, 2, channels], np.int64),
-                                                     shape_6d),
-                             numpy_helper.from_array(np.array([batch, 2 * height, 2 * width, channels], np.int64),
-                                                     shape_4d)]
-        # [B,4C,H,W] (phase-major channels) -> [B,H,W,(2,2,C)] -> [B,H,2,W,2,C] -> [B,2H,2W,C] -> [B,C,2H,2W]
-        steps = [("Concat", phase_outputs, {"axis": 1}), ("Transpose", None, {"perm": [0, 2, 3, 1]}),
-                 ("Reshape", [shape_6d], {}), ("Transpose", None, {"perm": [0, 1, 3, 2, 4, 5]}),
-                 ("Reshape", [shape_4d], {}), ("Transpose", None, {"perm": [0, 3, 1, 2]})]
-        previous = None
-        for step, (op_type, extra_inputs, attributes) in enumerate(steps):
-            inputs = extra_inputs if previous is None else [previous, *(extra_inputs or [])]
-            result = output if step == len(steps) - 1 else f"{prefix}/interleave{step}"
-            new_nodes.append(helper.make_node(op_type, inputs, [result], name=f"{prefix}/{op_type}{step}",
-                                              **attributes))
-            previous = result
+        relu = None
+        if len(users) == 1 and nodes[users[0]].op_type == "Relu" and node.output[0] not in graph_outputs:
+            relu = nodes[users[0]]
+            absorbed_relus.add(users[0])
+        layer_nodes, layer_initializers = _polyphase_layer(node, weight, padding, input_shape,
+                                                           relu.output[0] if relu is not None else None)
+        new_nodes += layer_nodes
+        new_initializers += layer_initializers
         rewritten += 1
     if not rewritten:
         return 0
-    graph.ClearField("node")
+    del graph.node[:]
     graph.node.extend(new_nodes)
     graph.initializer.extend(new_initializers)
     still_used = {name for node in graph.node for name in node.input}
-    unused = [tensor for tensor in graph.initializer if tensor.name not in still_used]
-    for tensor in unused:
+    for tensor in [tensor for tensor in graph.initializer if tensor.name not in still_used]:
         graph.initializer.remove(tensor)
     return rewritten
+
+
+def _copy(node):
+    import onnx
+
+    clone = onnx.NodeProto()
+    clone.CopyFrom(node)
+    return clone
+
+
+def _polyphase_layer(node, weight: np.ndarray, padding: int, input_shape: list[int], relu_output: str | None
+                     ) -> tuple[list, list]:
+    """Nodes and initializers replacing one ConvTranspose (and its Relu, when ``relu_output`` names its output).
+
+    Input [B,C_in,H,W] -> four phase Convs [B,C,H,W] -> interleaved [B,C,2H,2W], under the layer's output name.
+    """
+    from onnx import helper, numpy_helper
+
+    batch, _, height, width = input_shape
+    channels = weight.shape[1]
+    prefix = f"{node.name or node.output[0]}/polyphase"
+    bias = [node.input[2]] if len(node.input) > 2 and node.input[2] else []
+    nodes, initializers, phase_outputs = [], [], []
+    for number, (kernel, pads) in enumerate(phase_weights(weight, padding)):
+        kernel_name, phase = f"{prefix}/phase{number}_weight", f"{prefix}/phase{number}"
+        initializers.append(numpy_helper.from_array(kernel.astype(weight.dtype), kernel_name))
+        nodes.append(helper.make_node("Conv", [node.input[0], kernel_name, *bias], [phase], name=f"{phase}/Conv",
+                                      kernel_shape=list(kernel.shape[2:]), pads=pads))
+        if relu_output is not None:  # Relu commutes with the interleave: one per phase, folded into QLinearConv
+            nodes.append(helper.make_node("Relu", [phase], [f"{phase}/relu"], name=f"{phase}/Relu"))
+            phase = f"{phase}/relu"
+        phase_outputs.append(phase)
+    shape_6d, shape_4d = f"{prefix}/shape_6d", f"{prefix}/shape_4d"
+    initializers += [numpy_helper.from_array(np.array([batch, height, width, 2, 2, channels], np.int64), shape_6d),
+                     numpy_helper.from_array(np.array([batch, 2 * height, 2 * width, channels], np.int64), shape_4d)]
+    # [B,4C,H,W] (phase-major channels) -> [B,H,W,(2,2,C)] -> [B,H,2,W,2,C] -> [B,2H,2W,C] -> [B,C,2H,2W]
+    steps = [("Concat", phase_outputs, {"axis": 1}), ("Transpose", [], {"perm": [0, 2, 3, 1]}),
+             ("Reshape", [shape_6d], {}), ("Transpose", [], {"perm": [0, 1, 3, 2, 4, 5]}),
+             ("Reshape", [shape_4d], {}), ("Transpose", [], {"perm": [0, 3, 1, 2]})]
+    output = relu_output if relu_output is not None else node.output[0]
+    previous = None
+    for step, (op_type, extra_inputs, attributes) in enumerate(steps):
+        inputs = extra_inputs if previous is None else [previous, *extra_inputs]
+        result = output if step == len(steps) - 1 else f"{prefix}/interleave{step}"
+        nodes.append(helper.make_node(op_type, inputs, [result], name=f"{prefix}/{op_type}{step}", **attributes))
+        previous = result
+    return nodes, initializers
