@@ -34,9 +34,9 @@ def _attributes(node) -> dict:
     return {attribute.name: onnx.helper.get_attribute_value(attribute) for attribute in node.attribute}
 
 
-def _doubling_padding(node, attributes: dict, weight: np.ndarray | None) -> int | None:
-    """The padding of a ConvTranspose that exactly doubles H and W with stride 2, or None for any other form."""
-    if node.op_type != "ConvTranspose" or weight is None or weight.ndim != 4:
+def _doubling_padding(attributes: dict, weight: np.ndarray) -> int | None:
+    """The padding of a ConvTranspose (attributes, weight) that exactly doubles H and W with stride 2, or None."""
+    if weight.ndim != 4:
         return None
     if attributes.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or "output_shape" in attributes:
         return None
@@ -108,7 +108,7 @@ def polyphase_transposed_convs(model):
         weight = padding = None
         if node.op_type == "ConvTranspose" and node.input[1] in initializers:
             weight = numpy_helper.to_array(initializers[node.input[1]])
-            padding = _doubling_padding(node, _attributes(node), weight)
+            padding = _doubling_padding(_attributes(node), weight)
         input_shape = shapes.get(node.input[0]) if padding is not None else None
         if input_shape is None or len(input_shape) != 4:
             new_nodes.append(node)

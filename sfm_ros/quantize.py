@@ -81,11 +81,11 @@ def _relative_errors(model: str, int8_outputs: list[np.ndarray], fp32_outputs: l
     return float(np.median(np.linalg.norm(int8_outputs[0] - fp32_outputs[0], axis=-1) / np.maximum(norm, 1e-12)))
 
 
-def _check_same_function(model: str, source: Path, rewritten: Path, feed: dict[str, np.ndarray]) -> None:
-    """The rewritten fp32 graph must give the exported graph's outputs (to 1e-4 of their largest value)."""
-    fp32, candidate = _session(source), _session(rewritten)
+def _check_same_function(model: str, fp32, rewritten: Path, feed: dict[str, np.ndarray]) -> None:
+    """The rewritten fp32 graph must give the exported graph's (``fp32`` session's) outputs, to 1e-4 of their
+    largest value."""
     inputs = {i.name: feed[i.name] for i in fp32.get_inputs()}
-    for expected, found in zip(fp32.run(None, inputs), candidate.run(None, inputs), strict=True):
+    for expected, found in zip(fp32.run(None, inputs), _session(rewritten).run(None, inputs), strict=True):
         error = float(np.max(np.abs(found - expected)) / max(float(np.max(np.abs(expected))), 1e-12))
         if error > 1e-4:
             raise QuantizeError(f"{model}: the polyphase rewrite changed the fp32 outputs by {error:.1e} of their "
@@ -101,14 +101,16 @@ def quantize_bundle(bundle: str | Path, bag: str | Path, *, max_windows: int = 6
     Raises QuantizeError (and leaves the bundle unchanged) when a model misses its tolerance, or when the
     rewritten fp32 graph does not reproduce the exported one.
     """
+    from tqdm import tqdm
+
     from sfm_ros.export import onnx_key, onnx_path
 
     if method not in CALIBRATION_METHODS:
         raise QuantizeError(f"calibration method {method!r} unknown; choose from {CALIBRATION_METHODS}")
     folder = Path(bundle).expanduser()
     metadata = read_metadata(folder)
-    windows = list(_progress(calibration_windows(bag, metadata, max_windows), progress, total=max_windows,
-                             desc="read frames", unit="window"))
+    windows = list(tqdm(calibration_windows(bag, metadata, max_windows), total=max_windows, desc="read frames",
+                        unit="window", disable=not progress))
     calibration, held_out = windows[0::2], windows[1::2]
     if not held_out:
         raise QuantizeError(f"{bag} gave {len(windows)} frame windows of {metadata.num_sources + 1}; "
@@ -118,12 +120,12 @@ def quantize_bundle(bundle: str | Path, bag: str | Path, *, max_windows: int = 6
                               "tolerances": INT8_TOLERANCES, "models": {}}
     entries, blobs = {}, {}
     with tempfile.TemporaryDirectory(prefix="sfm_int8_") as scratch:
-        for model, tolerance_key in _progress((("depth", "disparity_rel_median"), ("pose", "pose_rel_median")),
-                                              progress, desc="quantise", unit="model"):
+        for model, tolerance_key in tqdm((("depth", "disparity_rel_median"), ("pose", "pose_rel_median")),
+                                         desc="quantise", unit="model", disable=not progress):
             source, key = onnx_path(folder, model), onnx_key(model, "int8")
-            quantized, rewritten_layers = _quantize_model(model, source, Path(scratch) / f"{key}.onnx", calibration,
-                                                          method, polyphase)
-            error = _held_out_error(model, source, quantized, held_out)
+            fp32, quantized = _session(source), Path(scratch) / f"{key}.onnx"
+            rewritten_layers = _quantize_model(model, source, fp32, quantized, calibration, method, polyphase)
+            error = _held_out_error(model, fp32, quantized, held_out)
             if error > INT8_TOLERANCES[tolerance_key]:
                 raise QuantizeError(f"{model}: INT8 differs from fp32 by {error:.1%} ({tolerance_key} over "
                                     f"{len(held_out)} held-out windows of {bag}), tolerance "
@@ -142,14 +144,6 @@ def quantize_bundle(bundle: str | Path, bag: str | Path, *, max_windows: int = 6
     return report
 
 
-def _progress(items, enabled: bool, **bar: Any):
-    if not enabled:
-        return items
-    from tqdm import tqdm
-
-    return tqdm(items, **bar)
-
-
 def _session(path: Path):
     import onnxruntime as ort
 
@@ -158,9 +152,10 @@ def _session(path: Path):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _quantize_model(model: str, source: Path, quantized: Path, calibration: list[dict[str, np.ndarray]],
-                    method: str, polyphase: bool) -> tuple[Path, int]:
-    """Quantise one exported fp32 model into ``quantized``; returns it and the number of rewritten layers."""
+def _quantize_model(model: str, source: Path, fp32, quantized: Path, calibration: list[dict[str, np.ndarray]],
+                    method: str, polyphase: bool) -> int:
+    """Quantise the exported fp32 model ``source`` (``fp32``: its session) into ``quantized``; returns the number
+    of transposed convolutions rewritten."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -173,21 +168,21 @@ def _quantize_model(model: str, source: Path, quantized: Path, calibration: list
         if rewritten_layers:
             graph_file = scratch / f"{model}_polyphase.onnx"
             onnx.save(graph, str(graph_file))
-            _check_same_function(model, source, graph_file, calibration[0])
+            _check_same_function(model, fp32, graph_file, calibration[0])
     prepared = scratch / f"{model}_prepared.onnx"
     # static shapes: ONNX shape inference suffices (symbolic inference would need sympy on the robot)
     quant_pre_process(str(graph_file), str(prepared), skip_symbolic_shape=True)
-    input_names = [i.name for i in onnx.load(str(source), load_external_data=False).graph.input]
+    input_names = [i.name for i in fp32.get_inputs()]
     calibration_method = {m.name.lower(): m for m in CalibrationMethod}[method]
     quantize_static(str(prepared), str(quantized), _Reader(calibration, input_names),
                     quant_format=QuantFormat.QOperator, per_channel=True, activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8, calibrate_method=calibration_method)
-    return quantized, rewritten_layers
+    return rewritten_layers
 
 
-def _held_out_error(model: str, source: Path, quantized: Path, held_out: list[dict[str, np.ndarray]]) -> float:
-    """Median over the held-out windows of the INT8 model's relative error against the fp32 one."""
-    fp32, int8 = _session(source), _session(quantized)
+def _held_out_error(model: str, fp32, quantized: Path, held_out: list[dict[str, np.ndarray]]) -> float:
+    """Median over the held-out windows of the INT8 model's relative error against the fp32 session's."""
+    int8 = _session(quantized)
     input_names = [i.name for i in fp32.get_inputs()]
     errors = []
     for feed in held_out:
