@@ -1,10 +1,11 @@
 """The visual-odometry core, ROS-free: frames in order -> metric depth, relative pose, odometry, covariance.
 
 At frame t the depth net sees frame t; the pose net sees the window (t-2, t-1, t) with t-1 as target and
-returns T(t-1 -> t) at once, so odometry has no frame of delay. Monocular scale comes from ``sfm_ros.scale``;
-the same factor scales depth and translation, so they agree. Tracking resets (first frame, time going
-backwards, a gap, a new image size, ``reset()``) restart the pose window and inflate the covariance; they
-never zero it, and each is reported in ``Estimate.events``.
+returns T(t-1 -> t) at once, so odometry has no frame of delay. The first full window after a (re)start also gives
+the motion between its older frames (t-2 -> t-1), which is added then, so the trajectory does not lag by a step.
+Monocular scale comes from ``sfm_ros.scale``; the same factor scales depth and translation, so they agree.
+Tracking resets (first frame, time going backwards, a gap, a new image size, ``reset()``) restart the pose window
+and inflate the covariance; they never zero it, and each is reported in ``Estimate.events``.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ class Pipeline:
     def reset(self, reason: str = "reset requested") -> None:
         """Forget the pose window and odometry (odometry restarts at the identity)."""
         self._window: collections.deque[tuple[int, np.ndarray]] = collections.deque(maxlen=self.window_length)
+        self._window_complete = False  # has a full window been used since the last (re)start
         self._T_world_camera = np.eye(4)
         self._covariance = np.diag([MIN_TRANSLATION_SIGMA_M**2] * 3 + [self.config.rotation_sigma_rad**2] * 3)
         self._last_stamp: int | None = None
@@ -109,6 +111,7 @@ class Pipeline:
     def _restart_tracking(self, reason: str) -> None:
         """Keep the odometry pose, drop the window, and inflate the covariance (we lost continuity)."""
         self._window.clear()
+        self._window_complete = False
         self._covariance = self._covariance * self.config.unscaled_sigma_factor
         self._pending_events.append(f"tracking restarted: {reason}")
 
@@ -154,12 +157,13 @@ class Pipeline:
         t_depth = time.perf_counter()
         depth_units = 1.0 / np.maximum(disparity, 1e-6)
 
-        T_prev_current, mask = None, None
+        T_prev_current, T_catch_up, mask = None, None, None
         window_dt = (stamp_ns - self._window[-1][0]) / 1e9 if self._window else None
         if not self._window or window_dt >= self.config.min_pose_interval_s:
             self._window.append((stamp_ns, image))
             if len(self._window) == self.window_length:
-                T_prev_current, mask = self._relative_pose()
+                T_prev_current, T_catch_up, mask = self._relative_pose(first=not self._window_complete)
+                self._window_complete = True
                 dt_s = window_dt
         t_pose = time.perf_counter()
 
@@ -167,6 +171,11 @@ class Pipeline:
         scale = self.scale_estimator.update(depth=depth_units, K=K_net, translation_units=translation_units,
                                             dt_s=dt_s)
         t_scale = time.perf_counter()
+        if T_catch_up is not None:  # the window's older steps, before the newest one
+            T_catch_up = T_catch_up.copy()
+            T_catch_up[:3, 3] *= scale.factor
+            self._T_world_camera = self._T_world_camera @ T_catch_up
+            self._covariance = self._covariance + self._step_covariance(T_catch_up, scale)
         if T_prev_current is not None:
             T_prev_current = T_prev_current.copy()
             T_prev_current[:3, 3] *= scale.factor
@@ -190,8 +199,9 @@ class Pipeline:
                         T_prev_current=T_prev_current, covariance=self._covariance_in_base(), scale=scale,
                         timings_ms=timings, mask=mask, events=tuple(events))
 
-    def _relative_pose(self) -> tuple[np.ndarray, np.ndarray | None]:
-        """T(t-1 -> t) as the pose of frame t in frame t-1's camera (network units), and frame t's mask."""
+    def _relative_pose(self, first: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Poses from the window (network units): frame t in frame t-1's camera; on the ``first`` full window also
+        frame t-1 in the oldest frame's camera (the steps before the newest one), else None; frame t's mask."""
         frames = [image for _, image in self._window]
         center = self.window_length // 2
         target = frames[center]
@@ -204,8 +214,10 @@ class Pipeline:
         last, previous = self.window_length - 1, self.window_length - 2
         # Points of frame t-1 into frame t: T_t_target @ T_target_(t-1); the pose of t in t-1 is its inverse.
         T_current_prev = T_source_target[last] @ invert_transform(T_source_target[previous])
+        # Frame k in frame j's camera: T_j<-c @ inv(T_k<-c), with c the target.
+        T_catch_up = T_source_target[0] @ invert_transform(T_source_target[previous]) if first else None
         mask = masks[source_frames.index(last)] if masks is not None else None
-        return invert_transform(T_current_prev), mask
+        return invert_transform(T_current_prev), T_catch_up, mask
 
     def _step_covariance(self, T_prev_current: np.ndarray, scale: ScaleEstimate) -> np.ndarray:
         """Per-frame covariance (camera frame): translation std proportional to the step, inflated when the

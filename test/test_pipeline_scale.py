@@ -38,10 +38,10 @@ class FakeBackend:
 
     def infer_pose(self, target: np.ndarray, sources: np.ndarray):
         self.calls += 1
-        # sources = (t-2, t); T_source_target: t-2 is behind the target (t-1), t is ahead.
-        back = self.pose.copy()
-        back[:3] *= -1
-        return np.stack([back, self.pose]).astype(np.float32), None
+        # sources = (t-2, t); T_source_target: t-2 is behind the target (t-1), t is ahead. With constant motion
+        # T_(t-2)<-(t-1) is the inverse of T_t<-(t-1): the negated vector for the pure translations and single-axis
+        # rotations used here.
+        return np.stack([-self.pose, self.pose]).astype(np.float32), None
 
 
 def fake_pipeline(**config: object) -> tuple[Pipeline, FakeBackend]:
@@ -68,13 +68,16 @@ def test_pose_from_the_window_has_no_frame_of_delay_and_is_scaled() -> None:
     third = pipeline.process(200_000_000, frame(), CAMERA)
     # T_t<-(t-1) is the pose vector's transform; the pose of t in t-1 is its inverse: 0.1 forward, x2 scale.
     np.testing.assert_allclose(third.T_prev_current[:3, 3], [0, 0, 0.2], atol=1e-9)
+    # The first window also gave frame 1 in frame 0 (0.2): at frame 2 the camera is 0.4 from frame 0, no step lost.
+    np.testing.assert_allclose((np.linalg.inv(first.T_odom_camera) @ third.T_odom_camera)[:3, 3], [0, 0, 0.4],
+                               atol=1e-9)
     fourth = pipeline.process(300_000_000, frame(), CAMERA)
-    # In the first camera's optical frame the camera moved 0.4 along z ...
+    # In the first camera's optical frame the camera moved 3 x 0.2 along z ...
     in_first_camera = np.linalg.inv(first.T_odom_camera) @ fourth.T_odom_camera
-    np.testing.assert_allclose(in_first_camera[:3, 3], [0, 0, 0.4], atol=1e-9)
+    np.testing.assert_allclose(in_first_camera[:3, 3], [0, 0, 0.6], atol=1e-9)
     # ... which is x (forward) in odom and for base_link (REP 103/105).
-    np.testing.assert_allclose(fourth.T_odom_base[:3, 3], [0.4, 0, 0], atol=1e-9)
-    np.testing.assert_allclose(fourth.T_odom_camera[:3, 3], [0.4, 0, 0], atol=1e-9)
+    np.testing.assert_allclose(fourth.T_odom_base[:3, 3], [0.6, 0, 0], atol=1e-9)
+    np.testing.assert_allclose(fourth.T_odom_camera[:3, 3], [0.6, 0, 0], atol=1e-9)
     assert third.depth_m.shape == (64, 208) and float(third.depth_m[0, 0]) == pytest.approx(20.0)
     np.testing.assert_allclose(third.camera_info_scaled.K, K_NET, atol=1e-9)
     assert set(third.timings_ms) == {"preprocess", "depth", "pose", "scale", "total"}
@@ -85,10 +88,10 @@ def test_rotation_composes_in_the_camera_frame() -> None:
     pipeline, backend = fake_pipeline()
     backend.pose = np.array([0, 0, 0, 0, 0.05, 0])  # a yaw about the optical y axis, no translation
     estimates = [pipeline.process(i * 100_000_000, frame(), CAMERA) for i in range(5)]
-    # Three relative poses of inverse(R_y(0.05)) each, in the first camera's frame.
+    # Four relative poses of inverse(R_y(0.05)) each (frames 0 -> 4), in the first camera's frame.
     in_first_camera = np.linalg.inv(estimates[0].T_odom_camera) @ estimates[-1].T_odom_camera
     np.testing.assert_allclose(in_first_camera, np.linalg.matrix_power(
-        np.linalg.inv(pose_vec_to_mat(backend.pose)), 3), atol=1e-12)
+        np.linalg.inv(pose_vec_to_mat(backend.pose)), 4), atol=1e-12)
 
 
 def test_covariance_grows_never_zero_and_inflates_on_resets() -> None:
@@ -346,3 +349,7 @@ def test_five_frame_model_composes_the_pose_of_the_newest_frame() -> None:
     estimates = [pipeline.process(i * 100_000_000, frame(), CAMERA) for i in range(6)]
     assert [e.T_prev_current is None for e in estimates] == [True] * 4 + [False] * 2
     np.testing.assert_allclose(estimates[-1].T_prev_current[:3, 3], [0, 0, step], atol=1e-6)
+    # The first full window (frames 0-4) places frame 4 four steps from frame 0; frame 5 five.
+    for i in (4, 5):
+        moved = np.linalg.inv(estimates[0].T_odom_camera) @ estimates[i].T_odom_camera
+        np.testing.assert_allclose(moved[:3, 3], [0, 0, i * step], atol=1e-6)
