@@ -21,10 +21,13 @@ import numpy as np
 if TYPE_CHECKING:
     from sfm_ros.models import DispNet, PoseExpNet
 
-__all__ = ["BUNDLE_FORMAT_VERSION", "BundleError", "BundleMetadata", "atomic_write_bytes", "load_networks",
-           "normalise_images", "read_metadata", "save_networks", "sha256_file", "write_metadata"]
+__all__ = ["BUNDLE_FORMAT_VERSION", "IMAGE_MEAN", "IMAGE_STD", "BundleError", "BundleMetadata", "atomic_write_bytes",
+           "load_networks", "normalise_images", "read_metadata", "save_networks", "sha256_file", "write_metadata"]
 
 BUNDLE_FORMAT_VERSION = 1
+# The one definition of the networks' input range: (rgb/255 - IMAGE_MEAN) / IMAGE_STD, here [-1, 1] as in the paper.
+# Training normalises with it, bundles record it, and SSIM maps back to [0, 1] through it.
+IMAGE_MEAN, IMAGE_STD = 0.5, 0.5
 METADATA_FILE = "sfm.json"
 DEPTH_WEIGHTS = "depth.safetensors"
 POSE_WEIGHTS = "pose.safetensors"
@@ -41,8 +44,8 @@ class BundleMetadata:
     height: int
     width: int
     num_sources: int = 2
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    mean: tuple[float, float, float] = (IMAGE_MEAN,) * 3
+    std: tuple[float, float, float] = (IMAGE_STD,) * 3
     dispnet: dict[str, Any] = dataclasses.field(default_factory=lambda: {"alpha": 10.0, "beta": 0.01})
     posenet: dict[str, Any] = dataclasses.field(default_factory=lambda: {"with_mask": True, "pose_scale": 0.01})
     training: dict[str, Any] = dataclasses.field(default_factory=dict)

@@ -3,9 +3,9 @@
 Per scale s (images area-downsampled to the disparity's size, intrinsics scaled) and per source i:
   L_vs  = mean |I_t - warp(I_s)| * E_i               (view synthesis, explainability-weighted)
   L_reg = lambda_e * mean CE(E_i, 1)                 (keeps E away from the trivial all-zero mask)
-  L_sm  = lambda_s / 2^s * (|d_xx| + |d_xy| + |d_yx| + |d_yy|) on disparity
+  L_sm  = lambda_s / decay^s * (|d_xx| + |d_xy| + |d_yx| + |d_yy|) on disparity (paper: decay 2)
 and the total is the sum over scales and sources. Every weight and every deviation from the paper is a
-field of ``LossConfig``; the defaults are the paper's.
+field of ``LossConfig``; ``config/train_paper.yaml`` spells out the paper's values.
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from sfm_ros.models.warp import inverse_warp, pose_vec_to_mat, scale_intrinsics
+from training.normalisation import to_unit_range
+
+SMOOTHNESS_TARGETS = ("disparity", "depth", "normalised_disparity")
 
 
 @dataclass(frozen=True)
@@ -23,17 +26,31 @@ class LossConfig:
     """Weights and optional terms of the objective. Defaults reproduce the paper."""
 
     num_scales: int = 4
-    smooth_weight: float = 0.5  # lambda_s; scale s uses lambda_s / 2^s
-    explain_weight: float = 0.2  # lambda_e; 0 disables the mask (unweighted photometric error)
+    smooth_weight: float = 0.5  # lambda_s; scale s uses lambda_s / smooth_decay^s
+    smooth_decay: float = 2.0  # paper 2; the PyTorch reference implementation uses 2.3
     smoothness: str = "second_order"  # "second_order" (paper) | "edge_aware" (first order, image-weighted)
+    # What second-order smoothness acts on: "disparity" (paper), "depth" (the PyTorch reference), or
+    # "normalised_disparity" (disparity / its per-image mean: the same for every scale of the scene, so shrinking the
+    # disparity cannot lower it; Wang et al. 2018).
+    smoothness_target: str = "disparity"
+    explain_weight: float = 0.2  # lambda_e; 0 disables the mask (unweighted photometric error)
     ssim_weight: float = 0.0  # 0 = the paper's pure L1; 0.85 mixes (1-SSIM)/2 in, as monodepth2 does
     min_over_sources: bool = False  # per-pixel minimum of the error over sources instead of the sum
     auto_mask: bool = False  # ignore pixels where the unwarped source already matches (static scenes)
-    validity_mask: bool = False  # ignore pixels that warp out of the source view (paper: counted vs zero)
+    validity_mask: bool = False  # ignore pixels that warp out of the source view (paper: they count)
+    # What an out-of-view sample reads: "border" (the nearest edge pixel: the paper's sampler clamps coordinates)
+    # or "zeros" (mid-grey in the normalised range, which rewards warping pixels out of view).
+    out_of_view: str = "zeros"
 
     def __post_init__(self) -> None:
         if self.smoothness not in ("second_order", "edge_aware"):
             raise ValueError(f"smoothness must be 'second_order' or 'edge_aware', got {self.smoothness!r}")
+        if self.smoothness_target not in SMOOTHNESS_TARGETS:
+            raise ValueError(f"smoothness_target must be one of {SMOOTHNESS_TARGETS}, got {self.smoothness_target!r}")
+        if self.out_of_view not in ("border", "zeros"):
+            raise ValueError(f"out_of_view must be 'border' or 'zeros', got {self.out_of_view!r}")
+        if self.smooth_decay < 1.0:
+            raise ValueError(f"smooth_decay must be >= 1, got {self.smooth_decay}")
         if not 0.0 <= self.ssim_weight <= 1.0:
             raise ValueError(f"ssim_weight must be in [0, 1], got {self.ssim_weight}")
         if not 1 <= self.num_scales <= 4:
@@ -57,12 +74,13 @@ def ssim_dissimilarity(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def photometric_error(target: torch.Tensor, synthesised: torch.Tensor, ssim_weight: float = 0.0) -> torch.Tensor:
     """Per-pixel error [B,1,H,W]: channel-mean L1, optionally mixed with SSIM dissimilarity.
 
-    Images are in the network's normalised range ([-1, 1] by default); SSIM is computed on them rescaled to [0, 1].
+    Images are in the networks' normalised range (L1 there, as in the paper); SSIM is computed on them mapped back
+    to [0, 1], where its constants are defined.
     """
     l1 = (target - synthesised).abs().mean(dim=1, keepdim=True)
     if ssim_weight == 0.0:
         return l1
-    dssim = ssim_dissimilarity((target + 1) / 2, (synthesised + 1) / 2).mean(dim=1, keepdim=True)
+    dssim = ssim_dissimilarity(to_unit_range(target), to_unit_range(synthesised)).mean(dim=1, keepdim=True)
     return ssim_weight * dssim + (1 - ssim_weight) * l1
 
 
@@ -123,7 +141,7 @@ def sfm_objective(target: torch.Tensor, sources: torch.Tensor, disparities: tupl
         depth = 1.0 / disparity
         errors, valids, identity_errors = [], [], []
         for i in range(num_sources):
-            warped, valid = inverse_warp(sources_s[:, i], depth, transforms[i], K_s)
+            warped, valid = inverse_warp(sources_s[:, i], depth, transforms[i], K_s, padding_mode=config.out_of_view)
             error = photometric_error(target_s, warped, config.ssim_weight)
             if use_mask:
                 error = error * masks[scale][:, i : i + 1]
@@ -153,9 +171,12 @@ def sfm_objective(target: torch.Tensor, sources: torch.Tensor, disparities: tupl
         # of per-source means.
         scale_photometric = (per_pixel.sum(dim=(0, 2, 3)) / pixel_valid.sum(dim=(0, 2, 3)).clamp_min(1.0)).sum()
         photometric = photometric + scale_photometric
-        weight = config.smooth_weight / (2**scale)
+        weight = config.smooth_weight / config.smooth_decay**scale
         if config.smoothness == "second_order":
-            smoothness = smoothness + weight * second_order_smoothness(disparity)
+            smoothed = {"disparity": disparity, "depth": depth,
+                        "normalised_disparity": disparity / disparity.mean(dim=(2, 3), keepdim=True)
+                        }[config.smoothness_target]
+            smoothness = smoothness + weight * second_order_smoothness(smoothed)
         else:
             smoothness = smoothness + weight * edge_aware_smoothness(disparity, target_s)
     total = photometric + smoothness + regulariser

@@ -15,15 +15,9 @@ import torch
 from torch import nn
 
 from training.losses import LossConfig, sfm_objective
+from training.normalisation import normalise
 
-__all__ = ["MEAN", "STD", "TrainStep", "forward_objective", "make_optimizer", "normalise"]
-
-MEAN, STD = 0.5, 0.5  # (rgb/255 - 0.5) / 0.5 -> [-1, 1], the paper's input range; stored in the bundle
-
-
-def normalise(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [...,3,H,W] -> float in [-1, 1]."""
-    return (images.float() / 255.0 - MEAN) / STD
+__all__ = ["TrainStep", "forward_objective", "make_optimizer"]
 
 
 def forward_objective(depth_model: nn.Module, pose_model: nn.Module, images: torch.Tensor, K: torch.Tensor,
@@ -49,7 +43,8 @@ def forward_objective(depth_model: nn.Module, pose_model: nn.Module, images: tor
     disparities = tuple(d.float() for d in disparities)
     masks = tuple(m.float() for m in masks)
     total, terms = sfm_objective(target, sources, disparities, poses.float(), masks, K, loss_config)
-    terms.update(disparity=disparities[0].detach(), mask=masks[0].detach() if masks else None, target=target)
+    terms.update(disparity=disparities[0].detach(), mask=masks[0].detach() if masks else None, target=target,
+                 poses=poses.detach(), K=K)
     return total, terms
 
 
