@@ -227,18 +227,29 @@ def cmd_eval_pose(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    if args.what == "inference":
-        from sfm_ros.bench import bench_inference
+def cmd_bench_inference(args: argparse.Namespace) -> int:
+    from sfm_ros.bench import bench_inference
 
-        _print_json(bench_inference(args.bundle, args.backend, args.repeats, args.device, args.precision,
-                                    args.threads))
-    else:
-        from training.bench import bench_train
+    _print_json(bench_inference(args.bundle, args.backend, args.repeats, args.device, args.precision, args.threads))
+    return 0
 
-        result = bench_train(args.batch_sizes, args.steps, args.height, args.width, args.device, tuple(args.modes))
-        _print_json(result)
-        return 1 if any("error" in row for row in result["results"]) else 0
+
+def cmd_bench_train(args: argparse.Namespace) -> int:
+    from training.bench import bench_train
+
+    result = bench_train(args.batch_sizes, args.steps, args.height, args.width, args.device, tuple(args.modes))
+    _print_json(result)
+    return 1 if any("error" in row for row in result["results"]) else 0
+
+
+def cmd_bench_learning(args: argparse.Namespace) -> int:
+    from benchmarks._common import git_commit
+    from training.learning_bench import format_table, run_from_arguments
+
+    result = run_from_arguments(args)
+    result["commit"] = git_commit()
+    _print_json({k: v for k, v in result.items() if k != "variants"})
+    print(format_table(result), file=sys.stderr)
     return 0
 
 
@@ -249,6 +260,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ---- parser -----------------------------------------------------------------------------------------------
+
+def learning_arguments(parser: argparse.ArgumentParser) -> None:
+    """``sfm bench learning``'s options (benchmarks/bench_learning.py is the same command)."""
+    parser.add_argument("--data", help="synth_streets folder: train.npz/val.npz, or train/ and val/ street folders "
+                                       "(default: ../shared/data/synth_streets, else the repository's sample)")
+    parser.add_argument("--config", help="training preset of the single variant (default: "
+                                         "config/train_recommended.yaml)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override (repeatable)")
+    parser.add_argument("--variants", help="YAML of variants (name: {preset, set}); replaces --config/--set")
+    parser.add_argument("--only", nargs="+", help="run only these variants of the file")
+    parser.add_argument("--steps", type=int, default=1000, help="training steps per run")
+    parser.add_argument("--eval-every", type=int, default=250, help="evaluate every N steps (and at the end)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--height", type=int, help="input height (default: 64 on a CPU, 128 with CUDA)")
+    parser.add_argument("--width", type=int, help="input width (default: 208 on a CPU, 416 with CUDA)")
+    parser.add_argument("--workers", type=int, help="DataLoader workers (default: the preset's, at most cores - 2)")
+    parser.add_argument("--max-depth-frames", type=int, default=0,
+                        help="evaluate depth on about this many held-out frames (0: all)")
+    parser.add_argument("--output", default="runs/bench_learning", help="records, learning.json and the plot")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
 
 def build_parser() -> argparse.ArgumentParser:
     from sfm_ros.quantize import CALIBRATION_METHODS
@@ -362,23 +394,35 @@ def build_parser() -> argparse.ArgumentParser:
     node_options(pose)
     pose.set_defaults(func=cmd_eval_pose)
 
-    bench = commands.add_parser("bench", help="measure inference latency or training throughput (prints JSON)")
-    bench.add_argument("what", choices=("inference", "train"))
-    bench.add_argument("--bundle", help="bundle for inference")
-    bench.add_argument("--backend", default="auto")
-    bench.add_argument("--device", default="auto")
-    bench.add_argument("--precision", default="fp16")
-    bench.add_argument("--threads", type=int, default=0)
-    bench.add_argument("--repeats", type=int, default=30)
-    bench.add_argument("--batch-sizes", type=int, nargs="+", default=[4, 32])
-    bench.add_argument("--steps", type=int, default=20)
-    bench.add_argument("--height", type=int, default=128)
-    bench.add_argument("--width", type=int, default=416)
-    bench.add_argument("--modes", nargs="+", default=["baseline", "fast"],
-                       help="train: speed paths to time (baseline = fp32 eager, the reference; fast = bf16 + "
-                            "channels-last + torch.compile + CUDA graph; also amp, amp-nchw, fp32-graph, bf16-graph, "
-                            "graph, compile-networks-graph: see training/bench.py)")
-    bench.set_defaults(func=cmd_bench)
+    bench = commands.add_parser("bench", help="measure inference latency, training throughput or whether a training "
+                                              "recipe learns (prints JSON)")
+    bench_kinds = bench.add_subparsers(dest="what", required=True, metavar="WHAT")
+    inference = bench_kinds.add_parser("inference", help="depth + pose latency of a bundle through a backend")
+    inference.add_argument("--bundle", required=True, help="model bundle")
+    inference.add_argument("--backend", default="auto")
+    inference.add_argument("--device", default="auto")
+    inference.add_argument("--precision", default="fp16")
+    inference.add_argument("--threads", type=int, default=0)
+    inference.add_argument("--repeats", type=int, default=30)
+    inference.set_defaults(func=cmd_bench_inference)
+    train_speed = bench_kinds.add_parser("train", help="images/s of the training step")
+    train_speed.add_argument("--device", default="auto")
+    train_speed.add_argument("--batch-sizes", type=int, nargs="+", default=[4, 32])
+    train_speed.add_argument("--steps", type=int, default=20)
+    train_speed.add_argument("--height", type=int, default=128)
+    train_speed.add_argument("--width", type=int, default=416)
+    train_speed.add_argument("--modes", nargs="+", default=["baseline", "fast"],
+                             help="speed paths to time (baseline = fp32 eager, the reference; fast = bf16 + "
+                                  "channels-last + torch.compile + CUDA graph; also amp, amp-nchw, fp32-graph, "
+                                  "bf16-graph, graph, compile-networks-graph: see training/bench.py)")
+    train_speed.set_defaults(func=cmd_bench_train)
+    learning = bench_kinds.add_parser(
+        "learning", help="train a recipe on rendered streets and score depth and motion against their exact truth",
+        description="Train each variant on synth_streets' training streets (read as image folders through the "
+                    "training cache) and score depth (abs_rel, sq_rel, rmse, a1; median-scaled) and the 5-frame "
+                    "snippet ATE on the held-out streets along the way, beside constant baselines.")
+    learning_arguments(learning)
+    learning.set_defaults(func=cmd_bench_learning)
 
     demo = commands.add_parser("demo", help="the whole story on the bundled KITTI sample")
     demo.add_argument("--output", default="demo_output")

@@ -31,6 +31,20 @@ def test_dispnet_scales_and_range(height: int, width: int) -> None:
             assert float(disparity.min()) > 0.01 and float(disparity.max()) < 10.01
 
 
+def test_initial_disparity_sets_every_head_by_the_inverse_sigmoid() -> None:
+    net = DispNet(alpha=10.0, beta=0.01)
+    for head in net.disp_heads:
+        torch.nn.init.zeros_(head.weight)  # outputs are then alpha * sigmoid(bias) + beta exactly
+    net.initialise_disparity(0.3)
+    # sigmoid(b) = (0.3 - 0.01) / 10 = 0.029 -> b = log(0.029 / 0.971)
+    assert float(net.disp_heads[0].bias) == pytest.approx(-3.51103, abs=1e-5)
+    with torch.no_grad():
+        for disparity in net(torch.randn(1, 3, 64, 208)):
+            torch.testing.assert_close(disparity, torch.full_like(disparity, 0.3))
+    with pytest.raises(ValueError, match="initial disparity"):
+        net.initialise_disparity(10.5)
+
+
 def test_dispnet_rejects_sizes_the_pyramid_cannot_halve() -> None:
     with pytest.raises(ValueError, match="multiples of 8"):
         DispNet()(torch.zeros(1, 3, 100, 416))

@@ -19,7 +19,7 @@ from sfm_ros import kitti
 from sfm_ros.bags import BagError, kitti_to_bag
 from test.conftest import DRIVE_0060, ODOMETRY_06, REPO, view_synthesis_error
 from training.config import DataConfig, load_train_config
-from training.data import DataError, SnippetDataset, open_source, prepare_cache, random_scale_crop
+from training.data import DataError, SnippetDataset, open_source, prepare_cache, random_flip, random_scale_crop
 from training.trainer import CheckpointError, Trainer, load_checkpoint
 
 TINY = ["data.height=32", "data.width=104", "optim.batch_size=2", "data.workers=0", "run.progress=false",
@@ -131,6 +131,27 @@ def test_scale_crop_keeps_projections_consistent() -> None:
     bright = np.unravel_index(np.argmax(augmented[1, :, :, 0]), augmented.shape[1:3])
     assert abs(bright[0] - v_aug) <= 1.0 and abs(bright[1] - u_aug) <= 1.0
     assert augmented.shape == images.shape
+
+
+def test_flip_mirrors_the_snippet_and_its_camera() -> None:
+    images = np.zeros((3, 64, 208, 3), dtype=np.uint8)
+    K = np.array([[120.0, 0, 100.5], [0, 120.0, 31.5], [0, 0, 1]])
+    point = np.array([0.7, -0.3, 6.0])
+    u, v = (K @ point)[:2] / point[2]
+    images[:, round(v), round(u)] = 255
+    flips = 0
+    for seed in range(8):
+        flipped, K_flip = random_flip(images, K, np.random.default_rng(seed))
+        if K_flip is K:  # left as it was
+            assert flipped is images
+            continue
+        flips += 1
+        # The mirrored image shows the mirrored world (-X, Y, Z) through K with cx -> W - 1 - cx.
+        assert K_flip[0, 2] == pytest.approx(208 - 1 - 100.5)
+        u_flip, v_flip = (K_flip @ (point * [-1, 1, 1]))[:2] / point[2]
+        bright = np.unravel_index(np.argmax(flipped[1, :, :, 0]), flipped.shape[1:3])
+        assert abs(bright[0] - v_flip) <= 0.5 and abs(bright[1] - u_flip) <= 0.5
+    assert 0 < flips < 8
 
 
 def test_snippets_have_the_target_in_the_middle(tiny_cache: Path) -> None:

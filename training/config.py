@@ -30,6 +30,7 @@ class DataConfig:
                                  range=(0.0, 100.0))
     augment: bool = param(True, "the paper's random scale (1 to scale_crop_max) and crop, intrinsics updated")
     scale_crop_max: float = param(1.15, "largest random zoom of the scale-crop augmentation", range=(1.0, 2.0))
+    flip: bool = param(False, "mirror whole snippets left-right at random (cx mirrored), as the PyTorch reference does")
     intrinsics: tuple[float, ...] = param((), "fx fy cx cy (native pixels) for bags without CameraInfo")
     image_topic: str = param("", "bag image topic (empty: auto-detect)")
     info_topic: str = param("", "bag CameraInfo topic (empty: auto-detect)")
@@ -51,6 +52,7 @@ class ModelConfig:
 
     disparity_alpha: float = 10.0
     disparity_beta: float = 0.01
+    initial_disparity: float = 0.0  # > 0: start the disparity heads there (0: the paper's zero bias, alpha/2 + beta)
     pose_scale: float = 0.01
     with_mask: bool = True  # the explainability decoder; off also turns the mask terms off
 

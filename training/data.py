@@ -33,7 +33,8 @@ from sfm_ros import kitti
 from sfm_ros.geometry import crop_intrinsics, scale_intrinsics
 from training.config import DataConfig
 
-__all__ = ["DataError", "FrameSequence", "SnippetDataset", "load_cache_index", "open_source", "prepare_cache"]
+__all__ = ["DataError", "FrameSequence", "SnippetDataset", "load_cache_index", "open_source", "prepare_cache",
+           "random_flip", "random_scale_crop"]
 
 CACHE_FORMAT = 1
 
@@ -300,6 +301,16 @@ def random_scale_crop(images: np.ndarray, K: np.ndarray, rng: np.random.Generato
     return out, K_out
 
 
+def random_flip(images: np.ndarray, K: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Mirror a whole snippet left-right with probability 1/2: the mirrored video is a valid video of a mirrored
+    world, seen by the camera with cx -> W - 1 - cx (pixel-centre convention). images: [L,H,W,3]; K: [3,3]."""
+    if rng.random() < 0.5:
+        return images, K
+    K_out = np.array(K, dtype=np.float64)
+    K_out[0, 2] = images.shape[2] - 1 - K_out[0, 2]
+    return np.ascontiguousarray(images[:, :, ::-1]), K_out
+
+
 class SnippetDataset(Dataset):
     """Snippets from a prepared cache: ``images`` uint8 [L,3,H,W] (target at L//2), ``K`` float32 [3,3].
 
@@ -307,12 +318,13 @@ class SnippetDataset(Dataset):
     """
 
     def __init__(self, cache_dir: str | Path, split: str, sequence_length: int, augment: bool = False,
-                 max_scale: float = 1.15, seed: int = 0) -> None:
+                 max_scale: float = 1.15, seed: int = 0, flip: bool = False) -> None:
         self.cache_dir = Path(cache_dir)
         self.index = load_cache_index(cache_dir)
         self.frames = np.load(self.cache_dir / "frames.npy", mmap_mode="r")
         self.length = sequence_length
         self.augment = augment
+        self.flip = flip
         self.max_scale = max_scale
         self.seed = seed
         self.epoch = 0
@@ -332,8 +344,10 @@ class SnippetDataset(Dataset):
         half = self.length // 2
         images = np.asarray(self.frames[center - half: center + half + 1])
         K = np.asarray(self.index["sequences"][sequence_index]["K"])
+        rng = np.random.default_rng((self.seed, self.epoch, item))
         if self.augment:
-            rng = np.random.default_rng((self.seed, self.epoch, item))
             images, K = random_scale_crop(images, K, rng, self.max_scale)
+        if self.flip:
+            images, K = random_flip(images, K, rng)
         return {"images": torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))),
                 "K": torch.from_numpy(K.astype(np.float32)), "frame": torch.tensor(center)}

@@ -15,7 +15,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +25,15 @@ import torch.distributed as dist
 import yaml
 from torch.utils.data import DataLoader
 
-from sfm_ros.bundle import BundleMetadata, atomic_write_bytes, save_networks
+from sfm_ros.bundle import IMAGE_MEAN, IMAGE_STD, BundleMetadata, atomic_write_bytes, save_networks
 from sfm_ros.config import to_dict
 from sfm_ros.metrics import DEPTH_METRICS, eigen_depth_evaluation
 from sfm_ros.models import DispNet, PoseExpNet
 from training.config import TrainConfig
 from training.data import SnippetDataset
-from training.step import MEAN, STD, TrainStep, forward_objective, make_optimizer
+from training.health import HealthMonitor, training_health
+from training.normalisation import to_unit_range
+from training.step import TrainStep, forward_objective, make_optimizer
 
 __all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "Trainer", "load_checkpoint", "resolve_device"]
 
@@ -98,6 +100,8 @@ class Trainer:
         torch.manual_seed(config.run.seed)
         model = config.model
         self.depth_net = DispNet(alpha=model.disparity_alpha, beta=model.disparity_beta).to(self.device)
+        if model.initial_disparity > 0:
+            self.depth_net.initialise_disparity(model.initial_disparity)
         self.pose_net = PoseExpNet(num_sources=config.data.sequence_length - 1, with_mask=model.with_mask,
                                    pose_scale=model.pose_scale).to(self.device)
         on_cuda = self.device.type == "cuda"
@@ -130,13 +134,15 @@ class Trainer:
                               cuda_graph=config.run.cuda_graph,
                               compile_objective=config.run.compile and self.world_size == 1)
         self.train_data = SnippetDataset(cache_dir, "train", config.data.sequence_length, config.data.augment,
-                                         config.data.scale_crop_max, config.run.seed)
+                                         config.data.scale_crop_max, config.run.seed, flip=config.data.flip)
         self.val_data = SnippetDataset(cache_dir, "val", config.data.sequence_length)
         if len(self.train_data) < config.optim.batch_size * self.world_size:
             raise ValueError(f"{len(self.train_data)} training snippets are fewer than one batch of "
                              f"{config.optim.batch_size} x {self.world_size} processes")
         self.lidar = np.load(Path(cache_dir) / "lidar.npz") if (Path(cache_dir) / "lidar.npz").is_file() else None
         self.state = TrainState()
+        self.health = HealthMonitor()
+        self.health_warnings: list[dict[str, Any]] = []
         self._stop_signal: int | None = None
         self._writer = None
 
@@ -249,7 +255,7 @@ class Trainer:
         config = self.config
         metadata = BundleMetadata(
             height=config.data.height, width=config.data.width, num_sources=config.data.sequence_length - 1,
-            mean=(MEAN,) * 3, std=(STD,) * 3,
+            mean=(IMAGE_MEAN,) * 3, std=(IMAGE_STD,) * 3,
             dispnet={"alpha": config.model.disparity_alpha, "beta": config.model.disparity_beta},
             posenet={"with_mask": config.model.with_mask, "pose_scale": config.model.pose_scale},
             training={"config": to_dict(config), "steps": self.state.step, "epochs": self.state.epoch,
@@ -264,26 +270,49 @@ class Trainer:
     def _handle_signal(self, signum: int, _frame: Any) -> None:
         self._stop_signal = signum
 
-    def _log(self, terms: dict[str, Any], images_per_s: float) -> None:
+    def _check_health(self, terms: dict[str, Any], bar: Any) -> dict[str, float]:
+        """Collapse and no-motion statistics of this step; a persisting problem is said once in the log and bar."""
+        model = self.config.model
+        stats = training_health(terms["disparity"], terms["poses"], terms["K"], model.disparity_alpha,
+                                model.disparity_beta)
+        started, cleared = self.health.update(self.state.step, stats)
+        for message in started:
+            self.health_warnings.append({"step": self.state.step, "warning": message})
+            if self.rank == 0:
+                bar.write(f"WARNING step {self.state.step}: {message}")
+        for name in cleared:
+            if self.rank == 0:
+                bar.write(f"step {self.state.step}: the {name} warning has cleared")
+        return stats
+
+    def _log(self, terms: dict[str, Any], images_per_s: float, health: dict[str, float]) -> None:
         if self._writer is None:
             return
         step = self.state.step
         for name in ("total", "photometric", "smoothness", "explainability"):
             self._writer.add_scalar(f"loss/{name}", float(terms[name]), step)
+        for name, value in health.items():
+            self._writer.add_scalar(f"health/{name}", value, step)
+        self._writer.add_scalar("health/failing", float(bool(self.health.active)), step)
+        if self.health.active and step % self.config.run.image_every == 0:
+            self._writer.add_text("health", "\n\n".join(self.health.active.values()), step)
         self._writer.add_scalar("lr", self.optimizer.param_groups[0]["lr"], step)
         self._writer.add_scalar("images_per_s", images_per_s, step)
         if step % self.config.run.image_every == 0:
-            target = ((terms["target"][0].float().cpu() * STD + MEAN).clamp(0, 1) * 255).to(torch.uint8)
+            target = (to_unit_range(terms["target"][0].float().cpu()).clamp(0, 1) * 255).to(torch.uint8)
             self._writer.add_image("input/target", target, step)
             self._writer.add_image("depth/disparity", disparity_colormap(terms["disparity"][0, 0]), step)
             if terms["warped"] is not None:
-                warped = ((terms["warped"][0].float().cpu() * STD + MEAN).clamp(0, 1) * 255).to(torch.uint8)
+                warped = (to_unit_range(terms["warped"][0].float().cpu()).clamp(0, 1) * 255).to(torch.uint8)
                 self._writer.add_image("warped/source0", warped, step)
             if terms["mask"] is not None:
                 self._writer.add_image("mask/source0", terms["mask"][0, :1].float().cpu(), step)
 
-    def fit(self) -> dict[str, Any]:
-        """Train until ``optim.epochs`` or ``optim.max_steps``, or a stop signal; returns a summary."""
+    def fit(self, on_step: Callable[[Trainer], None] | None = None) -> dict[str, Any]:
+        """Train until ``optim.epochs`` or ``optim.max_steps``, or a stop signal; returns a summary.
+
+        on_step: called after every optimiser step with the trainer (benchmarks evaluate there).
+        """
         from tqdm import tqdm
 
         config = self.config
@@ -317,10 +346,16 @@ class Trainer:
                     if self.state.step % config.run.log_every == 0 or self.state.step == 1:
                         rate = seen / max(time.perf_counter() - tick, 1e-9)
                         row = {k: float(terms[k]) for k in ("total", "photometric", "smoothness", "explainability")}
-                        history.append({"step": self.state.step, **row})
-                        bar.set_postfix(loss=f"{row['total']:.4f}", img_s=f"{rate:.1f}")
-                        self._log(terms, rate)
+                        health = self._check_health(terms, bar)
+                        history.append({"step": self.state.step, **row, **health})
+                        postfix = {"loss": f"{row['total']:.4f}", "img_s": f"{rate:.1f}"}
+                        if self.health.active:
+                            postfix["health"] = "+".join(sorted(self.health.active))
+                        bar.set_postfix(postfix)
+                        self._log(terms, rate, health)
                     bar.update(1)
+                    if on_step is not None:
+                        on_step(self)
                     if self.state.step % config.run.checkpoint_every == 0:
                         self.save_checkpoint()
                     if self.state.step >= total_steps or self._stop_signal is not None:
@@ -348,7 +383,7 @@ class Trainer:
         bundle = self.save_bundle()
         summary = {"steps": self.state.step, "epochs": self.state.epoch, "stopped_by": stopped_by,
                    "speed_path": speed_path, "checkpoint": str(self.checkpoint_path()), "bundle": str(bundle),
-                   "history": history, "validation": val_results}
+                   "history": history, "validation": val_results, "health_warnings": self.health_warnings}
         if self.rank == 0:
             (self.output / "summary.json").write_text(json.dumps(summary, indent=1))
         return summary

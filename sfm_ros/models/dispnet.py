@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -47,6 +49,16 @@ class DispNet(nn.Module):
         # Disparity heads on the last 4 decoder stages (1/8, 1/4, 1/2, 1/1).
         self.disp_heads = nn.ModuleList(nn.Conv2d(c, 1, 3, padding=1) for c in dec[3:])
         xavier_init(self)
+
+    def initialise_disparity(self, disparity: float) -> None:
+        """Start every scale's output near ``disparity`` (the heads' bias at the sigmoid's inverse) instead of at the
+        middle of the range, alpha / 2 + beta, which the paper's zero bias gives."""
+        if not self.beta < disparity < self.alpha + self.beta:
+            raise ValueError(f"initial disparity must lie in ({self.beta}, {self.alpha + self.beta}), got {disparity}")
+        fraction = (disparity - self.beta) / self.alpha
+        with torch.no_grad():
+            for head in self.disp_heads:
+                head.bias.fill_(math.log(fraction / (1 - fraction)))
 
     def _disparity(self, head: int, features: torch.Tensor) -> torch.Tensor:
         return self.alpha * torch.sigmoid(self.disp_heads[head](features)) + self.beta

@@ -1,0 +1,227 @@
+"""The learning benchmark's data path and scoring on the bundled rendered streets, training health, and the
+regression guard: a short run on the sample must learn depth clearly better than a constant."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sfm_ros.bundle import IMAGE_MEAN, IMAGE_STD
+from sfm_ros.geometry import pose_vec_to_mat
+from test.conftest import REPO
+from training.config import load_train_config
+from training.data import open_source, prepare_cache
+from training.health import HealthMonitor, HealthThresholds, training_health
+from training.learning_bench import LearningEvaluator, chain_motions, depth_scores, snippet_ate_mean
+from training.normalisation import normalise, to_unit_range
+from training.synth_streets import load_street_split, street_folders, write_street_split
+
+SAMPLE = REPO / "test" / "data" / "synth_streets"
+
+
+@pytest.fixture(scope="module")
+def sample_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample's streets prepared by `sfm prepare`'s code at the sample's own size."""
+    train, val = load_street_split(SAMPLE / "train"), load_street_split(SAMPLE / "val")
+    config = load_train_config(None, ["data.height=64", "data.width=208", "data.workers=0",
+                                      f"data.sources=[{', '.join(map(str, train.folders))}]",
+                                      f"data.val_sources=[{', '.join(map(str, val.folders))}]"])
+    return prepare_cache(config.data, tmp_path_factory.mktemp("learning") / "cache", progress=False)
+
+
+def euler_xyz(R: np.ndarray) -> np.ndarray:
+    """Angles (rx, ry, rz) of R = Rx Ry Rz, by the closed form of that product's entries."""
+    return np.array([math.atan2(-R[1, 2], R[2, 2]), math.asin(R[0, 2]), math.atan2(-R[0, 1], R[0, 0])])
+
+
+def test_the_sample_is_a_user_recording(sample_cache: Path) -> None:
+    val = load_street_split(SAMPLE / "val")
+    (sequence,) = open_source(val.folders[0], load_train_config(None).data)  # an image folder + intrinsics.yaml
+    assert sequence.size == (64, 208) and len(sequence.stamps_ns) == val.depth.shape[1] == 60
+    np.testing.assert_allclose(sequence.K, val.K)
+    # 2x-downsampled K of the 416x128 renders (fx 240, cx 208, cy 64) in the pixel-centre convention.
+    np.testing.assert_allclose(val.K, [[120, 0, 103.75], [0, 120, 31.75], [0, 0, 1]])
+    assert np.all(np.abs(np.diff(sequence.stamps_ns) - 100_000_000) == 0)
+
+
+def test_street_folders_write_an_archive_once(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (2, 4, 16, 24, 3), dtype=np.uint8)
+    depth = rng.uniform(1, 50, (2, 4, 16, 24)).astype(np.float32)
+    poses = np.tile(np.eye(4), (2, 4, 1, 1))
+    K = np.array([[20.0, 0, 11.5], [0, 20.0, 7.5], [0, 0, 1]])
+    np.savez(tmp_path / "train.npz", images=images, depth=depth, T_world_cam=poses, K=K)
+    split = street_folders(tmp_path, "train", tmp_path / "work")
+    assert [f.name for f in split.folders] == ["street_00", "street_01"]
+    np.testing.assert_array_equal(split.depth, depth)
+    (sequence,) = open_source(split.folders[1], load_train_config(None).data)
+    np.testing.assert_array_equal(list(sequence.frames())[2], images[1, 2])  # PNG: lossless
+    stamp = (tmp_path / "work" / f"{tmp_path.name}_train" / ".source").read_text()
+    assert street_folders(tmp_path, "train", tmp_path / "work").folders == split.folders
+    assert (tmp_path / "work" / f"{tmp_path.name}_train" / ".source").read_text() == stamp
+    with pytest.raises(FileNotFoundError, match="val.npz"):
+        street_folders(tmp_path, "val", tmp_path / "work")
+
+
+def test_written_split_refuses_a_street_missing_frames(tmp_path: Path) -> None:
+    images = np.zeros((1, 3, 8, 8, 3), dtype=np.uint8)
+    out = write_street_split(tmp_path / "s", images, np.ones((1, 3, 8, 8)), np.tile(np.eye(4), (1, 3, 1, 1)),
+                             np.eye(3))
+    (out / "street_00" / "000001.png").unlink()
+    with pytest.raises(ValueError, match="2 frames, its ground truth 3"):
+        load_street_split(out)
+
+
+def test_depth_scores_are_median_scaled_eigen_metrics() -> None:
+    rng = np.random.default_rng(1)
+    gt = rng.uniform(2, 60, (3, 8, 10))
+    gt[:, 0] = 0.0  # sky: no surface, not scored
+    assert depth_scores(gt * 7.0 + (gt == 0), gt)["abs_rel"] == pytest.approx(0.0, abs=1e-6)  # float32 resize
+    # A constant prediction, median-scaled, predicts median(gt) everywhere: abs_rel = mean |gt - m| / gt.
+    expected = np.mean([np.mean(np.abs(g[g > 0] - np.median(g[g > 0])) / g[g > 0]) for g in gt])
+    assert depth_scores(np.ones_like(gt), gt)["abs_rel"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_chained_motions_and_snippet_ate() -> None:
+    forward = np.eye(4)
+    forward[2, 3] = -1.0  # points of camera i are 1 m closer in camera i+1: the camera moved 1 m along +z
+    poses = chain_motions(np.repeat(forward[None], 6, axis=0))
+    np.testing.assert_allclose(poses[:, :3, 3], [[0, 0, k] for k in range(7)])
+    assert snippet_ate_mean([poses], [poses]) == pytest.approx(0.0, abs=1e-12)
+    # Any constant speed is the same up to the snippet's scale; moving sideways is not.
+    np.testing.assert_allclose(snippet_ate_mean([poses], [chain_motions(np.repeat((forward * [1, 1, 1, 1])[None],
+                                                                                 6, axis=0))]), 0.0, atol=1e-12)
+    sideways = np.eye(4)
+    sideways[0, 3] = -1.0
+    assert snippet_ate_mean([poses], [chain_motions(np.repeat(sideways[None], 6, axis=0))]) > 0.3
+
+
+class Oracle:
+    """A network stand-in that answers with the truth of the sample's validation streets, found by the frame shown."""
+
+    training = False
+
+    def __init__(self, frames: list[np.ndarray], split, invert: bool = False) -> None:
+        self.lookup = {normalise(torch.from_numpy(f).permute(2, 0, 1)).numpy().tobytes(): (s, i)
+                       for s, street in enumerate(frames) for i, f in enumerate(street)}
+        self.split, self.invert = split, invert
+
+    def eval(self) -> None:
+        pass
+
+    def train(self, mode: bool = True) -> None:
+        pass
+
+    def where(self, image: torch.Tensor) -> tuple[int, int]:
+        return self.lookup[image.numpy().tobytes()]
+
+
+class DepthOracle(Oracle):
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor]:
+        disparity = []
+        for image in images:
+            truth = self.split.depth[self.where(image)]
+            disparity.append(torch.from_numpy(np.where(truth > 0, 1 / np.maximum(truth, 1e-6), 0.01)))
+        return (torch.stack(disparity)[:, None].float(),)
+
+
+class PoseOracle(Oracle):
+    def __call__(self, target: torch.Tensor, sources: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+        vectors = []
+        for image in target:
+            street, frame = self.where(image)
+            T = self.split.T_world_cam[street]
+            row = []
+            for source in (frame - 1, frame + 1):
+                T_source_target = np.linalg.inv(T[source]) @ T[frame]
+                if self.invert:
+                    T_source_target = np.linalg.inv(T_source_target)
+                row.append(np.r_[T_source_target[:3, 3], euler_xyz(T_source_target[:3, :3])])
+            vectors.append(row)
+        return torch.tensor(np.asarray(vectors), dtype=torch.float32), ()
+
+
+def test_the_evaluator_scores_the_truth_as_perfect(sample_cache: Path) -> None:
+    split = load_street_split(SAMPLE / "val")
+    evaluator = LearningEvaluator(sample_cache, split)
+    depth, pose = DepthOracle(evaluator.frames, split), PoseOracle(evaluator.frames, split)
+    # euler_xyz is the inverse of the runtime's pose_vec_to_mat (checked here so the oracle is right).
+    T = np.linalg.inv(split.T_world_cam[0, 5]) @ split.T_world_cam[0, 4]
+    np.testing.assert_allclose(pose_vec_to_mat(np.r_[T[:3, 3], euler_xyz(T[:3, :3])]), T, atol=1e-9)
+    scores = evaluator.evaluate(depth, pose, torch.device("cpu"), 10.0, 0.01)
+    assert scores["abs_rel"] < 2e-3 and scores["a1"] > 0.999  # float16 depth and float32 disparity
+    assert scores["snippet_ate"] < 1e-5
+    base = evaluator.baselines()
+    assert base["constant_depth_abs_rel"] > 0.3 and 0.01 < base["constant_forward_snippet_ate"] < 0.1
+    inverted = PoseOracle(evaluator.frames, split, invert=True)
+    # Motions of the wrong direction (the per-snippet scale may even flip sign) lose to constant forward motion.
+    wrong = evaluator.evaluate(depth, inverted, torch.device("cpu"), 10.0, 0.01)["snippet_ate"]
+    assert wrong > base["constant_forward_snippet_ate"]
+
+
+def test_one_normalisation_for_networks_and_ssim() -> None:
+    ramp = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16).expand(1, 3, 16, 16)
+    np.testing.assert_allclose(to_unit_range(normalise(ramp)).numpy(), ramp.numpy() / 255.0, atol=1e-6)
+    np.testing.assert_allclose(normalise(ramp).numpy(), (ramp.numpy() / 255.0 - IMAGE_MEAN) / IMAGE_STD, atol=1e-6)
+
+
+# ---- health ----------------------------------------------------------------------------------------------------
+
+def test_health_statistics_by_hand() -> None:
+    K = torch.tensor([[[100.0, 0, 50], [0, 100.0, 20], [0, 0, 1]]])
+    # Disparity 2 on one half and 6 on the other: mean 4, std 2 -> variation 0.5; no pixel near 0.01 or 10.01.
+    disparity = torch.cat([torch.full((1, 1, 4, 5), 2.0), torch.full((1, 1, 4, 5), 6.0)], dim=3)
+    poses = torch.tensor([[[0.03, 0.0, 0.04, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.002, 0.0]]])
+    stats = training_health(disparity, poses, K, alpha=10.0, beta=0.01)
+    assert stats["disparity_variation"] == pytest.approx(2.0 / 4.0 * math.sqrt(40 / 39), rel=1e-6)  # unbiased std
+    assert stats["saturated_fraction"] == 0.0
+    # Median disparity: the lower middle of 20 twos and 20 sixes is 2. Source 0: 100 x 0.05 x 2 = 10 px; source 1:
+    # 100 x 0.002 = 0.2 px; mean 5.1 px.
+    assert stats["motion_px"] == pytest.approx(5.1, rel=1e-5)
+    pinned = torch.full((1, 1, 4, 10), 10.0)
+    pinned[..., :2] = 3.0
+    assert training_health(pinned, poses, K, 10.0, 0.01)["saturated_fraction"] == pytest.approx(0.8)
+
+
+def test_health_monitor_warns_after_warmup_and_patience_and_clears() -> None:
+    monitor = HealthMonitor(HealthThresholds(warmup_steps=100, patience=3))
+    flat = {"disparity_variation": 0.01, "saturated_fraction": 0.0, "motion_px": 3.0}
+    good = {"disparity_variation": 0.3, "saturated_fraction": 0.0, "motion_px": 3.0}
+    assert monitor.update(50, flat) == ([], [])  # a fresh network is flat: no verdict yet
+    assert monitor.update(120, flat) == ([], []) and monitor.update(140, flat) == ([], [])
+    started, _ = monitor.update(160, flat)
+    assert len(started) == 1 and "collapsed" in started[0] and "train_recommended" in started[0]
+    assert monitor.update(180, flat) == ([], [])  # said once
+    assert monitor.update(200, good) == ([], ["collapse"])
+    still = {**good, "motion_px": 0.01}
+    for step in (220, 240):
+        monitor.update(step, still)
+    started, _ = monitor.update(260, still)
+    assert "near zero" in started[0] and "min_motion_px" in started[0]
+
+
+def test_the_trainer_reports_health_in_log_bar_and_summary(sample_cache: Path, capsys: pytest.CaptureFixture
+                                                           ) -> None:
+    from training.trainer import Trainer
+
+    config = load_train_config(str(REPO / "config" / "train_cpu_small.yaml"),
+                               ["data.workers=0", "run.progress=false", "optim.max_steps=1"])
+    trainer = Trainer(config, sample_cache, Path(str(sample_cache) + "_run"))
+    trainer.health = HealthMonitor(HealthThresholds(warmup_steps=0, patience=1))
+    terms = {"disparity": torch.full((2, 1, 8, 8), 10.0), "poses": torch.zeros(2, 2, 6),
+             "K": torch.tensor([[[100.0, 0, 4], [0, 100.0, 4], [0, 0, 1]]] * 2)}
+
+    class Bar:
+        def write(self, text: str) -> None:
+            print(text)
+
+    trainer.state.step = 400
+    stats = trainer._check_health(terms, Bar())
+    out = capsys.readouterr().out
+    assert "WARNING step 400" in out and "collapsed" in out and "near zero" in out
+    assert stats["disparity_variation"] == 0.0 and set(trainer.health.active) == {"collapse", "still"}
+    assert [w["step"] for w in trainer.health_warnings] == [400, 400]

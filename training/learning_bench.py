@@ -1,0 +1,386 @@
+"""Does a recipe learn depth and motion? Train on rendered streets, score against their exact depth and poses.
+
+``run_learning`` writes the training streets as image folders (the form of a user's recording), prepares the cache
+through ``sfm prepare``'s own code, trains with the ``Trainer`` and, at steps along the way, evaluates on the
+held-out streets:
+
+- depth: the Eigen metrics with per-image median scaling, cap 80 m, on pixels with a surface (depth > 0), the
+  prediction resized to the ground truth's size (``sfm_ros.metrics.eigen_depth_evaluation``, no Garg crop);
+- motion: SfMLearner's 5-frame snippet ATE (per-snippet least-squares scale) on the trajectory chained from the
+  pose net's frame-to-frame motions, as the node chains them;
+
+beside two baselines scored the same way: one constant depth everywhere, and constant forward motion.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sfm_ros.metrics import eigen_depth_evaluation, snippet_ates
+from training.config import TrainConfig, load_train_config
+from training.data import SnippetDataset, prepare_cache
+from training.health import training_health
+from training.normalisation import normalise
+from training.synth_streets import StreetSplit, street_folders
+
+__all__ = ["LearningEvaluator", "at_step", "chain_motions", "depth_scores", "plot_learning_curves",
+           "run_learning", "snippet_ate_mean", "summarise"]
+
+DEPTH_KEYS = ("abs_rel", "sq_rel", "rmse", "a1")
+SNIPPET_LENGTH = 5
+# A run whose depth is no better than 0.9x the constant baseline's abs_rel has learnt no structure: collapsed.
+COLLAPSE_RATIO = 0.9
+
+
+def depth_scores(pred_depth: np.ndarray, gt_depth: np.ndarray) -> dict[str, float]:
+    """Mean Eigen metrics over frames. pred_depth: [N,h,w] (any positive scale); gt_depth: [N,H,W], 0 = none."""
+    rows = [eigen_depth_evaluation(pred, gt, median_scaling=True, garg_crop=False).metrics
+            for pred, gt in zip(pred_depth, gt_depth, strict=True)]
+    return {key: float(np.mean([row[key] for row in rows])) for key in DEPTH_KEYS}
+
+
+def chain_motions(T_next_current: np.ndarray) -> np.ndarray:
+    """Camera poses [F,4,4] (first = identity) from frame-to-frame motions [F-1,4,4].
+
+    T_next_current[i] maps points of camera i into camera i+1, so pose(i+1) = pose(i) @ inv(T_next_current[i]).
+    """
+    poses = [np.eye(4)]
+    for motion in T_next_current:
+        poses.append(poses[-1] @ np.linalg.inv(motion))
+    return np.asarray(poses)
+
+
+def snippet_ate_mean(gt_poses: list[np.ndarray], pred_poses: list[np.ndarray]) -> float:
+    """Mean 5-frame snippet ATE over every window of every street (poses [F,4,4] per street)."""
+    errors = [snippet_ates(gt, pred, SNIPPET_LENGTH) for gt, pred in zip(gt_poses, pred_poses, strict=True)]
+    return float(np.concatenate(errors).mean())
+
+
+class LearningEvaluator:
+    """Scores the networks of a run on the held-out streets, with frames read from the run's cache."""
+
+    def __init__(self, cache_dir: str | Path, split: StreetSplit, max_depth_frames: int = 0) -> None:
+        dataset = SnippetDataset(cache_dir, "val", 3)
+        names = [folder.name for folder in split.folders]
+        sequences = {s["name"]: s for s in dataset.index["sequences"] if s["split"] == "val"}
+        missing = [n for n in names if n not in sequences]
+        if missing:
+            raise ValueError(f"the cache holds no validation sequence {missing}; it has {sorted(sequences)}")
+        self.frames = [np.array(dataset.frames[sequences[n]["offset"]: sequences[n]["offset"] +
+                                                 sequences[n]["count"]]) for n in names]
+        self.K = [torch.tensor(sequences[n]["K"], dtype=torch.float32) for n in names]
+        for name, frames, gt in zip(names, self.frames, split.depth, strict=True):
+            if len(frames) != len(gt):
+                raise ValueError(f"validation street {name}: {len(frames)} frames in the cache, {len(gt)} in the truth")
+        self.split = split
+        # Depth on every frame by default; a stride keeps big GPU-size evaluations short.
+        frames = split.depth.shape[1]
+        stride = max(1, math.ceil(len(names) * frames / max_depth_frames)) if max_depth_frames else 1
+        self.depth_frames = list(range(0, frames, stride))
+
+    def baselines(self) -> dict[str, float]:
+        """The scores of knowing nothing, on the same frames: one depth everywhere, 1 unit straight ahead a frame."""
+        truth = self.split.depth[:, self.depth_frames].reshape(-1, *self.split.depth.shape[2:])
+        constant = depth_scores(np.ones_like(truth), truth)
+        forward = np.eye(4)
+        forward[2, 3] = -1.0  # camera i's points are 1 unit closer in camera i+1
+        frames = self.split.T_world_cam.shape[1]
+        straight_ahead = [chain_motions(np.repeat(forward[None], frames - 1, axis=0)) for _ in self.split.folders]
+        return {**{f"constant_depth_{k}": v for k, v in constant.items()},
+                "constant_forward_snippet_ate": snippet_ate_mean(list(self.split.T_world_cam), straight_ahead)}
+
+    @torch.no_grad()
+    def evaluate(self, depth_net: torch.nn.Module, pose_net: torch.nn.Module, device: torch.device,
+                 alpha: float, beta: float) -> dict[str, float]:
+        """Depth metrics, snippet ATE and the health statistics of the disparity (eval mode; restores train mode)."""
+        was_training = depth_net.training, pose_net.training
+        depth_net.eval()
+        pose_net.eval()
+        preds, truths, gt_poses, pred_poses, health = [], [], [], [], []
+        try:
+            for street, frames in enumerate(self.frames):
+                images = normalise(torch.from_numpy(frames).permute(0, 3, 1, 2))
+                for chunk in torch.split(torch.arange(len(images))[self.depth_frames], 16):
+                    disparity = depth_net(images[chunk].to(device))[0].float()
+                    preds.append((1.0 / disparity[:, 0]).cpu().numpy())
+                    truths.append(self.split.depth[street][chunk.numpy()])
+                    health.append(disparity.cpu())
+                # Window centred on frame i: sources i-1 and i+1; the second gives T(i -> i+1), the node's use.
+                motions, first_pose = [], None
+                for chunk in torch.split(torch.arange(1, len(images) - 1), 16):
+                    target = images[chunk].to(device)
+                    sources = torch.stack([images[chunk - 1], images[chunk + 1]], dim=1).to(device)
+                    poses = pose_net(target, sources)[0].float().cpu()
+                    if first_pose is None:
+                        first_pose = poses[0]
+                    motions.append(poses[:, 1])
+                from sfm_ros.geometry import pose_vec_to_mat
+
+                T_next = [pose_vec_to_mat(p.double().numpy()) for p in torch.cat(motions)]
+                # The first step, 0 -> 1, from frame 1's window: the inverse of T(1 -> 0).
+                T_next.insert(0, np.linalg.inv(pose_vec_to_mat(first_pose[0].double().numpy())))
+                pred_poses.append(chain_motions(np.asarray(T_next)))
+                gt_poses.append(self.split.T_world_cam[street])
+        finally:
+            depth_net.train(was_training[0])
+            pose_net.train(was_training[1])
+        scores = depth_scores(np.concatenate(preds), np.concatenate(truths))
+        disparity = torch.cat(health)
+        stats = training_health(disparity, torch.zeros(1, 1, 6), torch.eye(3)[None], alpha, beta)
+        return {**scores, "snippet_ate": snippet_ate_mean(gt_poses, pred_poses),
+                "disparity_variation": stats["disparity_variation"],
+                "saturated_fraction": stats["saturated_fraction"]}
+
+
+def _cache_for(config: TrainConfig, work_dir: Path, progress: bool) -> Path:
+    """Prepare (or reuse) the cache of this data configuration."""
+    import hashlib
+
+    from sfm_ros.config import to_dict
+
+    key = hashlib.sha256(json.dumps(to_dict(config.data), sort_keys=True).encode()).hexdigest()[:12]
+    cache = work_dir / f"cache_{config.data.height}x{config.data.width}_{key}"
+    if not (cache / "index.json").is_file():
+        prepare_cache(config.data, cache, progress=progress, overwrite=True)
+    return cache
+
+
+def run_learning(source: str | Path, preset: str | Path | None, overrides: list[str] | tuple[str, ...] = (),
+                 steps: int = 1000, eval_every: int = 250, seed: int = 0, work_dir: str | Path = "runs/learning",
+                 height: int | None = None, width: int | None = None, progress: bool = True,
+                 max_depth_frames: int = 0, run_name: str = "run") -> dict[str, Any]:
+    """Train ``preset`` + ``overrides`` for ``steps`` on ``source``'s train streets; evaluate every ``eval_every``.
+
+    source: a synth_streets folder (``train.npz``/``val.npz``, or ``train/``/``val/`` street folders). Size: the
+    preset's unless given. work_dir: street folders and caches (shared by runs of the same data configuration) and
+    ``runs/<run_name>_seed<seed>`` (checkpoint, TensorBoard). Returns the run's record: config, learning curve (step
+    0 included), baselines, final scores, whether it collapsed, timings.
+    """
+    from training.trainer import Trainer
+
+    work_dir = Path(work_dir)
+    train = street_folders(source, "train", work_dir / "streets")
+    val = street_folders(source, "val", work_dir / "streets")
+    size = ([f"data.height={height}"] if height else []) + ([f"data.width={width}"] if width else [])
+    config = load_train_config(preset, [
+        *overrides, *size, f"data.sources=[{', '.join(str(f) for f in train.folders)}]",
+        f"data.val_sources=[{', '.join(str(f) for f in val.folders)}]", f"optim.max_steps={steps}",
+        f"run.seed={seed}", f"run.progress={'true' if progress else 'false'}",
+        # The benchmark's own evaluation replaces the per-epoch photometric validation.
+        "run.val_every_epochs=100000"])
+    cache = _cache_for(config, work_dir, progress)
+    output = work_dir / "runs" / f"{run_name}_seed{seed}"
+    evaluator = LearningEvaluator(cache, val, max_depth_frames)
+    trainer = Trainer(config, cache, output)
+    model = config.model
+    curve: list[dict[str, float]] = []
+
+    def evaluate(step: int) -> None:
+        tick = time.perf_counter()
+        scores = evaluator.evaluate(trainer.depth_net, trainer.pose_net, trainer.device, model.disparity_alpha,
+                                    model.disparity_beta)
+        curve.append({"step": step, **scores, "eval_s": time.perf_counter() - tick})
+
+    evaluate(0)
+    started = time.perf_counter()
+
+    def on_step(run: Trainer) -> None:
+        if run.state.step % eval_every == 0 or run.state.step == steps:
+            evaluate(run.state.step)
+
+    summary = trainer.fit(on_step=on_step)
+    # The record and bundle stay; the checkpoint (networks + Adam state, 400 MB at any size) is not worth keeping.
+    trainer.checkpoint_path().unlink(missing_ok=True)
+    train_s = time.perf_counter() - started - sum(row["eval_s"] for row in curve[1:])
+    if curve[-1]["step"] != trainer.state.step:
+        evaluate(trainer.state.step)
+    reference = evaluator.baselines()
+    final = curve[-1]
+    collapsed = bool(final["abs_rel"] >= COLLAPSE_RATIO * reference["constant_depth_abs_rel"])
+    from sfm_ros.config import to_dict
+
+    return {"source": str(source), "preset": str(preset) if preset else None, "overrides": list(overrides),
+            "seed": seed, "steps": trainer.state.step, "input": [config.data.height, config.data.width],
+            "batch": config.optim.batch_size, "device": str(trainer.device), "speed_path": summary["speed_path"],
+            "train_s": train_s, "seconds_per_step": train_s / max(trainer.state.step, 1),
+            "curve": curve, "final": final, "baselines": reference, "collapsed": collapsed,
+            "health_warnings": summary.get("health_warnings", []), "config": to_dict(config)}
+
+
+def plot_learning_curves(path: Path, runs: dict[str, list[dict[str, Any]]]) -> Path:
+    """abs_rel and snippet ATE against steps, one colour per variant (a line per seed), baselines dashed."""
+    from sfm_ros.report import _pyplot
+
+    plt = _pyplot()
+    figure, (depth_axis, pose_axis) = plt.subplots(1, 2, figsize=(12, 4.2))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    reference = None
+    for i, (name, records) in enumerate(runs.items()):
+        for j, record in enumerate(records):
+            steps = [row["step"] for row in record["curve"]]
+            label = name if j == 0 else None
+            colour = colours[i % len(colours)]
+            depth_axis.plot(steps, [row["abs_rel"] for row in record["curve"]], "-o", ms=3, color=colour,
+                            label=label, alpha=0.85)
+            pose_axis.plot(steps, [row["snippet_ate"] for row in record["curve"]], "-o", ms=3, color=colour,
+                           label=label, alpha=0.85)
+            reference = record["baselines"]
+    if reference is not None:
+        depth_axis.axhline(reference["constant_depth_abs_rel"], color="k", ls="--", label="constant depth")
+        pose_axis.axhline(reference["constant_forward_snippet_ate"], color="k", ls="--", label="constant forward")
+    depth_axis.set(xlabel="training step", ylabel="abs_rel (median-scaled)", title="depth on held-out streets")
+    pose_axis.set(xlabel="training step", ylabel="5-frame snippet ATE", title="motion on held-out streets")
+    for axis in (depth_axis, pose_axis):
+        axis.grid(True, alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def summarise(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per variant: mean and spread over seeds of the final scores, and the collapse count."""
+    rows = []
+    for name, records in runs.items():
+        row: dict[str, Any] = {"variant": name, "seeds": [r["seed"] for r in records],
+                               "steps": records[0]["steps"], "collapsed": sum(r["collapsed"] for r in records)}
+        for key in (*DEPTH_KEYS, "snippet_ate"):
+            values = np.array([r["final"][key] for r in records])
+            row[key] = float(values.mean())
+            row[f"{key}_min"], row[f"{key}_max"] = float(values.min()), float(values.max())
+        rows.append(row)
+    return rows
+
+
+def at_step(record: dict[str, Any], step: int) -> dict[str, Any]:
+    """The record as it stood at ``step`` of its curve (to tabulate a longer run at an earlier checkpoint)."""
+    row = next(r for r in record["curve"] if r["step"] == step)
+    collapsed = bool(row["abs_rel"] >= COLLAPSE_RATIO * record["baselines"]["constant_depth_abs_rel"])
+    return {**record, "final": row, "steps": step, "collapsed": collapsed}
+
+
+def load_variants(path: str | Path) -> dict[str, dict[str, Any]]:
+    """A variants file: ``name: {preset: PATH, set: [key=value, ...]}`` per variant, in order."""
+    import yaml
+
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must map variant names to {{preset, set}}")
+    variants = {}
+    for name, spec in data.items():
+        spec = spec or {}
+        unknown = set(spec) - {"preset", "set", "note"}
+        if unknown:
+            raise ValueError(f"{path}: variant {name!r} has unknown keys {sorted(unknown)} (preset, set, note)")
+        variants[str(name)] = {"preset": spec.get("preset"), "set": list(spec.get("set", [])),
+                               "note": spec.get("note", "")}
+    return variants
+
+
+def bench_learning(source: str | Path, variants: dict[str, dict[str, Any]], steps: int, eval_every: int,
+                   seeds: list[int], output: str | Path, work_dir: str | Path | None = None,
+                   height: int | None = None, width: int | None = None, progress: bool = True,
+                   max_depth_frames: int = 0) -> dict[str, Any]:
+    """Run every (variant, seed); each record is saved as it finishes and reused by a rerun (resumable ablation).
+
+    Writes ``learning.json`` and ``learning_curves.png`` into ``output`` and returns the combined result.
+    """
+    from sfm_ros.bench import machine_description
+
+    output = Path(output)
+    records_dir = output / "records"
+    records_dir.mkdir(parents=True, exist_ok=True)
+    work_dir = Path(work_dir) if work_dir else output / "work"
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for name, spec in variants.items():
+        for seed in seeds:
+            path = records_dir / f"{name}_seed{seed}.json"
+            if path.is_file():
+                record = json.loads(path.read_text())
+                if record["steps"] >= steps and record.get("overrides") == spec["set"]:
+                    runs.setdefault(name, []).append(at_step(record, steps) if record["steps"] > steps
+                                                     else record)
+                    continue
+            if progress:
+                print(f"== {name} seed {seed}: {spec['preset']} {' '.join(spec['set'])}", flush=True)
+            record = run_learning(source, spec["preset"], spec["set"], steps, eval_every, seed, work_dir, height,
+                                  width, progress, max_depth_frames, run_name=name)
+            record["variant"] = name
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(record, indent=1))
+            tmp.replace(path)
+            runs.setdefault(name, []).append(record)
+    plot_learning_curves(output / "learning_curves.png", runs)
+    first = next(iter(runs.values()))[0]
+    result = {"benchmark": "learning", "source": str(source), "steps": steps, "seeds": seeds,
+              "input": first["input"], "batch": first["batch"], "device": first["device"],
+              "baselines": first["baselines"], "table": summarise(runs), "machine": machine_description(),
+              "variants": {name: {**spec, "runs": [{k: r[k] for k in ("seed", "final", "collapsed", "curve",
+                                                                       "seconds_per_step", "health_warnings")}
+                                                   for r in runs[name]]} for name, spec in variants.items()}}
+    (output / "learning.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A Markdown table of the summary (mean over seeds, min-max in brackets when several)."""
+    base = result["baselines"]
+    lines = ["| variant | seeds | abs_rel | sq_rel | rmse | a1 | 5-frame ATE | collapsed |",
+             "|---|---|---|---|---|---|---|---|",
+             f"| constant depth / constant forward | - | {base['constant_depth_abs_rel']:.3f} | "
+             f"{base['constant_depth_sq_rel']:.3f} | {base['constant_depth_rmse']:.2f} | "
+             f"{base['constant_depth_a1']:.3f} | {base['constant_forward_snippet_ate']:.4f} | - |"]
+
+    def cell(row: dict[str, Any], key: str, digits: int) -> str:
+        text = f"{row[key]:.{digits}f}"
+        if len(row["seeds"]) > 1:
+            text += f" ({row[f'{key}_min']:.{digits}f}-{row[f'{key}_max']:.{digits}f})"
+        return text
+
+    for row in result["table"]:
+        lines.append(f"| {row['variant']} | {len(row['seeds'])} | {cell(row, 'abs_rel', 3)} | {cell(row, 'sq_rel', 3)} "
+                     f"| {cell(row, 'rmse', 2)} | {cell(row, 'a1', 3)} | {cell(row, 'snippet_ate', 4)} | "
+                     f"{row['collapsed']}/{len(row['seeds'])} |")
+    return "\n".join(lines)
+
+
+def run_from_arguments(args: Any) -> dict[str, Any]:
+    """Resolve defaults (size by device, workers by cores) and run ``bench_learning``."""
+    import os
+
+    repo = Path(__file__).resolve().parents[1]
+    if args.data is None:
+        shared = repo.parent / "shared" / "data" / "synth_streets"
+        args.data = str(shared if shared.is_dir() else repo / "test" / "data" / "synth_streets")
+    if args.config is None:
+        args.config = str(repo / "config" / "train_recommended.yaml")
+    cuda = torch.cuda.is_available()
+    height = args.height or (128 if cuda else 64)
+    width = args.width or (416 if cuda else 208)
+    if args.variants:
+        variants = load_variants(args.variants)
+        if args.only:
+            missing = set(args.only) - set(variants)
+            if missing:
+                raise ValueError(f"--only names unknown variants {sorted(missing)}; the file has {list(variants)}")
+            variants = {name: spec for name, spec in variants.items() if name in args.only}
+    else:
+        variants = {Path(args.config).stem: {"preset": args.config, "set": list(args.set), "note": ""}}
+    cores = os.cpu_count() or 1
+    for spec in variants.values():
+        workers = args.workers
+        if workers is None:
+            preset_workers = load_train_config(spec["preset"]).data.workers
+            workers = min(preset_workers, max(cores - 2, 0))
+        spec["set"] = [*spec["set"], f"data.workers={workers}"]
+    return bench_learning(args.data, variants, args.steps, args.eval_every, args.seeds, args.output,
+                          height=height, width=width, progress=not args.quiet,
+                          max_depth_frames=args.max_depth_frames)
