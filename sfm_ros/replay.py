@@ -106,9 +106,9 @@ def replay_bag(bag: str | Path, pipeline: Pipeline, output: str | Path, *, realt
                 previews.append((f"frame {summary.frames_out - 1} ({unit})", frame.rgb, estimate.depth_m))
             stamps.append(frame.stamp_ns)
             poses.append(estimate.T_odom_camera)
-    bar.close()
-    if not stamps:
-        raise BagError(f"no frame of {bag} could be processed (malformed: {summary.malformed})")
+        bar.close()
+        if not stamps:  # raised inside the writer, so no empty output bag is renamed into place
+            raise BagError(f"no frame of {bag} could be processed (malformed: {summary.malformed})")
     poses_array = np.linalg.inv(poses[0]) @ np.asarray(poses)
     write_tum(summary.trajectory, np.asarray(stamps), poses_array)
     values = np.asarray(latencies)

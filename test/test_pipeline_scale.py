@@ -257,6 +257,20 @@ def test_replay_refuses_to_overwrite(odometry_bag: Path, small_bundle: Path, tmp
         replay_bag(odometry_bag, pipeline, tmp_path, progress=False)
 
 
+def test_replay_with_no_usable_frame_leaves_no_output_bag(odometry_bag: Path, tmp_path: Path) -> None:
+    from sfm_ros.bags import BagError
+    from sfm_ros.replay import replay_bag
+
+    class Refusing:
+        def process(self, *_args: object) -> None:
+            raise FrameError("camera intrinsics are unusable: K = [[0, 0, 0]]")
+
+    with pytest.raises(BagError, match="no frame of .* could be processed"):
+        replay_bag(odometry_bag, Refusing(), tmp_path, progress=False)
+    assert not (tmp_path / "sfm_output").exists()
+    assert [p.name for p in tmp_path.iterdir()] == []  # nor its hidden temporary folder
+
+
 def test_worker_keeps_the_newest_and_survives_errors() -> None:
     seen: list[int] = []
     gate = threading.Event()
