@@ -200,14 +200,29 @@ class PipelineConfig:
     min_pose_interval_s: float = param(0.0, "feed a frame to the pose window only this long after the last one "
                                             "(0.1 for a 10 Hz-trained model on a 30 Hz camera)", range=(0.0, 10.0))
     max_depth_m: float = param(80.0, "depth beyond this is published as +inf", range=(0.1, 1000.0))
-    translation_sigma: float = param(0.05, "odometry translation std-dev per frame as a fraction of the "
-                                           "step length (healthy scale)", range=(1e-4, 10.0))
-    rotation_sigma_rad: float = param(0.002, "odometry rotation std-dev per frame, radians", range=(1e-6, 1.0))
-    unscaled_sigma_factor: float = param(100.0, "covariance inflation when the metric scale is unhealthy",
-                                         range=(1.0, 1e6))
+    # The odometry covariance (sfm_ros.pipeline): each step adds the variance of its own error, which grows with the
+    # distance and rotation of that step and not with time, so a camera standing still keeps its uncertainty.
+    translation_sigma: float = param(0.05, "translation std-dev of a step as a fraction of its length (healthy "
+                                           "metric scale)", range=(1e-4, 10.0))
+    rotation_sigma_rad_per_m: float = param(5e-4, "rotation std-dev of a step per metre it travels, radians "
+                                                  "(5e-4: 2.9 deg per 100 m)", range=(0.0, 1.0))
+    rotation_sigma: float = param(0.05, "rotation std-dev of a step as a fraction of its rotation angle",
+                                  range=(0.0, 10.0))
+    unscaled_sigma_factor: float = param(10.0, "multiplies the standard deviations of steps whose scale is "
+                                               "unhealthy or not metric, and of the whole pose when tracking "
+                                               "restarts", range=(1.0, 1e6))
+    min_velocity_sigma_mps: float = param(0.05, "floor of the twist's linear std-dev, m/s (a still camera's "
+                                                "velocity is not known exactly)", range=(1e-6, 100.0))
+    min_angular_velocity_sigma_radps: float = param(0.01, "floor of the twist's angular std-dev, rad/s",
+                                                    range=(1e-6, 100.0))
     T_base_camera: tuple[float, ...] = param(
         (0.0, 0.0, 0.0, -0.5, 0.5, -0.5, 0.5),
         "camera optical frame in base_link: x y z qx qy qz qw (default: at the origin, REP 103 optical axes)")
+
+    def __post_init__(self) -> None:
+        if len(self.T_base_camera) != 7 or not sum(q * q for q in self.T_base_camera[3:]) > 1e-12:
+            raise ValueError(f"T_base_camera must be x y z qx qy qz qw with a non-zero quaternion, got "
+                             f"{list(self.T_base_camera)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,7 +241,8 @@ class NodeConfig:
     publish_tf: bool = param(True, "broadcast odom -> base_link")
     publish_mask: bool = param(False, "publish the explainability mask as mono8 (needs a mask-exporting bundle)")
     lookup_extrinsic_from_tf: bool = param(True, "read base_link -> camera from TF when available "
-                                                 "(else pipeline.T_base_camera)")
+                                                 "(else pipeline.T_base_camera); read-only: the TF listener is "
+                                                 "created at start", read_only=True)
     qos_reliability: str = param("best_effort", "image subscription reliability (sensor data QoS)",
                                  choices=("best_effort", "reliable"), read_only=True)
     qos_depth: int = param(1, "image subscription queue depth; 1 keeps only the newest frame", range=(1, 100),

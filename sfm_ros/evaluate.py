@@ -18,7 +18,8 @@ from sfm_ros.backends import Backend, preprocess
 from sfm_ros.metrics import DEPTH_METRICS, eigen_depth_evaluation, kitti_segment_errors, snippet_ates, trajectory_errors
 from sfm_ros.report import plot_depth_grid, plot_frame_errors, plot_trajectory, write_report
 
-__all__ = ["DepthSample", "depth_samples_from_drive", "depth_samples_from_list", "evaluate_depth",
+__all__ = ["DepthSample", "depth_samples_from_drive", "depth_samples_from_list", "evaluate_dense_depth",
+           "evaluate_depth",
            "evaluate_pose", "predict_depth", "read_tum", "run_sequence", "write_tum"]
 
 
@@ -120,11 +121,35 @@ def evaluate_depth(backend: Backend, samples: list[DepthSample], output: str | P
     return report
 
 
+def evaluate_dense_depth(backend: Backend, images: list[np.ndarray], truths: list[np.ndarray],
+                         output: str | Path | None = None, grid_rows: int = 4,
+                         truth_label: str = "exact depth") -> dict[str, Any]:
+    """Median-scaled depth metrics (cap 80 m, pixels with depth > 0, no crop) against dense ground truth, and a
+    grid of input / prediction / truth / error. images: uint8 RGB [H,W,3]; truths: [h,w] metres, 0 = none."""
+    if not images or len(images) != len(truths):
+        raise ValueError(f"need as many ground-truth maps as images, got {len(images)} and {len(truths)}")
+    rows, grid = [], []
+    pick = set(np.linspace(0, len(images) - 1, min(grid_rows, len(images))).astype(int).tolist())
+    for i, (rgb, truth) in enumerate(zip(images, truths, strict=True)):
+        pred = predict_depth(backend, rgb)
+        result = eigen_depth_evaluation(pred, truth, median_scaling=True, garg_crop=False)
+        rows.append(result.metrics)
+        if i in pick:
+            grid.append({"rgb": rgb, "pred": pred * result.scale_ratio, "gt": truth})
+    summary = {name: float(np.mean([r[name] for r in rows])) for name in DEPTH_METRICS}
+    if output is not None:
+        output = Path(output)
+        output.mkdir(parents=True, exist_ok=True)
+        plot_depth_grid(output / "depth_grid.png", grid, truth_label=truth_label)
+    return {"protocol": "median scaling, cap 80 m, pixels with depth > 0", "num_images": len(rows),
+            "metrics": summary, "backend": backend.description}
+
+
 def run_sequence(pipeline: Any, sequence: kitti.Sequence, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Run the pipeline over a KITTI sequence: ([N] stamps ns, [N,4,4] camera poses in the first camera frame)."""
     from tqdm import tqdm
 
-    from sfm_ros.ros_io import CameraModel
+    from sfm_ros.camera import CameraModel
 
     height, width = sequence.size
     camera = CameraModel(K=sequence.K, height=height, width=width)

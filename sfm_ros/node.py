@@ -7,9 +7,12 @@ Publishes: ``depth`` (32FC1 metres, the input header), ``depth/camera_info``, ``
 non-zero covariance), TF odom -> base_link (``publish_tf``), ``explainability`` (mono8, ``publish_mask``),
 and ``/diagnostics``. Service: ``reset`` (std_srvs/Trigger).
 
-Parameters are declared from the ``NodeConfig`` dataclass (description, range, choices, read-only), read once
-into the config, and validated before anything heavy loads. Images are subscribed with the sensor-data QoS at
-depth 1 (overridable through ROS QoS overrides); the callback only hands the newest message to the worker.
+Parameters are declared from the ``NodeConfig`` dataclass (description, range, choices, read-only) and validated
+before anything heavy loads. A writable parameter set at run time is validated the same way and then applied from
+the next frame on (frame ids, publish_tf, publish_mask, the pipeline's and the scale's settings); the rest are
+read-only, each saying why. Images are subscribed with the sensor-data QoS at depth 1 (overridable through ROS QoS
+overrides); the callback only hands the newest message to the worker thread, and everything that touches the
+pipeline (frames, resets, speeds, new settings) runs on that one thread.
 """
 
 from __future__ import annotations
@@ -32,27 +35,25 @@ from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_srvs.srv import Trigger
 
+from sfm_ros.camera import CameraModel
 from sfm_ros.config import ConfigError, NodeConfig, from_dict, nest, parameter_table
 from sfm_ros.geometry import quaternion_to_rotation
 from sfm_ros.pipeline import Pipeline
 from sfm_ros.ros_io import (
-    CameraModel,
     ImageError,
     MessageTypes,
     camera_info_to_model,
     compressed_to_rgb,
     cv_bridge_to_rgb,
-    depth_to_image_msg,
+    estimate_messages,
     image_to_rgb,
-    make_camera_info,
-    make_odometry,
-    make_transform,
-    mask_to_image_msg,
     stamp_to_ns,
 )
 from sfm_ros.worker import LatestFrameWorker
 
-__all__ = ["SfmNode", "main"]
+__all__ = ["SfmNode", "main", "validate_node_config"]
+
+RESET_TIMEOUT_S = 2.0
 
 
 def _descriptor(spec: Any) -> ParameterDescriptor:
@@ -76,6 +77,18 @@ def _tf2_ros() -> Any:
                           "it or set both parameters to false") from None
 
 
+def validate_node_config(values: dict[str, Any]) -> NodeConfig:
+    """The node's configuration from flat parameter values: the dataclass checks, then what only the node knows
+    (a speed topic for external speed, tf2_ros for TF). Raises ConfigError naming the problem."""
+    config = from_dict(NodeConfig, nest(values))
+    if config.scale.source == "external_speed" and not config.speed_topic:
+        raise ConfigError("scale.source external_speed needs speed_topic (set at start-up: the subscription is "
+                          "created then)")
+    if config.publish_tf or config.lookup_extrinsic_from_tf:
+        _tf2_ros()
+    return config
+
+
 def _choose_converter() -> tuple[Any, str]:
     """cv_bridge where it imports and converts correctly, else the package's own numpy conversion."""
     try:
@@ -96,8 +109,9 @@ class SfmNode(Node):
         for spec in specs:
             default = list(spec.default) if isinstance(spec.default, tuple) else spec.default
             self.declare_parameter(spec.name, default, _descriptor(spec))
+        self._parameter_names = {spec.name for spec in specs}
         values = {spec.name: self.get_parameter(spec.name).value for spec in specs}
-        self.config: NodeConfig = from_dict(NodeConfig, nest(values))  # validated here, before loading models
+        self.config: NodeConfig = validate_node_config(values)  # before loading models
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.pipeline = Pipeline(self.config.pipeline, self.config.scale)
         self.types = MessageTypes.from_rclpy()
@@ -126,9 +140,10 @@ class SfmNode(Node):
         self.depth_publisher = self.create_publisher(Image, "depth", 10)
         self.info_publisher = self.create_publisher(CameraInfo, "depth/camera_info", 10)
         self.odom_publisher = self.create_publisher(Odometry, "odom", 10)
-        self.mask_publisher = self.create_publisher(Image, "explainability", 10) if config.publish_mask else None
-        tf2 = _tf2_ros() if config.publish_tf or config.lookup_extrinsic_from_tf else None
-        self.tf_broadcaster = tf2.TransformBroadcaster(self) if config.publish_tf else None
+        self.mask_publisher = None
+        self.tf_broadcaster = None
+        self._create_optional_publishers(config)
+        tf2 = _tf2_ros() if config.lookup_extrinsic_from_tf else None
         self.tf_buffer = tf2.Buffer() if config.lookup_extrinsic_from_tf else None
         self.tf_listener = tf2.TransformListener(self.tf_buffer, self) if config.lookup_extrinsic_from_tf else None
         self._transform_exception = tf2.TransformException if tf2 is not None else Exception
@@ -137,7 +152,16 @@ class SfmNode(Node):
         self.create_timer(1.0, self._publish_diagnostics)
         self.worker = LatestFrameWorker(self._process, self._on_new_error)
         self._last_estimate: Any = None
+        self._last_stamp_ns: int | None = None
         self._started = time.monotonic()
+
+    def _create_optional_publishers(self, config: NodeConfig) -> None:
+        """The TF broadcaster and mask publisher, once first wanted (never destroyed: the worker may be using one;
+        turning the option off stops publishing)."""
+        if config.publish_tf and self.tf_broadcaster is None:
+            self.tf_broadcaster = _tf2_ros().TransformBroadcaster(self)
+        if config.publish_mask and self.mask_publisher is None:
+            self.mask_publisher = self.create_publisher(Image, "explainability", 10)
 
     # ---- callbacks (cheap: the worker does the work) ----------------------------------------------------
     def _on_image(self, msg: Any) -> None:
@@ -151,21 +175,40 @@ class SfmNode(Node):
 
     def _on_speed(self, msg: Any) -> None:
         v = msg.twist.twist.linear if isinstance(msg, Odometry) else msg.twist.linear
-        self.pipeline.set_speed(float(np.linalg.norm([v.x, v.y, v.z])))
+        speed = float(np.linalg.norm([v.x, v.y, v.z]))
+        self.worker.call(lambda: self.pipeline.scale_estimator.observe_speed(speed))
+
+    def _reset_on_worker(self) -> int | None:
+        self.pipeline.reset("reset service called")
+        return self._last_stamp_ns
 
     def _on_reset(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        self.pipeline.reset("reset service called")
-        response.success, response.message = True, "odometry and pose window reset"
+        try:
+            last = self.worker.call(self._reset_on_worker, timeout_s=RESET_TIMEOUT_S)
+        except TimeoutError:
+            response.success = False
+            response.message = (f"the inference thread is busy for over {RESET_TIMEOUT_S} s; the reset is queued and "
+                                "applies before its next frame")
+            return response
+        after = f" after the frame stamped {last} ns" if last is not None else ""
+        response.success, response.message = True, f"odometry and pose window reset{after}"
         return response
 
     def _on_set_parameters(self, parameters: list[Any]) -> SetParametersResult:
-        values = {spec.name: self.get_parameter(spec.name).value for spec in parameter_table(NodeConfig)}
-        # Only our parameters: use_sim_time and diagnostic_updater.period belong to rclpy and the updater.
-        values.update({p.name: p.value for p in parameters if p.name in values})
+        ours = [p for p in parameters if p.name in self._parameter_names]
+        if not ours:  # use_sim_time and the like belong to rclpy
+            return SetParametersResult(successful=True)
+        values = {name: self.get_parameter(name).value for name in self._parameter_names}
+        values.update({p.name: p.value for p in ours})
         try:
-            from_dict(NodeConfig, nest(values))
+            config = validate_node_config(values)
+            self._create_optional_publishers(config)
         except ConfigError as exc:
             return SetParametersResult(successful=False, reason=str(exc))
+        if config.pipeline != self.config.pipeline or config.scale != self.config.scale:
+            self.worker.call(lambda: self.pipeline.configure(config.pipeline, config.scale))
+        self.config = config  # frame ids and publishing options: read once per frame by the worker
+        self.get_logger().info(f"parameters set: {', '.join(f'{p.name}={p.value!r}' for p in ours)}")
         return SetParametersResult(successful=True)
 
     def _on_new_error(self, kind: str, exc: BaseException) -> None:
@@ -196,24 +239,26 @@ class SfmNode(Node):
         self.pipeline.set_extrinsic(T)
 
     def _process(self, msg: Any) -> None:
+        config = self.config  # one snapshot per frame: a parameter change applies from the next frame on
         rgb = compressed_to_rgb(msg) if isinstance(msg, CompressedImage) else self.convert_image(msg)
         camera = self._camera_for(msg, *rgb.shape[:2])
-        camera_frame = self.config.camera_frame or msg.header.frame_id
+        camera_frame = config.camera_frame or msg.header.frame_id
         self._update_extrinsic(camera_frame)
-        estimate = self.pipeline.process(stamp_to_ns(msg.header.stamp), rgb, camera)
+        stamp_ns = stamp_to_ns(msg.header.stamp)
+        estimate = self.pipeline.process(stamp_ns, rgb, camera)
+        self._last_stamp_ns = stamp_ns
         for event in estimate.events:
             self.get_logger().info(event, throttle_duration_sec=2.0)
-        header = msg.header
-        self.depth_publisher.publish(depth_to_image_msg(self.types, estimate.depth_m, header))
-        self.info_publisher.publish(make_camera_info(self.types, estimate.camera_info_scaled, header))
-        odom_header = type(header)(stamp=header.stamp, frame_id=self.config.odom_frame)
-        self.odom_publisher.publish(make_odometry(self.types, odom_header, self.config.base_frame,
-                                                  estimate.T_odom_base, estimate.covariance))
-        if self.tf_broadcaster is not None:
-            self.tf_broadcaster.sendTransform(make_transform(self.types, odom_header, self.config.base_frame,
-                                                             estimate.T_odom_base))
-        if self.mask_publisher is not None and estimate.mask is not None:
-            self.mask_publisher.publish(mask_to_image_msg(self.types, estimate.mask, header))
+        messages = estimate_messages(self.types, estimate, msg.header, config.odom_frame, config.base_frame,
+                                     with_transform=config.publish_tf and self.tf_broadcaster is not None,
+                                     with_mask=config.publish_mask and self.mask_publisher is not None)
+        self.depth_publisher.publish(messages.depth)
+        self.info_publisher.publish(messages.depth_info)
+        self.odom_publisher.publish(messages.odometry)
+        if messages.transform is not None:
+            self.tf_broadcaster.sendTransform(messages.transform)
+        if messages.mask is not None:
+            self.mask_publisher.publish(messages.mask)
         self._last_estimate = estimate
 
     def diagnostic_status(self) -> DiagnosticStatus:

@@ -18,14 +18,17 @@ import cv2
 import numpy as np
 
 from sfm_ros.backends import Backend, make_backend, preprocess
+from sfm_ros.camera import CameraModel
 from sfm_ros.config import PipelineConfig, ScaleConfig
 from sfm_ros.geometry import invert_transform, pose_vec_to_mat, quaternion_to_rotation, scale_intrinsics
-from sfm_ros.ros_io import CameraModel
 from sfm_ros.scale import ExternalSpeedScale, ScaleEstimate, make_scale_estimator
 
 __all__ = ["Estimate", "FrameError", "Pipeline"]
 
-MIN_TRANSLATION_SIGMA_M = 1e-3
+# The pose covariance at a (re)start: never zero, so no estimator divides by it.
+INITIAL_SIGMA_M, INITIAL_SIGMA_RAD = 1e-3, 1e-3
+# A twist that is not known (no motion estimate yet): zero velocity with this variance, which an EKF ignores.
+UNKNOWN_TWIST_VARIANCE = 1e6
 
 
 class FrameError(ValueError):
@@ -39,8 +42,10 @@ class Estimate:
     depth_m: [h,w] float32 metres (+inf beyond max_depth_m; up-to-scale units when scale.metric is False);
     camera_info_scaled: the camera model matching depth_m's size; T_odom_camera / T_odom_base: [4,4] poses in
     the odom frame; T_prev_current: [4,4] motion of this frame in the previous pose frame (None without a
-    pose yet); covariance: [6,6] of T_odom_base (x y z roll pitch yaw), never zero; mask: explainability of
-    this frame w.r.t. the previous one [h,w] or None; events: resets and warnings of this frame.
+    pose yet); covariance: [6,6] of T_odom_base (x y z roll pitch yaw), never zero; twist: [6] velocity of
+    base_link in its own frame (vx vy vz wx wy wz: the last step over its time) or None before the first step;
+    twist_covariance: [6,6] (UNKNOWN_TWIST_VARIANCE on the diagonal without a twist); dt_s: time of the last step;
+    mask: explainability of this frame w.r.t. the previous one [h,w] or None; events: resets and warnings.
     """
 
     stamp_ns: int
@@ -54,6 +59,10 @@ class Estimate:
     timings_ms: dict[str, float]
     mask: np.ndarray | None = None
     events: tuple[str, ...] = ()
+    twist: np.ndarray | None = None
+    twist_covariance: np.ndarray = dataclasses.field(
+        default_factory=lambda: np.eye(6) * UNKNOWN_TWIST_VARIANCE)
+    dt_s: float | None = None
 
     @property
     def scale_source(self) -> str:
@@ -94,10 +103,24 @@ class Pipeline:
         self._window: collections.deque[tuple[int, np.ndarray]] = collections.deque(maxlen=self.window_length)
         self._window_complete = False  # has a full window been used since the last (re)start
         self._T_world_camera = np.eye(4)
-        self._covariance = np.diag([MIN_TRANSLATION_SIGMA_M**2] * 3 + [self.config.rotation_sigma_rad**2] * 3)
+        self._covariance = np.diag([INITIAL_SIGMA_M**2] * 3 + [INITIAL_SIGMA_RAD**2] * 3)
         self._last_stamp: int | None = None
         self._input_size: tuple[int, int] | None = None
         self._pending_events = [f"reset: {reason}"]
+
+    def configure(self, config: PipelineConfig, scale_config: ScaleConfig) -> None:
+        """Apply changed settings from the next frame on. What loads the backend (bundle, backend, device,
+        precision, threads, engine cache) cannot change here; changed scale settings start a new scale estimate."""
+        fixed = ("bundle", "backend", "device", "precision", "threads", "engine_cache_dir")
+        changed = [name for name in fixed if getattr(config, name) != getattr(self.config, name)]
+        if changed:
+            raise ValueError(f"pipeline settings {changed} load the model: restart to change them")
+        if config.T_base_camera != self.config.T_base_camera:
+            self.T_base_camera = _base_camera_transform(config.T_base_camera)
+        if scale_config != self.scale_config:
+            self.scale_estimator = make_scale_estimator(scale_config)
+            self.scale_config = scale_config
+        self.config = config
 
     def set_extrinsic(self, T_base_camera: np.ndarray) -> None:
         """Camera optical frame in base_link (from TF), [4,4]."""
@@ -109,10 +132,11 @@ class Pipeline:
             self.scale_estimator.set_speed(speed_mps)
 
     def _restart_tracking(self, reason: str) -> None:
-        """Keep the odometry pose, drop the window, and inflate the covariance (we lost continuity)."""
+        """Keep the odometry pose, drop the window, and inflate the covariance (we lost continuity): every standard
+        deviation times ``unscaled_sigma_factor``."""
         self._window.clear()
         self._window_complete = False
-        self._covariance = self._covariance * self.config.unscaled_sigma_factor
+        self._covariance = self._covariance * self.config.unscaled_sigma_factor**2
         self._pending_events.append(f"tracking restarted: {reason}")
 
     # ---- per frame -------------------------------------------------------------------------------------
@@ -176,11 +200,15 @@ class Pipeline:
             T_catch_up[:3, 3] *= scale.factor
             self._T_world_camera = self._T_world_camera @ T_catch_up
             self._covariance = self._covariance + self._step_covariance(T_catch_up, scale)
+        twist, twist_covariance = None, np.eye(6) * UNKNOWN_TWIST_VARIANCE
         if T_prev_current is not None:
             T_prev_current = T_prev_current.copy()
             T_prev_current[:3, 3] *= scale.factor
             self._T_world_camera = self._T_world_camera @ T_prev_current
-            self._covariance = self._covariance + self._step_covariance(T_prev_current, scale)
+            step_covariance = self._step_covariance(T_prev_current, scale)
+            self._covariance = self._covariance + step_covariance
+            if dt_s:
+                twist, twist_covariance = self._twist(T_prev_current, step_covariance, dt_s)
         depth_m = (depth_units * scale.factor).astype(np.float32)
         depth_m[depth_m > self.config.max_depth_m] = np.inf
         info = CameraModel(K=K_net, height=height, width=width, frame_id=camera.frame_id)
@@ -196,8 +224,9 @@ class Pipeline:
                    "total": (time.perf_counter() - tick) * 1e3}
         return Estimate(stamp_ns=stamp_ns, depth_m=depth_m, camera_info_scaled=info,
                         T_odom_camera=T_odom_base @ self.T_base_camera, T_odom_base=T_odom_base,
-                        T_prev_current=T_prev_current, covariance=self._covariance_in_base(), scale=scale,
-                        timings_ms=timings, mask=mask, events=tuple(events))
+                        T_prev_current=T_prev_current, covariance=self._in_base_axes(self._covariance),
+                        scale=scale, timings_ms=timings, mask=mask, events=tuple(events), twist=twist,
+                        twist_covariance=twist_covariance, dt_s=dt_s if T_prev_current is not None else None)
 
     def _relative_pose(self, first: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """Poses from the window (network units): frame t in frame t-1's camera; on the ``first`` full window also
@@ -219,17 +248,33 @@ class Pipeline:
         mask = masks[source_frames.index(last)] if masks is not None else None
         return invert_transform(T_current_prev), T_catch_up, mask
 
-    def _step_covariance(self, T_prev_current: np.ndarray, scale: ScaleEstimate) -> np.ndarray:
-        """Per-frame covariance (camera frame): translation std proportional to the step, inflated when the
-        scale is unhealthy or not metric."""
-        step = float(np.linalg.norm(T_prev_current[:3, 3]))
-        sigma_t = max(self.config.translation_sigma * step, MIN_TRANSLATION_SIGMA_M)
-        sigma_r = self.config.rotation_sigma_rad
-        inflation = 1.0 if scale.healthy and scale.metric else self.config.unscaled_sigma_factor
-        return np.diag([(sigma_t * inflation) ** 2] * 3 + [sigma_r**2] * 3)
+    def _step_covariance(self, T_step: np.ndarray, scale: ScaleEstimate) -> np.ndarray:
+        """Covariance [6,6] of one step's error (camera axes): translation std ``translation_sigma`` x its length,
+        rotation std ``rotation_sigma_rad_per_m`` x its length + ``rotation_sigma`` x its angle; both times
+        ``unscaled_sigma_factor`` when the scale is unhealthy or not metric. A step of no motion adds nothing."""
+        config = self.config
+        length = float(np.linalg.norm(T_step[:3, 3]))
+        angle = float(np.linalg.norm(cv2.Rodrigues(T_step[:3, :3])[0]))
+        inflation = 1.0 if scale.healthy and scale.metric else config.unscaled_sigma_factor
+        sigma_t = config.translation_sigma * length * inflation
+        sigma_r = (config.rotation_sigma_rad_per_m * length + config.rotation_sigma * angle) * inflation
+        return np.diag([sigma_t**2] * 3 + [sigma_r**2] * 3)
 
-    def _covariance_in_base(self) -> np.ndarray:
-        """Rotate the accumulated camera-frame covariance into base_link axes."""
+    def _twist(self, T_step_camera: np.ndarray, step_covariance: np.ndarray, dt_s: float
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Velocity of base_link in its own frame from the last step, and its covariance: the step's, over dt^2,
+        with the floors ``min_velocity_sigma_mps`` and ``min_angular_velocity_sigma_radps``."""
+        T_step = self.T_base_camera @ T_step_camera @ invert_transform(self.T_base_camera)
+        rotation = T_step[:3, :3]
+        linear = rotation.T @ T_step[:3, 3] / dt_s  # the step's displacement, in the frame it ends in
+        angular = cv2.Rodrigues(rotation)[0].ravel() / dt_s
+        covariance = self._in_base_axes(step_covariance) / dt_s**2
+        floors = [self.config.min_velocity_sigma_mps**2] * 3 + [self.config.min_angular_velocity_sigma_radps**2] * 3
+        covariance[np.diag_indices(6)] = np.maximum(np.diag(covariance), floors)
+        return np.concatenate([linear, angular]), covariance
+
+    def _in_base_axes(self, covariance: np.ndarray) -> np.ndarray:
+        """A [6,6] covariance in camera axes, rotated into base_link axes."""
         rotation = np.zeros((6, 6))
         rotation[:3, :3] = rotation[3:, 3:] = self.T_base_camera[:3, :3]
-        return rotation @ self._covariance @ rotation.T
+        return rotation @ covariance @ rotation.T

@@ -17,14 +17,7 @@ import numpy as np
 
 from sfm_ros.bags import BagError, BagWriter, read_camera_frames, read_odometry
 from sfm_ros.pipeline import FrameError, Pipeline
-from sfm_ros.ros_io import (
-    depth_to_image_msg,
-    make_camera_info,
-    make_header,
-    make_odometry,
-    make_transform,
-    mask_to_image_msg,
-)
+from sfm_ros.ros_io import estimate_messages, make_header
 from sfm_ros.worker import error_kind
 
 __all__ = ["ReplaySummary", "replay_bag"]
@@ -88,18 +81,15 @@ def replay_bag(bag: str | Path, pipeline: Pipeline, output: str | Path, *, realt
                 continue
             latencies.append((time.perf_counter() - tick) * 1e3)
             summary.events += [f"{frame.stamp_ns}: {e}" for e in estimate.events]
-            camera_frame = frame.frame_id or "camera_optical_frame"
-            header = make_header(types, frame.stamp_ns, camera_frame)
-            writer.write("/sfm/depth", depth_to_image_msg(types, estimate.depth_m, header), frame.stamp_ns)
-            writer.write("/sfm/depth/camera_info", make_camera_info(types, estimate.camera_info_scaled, header),
-                         frame.stamp_ns)
-            odom_header = make_header(types, frame.stamp_ns, odom_frame)
-            writer.write("/sfm/odom", make_odometry(types, odom_header, base_frame, estimate.T_odom_base,
-                                                    estimate.covariance), frame.stamp_ns)
-            writer.write("/tf", types.TFMessage(transforms=[make_transform(types, odom_header, base_frame,
-                                                                           estimate.T_odom_base)]), frame.stamp_ns)
-            if publish_mask and estimate.mask is not None:
-                writer.write("/sfm/explainability", mask_to_image_msg(types, estimate.mask, header), frame.stamp_ns)
+            header = make_header(types, frame.stamp_ns, frame.frame_id or "camera_optical_frame")
+            # The node's own composition of its outputs, so what is recorded here is what the node publishes.
+            messages = estimate_messages(types, estimate, header, odom_frame, base_frame, with_mask=publish_mask)
+            writer.write("/sfm/depth", messages.depth, frame.stamp_ns)
+            writer.write("/sfm/depth/camera_info", messages.depth_info, frame.stamp_ns)
+            writer.write("/sfm/odom", messages.odometry, frame.stamp_ns)
+            writer.write("/tf", types.TFMessage(transforms=[messages.transform]), frame.stamp_ns)
+            if messages.mask is not None:
+                writer.write("/sfm/explainability", messages.mask, frame.stamp_ns)
             summary.frames_out += 1
             if summary.frames_out % PREVIEW_EVERY == 1 and len(previews) < PREVIEW_ROWS:
                 unit = "m" if estimate.scale.metric else "network units"

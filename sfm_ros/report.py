@@ -75,8 +75,9 @@ def plot_frame_errors(path: Path, errors: dict[str, np.ndarray], ylabel: str, ti
     return _finish(plt, figure, axis, path, title)
 
 
-def plot_depth_grid(path: Path, rows: list[dict[str, np.ndarray]], max_depth: float = 80.0) -> Path:
-    """Rows of input / predicted depth / LiDAR ground truth / abs-rel error (each dict: rgb, pred, gt)."""
+def plot_depth_grid(path: Path, rows: list[dict[str, np.ndarray]], max_depth: float = 80.0,
+                    truth_label: str = "LiDAR ground truth") -> Path:
+    """Rows of input / predicted depth / ground truth / abs-rel error (each dict: rgb, pred, gt; gt 0 = none)."""
     import cv2
 
     plt = _pyplot()
@@ -92,7 +93,7 @@ def plot_depth_grid(path: Path, rows: list[dict[str, np.ndarray]], max_depth: fl
         dilated_error = cv2.dilate(error.astype(np.float32), np.ones((3, 3), np.uint8))
         panels = [row["rgb"], colorize_depth(pred, max_depth), colorize_depth(dilated_gt, max_depth),
                   dilated_error]
-        titles = ["input", "prediction (median-scaled)", "LiDAR ground truth", "abs rel error (0-0.5)"]
+        titles = ["input", "prediction (median-scaled)", truth_label, "abs rel error (0-0.5)"]
         for c, (panel, title) in enumerate(zip(panels, titles, strict=True)):
             axis = axes[r, c]
             if c == 3:

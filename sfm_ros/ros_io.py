@@ -15,16 +15,20 @@ from typing import Any
 import cv2
 import numpy as np
 
+from sfm_ros.camera import CameraModel
 from sfm_ros.geometry import rotation_to_quaternion
+from sfm_ros.pipeline import UNKNOWN_TWIST_VARIANCE, Estimate
 
 __all__ = [
     "CameraModel",
+    "EstimateMessages",
     "ImageError",
     "MessageTypes",
     "camera_info_to_model",
     "compressed_to_rgb",
     "cv_bridge_to_rgb",
     "depth_to_image_msg",
+    "estimate_messages",
     "image_to_rgb",
     "make_camera_info",
     "make_header",
@@ -38,18 +42,6 @@ __all__ = [
 
 class ImageError(ValueError):
     """An image or camera message cannot be converted (encoding, size, step, data length)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class CameraModel:
-    """Pinhole intrinsics of the incoming images: K [3,3] pixels at (height, width); frame_id is optical."""
-
-    K: np.ndarray
-    height: int
-    width: int
-    frame_id: str = "camera_optical_frame"
-    distortion_model: str = "plumb_bob"
-    D: tuple[float, ...] = ()
 
 
 # encoding -> (channels, numpy dtype, channel order to reach RGB)
@@ -269,9 +261,11 @@ def make_odometry(types: MessageTypes, header: Any, child_frame_id: str, T_odom_
                   covariance: np.ndarray, velocity: np.ndarray | None = None,
                   twist_covariance: np.ndarray | None = None) -> Any:
     """nav_msgs/Odometry: pose of ``child_frame_id`` in ``header.frame_id`` with a 6x6 covariance
-    (x y z roll pitch yaw); twist [vx vy vz wx wy wz] in the child frame."""
+    (x y z roll pitch yaw); twist [vx vy vz wx wy wz] in the child frame. Without a velocity the twist is zero with
+    the unknown-twist variance (1e6) on its diagonal, never the pose's covariance."""
     velocity = np.zeros(6) if velocity is None else np.asarray(velocity, dtype=np.float64)
-    twist_cov = np.asarray(covariance if twist_covariance is None else twist_covariance, dtype=np.float64)
+    twist_cov = np.asarray(np.eye(6) * UNKNOWN_TWIST_VARIANCE if twist_covariance is None else twist_covariance,
+                           dtype=np.float64)
     twist = types.Twist(linear=types.Vector3(x=float(velocity[0]), y=float(velocity[1]), z=float(velocity[2])),
                         angular=types.Vector3(x=float(velocity[3]), y=float(velocity[4]), z=float(velocity[5])))
     return types.Odometry(
@@ -290,3 +284,28 @@ def make_transform(types: MessageTypes, header: Any, child_frame_id: str, T_pare
     rotation = types.Quaternion(x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3]))
     return types.TransformStamped(header=header, child_frame_id=child_frame_id,
                                   transform=types.Transform(translation=translation, rotation=rotation))
+
+
+@dataclasses.dataclass(frozen=True)
+class EstimateMessages:
+    """What one frame's ``Estimate`` becomes, for the node to publish and replay to record alike."""
+
+    depth: Any  # sensor_msgs/Image 32FC1, the input's header
+    depth_info: Any  # sensor_msgs/CameraInfo of the depth's size
+    odometry: Any  # nav_msgs/Odometry odom -> base_link, pose and twist with covariances
+    transform: Any | None  # geometry_msgs/TransformStamped odom -> base_link, when TF is published
+    mask: Any | None  # sensor_msgs/Image mono8 explainability, when asked for and available
+
+
+def estimate_messages(types: MessageTypes, estimate: Estimate, header: Any, odom_frame: str, base_frame: str, *,
+                      with_transform: bool = True, with_mask: bool = False) -> EstimateMessages:
+    """The messages of one frame: depth and its CameraInfo in the input's header; Odometry (pose covariance, and the
+    body-frame twist with its own covariance, REP 105) and TF stamped like the input in ``odom_frame``."""
+    odom_header = types.Header(stamp=header.stamp, frame_id=odom_frame)
+    odometry = make_odometry(types, odom_header, base_frame, estimate.T_odom_base, estimate.covariance,
+                             velocity=estimate.twist, twist_covariance=estimate.twist_covariance)
+    transform = make_transform(types, odom_header, base_frame, estimate.T_odom_base) if with_transform else None
+    mask = (mask_to_image_msg(types, estimate.mask, header) if with_mask and estimate.mask is not None else None)
+    return EstimateMessages(depth=depth_to_image_msg(types, estimate.depth_m, header),
+                            depth_info=make_camera_info(types, estimate.camera_info_scaled, header),
+                            odometry=odometry, transform=transform, mask=mask)

@@ -175,7 +175,7 @@ def test_runtime_imports_without_torch(small_bundle: Path) -> None:
 import numpy as np
 from sfm_ros.pipeline import Pipeline
 from sfm_ros.config import PipelineConfig, ScaleConfig
-from sfm_ros.ros_io import CameraModel
+from sfm_ros.camera import CameraModel
 import sfm_ros.worker, sfm_ros.replay, sfm_ros.ros_io, sfm_ros.scale, sfm_ros.backends.onnxruntime_backend
 p = Pipeline(PipelineConfig(bundle={str(small_bundle)!r}, backend="auto"), ScaleConfig(source="none"))
 camera = CameraModel(K=np.array([[200.0, 0, 103.5], [0, 200, 31.5], [0, 0, 1]]), height=64, width=208)

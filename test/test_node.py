@@ -140,7 +140,8 @@ def test_missing_bundle_is_a_configuration_error(ros_context) -> None:  # pragma
 
     with pytest.raises(BundleError, match="does not exist"):
         SfmNode(context=ros_context, parameter_overrides=[Parameter("pipeline.bundle", value="/nonexistent/bundle"),
-                                                          Parameter("publish_tf", value=False)])
+                                                          Parameter("publish_tf", value=False),
+                                                          Parameter("lookup_extrinsic_from_tf", value=False)])
 
 
 class _StandInTf2:  # pragma: no cover - rclpy machines
@@ -232,3 +233,140 @@ def test_node_broadcasts_tf_and_reads_the_extrinsic_from_tf(  # pragma: no cover
     finally:
         node.destroy_node()
         helper.destroy_node()
+
+
+def _frames_and_camera():  # pragma: no cover - rclpy machines
+    from sfm_ros import kitti
+    from sfm_ros.camera import CameraModel
+    from test.conftest import ODOMETRY_06
+
+    sequence = kitti.kitti_odometry_sequence(ODOMETRY_06)
+    camera = CameraModel(K=sequence.K, height=sequence.size[0], width=sequence.size[1], frame_id="camera")
+    return [kitti.load_rgb(p) for p in sequence.image_paths[:12]], camera
+
+
+def test_parameters_apply_live_or_are_refused_with_the_reason(small_bundle: Path,
+                                                             ros_context) -> None:  # pragma: no cover - rclpy
+    from nav_msgs.msg import Odometry
+    from rclpy.parameter import Parameter
+    from sensor_msgs.msg import CameraInfo, Image
+
+    from sfm_ros.ros_io import MessageTypes, make_camera_info, make_header, rgb_to_image_msg
+
+    node, helper, executor = start_node(ros_context, small_bundle, tf=False)
+    depth, odometry = [], []
+    helper.create_subscription(Image, "depth", depth.append, 10)
+    helper.create_subscription(Odometry, "odom", odometry.append, 10)
+    image_publisher = helper.create_publisher(Image, "image", 10)
+    info_publisher = helper.create_publisher(CameraInfo, "camera_info", 10)
+    assert spin_until(executor, lambda: image_publisher.get_subscription_count() > 0)
+    types = MessageTypes.from_rclpy()
+    frames, camera = _frames_and_camera()
+
+    def send(i: int) -> None:
+        header = make_header(types, 1_000_000_000 + i * 100_000_000, "camera")
+        info_publisher.publish(make_camera_info(types, camera, header))
+        image_publisher.publish(rgb_to_image_msg(types, frames[i], header))
+        assert spin_until(executor, lambda: len(odometry) > i and len(depth) > i), f"no output for frame {i}"
+
+    try:
+        send(0)
+        assert odometry[0].header.frame_id == "odom"
+        assert np.isfinite(np.frombuffer(bytes(depth[0].data), "<f4")).any()
+        accepted = node.set_parameters([Parameter("odom_frame", value="odom_camera"),
+                                        Parameter("pipeline.max_depth_m", value=0.1)])
+        assert all(result.successful for result in accepted)
+        send(1)
+        assert odometry[1].header.frame_id == "odom_camera"  # applied from the next frame on
+        assert np.isinf(np.frombuffer(bytes(depth[1].data), "<f4")).all()  # every depth beyond 0.1 units
+        # Values only the node's own validation refuses (rclpy checks ranges, not these).
+        for name, value, reason in (("pipeline.depth_output_size", "huge", "depth_output_size"),
+                                    ("scale.source", "external_speed", "speed_topic"),
+                                    ("pipeline.T_base_camera", [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], "quaternion")):
+            refused = node.set_parameters([Parameter(name, value=value)])[0]
+            assert not refused.successful and reason in refused.reason, (name, refused.reason)
+        assert node.get_parameter("pipeline.depth_output_size").value == "network"
+        descriptor = node.describe_parameter("lookup_extrinsic_from_tf")
+        assert descriptor.read_only and "start" in descriptor.description
+    finally:
+        node.destroy_node()
+        helper.destroy_node()
+
+
+def test_resets_during_a_30_hz_stream(small_bundle: Path, ros_context) -> None:  # pragma: no cover - rclpy
+    from nav_msgs.msg import Odometry
+    from sensor_msgs.msg import CameraInfo, Image
+    from std_srvs.srv import Trigger
+
+    from sfm_ros.ros_io import MessageTypes, make_camera_info, make_header, rgb_to_image_msg
+
+    node, helper, executor = start_node(ros_context, small_bundle, tf=False)
+    odometry = []
+    helper.create_subscription(Odometry, "odom", odometry.append, 100)
+    image_publisher = helper.create_publisher(Image, "image", 10)
+    info_publisher = helper.create_publisher(CameraInfo, "camera_info", 10)
+    client = helper.create_client(Trigger, "reset")
+    assert spin_until(executor, lambda: image_publisher.get_subscription_count() > 0)
+    assert client.wait_for_service(timeout_sec=5)
+    types = MessageTypes.from_rclpy()
+    frames, camera = _frames_and_camera()
+    images = [rgb_to_image_msg(types, f, make_header(types, 0, "camera")) for f in frames]
+    responses = []
+    try:
+        for i in range(90):  # three seconds of a 30 Hz camera, a reset every 0.4 s
+            header = make_header(types, 1_000_000_000 + i * 33_333_333, "camera")
+            info_publisher.publish(make_camera_info(types, camera, header))
+            image = images[i % len(images)]
+            image.header = header
+            image_publisher.publish(image)
+            if i % 12 == 6:
+                future = client.call_async(Trigger.Request())
+                assert spin_until(executor, future.done, timeout_s=10)
+                responses.append(future.result())
+            deadline = time.monotonic() + 1 / 30
+            while time.monotonic() < deadline:
+                executor.spin_once(timeout_sec=0.005)
+        assert node.worker.wait_idle(10)
+        spin_until(executor, lambda: False, timeout_s=0.5)
+        assert not node.worker.errors, dict(node.worker.errors)
+        assert len(responses) == 7 and all(r.success for r in responses)
+        stamps = [m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec for m in odometry]
+        assert stamps == sorted(stamps)
+        checked = 0
+        for response in responses:
+            if "after the frame stamped" not in response.message:
+                continue
+            last = int(response.message.rsplit("stamped ", 1)[1].split()[0])
+            first_after = next((m for m, s in zip(odometry, stamps, strict=True) if s > last), None)
+            if first_after is None:
+                continue
+            p, q = first_after.pose.pose.position, first_after.pose.pose.orientation
+            assert (p.x, p.y, p.z, q.x, q.y, q.z, q.w) == (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0)
+            np.testing.assert_allclose(np.reshape(first_after.pose.covariance, (6, 6)), np.eye(6) * 1e-6, atol=1e-18)
+            checked += 1
+        assert checked >= 5
+    finally:
+        node.destroy_node()
+        helper.destroy_node()
+
+
+def test_without_tf2_ros_publishing_tf_is_a_clear_error(small_bundle: Path, ros_context,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:  # pragma: no cover
+    import sys
+
+    from rclpy.parameter import Parameter
+
+    from sfm_ros.config import ConfigError
+    from sfm_ros.node import SfmNode
+
+    monkeypatch.setitem(sys.modules, "tf2_ros", None)  # import fails, as on a machine without it
+    base = [Parameter("pipeline.bundle", value=str(small_bundle)), Parameter("pipeline.backend", value="onnxruntime")]
+    with pytest.raises(ConfigError, match="need the ROS package tf2_ros"):
+        SfmNode(context=ros_context, parameter_overrides=[*base, Parameter("publish_tf", value=True)])
+    node = SfmNode(context=ros_context, parameter_overrides=[*base, Parameter("publish_tf", value=False),
+                                                             Parameter("lookup_extrinsic_from_tf", value=False)])
+    try:
+        refused = node.set_parameters([Parameter("publish_tf", value=True)])[0]
+        assert not refused.successful and "tf2_ros" in refused.reason
+    finally:
+        node.destroy_node()

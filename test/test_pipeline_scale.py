@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from sfm_ros.bags import read_camera_frames, read_odometry
+from sfm_ros.camera import CameraModel
 from sfm_ros.config import PipelineConfig, ScaleConfig
 from sfm_ros.geometry import backproject, pose_vec_to_mat
 from sfm_ros.pipeline import FrameError, Pipeline
-from sfm_ros.ros_io import CameraModel
 from sfm_ros.scale import ExternalSpeedScale, GroundPlaneScale, fit_ground_plane
 from sfm_ros.worker import LatestFrameWorker
 
@@ -105,6 +105,62 @@ def test_covariance_grows_never_zero_and_inflates_on_resets() -> None:
     assert any("time went backwards" in e for e in backwards.events)
     assert np.trace(backwards.covariance) > traces[-1] * 10
     assert backwards.T_prev_current is None  # the window restarted
+
+
+INITIAL = np.diag([1e-6] * 3 + [1e-6] * 3)  # the pose covariance at a (re)start: 1 mm and 1 mrad
+
+
+def test_covariance_is_the_sum_of_step_errors_that_grow_with_motion_not_time() -> None:
+    pipeline, _ = fake_pipeline()  # fixed metric scale x2: each step moves 0.1 x 2 = 0.2 m forward
+    estimates = [pipeline.process(i * 100_000_000, frame(), CAMERA) for i in range(4)]
+    np.testing.assert_allclose(estimates[0].covariance, INITIAL, atol=1e-15)
+    np.testing.assert_allclose(estimates[1].covariance, INITIAL, atol=1e-15)
+    # A step of 0.2 m: translation std 0.05 x 0.2 = 0.01 m (variance 1e-4 on each axis), rotation std 5e-4 x 0.2 =
+    # 1e-4 rad (variance 1e-8). Frame 2 adds two steps (the first window's catch-up and its own), frame 3 one more.
+    for frame_index, steps in ((2, 2), (3, 3)):
+        expected = INITIAL + steps * np.diag([1e-4] * 3 + [1e-8] * 3)
+        np.testing.assert_allclose(estimates[frame_index].covariance, expected, rtol=1e-6, atol=1e-15)
+    # Standing still at 30 Hz for a second adds nothing.
+    still, still_backend = fake_pipeline()
+    still_backend.pose = np.zeros(6)
+    for i in range(30):
+        estimate = still.process(i * 33_333_333, frame(), CAMERA)
+    np.testing.assert_allclose(estimate.covariance, INITIAL, atol=1e-15)
+
+
+def test_unhealthy_scale_and_restarts_multiply_standard_deviations_alike() -> None:
+    pipeline, _ = fake_pipeline(scale=ScaleConfig(source="none"))  # not metric: steps of 0.1 network units
+    estimates = [pipeline.process(i * 100_000_000, frame(), CAMERA) for i in range(3)]
+    # sigma = 0.05 x 0.1 x 10 (unscaled_sigma_factor) = 0.05 -> variance 2.5e-3 per step, two steps at frame 2.
+    np.testing.assert_allclose(np.diag(estimates[2].covariance)[:3], 1e-6 + 2 * 2.5e-3, rtol=1e-6)
+    restarted = pipeline.process(0, frame(), CAMERA)  # time went backwards
+    np.testing.assert_allclose(restarted.covariance, estimates[2].covariance * 10**2, rtol=1e-6)
+    pipeline.reset("test")
+    after_reset = pipeline.process(10**9, frame(), CAMERA)
+    np.testing.assert_allclose(after_reset.T_odom_base, np.eye(4), atol=1e-15)
+    np.testing.assert_allclose(after_reset.covariance, INITIAL, atol=1e-15)
+
+
+def test_twist_is_the_body_velocity_of_the_last_step() -> None:
+    pipeline, backend = fake_pipeline()
+    estimates = [pipeline.process(i * 100_000_000, frame(), CAMERA) for i in range(3)]
+    assert estimates[1].twist is None and np.all(np.diag(estimates[1].twist_covariance) >= 1e6)
+    # 0.2 m forward in 0.1 s: 2 m/s along base_link x; std 0.01 m / 0.1 s = 0.1 m/s (above the 0.05 floor),
+    # angular std 1e-4 rad / 0.1 s = 1e-3 rad/s, below the floor 0.01.
+    np.testing.assert_allclose(estimates[2].twist, [2.0, 0, 0, 0, 0, 0], atol=1e-9)
+    np.testing.assert_allclose(np.diag(estimates[2].twist_covariance), [1e-2] * 3 + [1e-4] * 3, rtol=1e-6)
+    assert estimates[2].dt_s == pytest.approx(0.1)
+    # A yaw of 0.05 rad a frame about the optical y axis (down) is a left turn about base_link z: +0.5 rad/s.
+    turning, backend = fake_pipeline()
+    backend.pose = np.array([0, 0, 0, 0, 0.05, 0])
+    estimates = [turning.process(i * 100_000_000, frame(), CAMERA) for i in range(3)]
+    np.testing.assert_allclose(estimates[2].twist, [0, 0, 0, 0, 0, 0.5], atol=1e-9)
+    # At 30 Hz with min_pose_interval_s 0.09 the step spans the frames it skipped: 0.2 m in 0.1 s.
+    fast, _ = fake_pipeline(min_pose_interval_s=0.09)
+    estimates = [fast.process(i * 33_333_333, frame(), CAMERA) for i in range(0, 10)]
+    with_twist = [e for e in estimates if e.twist is not None]
+    assert with_twist and with_twist[0].dt_s == pytest.approx(0.1)
+    np.testing.assert_allclose(with_twist[0].twist[0], 0.2 / 0.1, rtol=1e-6)
 
 
 def test_gaps_size_changes_and_bad_frames() -> None:
@@ -297,6 +353,36 @@ def test_worker_keeps_the_newest_and_survives_errors() -> None:
     assert worker.wait_idle()
     worker.stop()
     assert seen[-1] == 40 and worker.errors["ValueError: bad frame"] == 2 and reported == ["ValueError: bad frame"]
+
+
+def test_worker_commands_run_on_its_thread_between_items() -> None:
+    threads: dict[str, list[str]] = {"items": [], "commands": []}
+    order: list[str] = []
+    gate = threading.Event()
+
+    def handler(item: int) -> None:
+        gate.wait(5)
+        threads["items"].append(threading.current_thread().name)
+        order.append(f"item {item}")
+
+    worker = LatestFrameWorker(handler)
+    worker.submit(0)
+    time.sleep(0.05)  # inside item 0
+    worker.submit(1)
+    worker.call(lambda: order.append("command"))  # queued behind item 0, ahead of item 1
+    gate.set()
+    assert worker.call(lambda: threads["commands"].append(threading.current_thread().name) or 42, timeout_s=5) == 42
+    assert worker.wait_idle()
+    assert order == ["item 0", "command", "item 1"]
+    assert set(threads["items"]) == set(threads["commands"]) == {"sfm-inference"}
+    with pytest.raises(ZeroDivisionError):
+        worker.call(lambda: 1 / 0, timeout_s=5)
+    blocker = threading.Event()
+    worker.call(blocker.wait)  # the worker is busy until the blocker is set
+    with pytest.raises(TimeoutError):
+        worker.call(lambda: None, timeout_s=0.05)
+    blocker.set()
+    worker.stop()
 
 
 def test_metric_depth_evaluation_on_lidar_with_camera_height_scale(tmp_path: Path) -> None:

@@ -137,7 +137,7 @@ import numpy as np
 from sfm_ros.cli import main
 from sfm_ros.pipeline import Pipeline
 from sfm_ros.config import PipelineConfig, ScaleConfig
-from sfm_ros.ros_io import CameraModel
+from sfm_ros.camera import CameraModel
 assert main(["quantize", {str(folder)!r}, {str(odometry_bag)!r}, "--windows", "16"]) == 0
 config = PipelineConfig(bundle={str(folder)!r}, backend="onnxruntime", precision="int8")
 p = Pipeline(config, ScaleConfig(source="none"))

@@ -138,3 +138,35 @@ def test_odometry_and_transform_carry_pose_and_covariance() -> None:
     tf = cdr_round_trip(ros_io.make_transform(TYPES, header, "base_link", T))
     assert (tf.header.frame_id, tf.child_frame_id) == ("odom", "base_link")
     assert tf.transform.translation.x == pytest.approx(1.0)
+
+
+def test_an_estimate_becomes_the_messages_node_and_replay_share() -> None:
+    from sfm_ros.camera import CameraModel
+    from sfm_ros.pipeline import Estimate
+    from sfm_ros.scale import ScaleEstimate, ScaleSource
+
+    T = pose_vec_to_mat(np.array([1.0, 2.0, 3.0, 0.0, 0.0, 0.3]))
+    covariance = np.diag([1e-4, 2e-4, 3e-4, 1e-6, 2e-6, 3e-6])
+    twist_covariance = np.diag([0.01, 0.02, 0.03, 1e-4, 2e-4, 3e-4])
+    estimate = Estimate(stamp_ns=5, depth_m=np.full((4, 6), 7.0, np.float32),
+                        camera_info_scaled=CameraModel(K=np.diag([10.0, 10.0, 1.0]), height=4, width=6, frame_id="c"),
+                        T_odom_camera=T, T_odom_base=T, T_prev_current=np.eye(4), covariance=covariance,
+                        scale=ScaleEstimate(1.0, True, ScaleSource.FIXED), timings_ms={},
+                        mask=np.full((4, 6), 0.5), twist=np.array([2.0, 0.0, 0.0, 0.0, 0.0, 0.5]),
+                        twist_covariance=twist_covariance, dt_s=0.1)
+    header = ros_io.make_header(TYPES, 5, "camera_optical")
+    messages = ros_io.estimate_messages(TYPES, estimate, header, "odom", "base_link", with_mask=True)
+    odometry = cdr_round_trip(messages.odometry)
+    assert (odometry.header.frame_id, odometry.child_frame_id) == ("odom", "base_link")
+    assert (odometry.twist.twist.linear.x, odometry.twist.twist.angular.z) == (2.0, 0.5)
+    np.testing.assert_array_equal(np.reshape(odometry.pose.covariance, (6, 6)), covariance)
+    np.testing.assert_array_equal(np.reshape(odometry.twist.covariance, (6, 6)), twist_covariance)
+    assert (odometry.pose.pose.position.x, odometry.pose.pose.position.y) == (1.0, 2.0)
+    assert messages.depth.header.frame_id == messages.depth_info.header.frame_id == "camera_optical"
+    assert messages.depth.encoding == "32FC1" and messages.mask.encoding == "mono8"
+    assert messages.transform.header.frame_id == "odom" and messages.transform.header.stamp == header.stamp
+    none = ros_io.estimate_messages(TYPES, estimate, header, "odom", "base_link", with_transform=False)
+    assert none.transform is None and none.mask is None
+    # No twist yet: zero velocity with the unknown-twist variance, never the pose covariance.
+    unknown = ros_io.make_odometry(TYPES, header, "base_link", T, covariance)
+    np.testing.assert_array_equal(np.reshape(unknown.twist.covariance, (6, 6)), np.eye(6) * 1e6)
