@@ -43,8 +43,7 @@ def with_int8(bundle: Path, scratch: Path, polyphase: bool = True) -> Path:
 
     Re-quantised when the bundle's INT8 depth model was made with the other ``polyphase`` setting.
     """
-    from sfm_ros.bundle import read_metadata
-    from sfm_ros.export import onnx_key
+    from sfm_ros.bundle import onnx_key, read_metadata
     from sfm_ros.quantize import quantize_bundle
 
     entry = read_metadata(bundle).onnx.get(onnx_key("depth", "int8"))

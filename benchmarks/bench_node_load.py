@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import REPO, git_commit, random_bundle, with_int8
 from sfm_ros import kitti
 from sfm_ros.bench import machine_description
+from sfm_ros.camera import CameraModel
 from sfm_ros.config import PipelineConfig, ScaleConfig
 from sfm_ros.pipeline import Pipeline
-from sfm_ros.ros_io import CameraModel
 from sfm_ros.worker import LatestFrameWorker
 
 

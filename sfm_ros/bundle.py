@@ -21,13 +21,32 @@ import numpy as np
 if TYPE_CHECKING:
     from sfm_ros.models import DispNet, PoseExpNet
 
-__all__ = ["BUNDLE_FORMAT_VERSION", "IMAGE_MEAN", "IMAGE_STD", "BundleError", "BundleMetadata", "atomic_write_bytes",
-           "load_networks", "normalise_images", "read_metadata", "save_networks", "sha256_file", "write_metadata"]
+__all__ = [
+    "BUNDLE_FORMAT_VERSION",
+    "IMAGE_MEAN",
+    "IMAGE_STD",
+    "ONNX_SUFFIXES",
+    "PRECISIONS",
+    "BundleError",
+    "BundleMetadata",
+    "atomic_write_bytes",
+    "load_networks",
+    "normalise_images",
+    "onnx_key",
+    "onnx_path",
+    "read_metadata",
+    "save_networks",
+    "sha256_file",
+    "write_metadata",
+]
 
 BUNDLE_FORMAT_VERSION = 1
 # The one definition of the networks' input range: (rgb/255 - IMAGE_MEAN) / IMAGE_STD, here [-1, 1] as in the paper.
 # Training normalises with it, bundles record it, and SSIM maps back to [0, 1] through it.
 IMAGE_MEAN, IMAGE_STD = 0.5, 0.5
+# Exported precisions and their sfm.json key / file-name suffix: depth.onnx, depth_fp16.onnx, depth_int8.onnx.
+ONNX_SUFFIXES = {"fp32": "", "fp16": "_fp16", "int8": "_int8"}
+PRECISIONS = tuple(ONNX_SUFFIXES)
 METADATA_FILE = "sfm.json"
 DEPTH_WEIGHTS = "depth.safetensors"
 POSE_WEIGHTS = "pose.safetensors"
@@ -178,3 +197,26 @@ def load_networks(folder: str | Path, device: str = "cpu", with_mask: bool | Non
         except RuntimeError as exc:  # same keys, other shapes: say which network config disagrees
             raise BundleError(f"{path} does not match the network in {METADATA_FILE}: {exc}") from None
     return depth_net.to(device).eval(), pose_net.to(device).eval(), metadata
+
+
+def onnx_key(model: str, precision: str) -> str:
+    """The ``sfm.json`` key (and file stem) of an exported model: 'depth', 'pose_fp16', 'depth_int8'."""
+    if precision not in ONNX_SUFFIXES:
+        raise BundleError(f"precision {precision!r} unknown; exported precisions are {sorted(ONNX_SUFFIXES)}")
+    return model + ONNX_SUFFIXES[precision]
+
+
+def onnx_path(bundle: str | Path, model: str, precision: str = "fp32", verify_checksum: bool = True) -> Path:
+    """Path of an exported ONNX model ('depth' or 'pose') of a bundle, checked against its recorded sha256."""
+    key = onnx_key(model, precision)
+    metadata = read_metadata(bundle)
+    entry = metadata.onnx.get(key)
+    if entry is None:
+        how = f"sfm export {bundle} --precision int8 --int8-bag BAG" if precision == "int8" else f"sfm export {bundle}"
+        raise BundleError(f"{bundle} has no exported {key} model: run `{how}` first")
+    path = Path(bundle).expanduser() / entry["file"]
+    if not path.is_file():
+        raise BundleError(f"{path} is listed in sfm.json but missing")
+    if verify_checksum and sha256_file(path) != entry["sha256"]:
+        raise BundleError(f"{path} does not match its sha256 in sfm.json (corrupt or replaced): re-export it")
+    return path

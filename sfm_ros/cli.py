@@ -126,7 +126,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                                     method=args.int8_calibration, progress=True))
     if args.engine:
         from sfm_ros.backends.tensorrt_backend import trtexec_command
-        from sfm_ros.export import onnx_path
+        from sfm_ros.bundle import onnx_path
 
         for model in ("depth", "pose"):
             print("equivalent:", trtexec_command(onnx_path(args.bundle, model), f"{model}.engine", args.precision))
@@ -283,6 +283,8 @@ def learning_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from sfm_ros.backends import BACKEND_CHOICES
+    from sfm_ros.bundle import PRECISIONS
     from sfm_ros.quantize import CALIBRATION_METHODS
 
     parser = argparse.ArgumentParser(prog="sfm", description="SfMLearner depth and visual odometry: train on "
@@ -325,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--as-trained-graph", action="store_true",
                         help="export the networks' graphs unchanged, not the equivalent CPU-friendly restructuring")
     export.add_argument("--engine", action="store_true", help="also build TensorRT engines here (on the target)")
-    export.add_argument("--precision", default="fp16", choices=("fp32", "fp16", "int8"),
+    export.add_argument("--precision", default="fp16", choices=PRECISIONS,
                         help="engine precision; int8 also writes onnxruntime CPU INT8 models (checked against fp32)")
     export.add_argument("--int8-bag", help="bag whose frames calibrate INT8 (and, for onnxruntime, check it)")
     export.add_argument("--int8-windows", type=int, default=64, help="frame windows read from the bag")
@@ -348,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def node_options(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--bundle", help="model bundle (pipeline.bundle)")
-        sub.add_argument("--backend", choices=("auto", "tensorrt", "onnxruntime", "torch"))
+        sub.add_argument("--backend", choices=BACKEND_CHOICES)
         sub.add_argument("--scale-source", choices=("camera_height", "external_speed", "fixed", "none"))
         sub.add_argument("--params", help="node parameter file (default config/sfm.yaml when present)")
         sub.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. scale.camera_height_m=1.5")
@@ -367,8 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     eval_kinds = evaluate.add_subparsers(dest="kind", required=True, metavar="KIND")
     depth = eval_kinds.add_parser("depth", help="Eigen depth protocol against KITTI LiDAR")
     depth.add_argument("--bundle", required=True)
-    depth.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "onnxruntime", "torch"))
-    depth.add_argument("--precision", default="fp16", choices=("fp32", "fp16", "int8"),
+    depth.add_argument("--backend", default="auto", choices=BACKEND_CHOICES)
+    depth.add_argument("--precision", default="fp16", choices=PRECISIONS,
                        help="fp16 runs on GPUs only (a CPU runs fp32); int8 needs `sfm export --precision int8`")
     depth.add_argument("--drive", help="a KITTI raw *_sync drive with velodyne_points")
     depth.add_argument("--list", help="an Eigen-format list (e.g. sfm_ros/data/test_files_eigen.txt)")

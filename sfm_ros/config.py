@@ -16,6 +16,10 @@ from typing import Any, TypeVar
 
 import yaml
 
+from sfm_ros.backends import BACKEND_CHOICES
+from sfm_ros.bundle import PRECISIONS
+from sfm_ros.scale import ScaleSource
+
 __all__ = ["ConfigError", "NodeConfig", "ParameterSpec", "PipelineConfig", "ScaleConfig", "apply_overrides",
            "from_dict", "load_config", "nest", "param", "parameter_table", "render_parameter_file", "to_dict"]
 
@@ -161,7 +165,7 @@ class ScaleConfig:
     """Metric scale recovery (sfm_ros.scale)."""
 
     source: str = param("camera_height", "where metric scale comes from",
-                        choices=("camera_height", "external_speed", "fixed", "none"))
+                        choices=tuple(source.value for source in ScaleSource))
     camera_height_m: float = param(1.65, "camera height above the ground plane, metres (KITTI: 1.65)",
                                    range=(0.05, 10.0))
     fixed_factor: float = param(1.0, "metres per network unit when source is 'fixed'", range=(1e-6, 1e6))
@@ -183,12 +187,11 @@ class PipelineConfig:
     """The visual-odometry core (sfm_ros.pipeline)."""
 
     bundle: str = param("", "model bundle folder (sfm.json + weights/ONNX)", read_only=True)
-    backend: str = param("auto", "inference backend", choices=("auto", "tensorrt", "onnxruntime", "torch"),
-                         read_only=True)
+    backend: str = param("auto", "inference backend", choices=BACKEND_CHOICES, read_only=True)
     device: str = param("auto", "device for onnxruntime/torch: auto, cpu or cuda", choices=("auto", "cpu", "cuda"),
                         read_only=True)
     precision: str = param("fp16", "fp16/fp32 on a GPU (a CPU runs fp32); int8: onnxruntime CPU or TensorRT, "
-                           "after `sfm export --precision int8 --int8-bag BAG`", choices=("fp32", "fp16", "int8"),
+                           "after `sfm export --precision int8 --int8-bag BAG`", choices=PRECISIONS,
                            read_only=True)
     threads: int = param(0, "CPU threads for onnxruntime/torch (0 = library default)", range=(0, 256),
                          read_only=True)

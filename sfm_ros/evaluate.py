@@ -65,7 +65,7 @@ def evaluate_depth(backend: Backend, samples: list[DepthSample], output: str | P
     from tqdm import tqdm
 
     from sfm_ros.geometry import scale_intrinsics
-    from sfm_ros.scale import GroundPlaneScale
+    from sfm_ros.scale import GroundPlaneScale, ScaleObservation
 
     if not samples:
         raise ValueError("no depth samples to evaluate (no images with LiDAR scans found)")
@@ -86,7 +86,7 @@ def evaluate_depth(backend: Backend, samples: list[DepthSample], output: str | P
             meta = backend.metadata
             K_raw = kitti.kitti_camera_matrix(sample.calib_dir, sample.camera)
             K_net = scale_intrinsics(K_raw, meta.width / rgb.shape[1], meta.height / rgb.shape[0])
-            estimate = estimator.update(depth=pred, K=K_net)
+            estimate = estimator.update(ScaleObservation(depth=pred, K=K_net))
             if not estimate.healthy:
                 scale_failures += 1
                 continue

@@ -26,15 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from sfm_ros.bundle import BundleError, atomic_write_bytes, read_metadata, sha256_file, write_metadata
+from sfm_ros.bundle import atomic_write_bytes, onnx_key, sha256_file, write_metadata
 
-__all__ = ["OPSET", "TOLERANCES", "ExportError", "check_tensorrt_operators", "export_bundle", "onnx_key",
-           "onnx_operators", "onnx_path", "supported_tensorrt_operators"]
+__all__ = ["OPSET", "TOLERANCES", "ExportError", "check_tensorrt_operators", "export_bundle", "onnx_operators",
+           "supported_tensorrt_operators"]
 
 OPSET = 17
 TOLERANCES = {"fp32": {"disparity_rel": 1e-4, "pose_abs": 1e-5}, "fp16": {"disparity_rel": 5e-3, "pose_abs": 1e-3}}
 TENSORRT_OPERATOR_LISTS = {"10": "trt10_supported_ops.txt", "8.5": "trt8.5_supported_ops.txt"}
-ONNX_SUFFIXES = {"fp32": "", "fp16": "_fp16", "int8": "_int8"}  # sfm.json key and file name: depth_fp16(.onnx)
 
 
 class ExportError(RuntimeError):
@@ -198,26 +197,3 @@ def export_bundle(bundle: str | Path, *, fp16: bool = True, with_mask: bool = Fa
             report["models"][key] = {**entry, "operators": sorted(onnx_operators(path)), "tensorrt_missing": missing}
     write_metadata(folder, dataclasses.replace(metadata, onnx=onnx_section))
     return report
-
-
-def onnx_key(model: str, precision: str) -> str:
-    """The ``sfm.json`` key (and file stem) of an exported model: 'depth', 'pose_fp16', 'depth_int8'."""
-    if precision not in ONNX_SUFFIXES:
-        raise BundleError(f"precision {precision!r} unknown; exported precisions are {sorted(ONNX_SUFFIXES)}")
-    return model + ONNX_SUFFIXES[precision]
-
-
-def onnx_path(bundle: str | Path, model: str, precision: str = "fp32", verify_checksum: bool = True) -> Path:
-    """Path of an exported ONNX model ('depth' or 'pose') of a bundle, checked against its recorded sha256."""
-    key = onnx_key(model, precision)
-    metadata = read_metadata(bundle)
-    entry = metadata.onnx.get(key)
-    if entry is None:
-        how = f"sfm export {bundle} --precision int8 --int8-bag BAG" if precision == "int8" else f"sfm export {bundle}"
-        raise BundleError(f"{bundle} has no exported {key} model: run `{how}` first")
-    path = Path(bundle).expanduser() / entry["file"]
-    if not path.is_file():
-        raise BundleError(f"{path} is listed in sfm.json but missing")
-    if verify_checksum and sha256_file(path) != entry["sha256"]:
-        raise BundleError(f"{path} does not match its sha256 in sfm.json (corrupt or replaced): re-export it")
-    return path

@@ -176,7 +176,7 @@ class SfmNode(Node):
     def _on_speed(self, msg: Any) -> None:
         v = msg.twist.twist.linear if isinstance(msg, Odometry) else msg.twist.linear
         speed = float(np.linalg.norm([v.x, v.y, v.z]))
-        self.worker.call(lambda: self.pipeline.scale_estimator.observe_speed(speed))
+        self.worker.call(lambda: self.pipeline.set_speed(speed))
 
     def _reset_on_worker(self) -> int | None:
         self.pipeline.reset("reset service called")

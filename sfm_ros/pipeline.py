@@ -21,7 +21,7 @@ from sfm_ros.backends import Backend, make_backend, preprocess
 from sfm_ros.camera import CameraModel
 from sfm_ros.config import PipelineConfig, ScaleConfig
 from sfm_ros.geometry import invert_transform, pose_vec_to_mat, quaternion_to_rotation, scale_intrinsics
-from sfm_ros.scale import ExternalSpeedScale, ScaleEstimate, make_scale_estimator
+from sfm_ros.scale import ScaleEstimate, ScaleObservation, make_scale_estimator
 
 __all__ = ["Estimate", "FrameError", "Pipeline"]
 
@@ -127,9 +127,8 @@ class Pipeline:
         self.T_base_camera = np.asarray(T_base_camera, dtype=np.float64)
 
     def set_speed(self, speed_mps: float) -> None:
-        """Feed the external speed (m/s) when scale.source is 'external_speed'."""
-        if isinstance(self.scale_estimator, ExternalSpeedScale):
-            self.scale_estimator.set_speed(speed_mps)
+        """Feed an external speed (m/s); only scale.source 'external_speed' uses it."""
+        self.scale_estimator.observe_speed(speed_mps)
 
     def _restart_tracking(self, reason: str) -> None:
         """Keep the odometry pose, drop the window, and inflate the covariance (we lost continuity): every standard
@@ -192,8 +191,8 @@ class Pipeline:
         t_pose = time.perf_counter()
 
         translation_units = float(np.linalg.norm(T_prev_current[:3, 3])) if T_prev_current is not None else None
-        scale = self.scale_estimator.update(depth=depth_units, K=K_net, translation_units=translation_units,
-                                            dt_s=dt_s)
+        scale = self.scale_estimator.update(ScaleObservation(depth=depth_units, K=K_net,
+                                                             translation_units=translation_units, dt_s=dt_s))
         t_scale = time.perf_counter()
         if T_catch_up is not None:  # the window's older steps, before the newest one
             T_catch_up = T_catch_up.copy()

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from sfm_ros.bundle import BundleMetadata, atomic_write_bytes, read_metadata, sha256_file, write_metadata
+from sfm_ros.bundle import atomic_write_bytes, onnx_key, onnx_path, read_metadata, sha256_file, write_metadata
+from sfm_ros.calibration import calibration_windows
 from sfm_ros.polyphase import polyphase_transposed_convs
 
 __all__ = ["CALIBRATION_METHODS", "INT8_TOLERANCES", "QuantizeError", "calibration_windows", "quantize_bundle"]
@@ -36,32 +36,6 @@ CALIBRATION_METHODS = ("minmax", "entropy", "percentile")  # onnxruntime's MinMa
 
 class QuantizeError(RuntimeError):
     """INT8 quantisation failed or missed its tolerances; the message names the model and the figures."""
-
-
-def calibration_windows(bag: str | Path, metadata: BundleMetadata, max_windows: int = 64
-                        ) -> Iterator[dict[str, np.ndarray]]:
-    """Network inputs from consecutive frames of a bag, preprocessed as the pipeline does.
-
-    Yields {'image': [1,3,H,W], 'target': [1,3,H,W], 'sources': [1,N,3,H,W]} for each window of N+1
-    consecutive frames (target = the middle one, as in training), at most ``max_windows``.
-    """
-    from sfm_ros.backends import preprocess
-    from sfm_ros.bags import read_camera_frames
-
-    window = metadata.num_sources + 1
-    frames: list[np.ndarray] = []
-    produced = 0
-    for frame in read_camera_frames(bag):
-        frames.append(preprocess(frame.rgb, metadata))
-        if len(frames) < window:
-            continue
-        center = window // 2
-        sources = np.stack([f[0] for i, f in enumerate(frames) if i != center])[None]
-        yield {"image": frames[center], "target": frames[center], "sources": sources}
-        frames.pop(0)
-        produced += 1
-        if produced >= max_windows:
-            return
 
 
 class _Reader:
@@ -103,7 +77,6 @@ def quantize_bundle(bundle: str | Path, bag: str | Path, *, max_windows: int = 6
     """
     from tqdm import tqdm
 
-    from sfm_ros.export import onnx_key, onnx_path
 
     if method not in CALIBRATION_METHODS:
         raise QuantizeError(f"calibration method {method!r} unknown; choose from {CALIBRATION_METHODS}")

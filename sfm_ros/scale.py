@@ -1,23 +1,29 @@
 """Metric scale for monocular depth and odometry: camera height over a fitted ground plane, external speed,
 a fixed factor, or none.
 
-Each estimator returns a ``ScaleEstimate``: the factor (metres per network unit) and its health. When it
-fails (no ground visible, speed too low, no speed yet) it says so and keeps the last healthy factor, which
-the pipeline then flags through covariance and diagnostics; it never invents metres.
+Every estimator has one interface (``ScaleEstimator``): ``update(observation)`` with what a frame offers
+(``ScaleObservation``) returns a ``ScaleEstimate``, the factor (metres per network unit) and its health, and
+``observe_speed`` takes an external speed (ignored by the estimators that do not use one). When an estimator fails
+(no ground visible, speed too low, no speed yet) it says so and keeps the last healthy factor, which the pipeline
+then flags through covariance and diagnostics; it never invents metres. ``SCALE_ESTIMATORS`` maps each
+``ScaleSource`` to its estimator; the configuration's list of sources comes from ``ScaleSource``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from sfm_ros.config import ScaleConfig
 from sfm_ros.geometry import backproject, crop_intrinsics
 
-__all__ = ["ExternalSpeedScale", "GroundPlaneScale", "ScaleEstimate", "ScaleSource", "fit_ground_plane",
-           "make_scale_estimator"]
+if TYPE_CHECKING:  # config derives its list of sources from ScaleSource here
+    from sfm_ros.config import ScaleConfig
+
+__all__ = ["SCALE_ESTIMATORS", "ExternalSpeedScale", "FixedScale", "GroundPlaneScale", "ScaleEstimate",
+           "ScaleEstimator", "ScaleObservation", "ScaleSource", "fit_ground_plane", "make_scale_estimator"]
 
 
 class ScaleSource(str, enum.Enum):
@@ -37,6 +43,25 @@ class ScaleEstimate:
     source: ScaleSource
     reason: str = ""
     metric: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaleObservation:
+    """What a frame offers: network depth [H,W] at the network size with K [3,3] at that size, and the network
+    translation norm of the last step with its time (None before the first step)."""
+
+    depth: np.ndarray | None = None
+    K: np.ndarray | None = None
+    translation_units: float | None = None
+    dt_s: float | None = None
+
+
+class ScaleEstimator(Protocol):
+    """The one interface of every scale source."""
+
+    def update(self, observation: ScaleObservation) -> ScaleEstimate: ...
+
+    def observe_speed(self, speed_mps: float) -> None: ...
 
 
 def fit_ground_plane(points: np.ndarray, rng: np.random.Generator, iterations: int, threshold: float,
@@ -97,6 +122,9 @@ class _SmoothedScale:
             return ScaleEstimate(1.0, False, self.source, reason + "; no metric scale yet", metric=False)
         return ScaleEstimate(self.factor, False, self.source, reason + "; holding the last scale")
 
+    def observe_speed(self, speed_mps: float) -> None:
+        """Not used by this source."""
+
 
 class GroundPlaneScale(_SmoothedScale):
     """Scale = known camera height / height of the camera over the ground plane fitted to predicted depth."""
@@ -107,8 +135,9 @@ class GroundPlaneScale(_SmoothedScale):
         super().__init__(config)
         self.rng = np.random.default_rng(seed)
 
-    def update(self, depth: np.ndarray, K: np.ndarray, max_points: int = 2000, **_: object) -> ScaleEstimate:
-        """depth: [H,W] network-unit depth at the network size; K [3,3] at that size."""
+    def update(self, observation: ScaleObservation, max_points: int = 2000) -> ScaleEstimate:
+        """Fit the ground to the observation's depth (network units, network size) with its K."""
+        depth, K = observation.depth, observation.K
         config = self.config
         height = depth.shape[0]
         top = int(height * (1.0 - config.ground_region))
@@ -137,12 +166,12 @@ class ExternalSpeedScale(_SmoothedScale):
         super().__init__(config)
         self.speed_mps: float | None = None
 
-    def set_speed(self, speed_mps: float) -> None:
+    def observe_speed(self, speed_mps: float) -> None:
         self.speed_mps = abs(float(speed_mps))
 
-    def update(self, translation_units: float | None = None, dt_s: float | None = None, **_: object
-               ) -> ScaleEstimate:
-        """translation_units: network translation norm between the last two frames; dt_s: their time gap."""
+    def update(self, observation: ScaleObservation) -> ScaleEstimate:
+        """Speed x dt over the observation's network translation between the last two frames."""
+        translation_units, dt_s = observation.translation_units, observation.dt_s
         if self.speed_mps is None:
             return self._failed("no speed message received")
         if self.speed_mps < self.config.min_speed_mps:
@@ -160,15 +189,21 @@ class FixedScale:
                          else ScaleEstimate(1.0, True, ScaleSource.NONE, "up to scale (scale.source none)",
                                             metric=False))
 
-    def update(self, **_: object) -> ScaleEstimate:
+    def update(self, observation: ScaleObservation) -> ScaleEstimate:
         return self.estimate
 
+    def observe_speed(self, speed_mps: float) -> None:
+        """Not used by this source."""
 
-def make_scale_estimator(config: ScaleConfig) -> GroundPlaneScale | ExternalSpeedScale | FixedScale:
+
+SCALE_ESTIMATORS = {
+    ScaleSource.CAMERA_HEIGHT: GroundPlaneScale,
+    ScaleSource.EXTERNAL_SPEED: ExternalSpeedScale,
+    ScaleSource.FIXED: lambda config: FixedScale(config, ScaleSource.FIXED),
+    ScaleSource.NONE: lambda config: FixedScale(config, ScaleSource.NONE),
+}
+
+
+def make_scale_estimator(config: ScaleConfig) -> ScaleEstimator:
     """The estimator for ``config.source``."""
-    source = ScaleSource(config.source)
-    if source == ScaleSource.CAMERA_HEIGHT:
-        return GroundPlaneScale(config)
-    if source == ScaleSource.EXTERNAL_SPEED:
-        return ExternalSpeedScale(config)
-    return FixedScale(config, source)
+    return SCALE_ESTIMATORS[ScaleSource(config.source)](config)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import yaml
 
@@ -82,3 +83,22 @@ def test_parameter_table_round_trips_through_ros_names() -> None:
     assert from_dict(NodeConfig, nest(flat)) == NodeConfig()
     read_only = {s.name for s in specs if s.read_only}
     assert {"pipeline.bundle", "pipeline.backend", "qos_depth"} <= read_only
+
+
+def test_choice_lists_come_from_the_registries() -> None:
+    from sfm_ros.backends import BACKENDS
+    from sfm_ros.bundle import ONNX_SUFFIXES
+    from sfm_ros.config import PipelineConfig, ScaleConfig
+    from sfm_ros.scale import SCALE_ESTIMATORS, ScaleObservation, make_scale_estimator
+
+    fields = {f.name: f for f in dataclasses.fields(PipelineConfig)}
+    assert fields["backend"].metadata["choices"] == ("auto", *BACKENDS)
+    assert fields["precision"].metadata["choices"] == tuple(ONNX_SUFFIXES)
+    sources = {f.name: f for f in dataclasses.fields(ScaleConfig)}["source"].metadata["choices"]
+    assert set(sources) == {source.value for source in SCALE_ESTIMATORS}
+    for source in sources:  # one interface: an observation in, an estimate out; a speed is accepted by all
+        estimator = make_scale_estimator(ScaleConfig(source=source))
+        estimator.observe_speed(5.0)
+        estimate = estimator.update(ScaleObservation(translation_units=0.5, dt_s=0.1, depth=np.full((8, 8), 2.0),
+                                                     K=np.array([[8.0, 0, 3.5], [0, 8.0, 3.5], [0, 0, 1]])))
+        assert estimate.source.value == source

@@ -14,8 +14,8 @@ import pytest
 
 from sfm_ros.backends import BackendError, make_backend
 from sfm_ros.backends.tensorrt_backend import EngineCache, EngineKey, trtexec_command
-from sfm_ros.bundle import BundleError, read_metadata
-from sfm_ros.export import OPSET, check_tensorrt_operators, onnx_operators, onnx_path
+from sfm_ros.bundle import BundleError, onnx_path, read_metadata
+from sfm_ros.export import OPSET, check_tensorrt_operators, onnx_operators
 from test.conftest import BLOCK_TORCH, REPO
 
 

@@ -14,7 +14,7 @@ from sfm_ros.camera import CameraModel
 from sfm_ros.config import PipelineConfig, ScaleConfig
 from sfm_ros.geometry import backproject, pose_vec_to_mat
 from sfm_ros.pipeline import FrameError, Pipeline
-from sfm_ros.scale import ExternalSpeedScale, GroundPlaneScale, fit_ground_plane
+from sfm_ros.scale import ExternalSpeedScale, GroundPlaneScale, ScaleObservation, fit_ground_plane
 from sfm_ros.worker import LatestFrameWorker
 
 K_NET = np.array([[120.0, 0, 103.5], [0, 120.0, 31.5], [0, 0, 1]])
@@ -206,7 +206,7 @@ def test_ground_plane_on_a_synthetic_plane_gives_the_exact_scale() -> None:
     config = ScaleConfig(camera_height_m=1.65, smoothing=0.0)
     estimator = GroundPlaneScale(config)
     depth = plane_depth(0.5, K_NET, (64, 208))  # the network thinks the camera is 0.5 units high
-    estimate = estimator.update(depth=depth, K=K_NET)
+    estimate = estimator.update(ScaleObservation(depth=depth, K=K_NET))
     assert estimate.healthy and estimate.factor == pytest.approx(1.65 / 0.5, rel=1e-6)
 
 
@@ -217,7 +217,8 @@ def test_ground_plane_is_robust_to_objects_above_the_ground() -> None:
         rng = np.random.default_rng(seed)
         depth = plane_depth(0.5, K_NET, (64, 208))
         depth[40:, 80:130] = rng.uniform(2, 4, size=(24, 50))  # a car's rear in the lower image
-        estimate = GroundPlaneScale(ScaleConfig(smoothing=0.0), seed=seed).update(depth=depth, K=K_NET)
+        estimator = GroundPlaneScale(ScaleConfig(smoothing=0.0), seed=seed)
+        estimate = estimator.update(ScaleObservation(depth=depth, K=K_NET))
         assert estimate.healthy
         errors.append(abs(estimate.factor / 3.3 - 1))
     assert np.median(errors) < 0.02 and np.percentile(errors, 90) < 0.06 and max(errors) < 0.10
@@ -246,18 +247,18 @@ def test_ground_plane_tilt_limit(tilt_deg: float, found: bool) -> None:
 
 def test_no_ground_is_a_failure_flag_not_a_number() -> None:
     wall = np.full((64, 208), 5.0)  # a fronto-parallel wall fills the view: no plane near horizontal
-    estimate = GroundPlaneScale(ScaleConfig()).update(depth=wall, K=K_NET)
+    estimate = GroundPlaneScale(ScaleConfig()).update(ScaleObservation(depth=wall, K=K_NET))
     assert not estimate.healthy and not estimate.metric and "no ground" in estimate.reason
 
 
 def test_external_speed_scale_and_standstill() -> None:
     estimator = ExternalSpeedScale(ScaleConfig(smoothing=0.0, min_speed_mps=0.3))
-    assert not estimator.update(translation_units=0.1, dt_s=0.1).healthy  # no speed yet
-    estimator.set_speed(10.0)
-    estimate = estimator.update(translation_units=0.5, dt_s=0.1)
+    assert not estimator.update(ScaleObservation(translation_units=0.1, dt_s=0.1)).healthy  # no speed yet
+    estimator.observe_speed(10.0)
+    estimate = estimator.update(ScaleObservation(translation_units=0.5, dt_s=0.1))
     assert estimate.healthy and estimate.factor == pytest.approx(2.0)
-    estimator.set_speed(0.0)
-    standstill = estimator.update(translation_units=0.01, dt_s=0.1)
+    estimator.observe_speed(0.0)
+    standstill = estimator.update(ScaleObservation(translation_units=0.01, dt_s=0.1))
     assert not standstill.healthy and "standstill" in standstill.reason and standstill.factor == pytest.approx(2.0)
 
 

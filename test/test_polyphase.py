@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from sfm_ros.export import onnx_path
+from sfm_ros.bundle import onnx_path
 from sfm_ros.polyphase import phase_weights, polyphase_transposed_convs
 
 

@@ -14,10 +14,11 @@ import pytest
 from onnx import numpy_helper
 
 from sfm_ros.backends import BackendError, make_backend
-from sfm_ros.bundle import BundleError, read_metadata
-from sfm_ros.export import onnx_operators, onnx_path
+from sfm_ros.bundle import BundleError, onnx_path, read_metadata
+from sfm_ros.calibration import calibration_windows
+from sfm_ros.export import onnx_operators
 from sfm_ros.polyphase import polyphase_transposed_convs
-from sfm_ros.quantize import INT8_TOLERANCES, QuantizeError, calibration_windows, quantize_bundle
+from sfm_ros.quantize import INT8_TOLERANCES, QuantizeError, quantize_bundle
 from test.conftest import BLOCK_TORCH, REPO
 
 

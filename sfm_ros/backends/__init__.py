@@ -22,7 +22,7 @@ import numpy as np
 
 from sfm_ros.bundle import BundleMetadata, normalise_images
 
-__all__ = ["BACKENDS", "Backend", "BackendError", "check_input", "make_backend", "preprocess"]
+__all__ = ["BACKENDS", "BACKEND_CHOICES", "Backend", "BackendError", "check_input", "make_backend", "preprocess"]
 
 
 class BackendError(RuntimeError):
@@ -48,6 +48,7 @@ BACKENDS = {
     "onnxruntime": "sfm_ros.backends.onnxruntime_backend:OnnxRuntimeBackend",
     "torch": "sfm_ros.backends.torch_backend:TorchBackend",
 }
+BACKEND_CHOICES = ("auto", *BACKENDS)  # what a user may ask for: the parameter, the CLI and make_backend
 
 
 def preprocess(rgb: np.ndarray, metadata: BundleMetadata) -> np.ndarray:
@@ -95,7 +96,7 @@ def make_backend(bundle: str | Path, name: str = "auto", *, device: str = "auto"
     if name == "auto":
         name, reason = _auto_choice(bundle, metadata)
     if name not in BACKENDS:
-        raise BackendError(f"unknown backend {name!r}; choose from {['auto', *BACKENDS]}")
+        raise BackendError(f"unknown backend {name!r}; choose from {list(BACKEND_CHOICES)}")
     module_name, class_name = BACKENDS[name].split(":")
     try:
         module = importlib.import_module(module_name)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from sfm_ros.bundle import read_metadata
-from sfm_ros.quantize import calibration_windows
+from sfm_ros.calibration import calibration_windows
 
 try:  # the base class must exist at class-definition time
     import tensorrt as trt
@@ -22,7 +22,7 @@ except ImportError:  # pragma: no cover - TensorRT machines only
 
 
 class BagCalibrator(_Base):
-    """Feeds the frame windows of a bag (``sfm_ros.quantize.calibration_windows``), inputs served by name."""
+    """Feeds the frame windows of a bag (``sfm_ros.calibration.calibration_windows``), inputs served by name."""
 
     def __init__(self, bag: str | Path, bundle: str | Path, cache_dir: str | Path, max_frames: int = 200) -> None:
         if _Base is object:

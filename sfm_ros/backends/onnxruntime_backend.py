@@ -8,8 +8,7 @@ from typing import Any
 import numpy as np
 
 from sfm_ros.backends import BackendError, check_input
-from sfm_ros.bundle import BundleMetadata
-from sfm_ros.export import onnx_path
+from sfm_ros.bundle import BundleMetadata, onnx_path
 
 
 class OnnxRuntimeBackend:

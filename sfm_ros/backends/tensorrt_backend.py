@@ -20,8 +20,7 @@ from typing import Any
 import numpy as np
 
 from sfm_ros.backends import BackendError, check_input
-from sfm_ros.bundle import BundleMetadata, atomic_write_bytes
-from sfm_ros.export import onnx_key, onnx_path
+from sfm_ros.bundle import BundleMetadata, atomic_write_bytes, onnx_key, onnx_path
 
 __all__ = ["EngineCache", "EngineKey", "TensorRTBackend", "build_engine", "trtexec_command"]
 

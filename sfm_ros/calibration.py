@@ -1,0 +1,42 @@
+"""Calibration frames for INT8: network inputs from consecutive frames of a bag, preprocessed as the pipeline does.
+
+One source of calibration data for onnxruntime's quantiser (``sfm_ros.quantize``) and TensorRT's calibrator
+(``sfm_ros.backends.int8``), neither of which imports the other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from sfm_ros.bundle import BundleMetadata
+
+__all__ = ["calibration_windows"]
+
+
+def calibration_windows(bag: str | Path, metadata: BundleMetadata, max_windows: int = 64
+                        ) -> Iterator[dict[str, np.ndarray]]:
+    """Network inputs from consecutive frames of a bag, preprocessed as the pipeline does.
+
+    Yields {'image': [1,3,H,W], 'target': [1,3,H,W], 'sources': [1,N,3,H,W]} for each window of N+1
+    consecutive frames (target = the middle one, as in training), at most ``max_windows``.
+    """
+    from sfm_ros.backends import preprocess
+    from sfm_ros.bags import read_camera_frames
+
+    window = metadata.num_sources + 1
+    frames: list[np.ndarray] = []
+    produced = 0
+    for frame in read_camera_frames(bag):
+        frames.append(preprocess(frame.rgb, metadata))
+        if len(frames) < window:
+            continue
+        center = window // 2
+        sources = np.stack([f[0] for i, f in enumerate(frames) if i != center])[None]
+        yield {"image": frames[center], "target": frames[center], "sources": sources}
+        frames.pop(0)
+        produced += 1
+        if produced >= max_windows:
+            return
