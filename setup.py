@@ -25,9 +25,9 @@ setup(
     install_requires=["numpy>=1.21", "pyyaml>=5.4", "opencv-python-headless>=4.5", "setuptools"],
     extras_require={
         "train": ["torch>=2.1", "safetensors>=0.4", "tensorboard>=2.10", "tqdm>=4.60",
-                  "rosbags>=0.10", "rosbags-image>=0.9", "matplotlib>=3.5", "scipy>=1.7"],
+                  "rosbags>=0.10", "rosbags-image>=0.9", "mcap>=1.1", "matplotlib>=3.5", "scipy>=1.7"],
         "onnx": ["onnx>=1.14", "onnxruntime>=1.16", "onnxscript>=0.1", "safetensors>=0.4", "tqdm>=4.60"],
-        "eval": ["evo>=1.20", "matplotlib>=3.5", "rosbags>=0.10", "rosbags-image>=0.9", "tqdm>=4.60"],
+        "eval": ["evo>=1.20", "matplotlib>=3.5", "rosbags>=0.10", "rosbags-image>=0.9", "mcap>=1.1", "tqdm>=4.60"],
         "tensorrt": ["tensorrt>=8.5", "pycuda>=2022.1"],
         "dev": ["pytest>=7", "ruff>=0.5", "build>=1.0", "evo>=1.20"],
     },

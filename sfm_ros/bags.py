@@ -1,8 +1,11 @@
 """rosbag2 I/O with ``rosbags`` (no ROS install): camera topics in, messages out, KITTI -> bag.
 
 Reading decodes ``sensor_msgs/Image`` or ``CompressedImage`` with ``CameraInfo`` (or given intrinsics) into
-RGB frames. Writing always goes to a temporary folder that is renamed on success, so an exception never
-leaves a half-written bag under the requested name.
+RGB frames. A recording cut short (power loss, a killed recorder: an MCAP without its summary and footer, a bag
+folder without ``metadata.yaml``) is read as far as it is intact, as ``mcap recover`` and ``ros2 bag reindex``
+would, with a ``BagRecoveredWarning`` saying how much was read and what was lost; the input is never written.
+Writing always goes to a temporary folder that is renamed on success, so an exception never leaves a
+half-written bag under the requested name.
 """
 
 from __future__ import annotations
@@ -10,7 +13,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import shutil
+import sqlite3
+import struct
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,7 +40,7 @@ from sfm_ros.ros_io import (
 )
 from sfm_ros.worker import error_kind
 
-__all__ = ["IMAGE_TYPES", "BagError", "BagWriter", "CameraFrame", "CameraTopics", "find_camera_topics",
+__all__ = ["IMAGE_TYPES", "BagError", "BagRecoveredWarning", "BagWriter", "RecoveredReader", "CameraFrame", "CameraTopics", "find_camera_topics",
            "kitti_to_bag", "open_reader", "open_typestore", "read_camera_frames", "read_camera_stamps",
            "read_odometry"]
 
@@ -45,6 +51,139 @@ ODOMETRY_TYPE = "nav_msgs/msg/Odometry"
 
 class BagError(RuntimeError):
     """A bag is missing, unreadable, empty, or lacks the topics asked for."""
+
+
+class BagRecoveredWarning(UserWarning):
+    """A recording cut short was read as far as it is intact; the message says how much and what was lost."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RecoveredConnection:
+    """A topic of a recovered recording (the fields of rosbags' Connection that sfm_ros reads)."""
+
+    id: int
+    topic: str
+    msgtype: str
+
+
+_MCAP_READ_ERRORS = (EOFError, struct.error, ValueError, KeyError, OSError)
+_WARNED: set[str] = set()
+
+
+class RecoveredReader:
+    """Every intact message of a rosbag2 recording that rosbags refuses: storage files (``.mcap`` read as a stream,
+    record by record, up to the first damaged or missing one; ``.db3`` through sqlite) without ``metadata.yaml``
+    or without an MCAP summary and footer. The surface sfm_ros uses of rosbags' Reader: ``connections``,
+    ``message_count``, ``messages(connections)``. ``recovery`` says what was read and what was lost."""
+
+    def __init__(self, path: Path) -> None:
+        path = Path(path)
+        files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.suffix in (".mcap", ".db3"))
+        if not files:
+            raise BagError(f"{path} holds no .mcap or .db3 storage file (nor a metadata.yaml): not a rosbag2")
+        self.path, self.files = path, files
+        self._by_key: dict[tuple[int, int], RecoveredConnection] = {}
+        lost, read_bytes, total_bytes, self.message_count = [], 0, 0, 0
+        for number, file in enumerate(files):
+            size = file.stat().st_size
+            total_bytes += size
+            if file.suffix == ".db3":
+                count, error = self._scan_sqlite(number, file)
+                read = size if error is None else 0
+            else:
+                count, read, error = self._scan_mcap(number, file)
+            self.message_count += count
+            read_bytes += read
+            if error is not None:
+                lost.append(f"{file.name}: {error}")
+        self.connections = list(dict.fromkeys(self._by_key.values()))
+        self.recovery = {"files": [f.name for f in files], "messages": self.message_count, "bytes_read": read_bytes,
+                         "bytes_total": total_bytes, "lost": lost}
+
+    def _connection(self, number: int, channel_id: int, topic: str, msgtype: str) -> RecoveredConnection:
+        # One connection per (topic, type) across split files, as rosbags presents them.
+        for connection in self._by_key.values():
+            if (connection.topic, connection.msgtype) == (topic, msgtype):
+                self._by_key[(number, channel_id)] = connection
+                return connection
+        connection = RecoveredConnection(len(set(self._by_key.values())) + 1, topic, msgtype)
+        self._by_key[(number, channel_id)] = connection
+        return connection
+
+    def _mcap_records(self, number: int, file: Path) -> Iterator[tuple[Any, int]]:
+        """(record, bytes consumed so far) until the file ends or a record is damaged (then raises)."""
+        from mcap.records import Channel, Schema
+        from mcap.stream_reader import StreamReader
+
+        schemas: dict[int, str] = {}
+        with open(file, "rb") as handle:
+            for record in StreamReader(handle, validate_crcs=True).records:
+                if isinstance(record, Schema):
+                    schemas[record.id] = record.name
+                elif isinstance(record, Channel) and record.schema_id in schemas:
+                    self._connection(number, record.id, record.topic, schemas[record.schema_id])
+                yield record, handle.tell()
+
+    def _scan_mcap(self, number: int, file: Path) -> tuple[int, int, str | None]:
+        from mcap.exceptions import McapError
+        from mcap.records import Message
+
+        count, consumed = 0, 0
+        try:
+            for record, consumed in self._mcap_records(number, file):
+                count += isinstance(record, Message) and (number, record.channel_id) in self._by_key
+        except (McapError, *_MCAP_READ_ERRORS) as exc:
+            size = file.stat().st_size
+            return count, consumed, (f"cut short after byte {consumed:,} of {size:,} ({type(exc).__name__}); "
+                                     f"the last {size - consumed:,} bytes are lost")
+        return count, consumed, None
+
+    def _scan_sqlite(self, number: int, file: Path) -> tuple[int, str | None]:
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{file}?mode=ro", uri=True)) as db:
+                for topic_id, name, msgtype in db.execute("SELECT id, name, type FROM topics"):
+                    self._connection(number, topic_id, name, msgtype)
+                return int(db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]), None
+        except sqlite3.DatabaseError as exc:
+            return 0, f"unreadable sqlite storage: {exc}"
+
+    def messages(self, connections: list[Any] | None = None) -> Iterator[tuple[RecoveredConnection, int, bytes]]:
+        """(connection, log time ns, CDR bytes) of the wanted connections, file by file in recording order."""
+        from mcap.exceptions import McapError
+        from mcap.records import Message
+
+        wanted = None if connections is None else {(c.topic, c.msgtype) for c in connections}
+        for number, file in enumerate(self.files):
+            if file.suffix == ".db3":
+                with contextlib.closing(sqlite3.connect(f"file:{file}?mode=ro", uri=True)) as db:
+                    rows = db.execute("SELECT topic_id, timestamp, data FROM messages ORDER BY timestamp")
+                    for topic_id, stamp, data in rows:
+                        connection = self._by_key.get((number, topic_id))
+                        if connection and (wanted is None or (connection.topic, connection.msgtype) in wanted):
+                            yield connection, int(stamp), bytes(data)
+                continue
+            try:
+                for record, _ in self._mcap_records(number, file):
+                    if isinstance(record, Message):
+                        connection = self._by_key.get((number, record.channel_id))
+                        if connection and (wanted is None or (connection.topic, connection.msgtype) in wanted):
+                            yield connection, int(record.log_time), record.data
+            except (McapError, *_MCAP_READ_ERRORS):
+                continue  # the damage the scan reported: what follows it is lost
+
+    def describe(self) -> str:
+        """What was recovered and lost, in a sentence."""
+        info = self.recovery
+        share = info["bytes_read"] / max(info["bytes_total"], 1)
+        lost = "; ".join(info["lost"]) or "nothing lost"
+        without_metadata = self.path.is_dir() and not (self.path / "metadata.yaml").is_file()
+        why = "no metadata.yaml" if without_metadata else "damaged storage"
+        return (f"bag {self.path} is incomplete ({why}): recovered {info['messages']} messages from {share:.0%} of "
+                f"{info['bytes_total']:,} bytes; {lost}. The input is left as it is (`ros2 bag reindex` rebuilds "
+                "its metadata).")
+
+    def close(self) -> None:
+        """Nothing is held open between reads."""
 
 
 def open_typestore(distro: str = "humble") -> Any:
@@ -88,8 +227,15 @@ def open_reader(path: Path | str) -> Iterator[Any]:
     try:
         reader = Reader(path)
         reader.open()
-    except ReaderError as exc:
-        raise BagError(f"cannot open bag {path}: {exc}") from None
+    except (ReaderError, FileNotFoundError) as exc:
+        # A recording cut short: read what is intact, say what was lost (never write to it).
+        reader = RecoveredReader(path.parent if path.is_file() and path.suffix == ".yaml" else path)
+        if not reader.message_count:
+            raise BagError(f"cannot open bag {path}: {exc}; and no intact message could be recovered "
+                           f"({'; '.join(reader.recovery['lost']) or 'it holds none'})") from None
+        if str(path) not in _WARNED:  # once per recording and process, however often it is opened
+            _WARNED.add(str(path))
+            warnings.warn(reader.describe(), BagRecoveredWarning, stacklevel=3)
     try:
         yield reader
     finally:

@@ -124,7 +124,9 @@ def open_source(source: str | Path, config: DataConfig) -> list[FrameSequence]:
     path = Path(source).expanduser()
     if not path.exists():
         raise DataError(f"training source {path} does not exist")
-    if path.suffix in (".mcap", ".db3") or (path / "metadata.yaml").is_file():
+    # A bag: a storage file, or a folder with metadata.yaml or (a recording cut short) storage files only.
+    if path.suffix in (".mcap", ".db3") or (path / "metadata.yaml").is_file() or (
+            path.is_dir() and any(p.suffix in (".mcap", ".db3") for p in path.iterdir())):
         bag = path if path.is_dir() else path.parent if (path.parent / "metadata.yaml").is_file() else path
         return [_bag_sequence(bag, config)]
     if any((path / f"image_{c:02d}" / "data").is_dir() for c in range(4)):
