@@ -40,9 +40,22 @@ from sfm_ros.ros_io import (
 )
 from sfm_ros.worker import error_kind
 
-__all__ = ["IMAGE_TYPES", "BagError", "BagRecoveredWarning", "BagWriter", "RecoveredReader", "CameraFrame", "CameraTopics", "find_camera_topics",
-           "kitti_to_bag", "open_reader", "open_typestore", "read_camera_frames", "read_camera_stamps",
-           "read_odometry"]
+__all__ = [
+    "IMAGE_TYPES",
+    "BagError",
+    "BagRecoveredWarning",
+    "BagWriter",
+    "CameraFrame",
+    "CameraTopics",
+    "RecoveredReader",
+    "find_camera_topics",
+    "kitti_to_bag",
+    "open_reader",
+    "open_typestore",
+    "read_camera_frames",
+    "read_camera_stamps",
+    "read_odometry",
+]
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
@@ -130,7 +143,8 @@ class RecoveredReader:
 
         count, consumed = 0, 0
         try:
-            for record, consumed in self._mcap_records(number, file):
+            for record, position in self._mcap_records(number, file):
+                consumed = position  # the end of the last intact record
                 count += isinstance(record, Message) and (number, record.channel_id) in self._by_key
         except (McapError, *_MCAP_READ_ERRORS) as exc:
             size = file.stat().st_size

@@ -61,14 +61,12 @@ def test_a_bag_folder_without_metadata_is_read_whole(odometry_bag: Path, full_fr
 
 def test_nothing_recoverable_is_a_clear_error(tmp_path: Path, odometry_bag: Path) -> None:
     bag = cut(odometry_bag, tmp_path / "header_only", 0.0000001)
-    with pytest.raises(BagError, match="no intact message could be recovered"):
-        with open_reader(bag):
-            pass
+    with pytest.raises(BagError, match="no intact message could be recovered"), open_reader(bag):
+        pass
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(BagError, match="no .mcap or .db3 storage file"):
-        with open_reader(empty):
-            pass
+    with pytest.raises(BagError, match="no .mcap or .db3 storage file"), open_reader(empty):
+        pass
 
 
 def test_commands_read_a_recording_cut_short(odometry_bag: Path, small_bundle: Path, tmp_path: Path) -> None:
