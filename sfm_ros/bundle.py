@@ -8,11 +8,14 @@ recognisably incomplete rather than silently wrong.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +40,7 @@ __all__ = [
     "read_metadata",
     "save_networks",
     "sha256_file",
+    "staged_bundle",
     "write_metadata",
 ]
 
@@ -197,6 +201,27 @@ def load_networks(folder: str | Path, device: str = "cpu", with_mask: bool | Non
         except RuntimeError as exc:  # same keys, other shapes: say which network config disagrees
             raise BundleError(f"{path} does not match the network in {METADATA_FILE}: {exc}") from None
     return depth_net.to(device).eval(), pose_net.to(device).eval(), metadata
+
+
+@contextlib.contextmanager
+def staged_bundle(bundle: str | Path) -> Iterator[Path]:
+    """Change a copy of ``bundle`` and put it in place only if the block succeeds: all or nothing.
+
+    Yields the copy (in a hidden sibling folder). On success the original is swapped out by two renames and
+    removed; on any exception the copy is removed and the original is as it was.
+    """
+    folder = Path(bundle).expanduser()
+    if not (folder / METADATA_FILE).is_file():
+        raise BundleError(f"model bundle {folder} does not exist (expected a folder with {METADATA_FILE})")
+    stage = Path(tempfile.mkdtemp(prefix=f".{folder.name}.staged.", dir=folder.parent))
+    copy = stage / folder.name
+    try:
+        shutil.copytree(folder, copy)
+        yield copy
+        os.replace(folder, stage / f"{folder.name}.previous")
+        os.replace(copy, folder)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def onnx_key(model: str, precision: str) -> str:

@@ -109,21 +109,24 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from sfm_ros.bundle import staged_bundle
     from sfm_ros.export import export_bundle
 
     if args.precision == "int8" and not args.int8_bag:  # before the export, not after its minutes of work
         raise SystemExit("--precision int8 needs --int8-bag BAG for calibration frames")
-    report = export_bundle(args.bundle, fp16=not args.no_fp16, with_mask=args.mask, verify=not args.no_verify,
-                           restructure=not args.as_trained_graph)
-    models = {name: {k: v for k, v in entry.items() if k in ("file", "parity", "tensorrt_missing")}
-              for name, entry in report["models"].items()}
-    _print_json({"bundle": report["bundle"], "opset": report["opset"], "tolerances": report["tolerances"],
-                 "models": models})
-    if args.precision == "int8":
-        from sfm_ros.quantize import quantize_bundle
+    # Export (and INT8) on a copy put in place only when every step passed: a failed check changes nothing.
+    with staged_bundle(args.bundle) as staged:
+        report = export_bundle(staged, fp16=not args.no_fp16, with_mask=args.mask, verify=not args.no_verify,
+                               restructure=not args.as_trained_graph)
+        models = {name: {k: v for k, v in entry.items() if k in ("file", "parity", "tensorrt_missing")}
+                  for name, entry in report["models"].items()}
+        _print_json({"bundle": args.bundle, "opset": report["opset"], "tolerances": report["tolerances"],
+                     "models": models})
+        if args.precision == "int8":
+            from sfm_ros.quantize import quantize_bundle
 
-        _print_json(quantize_bundle(args.bundle, args.int8_bag, max_windows=args.int8_windows,
-                                    method=args.int8_calibration, progress=True))
+            _print_json(quantize_bundle(staged, args.int8_bag, max_windows=args.int8_windows,
+                                        method=args.int8_calibration, progress=True))
     if args.engine:
         from sfm_ros.backends.tensorrt_backend import trtexec_command
         from sfm_ros.bundle import onnx_path

@@ -151,3 +151,24 @@ assert "torch" not in sys.modules
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(json.loads(result.stdout)["models"]) == ["depth_int8", "pose_int8"]  # `sfm quantize` prints it
+
+
+def test_a_failed_int8_export_leaves_the_bundle_as_it_was(small_bundle: Path, odometry_bag: Path,
+                                                          tmp_path: Path) -> None:
+    """`sfm export --precision int8` re-exports first: when the INT8 step fails, that export must not stay."""
+    import hashlib
+
+    from sfm_ros.cli import main
+
+    folder = shutil.copytree(small_bundle, tmp_path / "bundle")  # exported with the mask output
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+    # The re-export (without --mask: a different pose.onnx) succeeds, then quantisation refuses one frame window
+    # (it needs calibration and held-out windows).
+    code = main(["export", str(folder), "--no-fp16", "--precision", "int8", "--int8-bag", str(odometry_bag),
+                 "--int8-windows", "1"])
+    assert code == 2
+    after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+    assert after == before
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]  # no staged copy left behind
+    assert main(["export", str(folder), "--no-fp16", "--mask"]) == 0
+    assert "depth" in read_metadata(folder).onnx and [p.name for p in tmp_path.iterdir()] == ["bundle"]
