@@ -48,9 +48,11 @@ BUNDLE_FORMAT_VERSION = 1
 # The one definition of the networks' input range: (rgb/255 - IMAGE_MEAN) / IMAGE_STD, here [-1, 1] as in the paper.
 # Training normalises with it, bundles record it, and SSIM maps back to [0, 1] through it.
 IMAGE_MEAN, IMAGE_STD = 0.5, 0.5
-# Exported precisions and their sfm.json key / file-name suffix: depth.onnx, depth_fp16.onnx, depth_int8.onnx.
-ONNX_SUFFIXES = {"fp32": "", "fp16": "_fp16", "int8": "_int8"}
-PRECISIONS = tuple(ONNX_SUFFIXES)
+# The precisions a user asks for, and the kinds of exported model with their sfm.json key / file-name suffix:
+# depth.onnx, depth_fp16.onnx, depth_int8.onnx (onnxruntime's CPU INT8), depth_int8_qdq.onnx (TensorRT's INT8:
+# explicit quantization, Q/DQ nodes).
+PRECISIONS = ("fp32", "fp16", "int8")
+ONNX_SUFFIXES = {"fp32": "", "fp16": "_fp16", "int8": "_int8", "int8_qdq": "_int8_qdq"}
 METADATA_FILE = "sfm.json"
 DEPTH_WEIGHTS = "depth.safetensors"
 POSE_WEIGHTS = "pose.safetensors"
@@ -237,7 +239,8 @@ def onnx_path(bundle: str | Path, model: str, precision: str = "fp32", verify_ch
     metadata = read_metadata(bundle)
     entry = metadata.onnx.get(key)
     if entry is None:
-        how = f"sfm export {bundle} --precision int8 --int8-bag BAG" if precision == "int8" else f"sfm export {bundle}"
+        how = {"int8": f"sfm export {bundle} --precision int8 --int8-bag BAG",
+               "int8_qdq": f"sfm quantize {bundle} BAG --for tensorrt"}.get(precision, f"sfm export {bundle}")
         raise BundleError(f"{bundle} has no exported {key} model: run `{how}` first")
     path = Path(bundle).expanduser() / entry["file"]
     if not path.is_file():

@@ -1,7 +1,7 @@
 """Calibration frames for INT8: network inputs from consecutive frames of a bag, preprocessed as the pipeline does.
 
-One source of calibration data for onnxruntime's quantiser (``sfm_ros.quantize``) and TensorRT's calibrator
-(``sfm_ros.backends.int8``), neither of which imports the other.
+Below both ``sfm_ros.quantize`` (which writes the INT8 models for onnxruntime and TensorRT) and the backends, so
+neither has to import the other for them.
 """
 
 from __future__ import annotations

@@ -125,24 +125,20 @@ def cmd_export(args: argparse.Namespace) -> int:
         if args.precision == "int8":
             from sfm_ros.quantize import quantize_bundle
 
+            # INT8 for onnxruntime's CPU provider, and the Q/DQ models TensorRT builds INT8 engines from.
             _print_json(quantize_bundle(staged, args.int8_bag, max_windows=args.int8_windows,
-                                        method=args.int8_calibration, progress=True))
+                                        method=args.int8_calibration, progress=True,
+                                        targets=("onnxruntime", "tensorrt")))
     if args.engine:
-        from sfm_ros.backends.tensorrt_backend import trtexec_command
-        from sfm_ros.bundle import onnx_path
+        from sfm_ros.backends.tensorrt_backend import TensorRTBackend, tensorrt_plan, trtexec_command
+        from sfm_ros.bundle import onnx_path, read_metadata
 
+        plan = tensorrt_plan(args.precision)
         for model in ("depth", "pose"):
-            print("equivalent:", trtexec_command(onnx_path(args.bundle, model), f"{model}.engine", args.precision))
-        calibrator = None
-        if args.precision == "int8":
-            from sfm_ros.backends.int8 import BagCalibrator
-
-            calibrator = BagCalibrator(args.int8_bag, args.bundle, args.engine_cache, max_frames=args.int8_windows)
-        from sfm_ros.backends.tensorrt_backend import TensorRTBackend
-        from sfm_ros.bundle import read_metadata
-
+            print("equivalent:", trtexec_command(onnx_path(args.bundle, model, plan.onnx_kind), f"{model}.engine",
+                                                 plan))
         backend = TensorRTBackend(Path(args.bundle), read_metadata(args.bundle), precision=args.precision,
-                                  engine_cache_dir=args.engine_cache, calibrator=calibrator)
+                                  engine_cache_dir=args.engine_cache)
         print(f"engines ready in {args.engine_cache}: {backend.description}")
     return 0
 
@@ -151,7 +147,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from sfm_ros.quantize import quantize_bundle
 
     _print_json(quantize_bundle(args.bundle, args.bag, max_windows=args.windows, method=args.calibration,
-                                polyphase=not args.keep_transposed_convs, progress=not args.quiet))
+                                polyphase=not args.keep_transposed_convs, progress=not args.quiet,
+                                targets=tuple(args.targets)))
     return 0
 
 
@@ -288,7 +285,8 @@ def learning_arguments(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from sfm_ros.backends import BACKEND_CHOICES
     from sfm_ros.bundle import PRECISIONS
-    from sfm_ros.quantize import CALIBRATION_METHODS
+    from sfm_ros.quantize import CALIBRATION_METHODS, QUANTIZE_TARGETS
+    from sfm_ros.scale import ScaleSource
 
     parser = argparse.ArgumentParser(prog="sfm", description="SfMLearner depth and visual odometry: train on "
                                      "recorded drives, export to ONNX/TensorRT, replay bags, evaluate.")
@@ -331,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="export the networks' graphs unchanged, not the equivalent CPU-friendly restructuring")
     export.add_argument("--engine", action="store_true", help="also build TensorRT engines here (on the target)")
     export.add_argument("--precision", default="fp16", choices=PRECISIONS,
-                        help="engine precision; int8 also writes onnxruntime CPU INT8 models (checked against fp32)")
+                        help="int8 also writes INT8 models, checked against fp32: onnxruntime's (CPU) and the Q/DQ "
+                             "models TensorRT builds INT8 engines from")
     export.add_argument("--int8-bag", help="bag whose frames calibrate INT8 (and, for onnxruntime, check it)")
     export.add_argument("--int8-windows", type=int, default=64, help="frame windows read from the bag")
     export.add_argument("--int8-calibration", default="minmax", choices=CALIBRATION_METHODS,
@@ -340,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(func=cmd_export)
 
     quantize = commands.add_parser(
-        "quantize", help="onnxruntime INT8 models for CPUs from an exported bundle, checked on a bag (no torch needed)")
+        "quantize", help="INT8 models from an exported bundle, calibrated and checked on a bag (no torch needed): "
+                         "onnxruntime's for CPUs, and/or the Q/DQ models TensorRT builds INT8 engines from")
     quantize.add_argument("bundle", help="a bundle exported with `sfm export`")
     quantize.add_argument("bag", help="bag whose camera frames calibrate INT8 and check it")
     quantize.add_argument("--windows", type=int, default=64, help="frame windows read from the bag")
@@ -348,13 +348,15 @@ def build_parser() -> argparse.ArgumentParser:
                           help="activation-range method")
     quantize.add_argument("--keep-transposed-convs", action="store_true",
                           help="leave ConvTranspose in fp32 instead of rewriting it as four INT8 convolutions")
+    quantize.add_argument("--for", dest="targets", nargs="+", default=["onnxruntime"], choices=list(QUANTIZE_TARGETS),
+                          help="runtimes to quantise for (default onnxruntime)")
     quantize.add_argument("--quiet", action="store_true", help="no progress bars")
     quantize.set_defaults(func=cmd_quantize)
 
     def node_options(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--bundle", help="model bundle (pipeline.bundle)")
         sub.add_argument("--backend", choices=BACKEND_CHOICES)
-        sub.add_argument("--scale-source", choices=("camera_height", "external_speed", "fixed", "none"))
+        sub.add_argument("--scale-source", choices=tuple(source.value for source in ScaleSource))
         sub.add_argument("--params", help="node parameter file (default config/sfm.yaml when present)")
         sub.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. scale.camera_height_m=1.5")
 

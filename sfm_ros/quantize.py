@@ -4,11 +4,15 @@ On a 2-core AVX2 CPU onnxruntime's int8 convolutions (QLinearConv) run DispNet a
 (benchmarks/RESULTS.md). This is an opt-in deployment step, not the paper's method: the fp32 models stay the
 default, and the INT8 ones are written beside them only after they pass the check below.
 
-Format: QOperator (QLinearConv), weights int8 per output channel, activations uint8 per tensor with ranges from
-the calibration frames. Transposed convolutions are first rewritten as four convolutions each
-(``sfm_ros.polyphase``; exact, and checked on a frame) so that they quantise too. These files are for onnxruntime's
-CPU provider; TensorRT builds its INT8 engines from the fp32 ONNX with its own calibrator (``backends/int8.py``)
-from the same frames.
+Two targets, calibrated on the same frames, each model with its own ranges:
+
+- ``onnxruntime`` (``*_int8.onnx``): QOperator (QLinearConv), weights int8 per output channel, activations uint8 per
+  tensor. Transposed convolutions are first rewritten as four convolutions each (``sfm_ros.polyphase``; exact, and
+  checked on a frame) so that they quantise too.
+- ``tensorrt`` (``*_int8_qdq.onnx``): explicit quantization, QuantizeLinear/DequantizeLinear pairs with symmetric
+  int8 activations (zero point 0) and symmetric int8 weights per output channel, the form TensorRT builds INT8
+  engines from (its calibrator-based implicit INT8 was deprecated in 10.1 and is gone in 11). Its ranges are in the
+  file, so the engine cache key (the file's sha256) changes whenever the calibration does.
 
 Check (``INT8_TOLERANCES``): the bag's frame windows alternate between calibration and a held-out check; on the
 held-out ones the INT8 disparity must stay within 5 % of the fp32 disparity per pixel (median over pixels and
@@ -28,10 +32,12 @@ from sfm_ros.bundle import atomic_write_bytes, onnx_key, onnx_path, read_metadat
 from sfm_ros.calibration import calibration_windows
 from sfm_ros.polyphase import polyphase_transposed_convs
 
-__all__ = ["CALIBRATION_METHODS", "INT8_TOLERANCES", "QuantizeError", "calibration_windows", "quantize_bundle"]
+__all__ = ["CALIBRATION_METHODS", "INT8_TOLERANCES", "QUANTIZE_TARGETS", "QuantizeError", "calibration_windows",
+           "quantize_bundle"]
 
 INT8_TOLERANCES = {"disparity_rel_median": 0.05, "pose_rel_median": 0.10}
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")  # onnxruntime's MinMax, Entropy, Percentile
+QUANTIZE_TARGETS = {"onnxruntime": "int8", "tensorrt": "int8_qdq"}  # target -> kind of exported model
 
 
 class QuantizeError(RuntimeError):
@@ -67,10 +73,13 @@ def _check_same_function(model: str, fp32, rewritten: Path, feed: dict[str, np.n
 
 
 def quantize_bundle(bundle: str | Path, bag: str | Path, *, max_windows: int = 64, method: str = "minmax",
-                    polyphase: bool = True, progress: bool = False) -> dict[str, Any]:
-    """Write ``depth_int8.onnx`` and ``pose_int8.onnx`` into an exported bundle and record them in ``sfm.json``.
+                    polyphase: bool = True, progress: bool = False,
+                    targets: tuple[str, ...] = ("onnxruntime",)) -> dict[str, Any]:
+    """Write INT8 models into an exported bundle and record them in ``sfm.json``: for each of ``targets``,
+    ``depth_int8.onnx`` / ``pose_int8.onnx`` (onnxruntime) or ``depth_int8_qdq.onnx`` / ``pose_int8_qdq.onnx``
+    (TensorRT), all or none.
 
-    ``polyphase=False`` keeps the transposed convolutions in fp32 (the form before the rewrite, for comparison).
+    ``polyphase=False`` keeps the transposed convolutions in fp32 (onnxruntime; TensorRT has int8 ones).
     Returns a report: files, calibration and check window counts, the held-out errors and the tolerances.
     Raises QuantizeError (and leaves the bundle unchanged) when a model misses its tolerance, or when the
     rewritten fp32 graph does not reproduce the exported one.
@@ -80,6 +89,10 @@ def quantize_bundle(bundle: str | Path, bag: str | Path, *, max_windows: int = 6
 
     if method not in CALIBRATION_METHODS:
         raise QuantizeError(f"calibration method {method!r} unknown; choose from {CALIBRATION_METHODS}")
+    unknown = set(targets) - set(QUANTIZE_TARGETS)
+    if unknown or not targets:
+        raise QuantizeError(f"quantisation targets {sorted(unknown) or '(none)'} unknown; choose from "
+                            f"{list(QUANTIZE_TARGETS)}")
     folder = Path(bundle).expanduser()
     metadata = read_metadata(folder)
     windows = list(tqdm(calibration_windows(bag, metadata, max_windows), total=max_windows, desc="read frames",
@@ -92,18 +105,23 @@ def quantize_bundle(bundle: str | Path, bag: str | Path, *, max_windows: int = 6
                               "calibration_windows": len(calibration), "check_windows": len(held_out),
                               "tolerances": INT8_TOLERANCES, "models": {}}
     entries, blobs = {}, {}
+    jobs = [(target, model, tolerance_key) for target in targets
+            for model, tolerance_key in (("depth", "disparity_rel_median"), ("pose", "pose_rel_median"))]
     with tempfile.TemporaryDirectory(prefix="sfm_int8_") as scratch:
-        for model, tolerance_key in tqdm((("depth", "disparity_rel_median"), ("pose", "pose_rel_median")),
-                                         desc="quantise", unit="model", disable=not progress):
-            source, key = onnx_path(folder, model), onnx_key(model, "int8")
+        for target, model, tolerance_key in tqdm(jobs, desc="quantise", unit="model", disable=not progress):
+            kind = QUANTIZE_TARGETS[target]
+            source, key = onnx_path(folder, model), onnx_key(model, kind)
             fp32, quantized = _session(source), Path(scratch) / f"{key}.onnx"
-            rewritten_layers = _quantize_model(model, source, fp32, quantized, calibration, method, polyphase)
+            if target == "tensorrt":
+                rewritten_layers = _quantize_qdq(model, source, fp32, quantized, calibration, method)
+            else:
+                rewritten_layers = _quantize_model(model, source, fp32, quantized, calibration, method, polyphase)
             error = _held_out_error(model, fp32, quantized, held_out)
             if error > INT8_TOLERANCES[tolerance_key]:
-                raise QuantizeError(f"{model}: INT8 differs from fp32 by {error:.1%} ({tolerance_key} over "
-                                    f"{len(held_out)} held-out windows of {bag}), tolerance "
+                raise QuantizeError(f"{model}: INT8 ({target}) differs from fp32 by {error:.1%} ({tolerance_key} "
+                                    f"over {len(held_out)} held-out windows of {bag}), tolerance "
                                     f"{INT8_TOLERANCES[tolerance_key]:.0%}; the fp32 models stay in use")
-            entries[key] = {"file": quantized.name, "precision": "int8", "from": source.name,
+            entries[key] = {"file": quantized.name, "precision": "int8", "target": target, "from": source.name,
                             "calibration": method, "polyphase_layers": rewritten_layers,
                             "inputs": metadata.onnx[model]["inputs"],
                             "outputs": metadata.onnx[model]["outputs"], "check": {tolerance_key: error}}
@@ -151,6 +169,24 @@ def _quantize_model(model: str, source: Path, fp32, quantized: Path, calibration
                     quant_format=QuantFormat.QOperator, per_channel=True, activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8, calibrate_method=calibration_method)
     return rewritten_layers
+
+
+def _quantize_qdq(model: str, source: Path, fp32, quantized: Path, calibration: list[dict[str, np.ndarray]],
+                  method: str) -> int:
+    """TensorRT's form of ``source``: Q/DQ pairs, int8 symmetric activations and per-channel weights. Returns 0
+    (TensorRT quantises transposed convolutions itself: no rewrite)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = quantized.parent / f"{model}_qdq_prepared.onnx"
+    quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+    input_names = [i.name for i in fp32.get_inputs()]
+    calibration_method = {m.name.lower(): m for m in CalibrationMethod}[method]
+    quantize_static(str(prepared), str(quantized), _Reader(calibration, input_names), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=calibration_method, op_types_to_quantize=["Conv", "ConvTranspose"],
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+    return 0
 
 
 def _held_out_error(model: str, fp32, quantized: Path, held_out: list[dict[str, np.ndarray]]) -> float:

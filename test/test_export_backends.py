@@ -155,8 +155,12 @@ def test_engine_cache_key_changes_with_every_field(tmp_path: Path) -> None:
 
 
 def test_trtexec_command() -> None:
-    assert trtexec_command("d.onnx", "d.engine", "fp16") == (
+    from sfm_ros.backends.tensorrt_backend import BuildPlan
+
+    assert trtexec_command("d.onnx", "d.engine", BuildPlan("fp32", False, ("FP16",))) == (
         "trtexec --onnx=d.onnx --saveEngine=d.engine --fp16 --memPoolSize=workspace:1024")
+    assert trtexec_command("d.onnx", "d.engine", BuildPlan("int8_qdq", True, ())) == (
+        "trtexec --onnx=d.onnx --saveEngine=d.engine --stronglyTyped --memPoolSize=workspace:1024")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None or not Path("/dev/nvidiactl").exists(),
@@ -195,7 +199,7 @@ def test_runtime_modules_do_not_import_torch_or_training() -> None:
 
     runtime = ["sfm_ros/node.py", "sfm_ros/pipeline.py", "sfm_ros/ros_io.py", "sfm_ros/scale.py", "sfm_ros/replay.py",
                "sfm_ros/worker.py", "sfm_ros/backends/__init__.py", "sfm_ros/backends/onnxruntime_backend.py",
-               "sfm_ros/backends/tensorrt_backend.py", "sfm_ros/backends/int8.py", "sfm_ros/quantize.py",
+               "sfm_ros/backends/tensorrt_backend.py", "sfm_ros/calibration.py", "sfm_ros/quantize.py",
                "launch/sfm.launch.py"]
     for path in runtime:
         tree = ast.parse((REPO / path).read_text())

@@ -65,7 +65,7 @@ def test_int8_tolerance_miss_leaves_the_bundle_unchanged(small_bundle: Path, odo
     folder = shutil.copytree(small_bundle, tmp_path / "bundle")
     before = (folder / "sfm.json").read_text()
     monkeypatch.setitem(INT8_TOLERANCES, "disparity_rel_median", 0.0)
-    with pytest.raises(QuantizeError, match=r"depth: INT8 differs from fp32 by .* tolerance 0%"):
+    with pytest.raises(QuantizeError, match=r"depth: INT8 \(onnxruntime\) differs from fp32 by .* tolerance 0%"):
         quantize_bundle(folder, odometry_bag, max_windows=6)
     assert (folder / "sfm.json").read_text() == before
     assert not list(folder.glob("*int8*"))
@@ -172,3 +172,48 @@ def test_a_failed_int8_export_leaves_the_bundle_as_it_was(small_bundle: Path, od
     assert [p.name for p in tmp_path.iterdir()] == ["bundle"]  # no staged copy left behind
     assert main(["export", str(folder), "--no-fp16", "--mask"]) == 0
     assert "depth" in read_metadata(folder).onnx and [p.name for p in tmp_path.iterdir()] == ["bundle"]
+
+
+def test_tensorrt_int8_is_explicit_quantization_with_its_own_ranges(small_bundle: Path, odometry_bag: Path,
+                                                                    tmp_path: Path) -> None:
+    """The Q/DQ models TensorRT builds INT8 engines from: symmetric int8 (zero points 0, as TensorRT requires),
+    per-channel weights, every operator in the parser's lists, within tolerance of fp32 under onnxruntime, and each
+    model's own calibration in its file (so in the engine key)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from sfm_ros.export import check_tensorrt_operators
+
+    folder = shutil.copytree(small_bundle, tmp_path / "bundle")
+    report = quantize_bundle(folder, odometry_bag, max_windows=16, targets=("tensorrt",))
+    metadata = read_metadata(folder)
+    assert set(report["models"]) == {"depth_int8_qdq", "pose_int8_qdq"} and "depth_int8" not in metadata.onnx
+    scales = {}
+    for model in ("depth", "pose"):
+        path = onnx_path(folder, model, "int8_qdq")
+        graph = onnx.load(str(path)).graph
+        operators = {node.op_type for node in graph.node}
+        assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= operators and "QLinearConv" not in operators
+        assert check_tensorrt_operators(path) == {"10": [], "8.5": []}
+        initializers = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+        zero_points = [v for k, v in initializers.items() if k.endswith("zero_point") and v.dtype == np.int8]
+        assert zero_points and all(not z.any() for z in zero_points)
+        per_channel = [v for k, v in initializers.items() if k.endswith("_scale") and v.ndim == 1 and v.size > 1]
+        assert per_channel  # weights quantised per output channel
+        scales[model] = sorted(float(v.ravel()[0]) for k, v in initializers.items() if k.endswith("_scale"))
+        assert metadata.onnx[f"{model}_int8_qdq"]["check"]  # checked against fp32 on held-out windows
+    assert scales["depth"] != scales["pose"]  # per-model calibration, never one table for both
+
+
+def test_tensorrt_build_plans_by_version() -> None:
+    from sfm_ros.backends.tensorrt_backend import BuildPlan, build_plan
+
+    trt10 = ({"FP16", "INT8", "TF32", "BF16"}, {"EXPLICIT_BATCH", "STRONGLY_TYPED"})  # 8.5-10.x: weakly typed flags
+    trt11 = ({"TF32", "DIRECT_IO"}, {"STRONGLY_TYPED"})  # 11: precision comes from the graph
+    assert build_plan("fp16", *trt10) == BuildPlan("fp32", False, ("FP16",))
+    assert build_plan("int8", *trt10) == BuildPlan("int8_qdq", False, ("INT8", "FP16"))
+    assert build_plan("fp16", *trt11) == BuildPlan("fp16", True, ())
+    assert build_plan("int8", *trt11) == BuildPlan("int8_qdq", True, ())
+    assert build_plan("fp32", *trt11) == BuildPlan("fp32", True, ())
+    with pytest.raises(BackendError, match="neither the FP16 builder flag nor strongly-typed"):
+        build_plan("fp16", {"TF32"}, {"EXPLICIT_BATCH"})

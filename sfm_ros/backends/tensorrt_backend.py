@@ -1,7 +1,11 @@
 """TensorRT backend (pycuda) and the engine cache. One code path for TensorRT 8.5 to 11.
 
 - I/O by tensor name (``num_io_tensors``, ``get_tensor_name``, ``set_tensor_address``), ``execute_async_v3``.
-- Precision: the FP16 builder flag where the builder has it; otherwise (strongly-typed TensorRT) the fp16 ONNX.
+- Precision (``build_plan``): fp16 through the FP16 builder flag where the builder has it, else (strongly-typed
+  TensorRT 11) the fp16 ONNX; int8 always through explicit quantization, the bundle's Q/DQ ONNX
+  (``sfm quantize --for tensorrt``), with the INT8 and FP16 flags on TensorRT 8.5-10.x and strongly typed on 11.
+  No calibrator: calibrator-based (implicit) INT8 was deprecated in 10.1 and removed in 11, and a Q/DQ file
+  carries its own model's ranges, so each engine's key (its ONNX's sha256) covers its calibration.
 - Engines are built on the target from the bundle's ONNX and cached under a key of (ONNX sha256, TensorRT
   version, GPU name, compute capability, precision, input shapes); a stale or foreign engine is rebuilt,
   never loaded. Engines are never shipped.
@@ -22,7 +26,37 @@ import numpy as np
 from sfm_ros.backends import BackendError, check_input
 from sfm_ros.bundle import BundleMetadata, atomic_write_bytes, onnx_key, onnx_path
 
-__all__ = ["EngineCache", "EngineKey", "TensorRTBackend", "build_engine", "trtexec_command"]
+__all__ = ["BuildPlan", "EngineCache", "EngineKey", "TensorRTBackend", "build_engine", "build_plan", "trtexec_command"]
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildPlan:
+    """How to build an engine of a precision with a given TensorRT: which exported model, typing, builder flags."""
+
+    onnx_kind: str  # "fp32", "fp16" or "int8_qdq": the bundle's model to parse
+    strongly_typed: bool  # precision from the graph's types (TensorRT 10's option, 11's only mode)
+    flags: tuple[str, ...]  # BuilderFlag names to set
+
+
+def build_plan(precision: str, builder_flags: set[str], creation_flags: set[str]) -> BuildPlan:
+    """The plan for ``precision`` given the names in ``trt.BuilderFlag`` and ``trt.NetworkDefinitionCreationFlag``.
+
+    TensorRT 8.5-10.x (FP16/INT8 flags exist): fp16 by flag on the fp32 ONNX; int8 from the Q/DQ ONNX with INT8 and
+    FP16 (for the layers the Q/DQ pairs leave in float). TensorRT 11 (no such flags, strongly typed only): the fp16
+    ONNX for fp16, the Q/DQ ONNX for int8.
+    """
+    weakly_typed = "FP16" in builder_flags
+    if not weakly_typed and "STRONGLY_TYPED" not in creation_flags:
+        raise BackendError("this TensorRT has neither the FP16 builder flag nor strongly-typed networks")
+    if precision == "fp32":
+        return BuildPlan("fp32", not weakly_typed, ())
+    if precision == "fp16":
+        return BuildPlan("fp32", False, ("FP16",)) if weakly_typed else BuildPlan("fp16", True, ())
+    if precision == "int8":
+        if weakly_typed and "INT8" in builder_flags:
+            return BuildPlan("int8_qdq", False, ("INT8", "FP16"))
+        return BuildPlan("int8_qdq", True, ())
+    raise BackendError(f"precision {precision!r} unknown for TensorRT; choose fp32, fp16 or int8")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,10 +105,20 @@ class EngineCache:
         return path
 
 
-def trtexec_command(onnx_file: str | Path, engine_file: str | Path, precision: str) -> str:
+def trtexec_command(onnx_file: str | Path, engine_file: str | Path, plan: BuildPlan) -> str:
     """The equivalent ``trtexec`` command line, for users who build engines by hand."""
-    flags = {"fp16": " --fp16", "int8": " --int8 --fp16", "fp32": ""}[precision]
+    flags = "".join(f" --{flag.lower()}" for flag in plan.flags) + (" --stronglyTyped" if plan.strongly_typed else "")
     return f"trtexec --onnx={onnx_file} --saveEngine={engine_file}{flags} --memPoolSize=workspace:1024"
+
+
+def _flag_names(enum: Any) -> set[str]:
+    return {name for name in dir(enum) if name.isupper()}
+
+
+def tensorrt_plan(precision: str) -> BuildPlan:
+    """``build_plan`` for the installed TensorRT."""
+    trt = _tensorrt()
+    return build_plan(precision, _flag_names(trt.BuilderFlag), _flag_names(trt.NetworkDefinitionCreationFlag))
 
 
 def _tensorrt() -> Any:
@@ -94,18 +138,16 @@ def _gpu_identity() -> tuple[str, str]:
     return device.name(), f"{major}.{minor}"
 
 
-def build_engine(onnx_file: str | Path, precision: str = "fp16", calibrator: Any = None,
-                 workspace_bytes: int = 1 << 30) -> bytes:
-    """Parse ONNX and build a serialized engine. Errors name the parser's complaints."""
+def build_engine(onnx_file: str | Path, plan: BuildPlan, workspace_bytes: int = 1 << 30) -> bytes:
+    """Parse ONNX and build a serialized engine by ``plan``. Errors name the parser's complaints."""
     trt = _tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    has_fp16_flag = hasattr(trt.BuilderFlag, "FP16")
     flags = 0
     creation = trt.NetworkDefinitionCreationFlag
     if hasattr(creation, "EXPLICIT_BATCH"):  # required on 8.x, deprecated no-op on 10, gone later
         flags |= 1 << int(creation.EXPLICIT_BATCH)
-    if not has_fp16_flag and hasattr(creation, "STRONGLY_TYPED"):
+    if plan.strongly_typed:
         flags |= 1 << int(creation.STRONGLY_TYPED)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
@@ -114,16 +156,11 @@ def build_engine(onnx_file: str | Path, precision: str = "fp16", calibrator: Any
         raise BackendError(f"TensorRT could not parse {onnx_file}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
-    if precision in ("fp16", "int8") and has_fp16_flag:
-        config.set_flag(trt.BuilderFlag.FP16)
-    if precision == "int8":
-        if calibrator is None:
-            raise BackendError("int8 needs a calibrator (frames from a bag: `sfm export --engine --int8-bag BAG`)")
-        config.set_flag(trt.BuilderFlag.INT8)
-        config.int8_calibrator = calibrator
+    for flag in plan.flags:
+        config.set_flag(getattr(trt.BuilderFlag, flag))
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise BackendError(f"TensorRT failed to build an engine from {onnx_file} ({precision})")
+        raise BackendError(f"TensorRT failed to build an engine from {onnx_file} ({plan})")
     return bytes(serialized)
 
 
@@ -133,8 +170,7 @@ class TensorRTBackend:
     name = "tensorrt"
 
     def __init__(self, bundle: Path, metadata: BundleMetadata, *, device: str = "auto", precision: str = "fp16",
-                 threads: int = 0, with_mask: bool = False, engine_cache_dir: str | Path | None = None,
-                 calibrator: Any = None) -> None:
+                 threads: int = 0, with_mask: bool = False, engine_cache_dir: str | Path | None = None) -> None:
         trt = _tensorrt()
         import pycuda.driver as cuda
 
@@ -150,17 +186,16 @@ class TensorRTBackend:
             self._runtime = trt.Runtime(self._logger)
             gpu_name, capability = _gpu_identity()
             cache = EngineCache(engine_cache_dir or "~/.cache/sfm_ros/engines")
-            has_fp16_flag = hasattr(trt.BuilderFlag, "FP16")
-            # Strongly-typed TensorRT takes its precision from the graph: use the fp16 ONNX there.
-            onnx_precision = "fp16" if precision == "fp16" and not has_fp16_flag else "fp32"
+            plan = tensorrt_plan(precision)
             self._engines, self._contexts, self._buffers = {}, {}, {}
             self._stream = cuda.Stream()
             for model in ("depth", "pose"):
-                path = onnx_path(bundle, model, onnx_precision)
-                entry = metadata.onnx[onnx_key(model, onnx_precision)]
+                path = onnx_path(bundle, model, plan.onnx_kind)
+                entry = metadata.onnx[onnx_key(model, plan.onnx_kind)]
+                # The ONNX's sha256 covers the model and, for int8_qdq, its own calibration.
                 key = EngineKey(entry["sha256"], trt.__version__, gpu_name, capability, precision,
                                 tuple(sorted((n, tuple(s)) for n, s in entry["inputs"].items())))
-                engine = self._load_or_build(cache, model, key, path, precision, calibrator)
+                engine = self._load_or_build(cache, model, key, path, plan)
                 self._engines[model] = engine
                 self._contexts[model] = engine.create_execution_context()
                 self._buffers[model] = self._allocate(engine, self._contexts[model])
@@ -172,14 +207,13 @@ class TensorRTBackend:
             self._context.pop()
         self.description = f"tensorrt {trt.__version__} {gpu_name} sm{capability} {precision}"
 
-    def _load_or_build(self, cache: EngineCache, model: str, key: EngineKey, onnx_file: Path, precision: str,
-                       calibrator: Any) -> Any:
+    def _load_or_build(self, cache: EngineCache, model: str, key: EngineKey, onnx_file: Path, plan: BuildPlan) -> Any:
         blob = cache.lookup(model, key)
         if blob is not None:
             engine = self._runtime.deserialize_cuda_engine(blob)
             if engine is not None:
                 return engine
-        blob = build_engine(onnx_file, precision, calibrator)
+        blob = build_engine(onnx_file, plan)
         cache.store(model, key, blob)
         engine = self._runtime.deserialize_cuda_engine(blob)
         if engine is None:
