@@ -8,7 +8,8 @@ Prints JSON (and a Markdown table on stderr); writes learning.json, learning_cur
 (variant, seed) under --output, which a rerun reuses.
 
 Examples:
-  python benchmarks/bench_learning.py --config config/train_recommended.yaml --steps 1000
+  python benchmarks/bench_learning.py --steps 1000                       # the default recipe
+  python benchmarks/bench_learning.py --config config/train_paper.yaml --steps 3000 --seeds 0 1 2
   python benchmarks/bench_learning.py --variants benchmarks/learning_ablation.yaml --seeds 0 1 2 --steps 3000
 Size: 64x208 on a CPU, 128x416 with CUDA (the paper's), unless --height/--width say otherwise.
 """

@@ -265,8 +265,8 @@ def learning_arguments(parser: argparse.ArgumentParser) -> None:
     """``sfm bench learning``'s options (benchmarks/bench_learning.py is the same command)."""
     parser.add_argument("--data", help="synth_streets folder: train.npz/val.npz, or train/ and val/ street folders "
                                        "(default: ../shared/data/synth_streets, else the repository's sample)")
-    parser.add_argument("--config", help="training preset of the single variant (default: "
-                                         "config/train_recommended.yaml)")
+    parser.add_argument("--config", help="training preset of the single variant (default: none, the default "
+                                         "recipe of training/config.py)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override (repeatable)")
     parser.add_argument("--variants", help="YAML of variants (name: {preset, set}); replaces --config/--set")
     parser.add_argument("--only", nargs="+", help="run only these variants of the file")

@@ -209,7 +209,7 @@ def test_health_monitor_warns_after_warmup_and_patience_and_clears() -> None:
     assert monitor.update(50, flat) == ([], [])  # a fresh network is flat: no verdict yet
     assert monitor.update(120, flat) == ([], []) and monitor.update(140, flat) == ([], [])
     started, _ = monitor.update(160, flat)
-    assert len(started) == 1 and "collapsed" in started[0] and "train_recommended" in started[0]
+    assert len(started) == 1 and "collapsed" in started[0] and "initial_disparity" in started[0]
     assert monitor.update(180, flat) == ([], [])  # said once
     assert monitor.update(200, good) == ([], ["collapse"])
     still = {**good, "motion_px": 0.01}

@@ -17,8 +17,9 @@ import torch
 
 __all__ = ["HealthMonitor", "HealthThresholds", "training_health"]
 
-ADVICE_COLLAPSE = ("try the recommended preset (config/train_recommended.yaml), or loss.validity_mask=true with a "
-                   "smaller loss.smooth_weight; check the intrinsics and that frames move between snippets")
+ADVICE_COLLAPSE = ("use the default recipe (no --config, or config/train_kitti.yaml: model.initial_disparity=0.3 and "
+                   "loss.smooth_weight=0.1 are what keep the paper's from collapsing); check the intrinsics and that "
+                   "frames move between snippets")
 ADVICE_STILL = ("check that consecutive frames move (data.min_motion_px, data.static_filter), that the intrinsics "
                 "match the images, and the frame rate of the source")
 
@@ -27,7 +28,8 @@ ADVICE_STILL = ("check that consecutive frames move (data.min_motion_px, data.st
 class HealthThresholds:
     """When a statistic counts as failing, and for how long before it is reported."""
 
-    min_disparity_variation: float = 0.05  # per-image std/mean of disparity below this: nearly constant
+    min_disparity_variation: float = 0.05  # per-image std/mean of disparity below this, and not growing: collapsed
+    trend_steps: int = 200  # "growing" compares with the variation this many steps earlier (x1.1)
     max_saturated_fraction: float = 0.8  # share of pixels within 2 % of the disparity range's ends
     min_motion_px: float = 0.25  # predicted image motion at the median depth, pixels
     warmup_steps: int = 300  # outputs of a fresh network are nearly constant and still: no verdict before this
@@ -61,13 +63,17 @@ class HealthMonitor:
     def __init__(self, thresholds: HealthThresholds | None = None) -> None:
         self.thresholds = thresholds or HealthThresholds()
         self._streak = {"collapse": 0, "still": 0}
+        self._variation: list[tuple[int, float]] = []
         self.active: dict[str, str] = {}
 
-    def problems(self, stats: dict[str, float]) -> dict[str, str]:
-        """The failing conditions of one check (no patience applied): name -> message with advice."""
+    def problems(self, stats: dict[str, float], growing: bool = False) -> dict[str, str]:
+        """The failing conditions of one check (no patience applied): name -> message with advice.
+
+        growing: the disparity variation is rising (a flat start that is learning structure is not a collapse).
+        """
         limits = self.thresholds
         found = {}
-        if stats["disparity_variation"] < limits.min_disparity_variation:
+        if stats["disparity_variation"] < limits.min_disparity_variation and not growing:
             found["collapse"] = (f"disparity has collapsed to nearly one value per image (std/mean "
                                  f"{stats['disparity_variation']:.3f} < {limits.min_disparity_variation}): "
                                  f"{ADVICE_COLLAPSE}")
@@ -81,9 +87,14 @@ class HealthMonitor:
 
     def update(self, step: int, stats: dict[str, float]) -> tuple[list[str], list[str]]:
         """Feed one check; returns (new warnings, names of warnings that cleared)."""
+        variation = stats["disparity_variation"]
+        earlier = [value for seen, value in self._variation if seen <= step - self.thresholds.trend_steps]
+        growing = bool(earlier) and variation > 1.1 * earlier[-1]
+        self._variation = [(seen, value) for seen, value in self._variation
+                           if seen > step - 2 * self.thresholds.trend_steps] + [(step, variation)]
         if step < self.thresholds.warmup_steps:
             return [], []
-        found = self.problems(stats)
+        found = self.problems(stats, growing)
         started, cleared = [], []
         for name in self._streak:
             if name in found:

@@ -360,8 +360,6 @@ def run_from_arguments(args: Any) -> dict[str, Any]:
     if args.data is None:
         shared = repo.parent / "shared" / "data" / "synth_streets"
         args.data = str(shared if shared.is_dir() else repo / "test" / "data" / "synth_streets")
-    if args.config is None:
-        args.config = str(repo / "config" / "train_recommended.yaml")
     cuda = torch.cuda.is_available()
     height = args.height or (128 if cuda else 64)
     width = args.width or (416 if cuda else 208)
@@ -373,7 +371,8 @@ def run_from_arguments(args: Any) -> dict[str, Any]:
                 raise ValueError(f"--only names unknown variants {sorted(missing)}; the file has {list(variants)}")
             variants = {name: spec for name, spec in variants.items() if name in args.only}
     else:
-        variants = {Path(args.config).stem: {"preset": args.config, "set": list(args.set), "note": ""}}
+        name = Path(args.config).stem if args.config else "defaults"  # no --config: the default (recommended) recipe
+        variants = {name: {"preset": args.config, "set": list(args.set), "note": ""}}
     cores = os.cpu_count() or 1
     for spec in variants.values():
         workers = args.workers
