@@ -17,6 +17,7 @@ pipeline (frames, resets, speeds, new settings) runs on that one thread.
 
 from __future__ import annotations
 
+import collections
 import importlib
 import time
 from typing import Any
@@ -49,7 +50,7 @@ from sfm_ros.ros_io import (
     image_to_rgb,
     stamp_to_ns,
 )
-from sfm_ros.worker import LatestFrameWorker
+from sfm_ros.worker import LatestFrameWorker, error_kind
 
 __all__ = ["SfmNode", "main", "validate_node_config"]
 
@@ -129,6 +130,7 @@ class SfmNode(Node):
         else:
             self.create_subscription(Image, "image", self._on_image, image_qos, qos_overriding_options=overrides)
         self.camera: CameraModel | None = None
+        self.camera_info_errors: collections.Counter[str] = collections.Counter()
         if config.use_camera_info:
             self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos_profile_sensor_data)
         elif len(config.intrinsics) != 4 or min(config.intrinsics[:2]) <= 0:
@@ -170,8 +172,11 @@ class SfmNode(Node):
     def _on_camera_info(self, msg: CameraInfo) -> None:
         try:
             self.camera = camera_info_to_model(msg)
-        except ImageError as exc:
-            self.get_logger().warning(f"ignoring CameraInfo: {exc}", throttle_duration_sec=5.0)
+        except (ImageError, ValueError) as exc:  # counted like the frames' errors, in the diagnostics
+            kind = f"CameraInfo {error_kind(exc)}"
+            self.camera_info_errors[kind] += 1
+            if self.camera_info_errors[kind] == 1:
+                self.get_logger().warning(f"ignoring CameraInfo messages with a new kind of error: {exc}")
 
     def _on_speed(self, msg: Any) -> None:
         v = msg.twist.twist.linear if isinstance(msg, Odometry) else msg.twist.linear
@@ -270,13 +275,14 @@ class SfmNode(Node):
             level, message = DiagnosticStatus.WARN, "no frame processed yet"
         elif not estimate.scale.healthy or not estimate.scale.metric:
             level, message = DiagnosticStatus.WARN, f"scale: {estimate.scale.reason}"
-        if worker.errors:
+        errors = {**dict(worker.errors), **dict(self.camera_info_errors)}
+        if errors:
             level = max(level, DiagnosticStatus.WARN)
-            message += f"; {sum(worker.errors.values())} frames skipped for errors"
+            message += f"; {sum(errors.values())} messages skipped for errors"
         values = {"backend": self.pipeline.backend.description, "scale_source": self.config.scale.source,
                   "frames_processed": worker.processed, "frames_dropped": worker.dropped,
                   "rate_hz": f"{worker.processed / elapsed:.2f}", "latency_ms": f"{worker.last_latency_s * 1e3:.1f}",
-                  "errors": dict(worker.errors)}
+                  "errors": errors}
         if estimate is not None:
             values["scale_factor"] = f"{estimate.scale.factor:.4f}"
         key_values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]

@@ -147,7 +147,7 @@ class Pipeline:
             raise FrameError(f"frame is {rgb.shape[1]}x{rgb.shape[0]} but its camera model is "
                              f"{camera.width}x{camera.height}")
         K = np.asarray(camera.K)
-        if K.shape != (3, 3) or K[0, 0] <= 0 or K[1, 1] <= 0:
+        if K.shape != (3, 3) or not np.isfinite(K).all() or K[0, 0] <= 0 or K[1, 1] <= 0:
             raise FrameError(f"camera intrinsics are unusable: K = {K.tolist()}")
 
     def process(self, stamp_ns: int, rgb: np.ndarray, camera: CameraModel) -> Estimate:

@@ -120,6 +120,8 @@ def camera_info_to_model(msg: Any) -> CameraModel:
     """sensor_msgs/CameraInfo -> CameraModel, using the rectified projection P when set, else K."""
     P = np.asarray(msg.p, dtype=np.float64).reshape(3, 4)
     K = P[:, :3].copy() if P[0, 0] > 0 else np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
+    if not np.isfinite(K).all():
+        raise ImageError(f"CameraInfo has non-finite intrinsics (K = {K.ravel().tolist()})")
     if K[0, 0] <= 0 or K[1, 1] <= 0 or int(msg.width) <= 0 or int(msg.height) <= 0:
         raise ImageError(f"CameraInfo has no usable intrinsics (fx={K[0, 0]}, fy={K[1, 1]}, "
                          f"size {msg.width}x{msg.height})")

@@ -370,3 +370,77 @@ def test_without_tf2_ros_publishing_tf_is_a_clear_error(small_bundle: Path, ros_
         assert not refused.successful and "tf2_ros" in refused.reason
     finally:
         node.destroy_node()
+
+
+def test_malformed_message_storm_at_30_hz(small_bundle: Path, ros_context) -> None:  # pragma: no cover - rclpy
+    """Hundreds of bad Images and CameraInfos over real DDS: the node stays up, counts each kind in its
+    diagnostics, and publishes again on the next good frame."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+    from sensor_msgs.msg import CameraInfo, Image
+
+    from sfm_ros.ros_io import MessageTypes, make_camera_info, make_header, rgb_to_image_msg
+
+    node, helper, executor = start_node(ros_context, small_bundle, tf=False)
+    depth, diagnostics = [], []
+    helper.create_subscription(Image, "depth", depth.append, 10)
+    helper.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 10)
+    image_publisher = helper.create_publisher(Image, "image", 10)
+    info_publisher = helper.create_publisher(CameraInfo, "camera_info", 10)
+    assert spin_until(executor, lambda: image_publisher.get_subscription_count() > 0)
+    types = MessageTypes.from_rclpy()
+    frames, camera = _frames_and_camera()
+    rng = np.random.default_rng(7)
+
+    def bad_image(kind: str, header) -> Image:
+        height, width = (int(v) for v in rng.integers(1, 40, 2))
+        data = bytes(rng.integers(0, 256, height * width * 3, dtype=np.uint8))
+        if kind == "encoding":
+            return Image(header=header, height=height, width=width, encoding="yuv422", step=width * 2, data=data)
+        if kind == "step":
+            return Image(header=header, height=height, width=width, encoding="rgb8", step=width, data=data)
+        if kind == "truncated":
+            return Image(header=header, height=height, width=width, encoding="bgr8", step=width * 3,
+                         data=data[: len(data) // 2])
+        if kind == "zero":
+            return Image(header=header, height=0, width=width, encoding="rgb8", step=width * 3, data=b"")
+        return Image(header=header, height=height, width=width, encoding="rgb8", step=width * 3, data=data)  # size
+
+    def bad_info(kind: str, header) -> CameraInfo:
+        info = make_camera_info(types, camera, header)
+        k = list(info.k)
+        k[0] = float("nan") if kind == "nan" else -5.0
+        info.k = k
+        info.p = [0.0] * 12
+        return info
+
+    kinds = ["encoding", "step", "truncated", "zero", "size", "nan", "negative"]
+    try:
+        info_publisher.publish(make_camera_info(types, camera, make_header(types, 0, "camera")))
+        assert spin_until(executor, lambda: node.camera is not None)
+        for i in range(240):
+            header = make_header(types, 1_000_000_000 + i * 33_333_333, "camera")
+            kind = kinds[i % len(kinds)] if i < 210 else str(rng.choice(kinds))
+            if kind in ("nan", "negative"):
+                info_publisher.publish(bad_info(kind, header))
+            else:
+                image_publisher.publish(bad_image(kind, header))
+            deadline = time.monotonic() + 1 / 30
+            while time.monotonic() < deadline:
+                executor.spin_once(timeout_sec=0.005)
+        assert node.worker.wait_idle(10)
+        good = make_header(types, 20_000_000_000, "camera")
+        info_publisher.publish(make_camera_info(types, camera, good))
+        image_publisher.publish(rgb_to_image_msg(types, frames[0], good))
+        assert spin_until(executor, lambda: any(m.header.stamp.sec == 20 for m in depth)), "no depth after the storm"
+        diagnostics.clear()
+        assert spin_until(executor, lambda: bool(diagnostics), timeout_s=5)
+        status = next(s for s in diagnostics[-1].status if s.name.endswith("pipeline"))
+        errors = next(kv.value for kv in status.values if kv.key == "errors")
+        for expected in ("unsupported image encoding", "image step", "image data has", "zero size",
+                         "camera model is", "non-finite intrinsics", "no usable intrinsics"):
+            assert expected.split()[0] in errors, (expected, errors)
+        assert "CameraInfo" in errors and status.level == DiagnosticStatus.WARN  # messages were skipped
+        assert node.worker._thread.is_alive()
+    finally:
+        node.destroy_node()
+        helper.destroy_node()
