@@ -145,7 +145,8 @@ def test_missing_bundle_is_a_configuration_error(ros_context) -> None:  # pragma
 
 
 class _StandInTf2:  # pragma: no cover - rclpy machines
-    """The three tf2_ros names the node uses, for machines whose ROS 2 has no tf2_ros (the PyPI wheels).
+    """The three tf2_ros names the node uses, only for machines whose ROS 2 has no tf2_ros (the PyPI wheels);
+    wherever tf2_ros imports the test uses it.
 
     The broadcaster records what the node sends; the buffer answers base_link <- camera from the second lookup on
     (the first raises, as tf2 does before the static transform arrives). On a full ROS 2 install the real
@@ -185,23 +186,28 @@ def test_node_broadcasts_tf_and_reads_the_extrinsic_from_tf(  # pragma: no cover
     from sensor_msgs.msg import CameraInfo, Image
 
     from sfm_ros import kitti
+    from sfm_ros.camera import CameraModel
     from sfm_ros.geometry import quaternion_to_rotation
-    from sfm_ros.ros_io import (
-        CameraModel,
-        MessageTypes,
-        make_camera_info,
-        make_header,
-        make_transform,
-        rgb_to_image_msg,
-    )
+    from sfm_ros.ros_io import MessageTypes, make_camera_info, make_header, make_transform, rgb_to_image_msg
     from test.conftest import ODOMETRY_06
 
     types = MessageTypes.from_rclpy()
     # KITTI's camera in the car's base_link: optical z forward -> base x forward, 1.65 m up, 0.27 m ahead.
     T_base_camera = np.array([[0, 0, 1, 0.27], [-1, 0, 0, 0.0], [0, -1, 0, 1.65], [0, 0, 0, 1.0]])
-    stand_in = _StandInTf2(make_transform(types, make_header(types, 0, "base_link"), "camera", T_base_camera))
-    monkeypatch.setitem(sys.modules, "tf2_ros", stand_in)
+    extrinsic = make_transform(types, make_header(types, 0, "base_link"), "camera", T_base_camera)
+    real_tf2 = importlib.util.find_spec("tf2_ros") is not None
+    if not real_tf2:  # the PyPI wheels: a stand-in records what the node sends and answers its lookups
+        stand_in = _StandInTf2(extrinsic)
+        monkeypatch.setitem(sys.modules, "tf2_ros", stand_in)
     node, helper, executor = start_node(ros_context, small_bundle, tf=True)
+    sent, lookups = (stand_in.sent, stand_in.lookups) if not real_tf2 else ([], None)
+    if real_tf2:  # a ROS 2 installation: the real broadcaster, buffer and listener, over /tf and /tf_static
+        import tf2_ros
+        from tf2_msgs.msg import TFMessage
+
+        static_broadcaster = tf2_ros.StaticTransformBroadcaster(helper)
+        helper.create_subscription(TFMessage, "/tf", lambda msg: sent.extend(
+            t for t in msg.transforms if t.child_frame_id == "base_link"), 10)
     odometry = []
     helper.create_subscription(Odometry, "odom", odometry.append, 10)
     image_publisher = helper.create_publisher(Image, "image", 10)
@@ -219,10 +225,14 @@ def test_node_broadcasts_tf_and_reads_the_extrinsic_from_tf(  # pragma: no cover
             assert spin_until(executor, lambda n=i: len(odometry) > n), f"no odometry for frame {i}"
             if i == 0:  # TF had no extrinsic yet: the parameter's stays
                 np.testing.assert_array_equal(node.pipeline.T_base_camera, default_extrinsic)
-        assert stand_in.lookups[0] == ("base_link", "camera")
+                if real_tf2:
+                    static_broadcaster.sendTransform(extrinsic)
+                    spin_until(executor, lambda: False, timeout_s=0.5)
+        if lookups is not None:
+            assert lookups[0] == ("base_link", "camera")
         np.testing.assert_allclose(node.pipeline.T_base_camera, T_base_camera, atol=1e-12)
-        assert len(stand_in.sent) == 3
-        for transform, odom in zip(stand_in.sent, odometry, strict=True):
+        assert spin_until(executor, lambda: len(sent) == 3, timeout_s=5)
+        for transform, odom in zip(sent, odometry, strict=True):
             assert (transform.header.frame_id, transform.child_frame_id) == ("odom", "base_link")
             assert transform.header.stamp == odom.header.stamp
             t, q = transform.transform.translation, transform.transform.rotation
