@@ -9,6 +9,12 @@ PYTEST_ARGS ?=
 # skipped when rclpy already imports (a sourced ROS 2), or set ROS_WHEELS= to skip them.
 ROS_WHEELS ?= ros-jazzy-rclpy[fastrtps]==7.1.6 ros-jazzy-sensor-msgs==5.3.6 ros-jazzy-nav-msgs==5.3.6 \
 	ros-jazzy-geometry-msgs==5.3.6 ros-jazzy-std-srvs==5.3.6 ros-jazzy-diagnostic-msgs==5.3.6
+# The ROS 2 launch system (launch, launch_ros: built from source in ../shared/wheels, not on PyPI) and what it needs
+# from PyPI, so the launch file runs for real (test/test_launch.py); skipped when that folder is absent.
+LAUNCH_WHEELS ?= ../shared/wheels
+LAUNCH_DEPS ?= osrf-pycommon==2.0.2 lark==1.3.1 ros-jazzy-ament-index-python==1.8.1 ros-jazzy-lifecycle-msgs==2.0.3 \
+	ros-jazzy-rosidl-adapter==4.6.6 ros-jazzy-rosidl-parser==4.6.6 ros-jazzy-rosidl-pycommon==4.6.6 \
+	ros-jazzy-rosidl-generator-py==0.22.2 ros-jazzy-rosidl-generator-type-description==4.6.6
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
@@ -23,6 +29,9 @@ $(STAMP): setup.py
 	$(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
 	$(BIN)/python -c "import rclpy" 2>/dev/null || [ -z "$(strip $(ROS_WHEELS))" ] || \
 		$(BIN)/pip install --quiet $(foreach w,$(ROS_WHEELS),'$(w)')
+	[ ! -d "$(LAUNCH_WHEELS)" ] || ! $(BIN)/python -c "import rclpy" 2>/dev/null || \
+		{ $(BIN)/pip install --quiet --no-deps $(LAUNCH_WHEELS)/launch-*.whl $(LAUNCH_WHEELS)/launch_ros-*.whl && \
+		  $(BIN)/pip install --quiet $(LAUNCH_DEPS); }
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -297,7 +297,7 @@ def nest(flat: dict[str, Any]) -> dict[str, Any]:
     return nested
 
 
-def render_parameter_file(cls: type = NodeConfig, node_name: str = "sfm") -> str:
+def render_parameter_file(cls: type = NodeConfig, node_name: str = "/**") -> str:
     """The ROS 2 parameter file (config/sfm.yaml) documenting every parameter with its default.
 
     Regenerate with:
@@ -308,6 +308,7 @@ def render_parameter_file(cls: type = NodeConfig, node_name: str = "sfm") -> str
     lines = ["# Parameters of the sfm node (ROS 2 parameter file), generated from sfm_ros/config.py (NodeConfig):",
              "# every value is the default there. (ro) = read-only: restart the node to change it.",
              "# Usage: ros2 launch sfm_ros sfm.launch.py params_file:=/path/to/this.yaml bundle:=/path/to/bundle",
+             "# '/**' applies it to the node whatever its namespace (launch's namespace:=) or name.",
              f"{node_name}:", "  ros__parameters:"]
     section = None
     for spec in parameter_table(cls):

@@ -66,7 +66,7 @@ def test_config_is_frozen() -> None:
 def test_node_parameter_file_matches_the_dataclass_defaults() -> None:
     text = (REPO / "config" / "sfm.yaml").read_text()
     assert text == render_parameter_file(), "config/sfm.yaml is stale: regenerate it (see render_parameter_file)"
-    data = yaml.safe_load(text)["sfm"]["ros__parameters"]
+    data = yaml.safe_load(text)["/**"]["ros__parameters"]
     assert data == to_dict(NodeConfig())
     for spec in parameter_table(NodeConfig):
         assert spec.description and f"# {spec.description}" in text, spec.name
@@ -87,13 +87,13 @@ def test_parameter_table_round_trips_through_ros_names() -> None:
 
 def test_choice_lists_come_from_the_registries() -> None:
     from sfm_ros.backends import BACKENDS
-    from sfm_ros.bundle import ONNX_SUFFIXES
+    from sfm_ros.bundle import ONNX_SUFFIXES, PRECISIONS
     from sfm_ros.config import PipelineConfig, ScaleConfig
     from sfm_ros.scale import SCALE_ESTIMATORS, ScaleObservation, make_scale_estimator
 
     fields = {f.name: f for f in dataclasses.fields(PipelineConfig)}
     assert fields["backend"].metadata["choices"] == ("auto", *BACKENDS)
-    assert fields["precision"].metadata["choices"] == tuple(ONNX_SUFFIXES)
+    assert fields["precision"].metadata["choices"] == PRECISIONS and set(PRECISIONS) <= set(ONNX_SUFFIXES)
     sources = {f.name: f for f in dataclasses.fields(ScaleConfig)}["source"].metadata["choices"]
     assert set(sources) == {source.value for source in SCALE_ESTIMATORS}
     for source in sources:  # one interface: an observation in, an estimate out; a speed is accepted by all
