@@ -1,6 +1,9 @@
 """Training configuration: frozen dataclasses per concern, loaded from ``config/train_*.yaml``.
 
-The defaults below are the paper's KITTI recipe (128x416, batch 4, Adam lr 2e-4, beta1 0.9, 3 frames, mask on).
+The defaults are the recommended recipe, chosen on the learning benchmark (``benchmarks/bench_learning.py``): the
+paper's KITTI recipe (128x416, batch 4, Adam lr 2e-4, beta1 0.9, 3 frames, mask on) with the disparity started at 0.3
+(``model.initial_disparity``) and smoothness weight 0.1 (``loss.smooth_weight``). ``config/train_paper.yaml`` is the
+paper's own.
 """
 
 from __future__ import annotations
@@ -52,7 +55,10 @@ class ModelConfig:
 
     disparity_alpha: float = 10.0
     disparity_beta: float = 0.01
-    initial_disparity: float = 0.0  # > 0: start the disparity heads there (0: the paper's zero bias, alpha/2 + beta)
+    # Where the disparity heads start (0: the paper's zero bias, alpha/2 + beta = 5.01). 0.3 by default: started near
+    # the top of its range the disparity saturates there before the pose net's motion grows, and collapses (README,
+    # "Which recipe learns").
+    initial_disparity: float = 0.3
     pose_scale: float = 0.01
     with_mask: bool = True  # the explainability decoder; off also turns the mask terms off
 
