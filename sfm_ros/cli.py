@@ -253,6 +253,26 @@ def cmd_bench_learning(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_odometry(args: argparse.Namespace) -> int:
+    from benchmarks._common import git_commit
+    from training.odometry_bench import bench_odometry
+
+    config = _node_config(args)
+    streets = None if args.no_streets else (args.data or _default_streets())
+    result = bench_odometry(args.bundle, streets, args.kitti or [], args.output, config.pipeline, config.scale,
+                            progress=not args.quiet)
+    result["commit"] = git_commit()
+    _print_json(result)
+    return 0
+
+
+def _default_streets() -> str:
+    """../shared/data/synth_streets beside the repository, else the repository's sample."""
+    repo = Path(__file__).resolve().parents[1]
+    shared = repo.parent / "shared" / "data" / "synth_streets"
+    return str(shared if shared.is_dir() else repo / "test" / "data" / "synth_streets")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from training.demo import run_demo
 
@@ -430,6 +450,23 @@ def build_parser() -> argparse.ArgumentParser:
                     "snippet ATE on the held-out streets along the way, beside constant baselines.")
     learning_arguments(learning)
     learning.set_defaults(func=cmd_bench_learning)
+    odometry = bench_kinds.add_parser(
+        "odometry", help="the node's pipeline over held-out rendered streets and KITTI: metric ATE, drift, depth",
+        description="Run the run-time Pipeline (with its own metric scale) over every held-out rendered street and "
+                    "the given KITTI odometry sequences; report SE(3)/Sim(3) ATE, RPE, end-point drift, step-length "
+                    "ratio, metric depth abs_rel, healthy-scale share and per-stage latency, with plots.")
+    odometry.add_argument("--bundle", required=True, help="model bundle (exported for onnxruntime, or torch)")
+    odometry.add_argument("--data", help="synth_streets folder (default: ../shared/data/synth_streets, else the "
+                                         "repository's sample)")
+    odometry.add_argument("--no-streets", action="store_true", help="only the KITTI sequences")
+    odometry.add_argument("--kitti", nargs="*", help="KITTI odometry sequence folders with poses")
+    odometry.add_argument("--backend", choices=BACKEND_CHOICES, help="pipeline.backend")
+    odometry.add_argument("--scale-source", choices=tuple(source.value for source in ScaleSource))
+    odometry.add_argument("--params", help="node parameter file (default config/sfm.yaml when present)")
+    odometry.add_argument("--set", action="append", metavar="KEY=VALUE", help="node parameter override")
+    odometry.add_argument("--output", default="runs/bench_odometry")
+    odometry.add_argument("--quiet", action="store_true")
+    odometry.set_defaults(func=cmd_bench_odometry)
 
     demo = commands.add_parser("demo", help="the whole story on the bundled KITTI sample")
     demo.add_argument("--output", default="demo_output")
