@@ -203,6 +203,9 @@ class PipelineConfig:
     min_pose_interval_s: float = param(0.0, "feed a frame to the pose window only this long after the last one "
                                             "(0.1 for a 10 Hz-trained model on a 30 Hz camera)", range=(0.0, 10.0))
     max_depth_m: float = param(80.0, "depth beyond this is published as +inf", range=(0.1, 1000.0))
+    refine_pose: bool = param(False, "refine the pose net's frame-to-frame motion by aligning the two frames through "
+                                     "the previous frame's predicted depth (sfm_ros.refine); its Hessian gives the "
+                                     "step's covariance")
     # The odometry covariance (sfm_ros.pipeline): each step adds the variance of its own error, which grows with the
     # distance and rotation of that step and not with time, so a camera standing still keeps its uncertainty.
     translation_sigma: float = param(0.05, "translation std-dev of a step as a fraction of its length (healthy "

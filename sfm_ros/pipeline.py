@@ -21,6 +21,7 @@ from sfm_ros.backends import Backend, make_backend, preprocess
 from sfm_ros.camera import CameraModel
 from sfm_ros.config import PipelineConfig, ScaleConfig
 from sfm_ros.geometry import invert_transform, pose_vec_to_mat, quaternion_to_rotation, scale_intrinsics
+from sfm_ros.refine import refine_pose
 from sfm_ros.scale import ScaleEstimate, ScaleObservation, make_scale_estimator
 
 __all__ = ["Estimate", "FrameError", "Pipeline"]
@@ -102,6 +103,7 @@ class Pipeline:
         """Forget the pose window and odometry (odometry restarts at the identity)."""
         self._window: collections.deque[tuple[int, np.ndarray]] = collections.deque(maxlen=self.window_length)
         self._window_complete = False  # has a full window been used since the last (re)start
+        self._previous_view: tuple[np.ndarray, np.ndarray] | None = None  # grey and network depth of t-1
         self._T_world_camera = np.eye(4)
         self._covariance = np.diag([INITIAL_SIGMA_M**2] * 3 + [INITIAL_SIGMA_RAD**2] * 3)
         self._last_stamp: int | None = None
@@ -135,6 +137,7 @@ class Pipeline:
         deviation times ``unscaled_sigma_factor``."""
         self._window.clear()
         self._window_complete = False
+        self._previous_view = None
         self._covariance = self._covariance * self.config.unscaled_sigma_factor**2
         self._pending_events.append(f"tracking restarted: {reason}")
 
@@ -182,12 +185,18 @@ class Pipeline:
 
         T_prev_current, T_catch_up, mask = None, None, None
         window_dt = (stamp_ns - self._window[-1][0]) / 1e9 if self._window else None
+        previous_view, entered_window = self._previous_view, False
         if not self._window or window_dt >= self.config.min_pose_interval_s:
             self._window.append((stamp_ns, image))
+            entered_window = True
             if len(self._window) == self.window_length:
                 T_prev_current, T_catch_up, mask = self._relative_pose(first=not self._window_complete)
                 self._window_complete = True
                 dt_s = window_dt
+        grey = None
+        if self.config.refine_pose and entered_window:
+            grey = self._grey(image)
+            self._previous_view = (grey, depth_units)
         t_pose = time.perf_counter()
 
         translation_units = float(np.linalg.norm(T_prev_current[:3, 3])) if T_prev_current is not None else None
@@ -200,11 +209,22 @@ class Pipeline:
             self._T_world_camera = self._T_world_camera @ T_catch_up
             self._covariance = self._covariance + self._step_covariance(T_catch_up, scale)
         twist, twist_covariance = None, np.eye(6) * UNKNOWN_TWIST_VARIANCE
+        t_refine = time.perf_counter()
         if T_prev_current is not None:
             T_prev_current = T_prev_current.copy()
             T_prev_current[:3, 3] *= scale.factor
-            self._T_world_camera = self._T_world_camera @ T_prev_current
             step_covariance = self._step_covariance(T_prev_current, scale)
+            if grey is not None and previous_view is not None:
+                refined = refine_pose(previous_view[0], previous_view[1] * scale.factor, grey, K_net,
+                                      invert_transform(T_prev_current))
+                if refined.accepted:
+                    T_prev_current = invert_transform(refined.T_current_previous)
+                    if refined.covariance is not None:
+                        step_covariance = self._refined_step_covariance(refined.covariance, T_prev_current, scale)
+                else:
+                    events.append(f"pose refinement not used: {refined.reason}")
+            t_refine = time.perf_counter()
+            self._T_world_camera = self._T_world_camera @ T_prev_current
             self._covariance = self._covariance + step_covariance
             if dt_s:
                 twist, twist_covariance = self._twist(T_prev_current, step_covariance, dt_s)
@@ -220,7 +240,7 @@ class Pipeline:
             events.append(f"scale unhealthy: {scale.reason}")
         timings = {"preprocess": (t_pre - tick) * 1e3, "depth": (t_depth - t_pre) * 1e3,
                    "pose": (t_pose - t_depth) * 1e3, "scale": (t_scale - t_pose) * 1e3,
-                   "total": (time.perf_counter() - tick) * 1e3}
+                   "refine": max(t_refine - t_scale, 0.0) * 1e3, "total": (time.perf_counter() - tick) * 1e3}
         return Estimate(stamp_ns=stamp_ns, depth_m=depth_m, camera_info_scaled=info,
                         T_odom_camera=T_odom_base @ self.T_base_camera, T_odom_base=T_odom_base,
                         T_prev_current=T_prev_current, covariance=self._in_base_axes(self._covariance),
@@ -258,6 +278,22 @@ class Pipeline:
         sigma_t = config.translation_sigma * length * inflation
         sigma_r = (config.rotation_sigma_rad_per_m * length + config.rotation_sigma * angle) * inflation
         return np.diag([sigma_t**2] * 3 + [sigma_r**2] * 3)
+
+    def _grey(self, image: np.ndarray) -> np.ndarray:
+        """The preprocessed [1,3,H,W] frame as grey float32 [H,W] in [0, 1] (the alignment's input)."""
+        mean = np.asarray(self.metadata.mean, dtype=np.float32)[:, None, None]
+        std = np.asarray(self.metadata.std, dtype=np.float32)[:, None, None]
+        return np.ascontiguousarray((image[0] * std + mean).mean(axis=0), dtype=np.float32)
+
+    def _refined_step_covariance(self, increment_covariance: np.ndarray, T_step: np.ndarray,
+                                 scale: ScaleEstimate) -> np.ndarray:
+        """The alignment's covariance of a step (its Hessian's sigma^2 H^-1 for the increment in the current camera's
+        axes), in the previous camera's axes as the odometry accumulates it; inflated like any step when the scale
+        is unhealthy or not metric."""
+        rotation = np.zeros((6, 6))
+        rotation[:3, :3] = rotation[3:, 3:] = T_step[:3, :3]
+        inflation = 1.0 if scale.healthy and scale.metric else self.config.unscaled_sigma_factor
+        return rotation @ increment_covariance @ rotation.T * inflation**2
 
     def _twist(self, T_step_camera: np.ndarray, step_covariance: np.ndarray, dt_s: float
                ) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,192 @@
+"""Pose refinement with the predicted depth: direct photometric alignment of two frames over SE(3).
+
+Starting from the pose net's motion, ``refine_pose`` minimises the photometric error of warping the current frame
+into the previous one through the previous frame's depth, the geometry of training's inverse warp:
+
+    r(p) = I_cur(pi(K (R X_p + t))) - I_prev(p),   X_p = D_prev(p) K^-1 [u v 1]^T,
+
+with T = [R | t] = T_current_previous (points of the previous camera into the current one), by Gauss-Newton on a
+left increment exp(xi) T, xi = (v, w), coarse to fine over an image pyramid, on the pixels of the previous frame with
+the strongest gradients and a valid depth, with Huber weights. It falls back to the starting pose when the error does
+not go down or the step is implausibly large. Its Hessian gives the covariance of the pose: sigma^2 H^-1.
+
+numpy and OpenCV only (the node's run-time path).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import cv2
+import numpy as np
+
+__all__ = ["RefineResult", "refine_pose", "se3_exp"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RefineResult:
+    """T_current_previous [4,4] (refined, or the start when not accepted); covariance [6,6] of its left increment
+    (v, w: translation then rotation, in the current camera's axes), None when not accepted; the mean Huber-weighted
+    squared residuals before and after on the finest level's points; the number of points; why it was (not)
+    accepted."""
+
+    T_current_previous: np.ndarray
+    covariance: np.ndarray | None
+    residual_before: float
+    residual_after: float
+    points: int
+    accepted: bool
+    reason: str
+
+
+def se3_exp(xi: np.ndarray) -> np.ndarray:
+    """exp of a twist xi = (v, w) [6] -> [4,4] (the exact SE(3) exponential)."""
+    v, w = np.asarray(xi[:3], dtype=np.float64), np.asarray(xi[3:], dtype=np.float64)
+    angle = float(np.linalg.norm(w))
+    rotation = cv2.Rodrigues(w.reshape(3, 1))[0]
+    hat = np.array([[0, -w[2], w[1]], [w[2], 0, -w[0]], [-w[1], w[0], 0]])
+    if angle < 1e-9:
+        V = np.eye(3) + 0.5 * hat
+    else:
+        V = (np.eye(3) + (1 - np.cos(angle)) / angle**2 * hat
+             + (angle - np.sin(angle)) / angle**3 * hat @ hat)
+    T = np.eye(4)
+    T[:3, :3], T[:3, 3] = rotation, V @ v
+    return T
+
+
+def _pyramid(image: np.ndarray, depth: np.ndarray, K: np.ndarray, levels: int
+             ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """[(image, depth, K)] finest first; depth takes every second pixel (no mixing across edges), K follows the
+    pixel-centre convention of a 2x downsampling."""
+    out = [(image, depth, K)]
+    for _ in range(levels - 1):
+        image, depth = cv2.pyrDown(image), depth[::2, ::2]
+        image = image[: depth.shape[0], : depth.shape[1]]
+        K = K.copy()
+        K[0, 0], K[1, 1] = K[0, 0] / 2, K[1, 1] / 2
+        K[0, 2], K[1, 2] = (K[0, 2] + 0.5) / 2 - 0.5, (K[1, 2] + 0.5) / 2 - 0.5
+        out.append((image, depth, K))
+    return out
+
+
+def _select_points(image: np.ndarray, depth: np.ndarray, K: np.ndarray, max_points: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """3-D points [N,3] (previous camera) and their intensities [N] at the pixels with the strongest gradient and a
+    usable depth, away from the border."""
+    gx = cv2.Sobel(image, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(image, cv2.CV_32F, 0, 1, ksize=3)
+    magnitude = np.hypot(gx, gy)
+    valid = np.isfinite(depth) & (depth > 0)
+    valid[:2], valid[-2:], valid[:, :2], valid[:, -2:] = False, False, False, False
+    v, u = np.nonzero(valid)
+    if len(v) > max_points:
+        keep = np.argpartition(-magnitude[v, u], max_points - 1)[:max_points]
+        v, u = v[keep], u[keep]
+    z = depth[v, u].astype(np.float64)
+    points = np.stack([(u - K[0, 2]) / K[0, 0] * z, (v - K[1, 2]) / K[1, 1] * z, z], axis=1)
+    return points, image[v, u].astype(np.float64)
+
+
+def _residuals(T: np.ndarray, points: np.ndarray, reference: np.ndarray, image: np.ndarray, gradients: tuple,
+               K: np.ndarray, with_jacobian: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(residuals [N], in-view mask [N], Jacobians [N,6] or None) of the warp by T."""
+    X = points @ T[:3, :3].T + T[:3, 3]
+    z = X[:, 2]
+    in_front = z > 1e-3
+    safe = np.where(in_front, z, 1.0)
+    u = K[0, 0] * X[:, 0] / safe + K[0, 2]
+    v = K[1, 1] * X[:, 1] / safe + K[1, 2]
+    height, width = image.shape
+    inside = in_front & (u >= 1) & (u <= width - 2) & (v >= 1) & (v <= height - 2)
+    map_u, map_v = u.astype(np.float32).reshape(1, -1), v.astype(np.float32).reshape(1, -1)
+    sampled = cv2.remap(image, map_u, map_v, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)[0]
+    residual = sampled.astype(np.float64) - reference
+    if not with_jacobian:
+        return residual, inside, None
+    gx = cv2.remap(gradients[0], map_u, map_v, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)[0]
+    gy = cv2.remap(gradients[1], map_u, map_v, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)[0]
+    x, y, inverse_z = X[:, 0], X[:, 1], 1.0 / safe
+    # d(u, v)/dX, then dX/dxi = [I | -[X]x] for a left increment.
+    du = np.stack([K[0, 0] * inverse_z, np.zeros_like(x), -K[0, 0] * x * inverse_z**2], axis=1)
+    dv = np.stack([np.zeros_like(x), K[1, 1] * inverse_z, -K[1, 1] * y * inverse_z**2], axis=1)
+    dI_dX = gx[:, None] * du + gy[:, None] * dv  # [N,3]
+    dI_dw = np.cross(X, dI_dX)  # g . (-[X]x w) = (X x g) . w
+    return residual, inside, np.concatenate([dI_dX, dI_dw], axis=1)
+
+
+def refine_pose(previous: np.ndarray, previous_depth: np.ndarray, current: np.ndarray, K: np.ndarray,
+                T_current_previous: np.ndarray, *, levels: int = 3, iterations: int = 20, max_points: int = 3000,
+                huber: float = 0.05, max_translation_change: float = 0.5, max_rotation_change_rad: float = 0.1
+                ) -> RefineResult:
+    """Refine T_current_previous [4,4] (metres, the depth's units) by aligning ``current`` to ``previous``.
+
+    previous, current: grey float32 [H,W] in [0, 1]; previous_depth: [H,W] metres (0, inf or NaN = none); K [3,3] at
+    H,W. huber: the Huber threshold on intensity residuals. max_translation_change: the largest change of the
+    translation accepted, as a fraction of its length (at least 5 cm); max_rotation_change_rad likewise.
+    """
+    start = np.asarray(T_current_previous, dtype=np.float64)
+    previous_levels = _pyramid(previous.astype(np.float32), previous_depth.astype(np.float32), K, levels)
+    current_levels = _pyramid(current.astype(np.float32), previous_depth.astype(np.float32), K, levels)
+    finest_points, finest_reference = _select_points(*previous_levels[0], max_points)
+    if len(finest_points) < 50:
+        return RefineResult(start, None, np.nan, np.nan, len(finest_points), False, "too few points with depth")
+    gradients0 = (cv2.Sobel(current_levels[0][0], cv2.CV_32F, 1, 0, ksize=3, scale=0.125),
+                  cv2.Sobel(current_levels[0][0], cv2.CV_32F, 0, 1, ksize=3, scale=0.125))
+
+    def cost(T: np.ndarray) -> float:
+        residual, inside, _ = _residuals(T, finest_points, finest_reference, current_levels[0][0], gradients0, K,
+                                         False)
+        if inside.sum() < 50:
+            return np.inf
+        r = np.abs(residual[inside])
+        return float(np.mean(np.where(r < huber, r**2, 2 * huber * r - huber**2)))
+
+    before = cost(start)
+    T = start.copy()
+    H = None
+    for level in reversed(range(levels)):
+        image_prev, depth_prev, K_level = previous_levels[level]
+        image_cur = current_levels[level][0]
+        points, reference = _select_points(image_prev, depth_prev, K_level, max_points)
+        if len(points) < 30:
+            continue
+        # Sobel with ksize 3 sums 8 times the central difference: scaled to intensity per pixel.
+        gradients = (cv2.Sobel(image_cur, cv2.CV_32F, 1, 0, ksize=3, scale=0.125),
+                     cv2.Sobel(image_cur, cv2.CV_32F, 0, 1, ksize=3, scale=0.125))
+        for _ in range(iterations):
+            residual, inside, J = _residuals(T, points, reference, image_cur, gradients, K_level, True)
+            if inside.sum() < 30:
+                break
+            r, J = residual[inside], J[inside]
+            weights = np.where(np.abs(r) < huber, 1.0, huber / np.maximum(np.abs(r), 1e-12))
+            H = (J * weights[:, None]).T @ J
+            g = (J * weights[:, None]).T @ r
+            try:
+                xi = -np.linalg.solve(H + 1e-9 * np.trace(H) * np.eye(6), g)
+            except np.linalg.LinAlgError:
+                break
+            T = se3_exp(xi) @ T
+            if np.linalg.norm(xi) < 1e-6:  # converged at this level
+                break
+    after = cost(T)
+    change = T @ np.linalg.inv(start)
+    translation_change = float(np.linalg.norm(change[:3, 3]))
+    rotation_change = float(np.linalg.norm(cv2.Rodrigues(change[:3, :3])[0]))
+    limit = max(max_translation_change * float(np.linalg.norm(start[:3, 3])), 0.05)
+    if not np.isfinite(after) or after >= before:
+        return RefineResult(start, None, before, after, len(finest_points), False, "the error did not go down")
+    if translation_change > limit or rotation_change > max_rotation_change_rad:
+        return RefineResult(start, None, before, after, len(finest_points), False,
+                            f"implausible change ({translation_change:.3f} m, {rotation_change:.3f} rad)")
+    # Covariance of the increment at the finest level: sigma^2 H^-1 with the weighted residual variance.
+    residual, inside, J = _residuals(T, finest_points, finest_reference, current_levels[0][0], gradients0, K, True)
+    r, J = residual[inside], J[inside]
+    weights = np.where(np.abs(r) < huber, 1.0, huber / np.maximum(np.abs(r), 1e-12))
+    H = (J * weights[:, None]).T @ J
+    sigma2 = float(np.sum(weights * r**2) / max(len(r) - 6, 1))
+    try:
+        covariance = sigma2 * np.linalg.inv(H)
+    except np.linalg.LinAlgError:
+        covariance = None
+    return RefineResult(T, covariance, before, after, len(finest_points), True, "accepted")
