@@ -20,8 +20,12 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert report["replay"]["frames_out"] == 51
     assert set(report["depth"]["metrics"]) == {"abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3"}
     assert report["pose"]["snippet_ate"]["mean"] > 0
+    # The rendered streets: depth against the exact depth, the node's trajectory against the true one.
+    assert set(report["streets"]["depth"]["metrics"]) >= {"abs_rel", "a1"}
+    assert report["streets"]["pose"]["num_poses"] == 60
     page = (output / "index.html").read_text()
-    for image in ("depth/depth_grid.png", "replay/report/trajectory_sim3.png"):
+    for image in ("streets/depth_grid.png", "streets/trajectory/trajectory_se3.png", "depth/depth_grid.png",
+                  "replay/report/trajectory_sim3.png"):
         assert image in page and (output / image).stat().st_size > 10_000
     for name in ("depth.onnx", "pose.onnx", "depth_fp16.onnx", "sfm.json"):
         assert (output / "train" / "bundle" / name).is_file()
