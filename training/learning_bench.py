@@ -14,6 +14,7 @@ beside two baselines scored the same way: one constant depth everywhere, and con
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -23,6 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from sfm_ros.config import to_dict
+from sfm_ros.geometry import pose_vec_to_mat
 from sfm_ros.metrics import eigen_depth_evaluation, snippet_ates
 from training.config import TrainConfig, load_train_config
 from training.data import SnippetDataset, prepare_cache
@@ -121,8 +124,6 @@ class LearningEvaluator:
                     if first_pose is None:
                         first_pose = poses[0]
                     motions.append(poses[:, 1])
-                from sfm_ros.geometry import pose_vec_to_mat
-
                 T_next = [pose_vec_to_mat(p.double().numpy()) for p in torch.cat(motions)]
                 # The first step, 0 -> 1, from frame 1's window: the inverse of T(1 -> 0).
                 T_next.insert(0, np.linalg.inv(pose_vec_to_mat(first_pose[0].double().numpy())))
@@ -141,10 +142,6 @@ class LearningEvaluator:
 
 def _cache_for(config: TrainConfig, work_dir: Path, progress: bool) -> Path:
     """Prepare (or reuse) the cache of this data configuration."""
-    import hashlib
-
-    from sfm_ros.config import to_dict
-
     key = hashlib.sha256(json.dumps(to_dict(config.data), sort_keys=True).encode()).hexdigest()[:12]
     cache = work_dir / f"cache_{config.data.height}x{config.data.width}_{key}"
     if not (cache / "index.json").is_file():
@@ -204,8 +201,6 @@ def run_learning(source: str | Path, preset: str | Path | None, overrides: list[
     reference = evaluator.baselines()
     final = curve[-1]
     collapsed = bool(final["abs_rel"] >= COLLAPSE_RATIO * reference["constant_depth_abs_rel"])
-    from sfm_ros.config import to_dict
-
     return {"source": str(source), "preset": str(preset) if preset else None, "overrides": list(overrides),
             "seed": seed, "steps": trainer.state.step, "input": [config.data.height, config.data.width],
             "batch": config.optim.batch_size, "device": str(trainer.device), "speed_path": summary["speed_path"],
