@@ -37,7 +37,7 @@ def test_initial_disparity_sets_every_head_by_the_inverse_sigmoid() -> None:
         torch.nn.init.zeros_(head.weight)  # outputs are then alpha * sigmoid(bias) + beta exactly
     net.initialise_disparity(0.3)
     # sigmoid(b) = (0.3 - 0.01) / 10 = 0.029 -> b = log(0.029 / 0.971)
-    assert float(net.disp_heads[0].bias) == pytest.approx(-3.51103, abs=1e-5)
+    assert float(net.disp_heads[0].bias.detach()) == pytest.approx(-3.51103, abs=1e-5)
     with torch.no_grad():
         for disparity in net(torch.randn(1, 3, 64, 208)):
             torch.testing.assert_close(disparity, torch.full_like(disparity, 0.3))
