@@ -117,13 +117,14 @@ def _residuals(T: np.ndarray, points: np.ndarray, reference: np.ndarray, image: 
 
 def refine_pose(previous: np.ndarray, previous_depth: np.ndarray, current: np.ndarray, K: np.ndarray,
                 T_current_previous: np.ndarray, *, levels: int = 3, iterations: int = 20, max_points: int = 3000,
-                huber: float = 0.05, max_translation_change: float = 0.5, max_rotation_change_rad: float = 0.1
+                huber: float = 0.05, max_translation_change: float = 2.0, max_rotation_change_rad: float = 0.2
                 ) -> RefineResult:
     """Refine T_current_previous [4,4] (metres, the depth's units) by aligning ``current`` to ``previous``.
 
     previous, current: grey float32 [H,W] in [0, 1]; previous_depth: [H,W] metres (0, inf or NaN = none); K [3,3] at
     H,W. huber: the Huber threshold on intensity residuals. max_translation_change: the largest change of the
-    translation accepted, as a fraction of its length (at least 5 cm); max_rotation_change_rad likewise.
+    translation accepted, as a fraction of its length (at least 5 cm; 2 by default: the depth may well say the pose
+    net's step is half or twice as long), max_rotation_change_rad likewise.
     """
     start = np.asarray(T_current_previous, dtype=np.float64)
     previous_levels = _pyramid(previous.astype(np.float32), previous_depth.astype(np.float32), K, levels)

@@ -51,3 +51,35 @@ def test_the_benchmark_reports_the_figures_the_issue_asks_for(small_bundle: Path
     assert set(sequence["latency_ms_median"]) == {"preprocess", "depth", "pose", "scale", "refine", "total"}
     assert sequence["frames"] == 51 and 55 < sequence["distance_m"] < 65  # sequence 06 drives ~1.2 m a frame
     assert "commit" in result and result["overall"]["ate_se3_m"] == sequence["ate_se3_m"]
+
+
+def test_metric_depth_is_scored_where_the_pipeline_says_too_far(tmp_path: Path) -> None:
+    """Depth beyond pipeline.max_depth_m is published as +inf; the benchmark scores it at the 80 m cap, not NaN."""
+    from sfm_ros.bundle import BundleMetadata
+    from sfm_ros.config import PipelineConfig, ScaleConfig
+    from sfm_ros.pipeline import Pipeline
+    from training.odometry_bench import run_sequence_metrics
+    from training.synth_streets import load_street_split, street_sequence
+
+    split = load_street_split(REPO / "test" / "data" / "synth_streets" / "val")
+    sequence = street_sequence(split, 1)
+
+    class FarAway:  # depth 100 m everywhere (disparity 0.01), driving an arc
+        name = description = "far away"
+        has_mask = False
+        metadata = BundleMetadata(height=64, width=208)
+
+        def infer_depth(self, image: np.ndarray) -> np.ndarray:
+            return np.full((1, 1, 64, 208), 0.01, np.float32)
+
+        def infer_pose(self, target: np.ndarray, sources: np.ndarray):
+            ahead = np.array([0, 0, -0.1, 0, 0.02, 0], np.float32)
+            return np.stack([-ahead, ahead]), None
+
+    pipeline = Pipeline(PipelineConfig(max_depth_m=80.0), ScaleConfig(source="fixed"), backend=FarAway())
+    result = run_sequence_metrics(pipeline, sequence, split.depth[1], tmp_path)
+    truth = split.depth[1][(split.depth[1] > 1e-3) & (split.depth[1] < 80)]
+    # Every pixel at the 80 m cap, no median scaling: abs_rel = mean (80 - d) / d over the frames.
+    expected = np.mean([np.mean((80 - d[(d > 1e-3) & (d < 80)]) / d[(d > 1e-3) & (d < 80)]) for d in split.depth[1]])
+    assert np.isfinite(result["metric_depth_abs_rel"]) and truth.size
+    assert result["metric_depth_abs_rel"] == pytest.approx(expected, rel=1e-3)

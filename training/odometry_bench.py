@@ -26,7 +26,7 @@ import numpy as np
 
 from sfm_ros import kitti
 from sfm_ros.config import PipelineConfig, ScaleConfig
-from sfm_ros.metrics import eigen_depth_evaluation
+from sfm_ros.metrics import MAX_DEPTH_M, eigen_depth_evaluation
 from sfm_ros.pipeline import Pipeline
 from training.synth_streets import street_folders, street_sequence
 
@@ -64,10 +64,10 @@ def run_sequence_metrics(pipeline: Pipeline, sequence: kitti.Sequence, depth_tru
         timings.append(estimate.timings_ms)
         if depth_truth is not None and estimate.scale.metric:
             truth = depth_truth[i]
-            metric_rows.append(eigen_depth_evaluation(estimate.depth_m, truth, median_scaling=False,
-                                                      garg_crop=False).metrics)
-            scaled_rows.append(eigen_depth_evaluation(estimate.depth_m, truth, median_scaling=True,
-                                                      garg_crop=False).metrics)
+            # +inf (beyond pipeline.max_depth_m) is the protocol's cap; resizing an inf would make NaNs.
+            depth = np.nan_to_num(estimate.depth_m, posinf=MAX_DEPTH_M)
+            metric_rows.append(eigen_depth_evaluation(depth, truth, median_scaling=False, garg_crop=False).metrics)
+            scaled_rows.append(eigen_depth_evaluation(depth, truth, median_scaling=True, garg_crop=False).metrics)
     est = np.asarray(poses)
     gt = np.asarray(sequence.poses)
     report = evaluate_pose(sequence.stamps_ns, gt, sequence.stamps_ns, est, output,
