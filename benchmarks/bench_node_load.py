@@ -3,6 +3,7 @@ running the pipeline, for several minutes. Reports latency percentiles, processe
 memory over time (it must stay flat). Prints JSON.
 
 Usage: python benchmarks/bench_node_load.py [--minutes 3] [--rate 30] [--backend onnxruntime] [--precision int8]
+       [--refine-pose]
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def main() -> None:
     parser.add_argument("--backend", default="onnxruntime")
     parser.add_argument("--precision", default="fp32", help="int8: quantise the bundle with the sample bag first")
     parser.add_argument("--bundle")
+    parser.add_argument("--refine-pose", action="store_true", help="with the pose refinement (pipeline.refine_pose)")
     args = parser.parse_args()
     scratch = Path(tempfile.gettempdir())
     bundle = Path(args.bundle) if args.bundle else random_bundle(scratch / "sfm_bench_bundle")
@@ -50,13 +52,16 @@ def main() -> None:
     frames = [kitti.load_rgb(p) for p in sequence.image_paths]
     camera = CameraModel(K=sequence.K, height=sequence.size[0], width=sequence.size[1])
     pipeline = Pipeline(PipelineConfig(bundle=str(bundle), backend=args.backend, precision=args.precision,
-                                       max_frame_gap_s=5.0),
+                                       max_frame_gap_s=5.0, refine_pose=args.refine_pose),
                         ScaleConfig(source="camera_height"))
     latencies: list[float] = []
+    stage_timings: dict[str, list[float]] = {}
 
     def handle(item: tuple[int, np.ndarray]) -> None:
         offered, rgb = item
-        pipeline.process(offered, rgb, camera)
+        estimate = pipeline.process(offered, rgb, camera)
+        for stage, milliseconds in estimate.timings_ms.items():
+            stage_timings.setdefault(stage, []).append(milliseconds)
         latencies.append((time.perf_counter_ns() - offered) / 1e6)  # offer -> result, including waiting
 
     worker = LatestFrameWorker(handle)
@@ -79,10 +84,12 @@ def main() -> None:
     half = len(memory) // 2
     print(json.dumps({
         "benchmark": "node load (worker + pipeline), KITTI 1226x370 frames", "commit": git_commit(),
-        "backend": pipeline.backend.description, "offered_hz": args.rate, "seconds": args.minutes * 60,
+        "backend": pipeline.backend.description, "refine_pose": args.refine_pose,
+        "offered_hz": args.rate, "seconds": args.minutes * 60,
         "offered": worker.submitted, "processed": worker.processed, "dropped": worker.dropped,
         "processed_hz": worker.processed / (args.minutes * 60), "errors": dict(worker.errors),
         "latency_ms": {p: float(np.percentile(values, q)) for p, q in (("p50", 50), ("p90", 90), ("p99", 99))},
+        "stage_median_ms": {stage: float(np.median(v)) for stage, v in stage_timings.items()},
         "rss_mb_first_half_max": max(m for _, m in memory[:max(half, 1)]),
         "rss_mb_second_half_max": max(m for _, m in memory[half:]) if memory[half:] else None,
         "rss_mb_timeline": memory, "machine": machine_description()}, indent=1))
