@@ -3,7 +3,7 @@ running the pipeline, for several minutes. Reports latency percentiles, processe
 memory over time (it must stay flat). Prints JSON.
 
 Usage: python benchmarks/bench_node_load.py [--minutes 3] [--rate 30] [--backend onnxruntime] [--precision int8]
-       [--refine-pose]
+       [--refine-pose] [--keyframes]
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", help="int8: quantise the bundle with the sample bag first")
     parser.add_argument("--bundle")
     parser.add_argument("--refine-pose", action="store_true", help="with the pose refinement (pipeline.refine_pose)")
+    parser.add_argument("--keyframes", action="store_true", help="aligned to keyframes (pipeline.keyframes)")
     args = parser.parse_args()
     scratch = Path(tempfile.gettempdir())
     bundle = Path(args.bundle) if args.bundle else random_bundle(scratch / "sfm_bench_bundle")
@@ -52,7 +53,8 @@ def main() -> None:
     frames = [kitti.load_rgb(p) for p in sequence.image_paths]
     camera = CameraModel(K=sequence.K, height=sequence.size[0], width=sequence.size[1])
     pipeline = Pipeline(PipelineConfig(bundle=str(bundle), backend=args.backend, precision=args.precision,
-                                       max_frame_gap_s=5.0, refine_pose=args.refine_pose),
+                                       max_frame_gap_s=5.0, refine_pose=args.refine_pose,
+                                       keyframes=args.keyframes),
                         ScaleConfig(source="camera_height"))
     latencies: list[float] = []
     stage_timings: dict[str, list[float]] = {}
@@ -84,7 +86,7 @@ def main() -> None:
     half = len(memory) // 2
     print(json.dumps({
         "benchmark": "node load (worker + pipeline), KITTI 1226x370 frames", "commit": git_commit(),
-        "backend": pipeline.backend.description, "refine_pose": args.refine_pose,
+        "backend": pipeline.backend.description, "refine_pose": args.refine_pose, "keyframes": args.keyframes,
         "offered_hz": args.rate, "seconds": args.minutes * 60,
         "offered": worker.submitted, "processed": worker.processed, "dropped": worker.dropped,
         "processed_hz": worker.processed / (args.minutes * 60), "errors": dict(worker.errors),

@@ -260,7 +260,7 @@ def cmd_bench_odometry(args: argparse.Namespace) -> int:
     config = _node_config(args)
     streets = None if args.no_streets else (args.data or _default_streets())
     result = bench_odometry(args.bundle, streets, args.kitti or [], args.output, config.pipeline, config.scale,
-                            progress=not args.quiet)
+                            progress=not args.quiet, standstill_frames=args.standstill_frames)
     result["commit"] = git_commit()
     _print_json(result)
     return 0
@@ -464,6 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
     odometry.add_argument("--scale-source", choices=tuple(source.value for source in ScaleSource))
     odometry.add_argument("--params", help="node parameter file (default config/sfm.yaml when present)")
     odometry.add_argument("--set", action="append", metavar="KEY=VALUE", help="node parameter override")
+    odometry.add_argument("--standstill-frames", type=int, default=90,
+                          help="also hold each street still this many frames at 30 Hz with sensor noise (0: no)")
     odometry.add_argument("--output", default="runs/bench_odometry")
     odometry.add_argument("--quiet", action="store_true")
     odometry.set_defaults(func=cmd_bench_odometry)

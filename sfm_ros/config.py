@@ -206,6 +206,13 @@ class PipelineConfig:
     refine_pose: bool = param(False, "refine the pose net's frame-to-frame motion by aligning the two frames through "
                                      "the previous frame's predicted depth (sfm_ros.refine); its Hessian gives the "
                                      "step's covariance")
+    keyframes: bool = param(False, "align each frame to the last keyframe's image and predicted depth (the "
+                                   "refinement of refine_pose, against a keyframe instead of the previous frame): "
+                                   "while the camera stands still or creeps, errors do not add up frame by frame")
+    keyframe_min_overlap: float = param(0.7, "a new keyframe when less than this share of the keyframe's points "
+                                             "stays in view", range=(0.0, 1.0))
+    keyframe_max_baseline: float = param(0.1, "a new keyframe when the camera is this far from the keyframe, as a "
+                                              "fraction of the keyframe's median depth (parallax)", range=(0.0, 10.0))
     # The odometry covariance (sfm_ros.pipeline): each step adds the variance of its own error, which grows with the
     # distance and rotation of that step and not with time, so a camera standing still keeps its uncertainty.
     translation_sigma: float = param(0.05, "translation std-dev of a step as a fraction of its length (healthy "

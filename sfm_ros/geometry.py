@@ -54,6 +54,17 @@ def invert_transform(T: np.ndarray) -> np.ndarray:
     return out
 
 
+def orthonormalised(T: np.ndarray) -> np.ndarray:
+    """The rigid transform [4,4] nearest to T: its rotation block projected onto SO(3) (SVD), its translation kept.
+    Poses composed through their own inverses (R^T) amplify rounding; this keeps them rigid."""
+    T = np.asarray(T, dtype=np.float64)
+    u, _, vt = np.linalg.svd(T[:3, :3])
+    out = np.eye(4)
+    out[:3, :3] = u @ np.diag([1.0, 1.0, np.linalg.det(u @ vt)]) @ vt
+    out[:3, 3] = T[:3, 3]
+    return out
+
+
 def compose(*transforms: np.ndarray) -> np.ndarray:
     """Chain transforms left to right: compose(T_a_b, T_b_c) = T_a_c."""
     result = np.eye(4)

@@ -6,6 +6,11 @@ the motion between its older frames (t-2 -> t-1), which is added then, so the tr
 Monocular scale comes from ``sfm_ros.scale``; the same factor scales depth and translation, so they agree.
 Tracking resets (first frame, time going backwards, a gap, a new image size, ``reset()``) restart the pose window
 and inflate the covariance; they never zero it, and each is reported in ``Estimate.events``.
+
+Two optional stages use the predicted depth (``sfm_ros.refine``): ``refine_pose`` aligns each frame to the previous
+one starting from the pose net's step; ``keyframes`` aligns it to the last keyframe instead, starting from the
+keyframe's pose composed with the chain, so the pose and its covariance are the keyframe's plus one alignment and
+do not grow while the camera stands still.
 """
 
 from __future__ import annotations
@@ -20,7 +25,13 @@ import numpy as np
 from sfm_ros.backends import Backend, make_backend, preprocess
 from sfm_ros.camera import CameraModel
 from sfm_ros.config import PipelineConfig, ScaleConfig
-from sfm_ros.geometry import invert_transform, pose_vec_to_mat, quaternion_to_rotation, scale_intrinsics
+from sfm_ros.geometry import (
+    invert_transform,
+    orthonormalised,
+    pose_vec_to_mat,
+    quaternion_to_rotation,
+    scale_intrinsics,
+)
 from sfm_ros.refine import refine_pose
 from sfm_ros.scale import ScaleEstimate, ScaleObservation, make_scale_estimator
 
@@ -46,7 +57,8 @@ class Estimate:
     pose yet); covariance: [6,6] of T_odom_base (x y z roll pitch yaw), never zero; twist: [6] velocity of
     base_link in its own frame (vx vy vz wx wy wz: the last step over its time) or None before the first step;
     twist_covariance: [6,6] (UNKNOWN_TWIST_VARIANCE on the diagonal without a twist); dt_s: time of the last step;
-    mask: explainability of this frame w.r.t. the previous one [h,w] or None; events: resets and warnings.
+    mask: explainability of this frame w.r.t. the previous one [h,w] or None; events: resets and warnings;
+    keyframe: this frame became the keyframe (with pipeline.keyframes).
     """
 
     stamp_ns: int
@@ -64,10 +76,23 @@ class Estimate:
     twist_covariance: np.ndarray = dataclasses.field(
         default_factory=lambda: np.eye(6) * UNKNOWN_TWIST_VARIANCE)
     dt_s: float | None = None
+    keyframe: bool = False
 
     @property
     def scale_source(self) -> str:
         return self.scale.source.value
+
+
+@dataclasses.dataclass(frozen=True)
+class _Keyframe:
+    """A frame that later frames are aligned to: grey [H,W], depth [H,W] in metres at its scale, its pose
+    T_world_camera [4,4] and covariance [6,6] (camera axes, as the odometry accumulates them)."""
+
+    grey: np.ndarray
+    depth_m: np.ndarray
+    median_depth_m: float
+    T_world_camera: np.ndarray
+    covariance: np.ndarray
 
 
 def _base_camera_transform(values: tuple[float, ...]) -> np.ndarray:
@@ -104,6 +129,7 @@ class Pipeline:
         self._window: collections.deque[tuple[int, np.ndarray]] = collections.deque(maxlen=self.window_length)
         self._window_complete = False  # has a full window been used since the last (re)start
         self._previous_view: tuple[np.ndarray, np.ndarray] | None = None  # grey and network depth of t-1
+        self._keyframe: _Keyframe | None = None
         self._T_world_camera = np.eye(4)
         self._covariance = np.diag([INITIAL_SIGMA_M**2] * 3 + [INITIAL_SIGMA_RAD**2] * 3)
         self._last_stamp: int | None = None
@@ -138,6 +164,7 @@ class Pipeline:
         self._window.clear()
         self._window_complete = False
         self._previous_view = None
+        self._keyframe = None
         self._covariance = self._covariance * self.config.unscaled_sigma_factor**2
         self._pending_events.append(f"tracking restarted: {reason}")
 
@@ -194,7 +221,7 @@ class Pipeline:
                 self._window_complete = True
                 dt_s = window_dt
         grey = None
-        if self.config.refine_pose and entered_window:
+        if (self.config.refine_pose or self.config.keyframes) and entered_window:
             grey = self._grey(image)
             self._previous_view = (grey, depth_units)
         t_pose = time.perf_counter()
@@ -209,23 +236,39 @@ class Pipeline:
             self._T_world_camera = self._T_world_camera @ T_catch_up
             self._covariance = self._covariance + self._step_covariance(T_catch_up, scale)
         twist, twist_covariance = None, np.eye(6) * UNKNOWN_TWIST_VARIANCE
+        new_keyframe_reason: str | None = "first"
         t_refine = time.perf_counter()
         if T_prev_current is not None:
             T_prev_current = T_prev_current.copy()
             T_prev_current[:3, 3] *= scale.factor
             step_covariance = self._step_covariance(T_prev_current, scale)
-            if grey is not None and previous_view is not None:
+            T_world_current = self._T_world_camera @ T_prev_current
+            if self.config.keyframes and grey is not None and self._keyframe is not None:
+                T_world_current, step_covariance, new_keyframe_reason = self._track_keyframe(
+                    grey, K_net, T_world_current, step_covariance, scale)
+                T_prev_current = invert_transform(self._T_world_camera) @ T_world_current
+                if new_keyframe_reason and new_keyframe_reason.startswith("alignment"):
+                    events.append(f"keyframe {new_keyframe_reason}")
+            elif grey is not None and previous_view is not None:
                 refined = refine_pose(previous_view[0], previous_view[1] * scale.factor, grey, K_net,
                                       invert_transform(T_prev_current))
                 if refined.accepted:
                     T_prev_current = invert_transform(refined.T_current_previous)
+                    T_world_current = self._T_world_camera @ T_prev_current
                     if refined.covariance is not None:
                         step_covariance = self._refined_step_covariance(refined.covariance, T_prev_current, scale)
                 else:
                     events.append(f"pose refinement not used: {refined.reason}")
             t_refine = time.perf_counter()
-            self._T_world_camera = self._T_world_camera @ T_prev_current
-            self._covariance = self._covariance + step_covariance
+            self._T_world_camera = T_world_current
+            if new_keyframe_reason is None:  # aligned to the keyframe: its covariance plus the alignment's
+                self._covariance = self._keyframe.covariance + step_covariance
+            else:
+                self._covariance = self._covariance + step_covariance
+            if self.config.keyframes and grey is not None and new_keyframe_reason:
+                self._keyframe = _Keyframe(grey, depth_units * scale.factor,
+                                           float(np.median(depth_units)) * scale.factor,
+                                           self._T_world_camera.copy(), self._covariance.copy())
             if dt_s:
                 twist, twist_covariance = self._twist(T_prev_current, step_covariance, dt_s)
         depth_m = (depth_units * scale.factor).astype(np.float32)
@@ -245,7 +288,9 @@ class Pipeline:
                         T_odom_camera=T_odom_base @ self.T_base_camera, T_odom_base=T_odom_base,
                         T_prev_current=T_prev_current, covariance=self._in_base_axes(self._covariance),
                         scale=scale, timings_ms=timings, mask=mask, events=tuple(events), twist=twist,
-                        twist_covariance=twist_covariance, dt_s=dt_s if T_prev_current is not None else None)
+                        twist_covariance=twist_covariance, dt_s=dt_s if T_prev_current is not None else None,
+                        keyframe=bool(self.config.keyframes and grey is not None and T_prev_current is not None
+                                      and new_keyframe_reason))
 
     def _relative_pose(self, first: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """Poses from the window (network units): frame t in frame t-1's camera; on the ``first`` full window also
@@ -266,6 +311,30 @@ class Pipeline:
         T_catch_up = T_source_target[0] @ invert_transform(T_source_target[previous]) if first else None
         mask = masks[source_frames.index(last)] if masks is not None else None
         return invert_transform(T_current_prev), T_catch_up, mask
+
+    def _track_keyframe(self, grey: np.ndarray, K: np.ndarray, T_world_current: np.ndarray,
+                        step_covariance: np.ndarray, scale: ScaleEstimate
+                        ) -> tuple[np.ndarray, np.ndarray, str | None]:
+        """Align the frame to the keyframe, starting from the chain's pose T_world_current [4,4] (the previous
+        frame's pose and the network's metric step). Returns the frame's pose T_world_camera from the keyframe's
+        and the alignment (kept rigid: it is composed through the keyframe's inverse, frame after frame), the
+        step's covariance for the twist, and why this frame must become the next keyframe (None: keep the
+        keyframe). Without an accepted alignment the chained pose stands."""
+        keyframe = self._keyframe
+        T_keyframe_current = invert_transform(keyframe.T_world_camera) @ T_world_current
+        aligned = refine_pose(keyframe.grey, keyframe.depth_m, grey, K, invert_transform(T_keyframe_current))
+        if not aligned.accepted:
+            return T_world_current, step_covariance, f"alignment not used (a new keyframe): {aligned.reason}"
+        T_keyframe_current = invert_transform(aligned.T_current_previous)
+        alignment_covariance = (self._refined_step_covariance(aligned.covariance, T_keyframe_current, scale)
+                                if aligned.covariance is not None else self._step_covariance(T_keyframe_current, scale))
+        baseline = float(np.linalg.norm(T_keyframe_current[:3, 3]))
+        reason = None
+        if aligned.in_view_share < self.config.keyframe_min_overlap:
+            reason = f"overlap {aligned.in_view_share:.2f}"
+        elif baseline > self.config.keyframe_max_baseline * keyframe.median_depth_m:
+            reason = f"baseline {baseline:.2f} m"
+        return orthonormalised(keyframe.T_world_camera @ T_keyframe_current), alignment_covariance, reason
 
     def _step_covariance(self, T_step: np.ndarray, scale: ScaleEstimate) -> np.ndarray:
         """Covariance [6,6] of one step's error (camera axes): translation std ``translation_sigma`` x its length,

@@ -28,7 +28,8 @@ class RefineResult:
     """T_current_previous [4,4] (refined, or the start when not accepted); covariance [6,6] of its left increment
     (v, w: translation then rotation, in the current camera's axes), None when not accepted; the mean Huber-weighted
     squared residuals before and after on the finest level's points; the number of points; why it was (not)
-    accepted."""
+    accepted; the share of the points that the result keeps in view of the current frame (the two views' overlap;
+    NaN when not accepted)."""
 
     T_current_previous: np.ndarray
     covariance: np.ndarray | None
@@ -37,6 +38,7 @@ class RefineResult:
     points: int
     accepted: bool
     reason: str
+    in_view_share: float = float("nan")
 
 
 def se3_exp(xi: np.ndarray) -> np.ndarray:
@@ -182,6 +184,7 @@ def refine_pose(previous: np.ndarray, previous_depth: np.ndarray, current: np.nd
                             f"implausible change ({translation_change:.3f} m, {rotation_change:.3f} rad)")
     # Covariance of the increment at the finest level: sigma^2 H^-1 with the weighted residual variance.
     residual, inside, J = _residuals(T, finest_points, finest_reference, current_levels[0][0], gradients0, K, True)
+    in_view_share = float(inside.mean())
     r, J = residual[inside], J[inside]
     weights = np.where(np.abs(r) < huber, 1.0, huber / np.maximum(np.abs(r), 1e-12))
     H = (J * weights[:, None]).T @ J
@@ -190,4 +193,4 @@ def refine_pose(previous: np.ndarray, previous_depth: np.ndarray, current: np.nd
         covariance = sigma2 * np.linalg.inv(H)
     except np.linalg.LinAlgError:
         covariance = None
-    return RefineResult(T, covariance, before, after, len(finest_points), True, "accepted")
+    return RefineResult(T, covariance, before, after, len(finest_points), True, "accepted", in_view_share)

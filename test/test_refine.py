@@ -90,49 +90,60 @@ def test_falls_back_when_it_cannot_do_better() -> None:
     assert refine_pose(grey(paths[10]), no_depth, grey(paths[11]), split.K, truth).reason == "too few points with depth"
 
 
+class TruthWithAnError:
+    """A backend that returns the exact depth of a rendered street and its true poses, each off by a known error
+    ``error_xi`` (a twist applied to every T_source_target, as a pose net's bias). ``show(index)`` says which of the
+    street's frames the pipeline is about to process; the pose window is the last three shown."""
+
+    name = description = "truth with an error"
+    has_mask = False
+
+    def __init__(self, split, street: int, error_xi) -> None:
+        from sfm_ros.bundle import BundleMetadata
+
+        self.metadata = BundleMetadata(height=64, width=208)
+        self.split, self.street, self.error_xi = split, street, np.asarray(error_xi, dtype=np.float64)
+        self.shown: list[int] = []
+
+    def show(self, index: int) -> None:
+        self.shown.append(index)
+
+    def infer_depth(self, image: np.ndarray) -> np.ndarray:
+        depth = self.split.depth[self.street, self.shown[-1]].astype(np.float64)
+        return np.where(depth > 0, 1 / np.maximum(depth, 1e-6), 1e-3)[None, None].astype(np.float32)
+
+    def infer_pose(self, target: np.ndarray, sources: np.ndarray):
+        from sfm_ros.geometry import pose_vec_to_mat
+        from test.test_learning import euler_xyz
+
+        poses = self.split.T_world_cam[self.street]
+        before, centre, after = self.shown[-3:]
+        vectors = []
+        for source in (before, after):
+            T = se3_exp(self.error_xi) @ np.linalg.inv(poses[source]) @ poses[centre]
+            vectors.append(np.r_[T[:3, 3], euler_xyz(T[:3, :3])])
+            np.testing.assert_allclose(pose_vec_to_mat(vectors[-1]), T, atol=1e-9)
+        return np.asarray(vectors, np.float32), None
+
+
 def test_the_pipeline_refines_the_networks_pose_behind_its_flag() -> None:
-    """A backend that returns the exact depth of a rendered street and its true pose, off by a known error: with
-    pipeline.refine_pose the odometry follows the truth, without it the error accumulates."""
-    from sfm_ros.bundle import BundleMetadata
+    """With the exact depth of a rendered street and its true pose off by a known error: with pipeline.refine_pose
+    the odometry follows the truth, without it the error accumulates."""
     from sfm_ros.camera import CameraModel
     from sfm_ros.config import PipelineConfig, ScaleConfig
-    from sfm_ros.geometry import pose_vec_to_mat
     from sfm_ros.pipeline import Pipeline
-    from test.test_learning import euler_xyz
 
     split = load_street_split(SAMPLE / "val")
     paths = kitti.image_files(split.folders[0])
     poses = split.T_world_cam[0]
     frames = range(10, 20)
 
-    class TruthWithAnError:
-        name = description = "truth with an error"
-        has_mask = False
-        metadata = BundleMetadata(height=64, width=208)
-
-        def __init__(self) -> None:
-            self.frame = None
-
-        def infer_depth(self, image: np.ndarray) -> np.ndarray:
-            depth = split.depth[0, self.frame].astype(np.float64)
-            return np.where(depth > 0, 1 / np.maximum(depth, 1e-6), 1e-3)[None, None].astype(np.float32)
-
-        def infer_pose(self, target: np.ndarray, sources: np.ndarray):
-            centre = self.frame - 1
-            vectors = []
-            for source in (centre - 1, centre + 1):
-                T = np.linalg.inv(poses[source]) @ poses[centre]
-                T = se3_exp(np.array([0.05, 0.0, 0.08, 0.0, 0.01, 0.0])) @ T  # the network's error
-                vectors.append(np.r_[T[:3, 3], euler_xyz(T[:3, :3])])
-            np.testing.assert_allclose(pose_vec_to_mat(vectors[1]), T, atol=1e-9)
-            return np.asarray(vectors, np.float32), None
-
     def drift(refine: bool) -> float:
-        backend = TruthWithAnError()
+        backend = TruthWithAnError(split, 0, [0.05, 0.0, 0.08, 0.0, 0.01, 0.0])
         pipeline = Pipeline(PipelineConfig(refine_pose=refine), ScaleConfig(source="fixed"), backend=backend)
         camera = CameraModel(K=split.K, height=64, width=208)
         for i in frames:
-            backend.frame = i
+            backend.show(i)
             estimate = pipeline.process(i * 100_000_000, kitti.load_rgb(paths[i]), camera)
         if refine:
             assert estimate.timings_ms["refine"] > 0

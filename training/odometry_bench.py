@@ -10,7 +10,9 @@ produces (no scale fitted unless said), and reports per sequence and overall:
 - the median ratio of estimated to true step lengths;
 - metric depth abs_rel with the pipeline's own scale, without median scaling (rendered streets only), and the
   median-scaled abs_rel of the same frames, whose ratio says how much of the error the scale adds;
-- the share of frames whose scale was healthy, and the median per-stage latency.
+- the share of frames whose scale was healthy, and the median per-stage latency;
+- standing still: after a few frames of driving, one frame held for a while at 30 Hz with sensor noise (the truth
+  does not move): how far the odometry wanders and how much its covariance grows meanwhile.
 
 Plots: each sequence's top view (SE(3)-aligned) against the truth, and drift over distance.
 """
@@ -30,7 +32,10 @@ from sfm_ros.metrics import MAX_DEPTH_M, eigen_depth_evaluation
 from sfm_ros.pipeline import Pipeline
 from training.synth_streets import street_folders, street_sequence
 
-__all__ = ["bench_odometry", "drift_curve", "run_sequence_metrics"]
+__all__ = ["bench_odometry", "drift_curve", "run_sequence_metrics", "run_standstill"]
+
+# A held frame's sensor noise, grey levels (std): what a real camera adds to a scene that does not change.
+STANDSTILL_NOISE_LEVELS = 2.0
 
 
 def drift_curve(gt_poses: np.ndarray, est_poses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -91,6 +96,38 @@ def run_sequence_metrics(pipeline: Pipeline, sequence: kitti.Sequence, depth_tru
     return result
 
 
+def run_standstill(pipeline: Pipeline, sequence: kitti.Sequence, still_frames: int, drive_frames: int = 10,
+                   rate_hz: float = 30.0, seed: int = 0) -> dict[str, Any]:
+    """Drive ``drive_frames`` frames of ``sequence``, then hold its last one for ``still_frames`` frames at
+    ``rate_hz`` with Gaussian sensor noise (STANDSTILL_NOISE_LEVELS). The truth stands still: report how far the
+    odometry moved meanwhile (metres, degrees), the growth of the position's standard deviation, and the keyframes
+    made while still."""
+    import cv2
+
+    from sfm_ros.camera import CameraModel
+
+    height, width = sequence.size
+    camera = CameraModel(K=sequence.K, height=height, width=width)
+    for i in range(drive_frames):
+        estimate = pipeline.process(int(sequence.stamps_ns[i]), kitti.load_rgb(sequence.image_paths[i]), camera)
+    held = kitti.load_rgb(sequence.image_paths[drive_frames - 1]).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    stamp, period = int(sequence.stamps_ns[drive_frames - 1]), int(1e9 / rate_hz)
+    start_pose, start_sigma = estimate.T_odom_camera, float(np.sqrt(np.trace(estimate.covariance[:3, :3])))
+    keyframes = 0
+    for k in range(still_frames):
+        noisy = np.clip(held + rng.normal(0.0, STANDSTILL_NOISE_LEVELS, held.shape), 0, 255).astype(np.uint8)
+        estimate = pipeline.process(stamp + (k + 1) * period, noisy, camera)
+        keyframes += int(estimate.keyframe)
+    moved = np.linalg.inv(start_pose) @ estimate.T_odom_camera
+    return {"sequence": sequence.name, "still_frames": still_frames, "rate_hz": rate_hz,
+            "moved_m": float(np.linalg.norm(moved[:3, 3])),
+            "turned_deg": float(np.degrees(np.linalg.norm(cv2.Rodrigues(moved[:3, :3])[0]))),
+            "position_sigma_m_before": start_sigma,
+            "position_sigma_m_after": float(np.sqrt(np.trace(estimate.covariance[:3, :3]))),
+            "keyframes_while_still": keyframes}
+
+
 def _plot_drift(path: Path, results: list[dict[str, Any]]) -> Path:
     from sfm_ros.report import _pyplot
 
@@ -112,9 +149,10 @@ def _plot_drift(path: Path, results: list[dict[str, Any]]) -> Path:
 def bench_odometry(bundle: str | Path, streets: str | Path | None, kitti_sequences: list[str | Path],
                    output: str | Path, pipeline_config: PipelineConfig | None = None,
                    scale_config: ScaleConfig | None = None, work_dir: str | Path | None = None,
-                   progress: bool = True) -> dict[str, Any]:
+                   progress: bool = True, standstill_frames: int = 90) -> dict[str, Any]:
     """Every held-out street of ``streets`` (a synth_streets folder) and every KITTI sequence, each through a fresh
-    pipeline on ``bundle``. Writes per-sequence reports and ``drift.png`` under ``output``; returns the figures."""
+    pipeline on ``bundle``, then (``standstill_frames`` > 0) each street standing still (``run_standstill``) through
+    another. Writes per-sequence reports and ``drift.png`` under ``output``; returns the figures."""
     from sfm_ros.bench import machine_description
 
     output = Path(output)
@@ -133,6 +171,11 @@ def bench_odometry(bundle: str | Path, streets: str | Path | None, kitti_sequenc
         pipeline = Pipeline(pipeline_config, scale_config, backend=backend)
         backend = pipeline.backend  # loaded once, fresh state per sequence
         results.append(run_sequence_metrics(pipeline, sequence, depth, output / sequence.name, progress))
+    standstill = []
+    for sequence, depth in jobs:
+        if standstill_frames > 0 and depth is not None:
+            pipeline = Pipeline(pipeline_config, scale_config, backend=backend)
+            standstill.append(run_standstill(pipeline, sequence, standstill_frames))
     _plot_drift(output / "drift.png", results)
     keys = ("ate_se3_m", "ate_sim3_m", "rpe_trans_m_per_frame", "end_point_drift_percent", "step_length_ratio_median",
             "snippet_ate", "healthy_scale_share", "metric_depth_abs_rel", "median_scaled_depth_abs_rel")
@@ -144,4 +187,4 @@ def bench_odometry(bundle: str | Path, streets: str | Path | None, kitti_sequenc
     return {"benchmark": "odometry", "bundle": str(bundle), "backend": backend.description if backend else None,
             "pipeline": dataclasses.asdict(pipeline_config), "scale": dataclasses.asdict(scale_config),
             "sequences": [{k: v for k, v in r.items() if k != "drift_curve"} for r in results], "overall": overall,
-            "seconds": time.perf_counter() - tick, "machine": machine_description()}
+            "standstill": standstill, "seconds": time.perf_counter() - tick, "machine": machine_description()}

@@ -1,0 +1,107 @@
+"""Keyframes (pipeline.keyframes): each frame aligned to the last keyframe, so a camera standing still neither
+wanders nor grows less certain, while a moving camera is followed and gets new keyframes as the view moves on."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sfm_ros import kitti
+from sfm_ros.camera import CameraModel
+from sfm_ros.config import PipelineConfig, ScaleConfig
+from sfm_ros.geometry import orthonormalised
+from sfm_ros.pipeline import Pipeline
+from test.test_refine import SAMPLE, TruthWithAnError, _in_odom
+from training.synth_streets import load_street_split
+
+# The pose net's error on every step: 9 cm and 0.6 degrees (a still camera's steps are this error alone).
+NETWORK_ERROR = [0.05, 0.0, 0.08, 0.0, 0.01, 0.0]
+STILL_FRAMES = 30
+
+
+def stand_still(config: PipelineConfig) -> dict:
+    """Drive frames 10-14 of a held-out street, then hold frame 14 for STILL_FRAMES frames at 30 Hz with sensor
+    noise (std 2 grey levels, seeded)."""
+    split = load_street_split(SAMPLE / "val")
+    paths = kitti.image_files(split.folders[0])
+    backend = TruthWithAnError(split, 0, NETWORK_ERROR)
+    pipeline = Pipeline(config, ScaleConfig(source="fixed"), backend=backend)
+    camera = CameraModel(K=split.K, height=64, width=208)
+    for i in range(10, 15):
+        backend.show(i)
+        estimate = pipeline.process(i * 100_000_000, kitti.load_rgb(paths[i]), camera)
+    held = kitti.load_rgb(paths[14]).astype(np.float32)
+    rng = np.random.default_rng(0)
+    start, sigmas, keyframes = estimate.T_odom_camera, [], []
+    for k in range(STILL_FRAMES):
+        backend.show(14)
+        noisy = np.clip(held + rng.normal(0, 2.0, held.shape), 0, 255).astype(np.uint8)
+        estimate = pipeline.process(1_400_000_000 + (k + 1) * 33_333_333, noisy, camera)
+        sigmas.append(float(np.sqrt(np.trace(estimate.covariance[:3, :3]))))
+        keyframes.append(estimate.keyframe)
+    moved = np.linalg.inv(start) @ estimate.T_odom_camera
+    return {"moved_m": float(np.linalg.norm(moved[:3, 3])), "sigmas": sigmas, "keyframes": keyframes}
+
+
+def test_a_camera_standing_still_stays_put_with_keyframes() -> None:
+    chain = stand_still(PipelineConfig())
+    refined = stand_still(PipelineConfig(refine_pose=True))
+    keyframed = stand_still(PipelineConfig(keyframes=True))
+    # The network's error alone walks 9.4 cm a frame; aligning to the previous frame removes most of it, but each
+    # noisy alignment's error is kept; aligning to one keyframe does not add them up.
+    assert chain["moved_m"] > 0.09 * STILL_FRAMES * 0.9
+    assert keyframed["moved_m"] < 0.01
+    assert keyframed["moved_m"] < refined["moved_m"]
+    assert not any(keyframed["keyframes"]), "standing still must not make new keyframes"
+    # Uncertainty: each aligned step adds its own covariance (the alignment's sigma^2 H^-1), and the sum is honest:
+    # its growth matches how far the noisy alignments actually wandered. Against the keyframe the alignment's
+    # covariance replaces the last one instead of adding to it.
+    refined_growth = refined["sigmas"][-1] ** 2 - refined["sigmas"][0] ** 2
+    assert refined_growth > 0
+    assert 1 / 3 < refined["moved_m"] / np.sqrt(refined_growth) < 3
+    assert abs(keyframed["sigmas"][-1] ** 2 - keyframed["sigmas"][0] ** 2) < 0.1 * refined_growth
+
+
+def test_a_moving_camera_is_followed_and_gets_new_keyframes() -> None:
+    split = load_street_split(SAMPLE / "val")
+    paths = kitti.image_files(split.folders[0])
+    poses = split.T_world_cam[0]
+    frames = range(10, 30)
+
+    def run(config: PipelineConfig) -> tuple[float, int]:
+        backend = TruthWithAnError(split, 0, NETWORK_ERROR)
+        pipeline = Pipeline(config, ScaleConfig(source="fixed"), backend=backend)
+        camera = CameraModel(K=split.K, height=64, width=208)
+        keyframes = 0
+        for i in frames:
+            backend.show(i)
+            estimate = pipeline.process(i * 100_000_000, kitti.load_rgb(paths[i]), camera)
+            keyframes += int(estimate.keyframe)
+            rotation = estimate.T_odom_camera[:3, :3]
+            np.testing.assert_allclose(rotation @ rotation.T, np.eye(3), atol=1e-9)  # stays rigid
+        moved = np.linalg.inv(poses[frames[0]]) @ poses[frames[-1]]
+        return float(np.linalg.norm(estimate.T_odom_camera[:3, 3] - _in_odom(moved)[:3, 3])), keyframes
+
+    error, keyframes = run(PipelineConfig(keyframes=True))
+    assert error < 0.3  # 19 steps of about 1 m; the network alone is off by more than 1 m here
+    assert 2 <= keyframes < len(frames) - 2  # renewed as the view moves on, not on every frame
+    # A baseline limit of 0 renews the keyframe on every frame after the first full window.
+    _, every_frame = run(PipelineConfig(keyframes=True, keyframe_max_baseline=0.0))
+    assert every_frame == len(frames) - 2
+
+
+def test_orthonormalised_is_the_nearest_rotation() -> None:
+    angle = 0.3
+    R = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    T = np.eye(4)
+    T[:3, :3] = R * 1.001  # a uniform stretch: the nearest rotation is R itself
+    T[:3, 3] = [1.0, 2.0, 3.0]
+    out = orthonormalised(T)
+    np.testing.assert_allclose(out[:3, :3], R, atol=1e-12)
+    np.testing.assert_allclose(out[:3, 3], [1.0, 2.0, 3.0])
+    # A symmetric error e (R (I + e)) is removed to first order, and the result is a proper rotation.
+    skewed = R @ (np.eye(3) + np.array([[0, 1e-4, 0], [1e-4, 0, 0], [0, 0, 0]]))
+    T[:3, :3] = skewed
+    out = orthonormalised(T)[:3, :3]
+    np.testing.assert_allclose(out @ out.T, np.eye(3), atol=1e-12)
+    assert np.isclose(np.linalg.det(out), 1.0)
+    np.testing.assert_allclose(out, R, atol=1e-8)
