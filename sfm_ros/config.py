@@ -206,9 +206,10 @@ class PipelineConfig:
     refine_pose: bool = param(False, "refine the pose net's frame-to-frame motion by aligning the two frames through "
                                      "the previous frame's predicted depth (sfm_ros.refine); its Hessian gives the "
                                      "step's covariance")
-    keyframes: bool = param(False, "align each frame to the last keyframe's image and predicted depth (the "
-                                   "refinement of refine_pose, against a keyframe instead of the previous frame): "
-                                   "while the camera stands still or creeps, errors do not add up frame by frame")
+    keyframes: bool = param(True, "align each frame to the last keyframe's image and predicted depth (the "
+                                  "refinement of refine_pose, against a keyframe instead of the previous frame): "
+                                  "while the camera stands still or creeps, errors do not add up frame by frame; "
+                                  "false: the pose net's chain alone (the paper's odometry)")
     keyframe_min_overlap: float = param(0.7, "a new keyframe when less than this share of the keyframe's points "
                                              "stays in view", range=(0.0, 1.0))
     keyframe_max_baseline: float = param(0.1, "a new keyframe when the camera is this far from the keyframe, as a "

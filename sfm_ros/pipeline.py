@@ -148,6 +148,8 @@ class Pipeline:
         if scale_config != self.scale_config:
             self.scale_estimator = make_scale_estimator(scale_config)
             self.scale_config = scale_config
+        if config.keyframes != self.config.keyframes:
+            self._keyframe = None  # a keyframe kept while they were off would be stale
         self.config = config
 
     def set_extrinsic(self, T_base_camera: np.ndarray) -> None:

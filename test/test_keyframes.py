@@ -43,8 +43,9 @@ def stand_still(config: PipelineConfig) -> dict:
 
 
 def test_a_camera_standing_still_stays_put_with_keyframes() -> None:
-    chain = stand_still(PipelineConfig())
-    refined = stand_still(PipelineConfig(refine_pose=True))
+    assert PipelineConfig().keyframes, "keyframes are the node's default (chosen on the odometry benchmark)"
+    chain = stand_still(PipelineConfig(keyframes=False))
+    refined = stand_still(PipelineConfig(keyframes=False, refine_pose=True))
     keyframed = stand_still(PipelineConfig(keyframes=True))
     # The network's error alone walks 9.4 cm a frame; aligning to the previous frame removes most of it, but each
     # noisy alignment's error is kept; aligning to one keyframe does not add them up.
@@ -105,3 +106,27 @@ def test_orthonormalised_is_the_nearest_rotation() -> None:
     np.testing.assert_allclose(out @ out.T, np.eye(3), atol=1e-12)
     assert np.isclose(np.linalg.det(out), 1.0)
     np.testing.assert_allclose(out, R, atol=1e-8)
+
+
+def test_turning_keyframes_off_and_on_at_run_time_starts_a_new_keyframe() -> None:
+    """A live parameter change: the keyframe kept from before keyframes were turned off is not reused."""
+    import dataclasses
+
+    split = load_street_split(SAMPLE / "val")
+    paths = kitti.image_files(split.folders[0])
+    backend = TruthWithAnError(split, 0, NETWORK_ERROR)
+    scale = ScaleConfig(source="fixed")
+    # Only a missing keyframe (or a failed alignment) makes a new one here.
+    config = PipelineConfig(keyframes=True, keyframe_max_baseline=10.0, keyframe_min_overlap=0.0)
+    pipeline = Pipeline(config, scale, backend=backend)
+    camera = CameraModel(K=split.K, height=64, width=208)
+    flags = []
+    for i in range(10, 20):
+        if i == 15:
+            pipeline.configure(dataclasses.replace(config, keyframes=False), scale)
+        if i == 17:
+            pipeline.configure(config, scale)
+        backend.show(i)
+        flags.append(pipeline.process(i * 100_000_000, kitti.load_rgb(paths[i]), camera).keyframe)
+    assert flags[2] and not any(flags[5:7])  # the first keyframe; none while off
+    assert flags[7], "back on: the frame becomes a new keyframe instead of aligning to the stale one"

@@ -140,7 +140,8 @@ def test_the_pipeline_refines_the_networks_pose_behind_its_flag() -> None:
 
     def drift(refine: bool) -> float:
         backend = TruthWithAnError(split, 0, [0.05, 0.0, 0.08, 0.0, 0.01, 0.0])
-        pipeline = Pipeline(PipelineConfig(refine_pose=refine), ScaleConfig(source="fixed"), backend=backend)
+        pipeline = Pipeline(PipelineConfig(refine_pose=refine, keyframes=False), ScaleConfig(source="fixed"),
+                            backend=backend)
         camera = CameraModel(K=split.K, height=64, width=208)
         for i in frames:
             backend.show(i)
