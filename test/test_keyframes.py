@@ -10,7 +10,7 @@ from sfm_ros.camera import CameraModel
 from sfm_ros.config import PipelineConfig, ScaleConfig
 from sfm_ros.geometry import orthonormalised
 from sfm_ros.pipeline import Pipeline
-from test.test_refine import SAMPLE, TruthWithAnError, _in_odom
+from test.test_refine import SAMPLE, BiasedTruth, _in_odom
 from training.synth_streets import load_street_split
 
 # The pose net's error on every step: 9 cm and 0.6 degrees (a still camera's steps are this error alone).
@@ -23,7 +23,7 @@ def stand_still(config: PipelineConfig) -> dict:
     noise (std 2 grey levels, seeded)."""
     split = load_street_split(SAMPLE / "val")
     paths = kitti.image_files(split.folders[0])
-    backend = TruthWithAnError(split, 0, NETWORK_ERROR)
+    backend = BiasedTruth(split, 0, NETWORK_ERROR)
     pipeline = Pipeline(config, ScaleConfig(source="fixed"), backend=backend)
     camera = CameraModel(K=split.K, height=64, width=208)
     for i in range(10, 15):
@@ -69,7 +69,7 @@ def test_a_moving_camera_is_followed_and_gets_new_keyframes() -> None:
     frames = range(10, 30)
 
     def run(config: PipelineConfig) -> tuple[float, int]:
-        backend = TruthWithAnError(split, 0, NETWORK_ERROR)
+        backend = BiasedTruth(split, 0, NETWORK_ERROR)
         pipeline = Pipeline(config, ScaleConfig(source="fixed"), backend=backend)
         camera = CameraModel(K=split.K, height=64, width=208)
         keyframes = 0
@@ -114,7 +114,7 @@ def test_turning_keyframes_off_and_on_at_run_time_starts_a_new_keyframe() -> Non
 
     split = load_street_split(SAMPLE / "val")
     paths = kitti.image_files(split.folders[0])
-    backend = TruthWithAnError(split, 0, NETWORK_ERROR)
+    backend = BiasedTruth(split, 0, NETWORK_ERROR)
     scale = ScaleConfig(source="fixed")
     # Only a missing keyframe (or a failed alignment) makes a new one here.
     config = PipelineConfig(keyframes=True, keyframe_max_baseline=10.0, keyframe_min_overlap=0.0)

@@ -83,3 +83,34 @@ def test_metric_depth_is_scored_where_the_pipeline_says_too_far(tmp_path: Path) 
     expected = np.mean([np.mean((80 - d[(d > 1e-3) & (d < 80)]) / d[(d > 1e-3) & (d < 80)]) for d in split.depth[1]])
     assert np.isfinite(result["metric_depth_abs_rel"]) and truth.size
     assert result["metric_depth_abs_rel"] == pytest.approx(expected, rel=1e-3)
+
+
+def test_standing_still_reports_how_far_the_odometry_wanders() -> None:
+    """A pose net off by a twist xi on every step: held still, each step is exp(-xi), so N still frames move the
+    camera by exp(-N xi) (one screw motion, closed form) and turn it by N |w|; keyframes hold it."""
+    from sfm_ros.config import PipelineConfig, ScaleConfig
+    from sfm_ros.pipeline import Pipeline
+    from sfm_ros.refine import se3_exp
+    from test.test_refine import BiasedTruth
+    from training.odometry_bench import run_standstill
+    from training.synth_streets import load_street_split, street_sequence
+
+    split = load_street_split(REPO / "test" / "data" / "synth_streets" / "val")
+    xi = np.array([0.05, 0.0, 0.08, 0.0, 0.01, 0.0])
+
+    class HeldAtFrame9(BiasedTruth):  # frames 0-9 drive, then frame 9 is held
+        def infer_depth(self, image: np.ndarray) -> np.ndarray:
+            self.show(min(len(self.shown), 9))
+            return super().infer_depth(image)
+
+    def standstill(keyframes: bool) -> dict:
+        pipeline = Pipeline(PipelineConfig(keyframes=keyframes), ScaleConfig(source="fixed"),
+                            backend=HeldAtFrame9(split, 0, xi))
+        return run_standstill(pipeline, street_sequence(split, 0), still_frames=20)
+
+    chain = standstill(keyframes=False)
+    np.testing.assert_allclose(chain["moved_m"], np.linalg.norm(se3_exp(-20 * xi)[:3, 3]), rtol=1e-6)
+    np.testing.assert_allclose(chain["turned_deg"], np.degrees(20 * 0.01), rtol=1e-6)
+    assert chain["still_frames"] == 20 and chain["keyframes_while_still"] == 0
+    held = standstill(keyframes=True)
+    assert held["moved_m"] < 0.005 and held["keyframes_while_still"] == 0

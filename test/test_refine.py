@@ -90,12 +90,12 @@ def test_falls_back_when_it_cannot_do_better() -> None:
     assert refine_pose(grey(paths[10]), no_depth, grey(paths[11]), split.K, truth).reason == "too few points with depth"
 
 
-class TruthWithAnError:
+class BiasedTruth:
     """A backend that returns the exact depth of a rendered street and its true poses, each off by a known error
     ``error_xi`` (a twist applied to every T_source_target, as a pose net's bias). ``show(index)`` says which of the
     street's frames the pipeline is about to process; the pose window is the last three shown."""
 
-    name = description = "truth with an error"
+    name = description = "biased truth"
     has_mask = False
 
     def __init__(self, split, street: int, error_xi) -> None:
@@ -139,7 +139,7 @@ def test_the_pipeline_refines_the_networks_pose_behind_its_flag() -> None:
     frames = range(10, 20)
 
     def drift(refine: bool) -> float:
-        backend = TruthWithAnError(split, 0, [0.05, 0.0, 0.08, 0.0, 0.01, 0.0])
+        backend = BiasedTruth(split, 0, [0.05, 0.0, 0.08, 0.0, 0.01, 0.0])
         pipeline = Pipeline(PipelineConfig(refine_pose=refine, keyframes=False), ScaleConfig(source="fixed"),
                             backend=backend)
         camera = CameraModel(K=split.K, height=64, width=208)
