@@ -210,6 +210,10 @@ class PipelineConfig:
                                   "refinement of refine_pose, against a keyframe instead of the previous frame): "
                                   "while the camera stands still or creeps, errors do not add up frame by frame; "
                                   "false: the pose net's chain alone (the paper's odometry)")
+    alignment_direction_sigma: float = param(0.0, "std-dev of an alignment's translation across the direction "
+                                                  "the chain predicts, as a fraction of its length (at least 5 mm): "
+                                                  "the pose net's direction of travel is steadier than the image's, "
+                                                  "the image decides the length; 0: off", range=(0.0, 10.0))
     keyframe_min_overlap: float = param(0.7, "a new keyframe when less than this share of the keyframe's points "
                                              "stays in view", range=(0.0, 1.0))
     keyframe_max_baseline: float = param(0.1, "a new keyframe when the camera is this far from the keyframe, as a "

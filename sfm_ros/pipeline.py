@@ -252,8 +252,9 @@ class Pipeline:
                 if new_keyframe_reason and new_keyframe_reason.startswith("alignment"):
                     events.append(f"keyframe {new_keyframe_reason}")
             elif grey is not None and previous_view is not None:
-                refined = refine_pose(previous_view[0], previous_view[1] * scale.factor, grey, K_net,
-                                      invert_transform(T_prev_current))
+                start = invert_transform(T_prev_current)
+                refined = refine_pose(previous_view[0], previous_view[1] * scale.factor, grey, K_net, start,
+                                      translation_prior_information=self._direction_prior(start))
                 if refined.accepted:
                     T_prev_current = invert_transform(refined.T_current_previous)
                     T_world_current = self._T_world_camera @ T_prev_current
@@ -324,7 +325,9 @@ class Pipeline:
         keyframe). Without an accepted alignment the chained pose stands."""
         keyframe = self._keyframe
         T_keyframe_current = invert_transform(keyframe.T_world_camera) @ T_world_current
-        aligned = refine_pose(keyframe.grey, keyframe.depth_m, grey, K, invert_transform(T_keyframe_current))
+        start = invert_transform(T_keyframe_current)
+        aligned = refine_pose(keyframe.grey, keyframe.depth_m, grey, K, start,
+                              translation_prior_information=self._direction_prior(start))
         if not aligned.accepted:
             return T_world_current, step_covariance, f"alignment not used (a new keyframe): {aligned.reason}"
         T_keyframe_current = invert_transform(aligned.T_current_previous)
@@ -337,6 +340,17 @@ class Pipeline:
         elif baseline > self.config.keyframe_max_baseline * keyframe.median_depth_m:
             reason = f"baseline {baseline:.2f} m"
         return orthonormalised(keyframe.T_world_camera @ T_keyframe_current), alignment_covariance, reason
+
+    def _direction_prior(self, T_current_reference: np.ndarray) -> np.ndarray | None:
+        """Information [3,3] on an alignment's translation across the chain's direction (pipeline.
+        alignment_direction_sigma), or None when off or when the chain predicts no motion."""
+        fraction = self.config.alignment_direction_sigma
+        t = T_current_reference[:3, 3]
+        length = float(np.linalg.norm(t))
+        if fraction <= 0 or length < 1e-6:
+            return None
+        u = t / length
+        return (np.eye(3) - np.outer(u, u)) / max(fraction * length, 0.005) ** 2
 
     def _step_covariance(self, T_step: np.ndarray, scale: ScaleEstimate) -> np.ndarray:
         """Covariance [6,6] of one step's error (camera axes): translation std ``translation_sigma`` x its length,

@@ -117,16 +117,29 @@ def _residuals(T: np.ndarray, points: np.ndarray, reference: np.ndarray, image: 
     return residual, inside, np.concatenate([dI_dX, dI_dw], axis=1)
 
 
+def _with_translation_prior(H: np.ndarray, g: np.ndarray, T: np.ndarray, start: np.ndarray, information: np.ndarray
+                            ) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss-Newton terms [6,6], [6] plus the prior (t - t_start)^T information (t - t_start) on T's translation t;
+    under a left increment (v, w), dt = v - [t]x w."""
+    t = T[:3, 3]
+    J = np.concatenate([np.eye(3), -np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]])], axis=1)
+    return H + J.T @ information @ J, g + J.T @ information @ (t - start[:3, 3])
+
+
 def refine_pose(previous: np.ndarray, previous_depth: np.ndarray, current: np.ndarray, K: np.ndarray,
                 T_current_previous: np.ndarray, *, levels: int = 3, iterations: int = 20, max_points: int = 3000,
-                huber: float = 0.05, max_translation_change: float = 2.0, max_rotation_change_rad: float = 0.2
-                ) -> RefineResult:
+                huber: float = 0.05, max_translation_change: float = 2.0, max_rotation_change_rad: float = 0.2,
+                translation_prior_information: np.ndarray | None = None) -> RefineResult:
     """Refine T_current_previous [4,4] (metres, the depth's units) by aligning ``current`` to ``previous``.
 
     previous, current: grey float32 [H,W] in [0, 1]; previous_depth: [H,W] metres (0, inf or NaN = none); K [3,3] at
     H,W. huber: the Huber threshold on intensity residuals. max_translation_change: the largest change of the
     translation accepted, as a fraction of its length (at least 5 cm; 2 by default: the depth may well say the pose
-    net's step is half or twice as long), max_rotation_change_rad likewise.
+    net's step is half or twice as long), max_rotation_change_rad likewise. translation_prior_information: [3,3]
+    inverse covariance of the translation of T_current_previous about the start's: adds
+    (t - t_start)^T Lambda (t - t_start) to the photometric cost, whose residuals are weighed as if their std were
+    the Huber threshold; e.g. large across the start's direction and small along it keeps the direction of travel
+    and lets the image decide the length.
     """
     start = np.asarray(T_current_previous, dtype=np.float64)
     previous_levels = _pyramid(previous.astype(np.float32), previous_depth.astype(np.float32), K, levels)
@@ -165,6 +178,9 @@ def refine_pose(previous: np.ndarray, previous_depth: np.ndarray, current: np.nd
             weights = np.where(np.abs(r) < huber, 1.0, huber / np.maximum(np.abs(r), 1e-12))
             H = (J * weights[:, None]).T @ J
             g = (J * weights[:, None]).T @ r
+            if translation_prior_information is not None:
+                H, g = _with_translation_prior(H / huber**2, g / huber**2, T, start,
+                                               translation_prior_information * len(points) / len(finest_points))
             try:
                 xi = -np.linalg.solve(H + 1e-9 * np.trace(H) * np.eye(6), g)
             except np.linalg.LinAlgError:

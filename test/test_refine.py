@@ -162,3 +162,45 @@ def _in_odom(T_first_current: np.ndarray) -> np.ndarray:
 
     T_base_camera = _base_camera_transform(PipelineConfig().T_base_camera)
     return T_base_camera @ T_first_current
+
+
+def test_a_direction_prior_keeps_the_direction_and_lets_the_image_fix_the_length() -> None:
+    """Start 5 degrees off the true direction and 30 % short: alone the alignment finds the true direction; with a
+    tight prior across the start's direction it keeps that direction and still recovers the length."""
+    split = load_street_split(SAMPLE / "val")
+    paths = kitti.image_files(split.folders[0])
+    poses = split.T_world_cam[0]
+    frame = 30
+    truth = np.linalg.inv(poses[frame + 1]) @ poses[frame]
+    depth = split.depth[0, frame].astype(np.float32)
+    depth[depth <= 0] = np.inf
+    start = truth.copy()
+    start[:3, 3] = 0.7 * cv2.Rodrigues(np.array([0.0, np.radians(5), 0.0]))[0] @ truth[:3, 3]
+    u = start[:3, 3] / np.linalg.norm(start[:3, 3])
+
+    def angle_between_deg(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.degrees(np.arccos(np.clip(a @ b / np.linalg.norm(a) / np.linalg.norm(b), -1, 1))))
+
+    free = refine_pose(grey(paths[frame]), depth, grey(paths[frame + 1]), split.K, start)
+    assert free.accepted and angle_between_deg(free.T_current_previous[:3, 3], truth[:3, 3]) < 0.5
+    held = refine_pose(grey(paths[frame]), depth, grey(paths[frame + 1]), split.K, start,
+                       translation_prior_information=(np.eye(3) - np.outer(u, u)) / 1e-4**2)
+    t = held.T_current_previous[:3, 3]
+    assert held.accepted and angle_between_deg(t, start[:3, 3]) < 0.05
+    assert 0.9 < np.linalg.norm(t) / np.linalg.norm(truth[:3, 3]) < 1.1  # from 0.7
+
+
+def test_the_pipelines_direction_prior_by_hand() -> None:
+    from sfm_ros.config import PipelineConfig, ScaleConfig
+    from sfm_ros.pipeline import Pipeline
+
+    split = load_street_split(SAMPLE / "val")
+    T = np.eye(4)
+    T[:3, 3] = [0.0, 0.0, 2.0]
+    off = Pipeline(PipelineConfig(), ScaleConfig(source="fixed"), backend=BiasedTruth(split, 0, np.zeros(6)))
+    assert off._direction_prior(T) is None  # the default: off
+    on = Pipeline(PipelineConfig(alignment_direction_sigma=0.01), ScaleConfig(source="fixed"),
+                  backend=BiasedTruth(split, 0, np.zeros(6)))
+    np.testing.assert_allclose(on._direction_prior(T), np.diag([2500.0, 2500.0, 0.0]))  # sigma 2 cm across
+    T[:3, 3] = [0.0, 0.1, 0.0]
+    np.testing.assert_allclose(on._direction_prior(T), np.diag([40000.0, 0.0, 40000.0]))  # the 5 mm floor
