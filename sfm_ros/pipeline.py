@@ -239,6 +239,7 @@ class Pipeline:
             self._covariance = self._covariance + self._step_covariance(T_catch_up, scale)
         twist, twist_covariance = None, np.eye(6) * UNKNOWN_TWIST_VARIANCE
         new_keyframe_reason: str | None = "first"
+        made_keyframe = False
         t_refine = time.perf_counter()
         if T_prev_current is not None:
             T_prev_current = T_prev_current.copy()
@@ -272,6 +273,7 @@ class Pipeline:
                 self._keyframe = _Keyframe(grey, depth_units * scale.factor,
                                            float(np.median(depth_units)) * scale.factor,
                                            self._T_world_camera.copy(), self._covariance.copy())
+                made_keyframe = True
             if dt_s:
                 twist, twist_covariance = self._twist(T_prev_current, step_covariance, dt_s)
         depth_m = (depth_units * scale.factor).astype(np.float32)
@@ -292,8 +294,7 @@ class Pipeline:
                         T_prev_current=T_prev_current, covariance=self._in_base_axes(self._covariance),
                         scale=scale, timings_ms=timings, mask=mask, events=tuple(events), twist=twist,
                         twist_covariance=twist_covariance, dt_s=dt_s if T_prev_current is not None else None,
-                        keyframe=bool(self.config.keyframes and grey is not None and T_prev_current is not None
-                                      and new_keyframe_reason))
+                        keyframe=made_keyframe)
 
     def _relative_pose(self, first: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """Poses from the window (network units): frame t in frame t-1's camera; on the ``first`` full window also

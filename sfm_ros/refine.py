@@ -72,6 +72,12 @@ def _pyramid(image: np.ndarray, depth: np.ndarray, K: np.ndarray, levels: int
     return out
 
 
+def _gradients(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(d/du, d/dv) [H,W] of an image in intensity per pixel (Sobel with ksize 3 sums 8 central differences)."""
+    return (cv2.Sobel(image, cv2.CV_32F, 1, 0, ksize=3, scale=0.125),
+            cv2.Sobel(image, cv2.CV_32F, 0, 1, ksize=3, scale=0.125))
+
+
 def _select_points(image: np.ndarray, depth: np.ndarray, K: np.ndarray, max_points: int
                    ) -> tuple[np.ndarray, np.ndarray]:
     """3-D points [N,3] (previous camera) and their intensities [N] at the pixels with the strongest gradient and a
@@ -147,8 +153,7 @@ def refine_pose(previous: np.ndarray, previous_depth: np.ndarray, current: np.nd
     finest_points, finest_reference = _select_points(*previous_levels[0], max_points)
     if len(finest_points) < 50:
         return RefineResult(start, None, np.nan, np.nan, len(finest_points), False, "too few points with depth")
-    gradients0 = (cv2.Sobel(current_levels[0][0], cv2.CV_32F, 1, 0, ksize=3, scale=0.125),
-                  cv2.Sobel(current_levels[0][0], cv2.CV_32F, 0, 1, ksize=3, scale=0.125))
+    gradients0 = _gradients(current_levels[0][0])
 
     def cost(T: np.ndarray) -> float:
         residual, inside, _ = _residuals(T, finest_points, finest_reference, current_levels[0][0], gradients0, K,
@@ -164,12 +169,13 @@ def refine_pose(previous: np.ndarray, previous_depth: np.ndarray, current: np.nd
     for level in reversed(range(levels)):
         image_prev, depth_prev, K_level = previous_levels[level]
         image_cur = current_levels[level][0]
-        points, reference = _select_points(image_prev, depth_prev, K_level, max_points)
+        if level == 0:  # selected and differentiated once, above
+            points, reference, gradients = finest_points, finest_reference, gradients0
+        else:
+            points, reference = _select_points(image_prev, depth_prev, K_level, max_points)
+            gradients = _gradients(image_cur)
         if len(points) < 30:
             continue
-        # Sobel with ksize 3 sums 8 times the central difference: scaled to intensity per pixel.
-        gradients = (cv2.Sobel(image_cur, cv2.CV_32F, 1, 0, ksize=3, scale=0.125),
-                     cv2.Sobel(image_cur, cv2.CV_32F, 0, 1, ksize=3, scale=0.125))
         for _ in range(iterations):
             residual, inside, J = _residuals(T, points, reference, image_cur, gradients, K_level, True)
             if inside.sum() < 30:

@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
@@ -32,6 +29,7 @@ from tqdm import tqdm
 from sfm_ros import kitti
 from sfm_ros.geometry import crop_intrinsics, scale_intrinsics
 from training.config import DataConfig
+from training.staging import staged_directory
 
 __all__ = ["DataError", "FrameSequence", "SnippetDataset", "load_cache_index", "open_source", "prepare_cache",
            "random_flip", "random_scale_crop"]
@@ -242,9 +240,7 @@ def prepare_cache(config: DataConfig, out_dir: str | Path, progress: bool = True
         counts = {p.name: len(p.frames) for p in prepared}
         raise DataError(f"no training sequence keeps {config.sequence_length}+ frames after static filtering "
                         f"(kept per sequence: {counts}); lower data.min_motion_px or change data.static_filter")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged_directory(out_dir) as tmp:
         total = sum(len(p.frames) for p in usable)
         frames = np.lib.format.open_memmap(tmp / "frames.npy", mode="w+", dtype=np.uint8,
                                            shape=(total, config.height, config.width, 3))
@@ -265,12 +261,6 @@ def prepare_cache(config: DataConfig, out_dir: str | Path, progress: bool = True
         np.savez_compressed(tmp / "lidar.npz", **lidar_arrays)
         index = {"format": CACHE_FORMAT, "height": config.height, "width": config.width, "sequences": sequences}
         (tmp / "index.json").write_text(json.dumps(index, indent=1))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -129,21 +129,15 @@ def run_standstill(pipeline: Pipeline, sequence: kitti.Sequence, still_frames: i
 
 
 def _plot_drift(path: Path, results: list[dict[str, Any]]) -> Path:
-    from sfm_ros.report import _pyplot
+    from sfm_ros.report import _finish, _pyplot
 
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(7, 4))
     for result in results:
         curve = result["drift_curve"]
         axis.plot(curve["distance_m"], curve["error_m"], label=result["sequence"])
-    axis.set(xlabel="distance travelled [m]", ylabel="position error [m] (no alignment)",
-             title="drift over distance, the pipeline's own scale")
-    axis.grid(True, alpha=0.3)
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    axis.set(xlabel="distance travelled [m]", ylabel="position error [m] (no alignment)")
+    return _finish(plt, figure, axis, path, "drift over distance, the pipeline's own scale")
 
 
 def bench_odometry(bundle: str | Path, streets: str | Path | None, kitti_sequences: list[str | Path],

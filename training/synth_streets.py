@@ -14,15 +14,14 @@ source/cache path as a recorded drive.
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 import yaml
+
+from training.staging import staged_directory
 
 __all__ = ["GROUND_TRUTH_FILE", "StreetSplit", "load_street_split", "street_folders", "street_sequence",
            "write_street_split"]
@@ -56,9 +55,7 @@ def write_street_split(out_dir: str | Path, images: np.ndarray, depth: np.ndarra
     out_dir = Path(out_dir)
     if image_format not in (".png", ".jpg"):
         raise ValueError(f"image_format must be .png or .jpg, got {image_format!r}")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged_directory(out_dir) as tmp:
         height, width = images.shape[2:4]
         fx, fy, cx, cy = (float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2]))
         names = []
@@ -77,12 +74,6 @@ def write_street_split(out_dir: str | Path, images: np.ndarray, depth: np.ndarra
         K_depth = scale_intrinsics(np.asarray(K, dtype=np.float64), depth_w / width, depth_h / height)
         np.savez_compressed(tmp / GROUND_TRUTH_FILE, depth=depth, T_world_cam=T_world_cam, K=K_depth,
                             names=np.asarray(names))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
