@@ -56,7 +56,7 @@ def test_the_paper_preset_is_the_papers_objective() -> None:
     assert (config.num_scales, config.smooth_weight, config.smooth_decay, config.explain_weight) == (4, 0.5, 2.0, 0.2)
     assert (config.smoothness, config.smoothness_target, config.ssim_weight) == ("second_order", "disparity", 0.0)
     assert config.out_of_view == "border"  # the authors' sampler clamps coordinates to the image
-    assert not (config.min_over_sources or config.auto_mask or config.validity_mask)
+    assert not (config.min_over_sources or config.auto_mask or config.validity_mask or config.full_resolution)
 
 
 def constant_scene(values: tuple[float, float] = (0.3, 0.5), height: int = 16, width: int = 32) -> dict:
@@ -93,6 +93,27 @@ def test_explainability_weights_each_pixel_of_its_own_source() -> None:
     halves[:, 0, :, :16] = 1.0
     _, per_pixel = run(LossConfig(explain_weight=0.2, num_scales=1), (halves,), **{**inputs, "sources": source})
     assert float(per_pixel["photometric"]) == pytest.approx(0.15, rel=1e-5)
+
+
+def test_full_resolution_synthesises_every_scale_at_the_input_size() -> None:
+    # Zero motion, target 0, source 0 a +-1 checkerboard and source 1 zero: at the input size source 0 errs 1 at every
+    # pixel, while area-pooled to any coarser size the checkerboard is 0. Paper: 1 (scale 0 only); full size: 4 x 1.
+    inputs = constant_scene(values=(0.0, 0.0))
+    board = ((torch.arange(16)[:, None] + torch.arange(32)[None]) % 2 * 2 - 1).float()
+    inputs["sources"][:, 0] = board
+    _, paper = run(LossConfig(explain_weight=0.0), **inputs)
+    assert float(paper["photometric"]) == pytest.approx(1.0, rel=1e-4)
+    _, full = run(LossConfig(explain_weight=0.0, full_resolution=True), **inputs)
+    assert float(full["photometric"]) == pytest.approx(4.0, rel=1e-4)
+    # A coarse scale's mask is upsampled with its disparity: masks 1 at scale 0 and 0.5 below -> 1 + 3 x 0.5 = 2.5;
+    # the regulariser stays on the masks the network made, the same either way.
+    masks = tuple(torch.full((1, 2, 16 // 2**s, 32 // 2**s), 1.0 if s == 0 else 0.5) for s in range(4))
+    _, paper_masked = run(LossConfig(explain_weight=0.2), masks, **inputs)
+    _, full_masked = run(LossConfig(explain_weight=0.2, full_resolution=True), masks, **inputs)
+    assert float(paper_masked["photometric"]) == pytest.approx(1.0, rel=1e-4)
+    assert float(full_masked["photometric"]) == pytest.approx(2.5, rel=1e-4)
+    assert float(full_masked["explainability"]) == pytest.approx(float(paper_masked["explainability"]), rel=1e-6)
+    assert float(full_masked["explainability"]) == pytest.approx(0.2 * 3 * 2 * np.log(2), rel=1e-5)
 
 
 def test_true_depth_and_pose_beat_wrong_ones() -> None:

@@ -44,6 +44,9 @@ class LossConfig:
     # What an out-of-view sample reads: "border" (the nearest edge pixel: the paper's sampler clamps coordinates)
     # or "zeros" (mid-grey in the normalised range, which rewards warping pixels out of view).
     out_of_view: str = "border"
+    # Synthesise every scale at the input's full size from its disparity (and mask) upsampled bilinearly, instead of
+    # at the scale's own size (paper); monodepth2's remedy for the coarse scales' holes and texture copies.
+    full_resolution: bool = False
 
     def __post_init__(self) -> None:
         if self.smoothness not in ("second_order", "edge_aware"):
@@ -136,18 +139,28 @@ def sfm_objective(target: torch.Tensor, sources: torch.Tensor, disparities: tupl
     warped_for_log = None
     for scale in range(config.num_scales):
         disparity = disparities[scale]
-        scaled_h, scaled_w = disparity.shape[-2:]
-        target_s = F.adaptive_avg_pool2d(target, (scaled_h, scaled_w)) if scale else target
+        scale_mask = masks[scale] if use_mask else None
+        if config.full_resolution and scale:
+            # Smoothness stays on the scale's own disparity; view synthesis happens at full size.
+            disparity_for_view = F.interpolate(disparity, (height, width), mode="bilinear", align_corners=False)
+            if use_mask:
+                scale_mask = F.interpolate(scale_mask, (height, width), mode="bilinear", align_corners=False)
+        else:
+            disparity_for_view = disparity
+        scaled_h, scaled_w = disparity_for_view.shape[-2:]
+        view_scaled = (scaled_h, scaled_w) != (height, width)
+        target_s = F.adaptive_avg_pool2d(target, (scaled_h, scaled_w)) if view_scaled else target
         sources_s = (F.adaptive_avg_pool2d(sources.flatten(0, 1), (scaled_h, scaled_w)).view(
-            batch, num_sources, 3, scaled_h, scaled_w) if scale else sources)
+            batch, num_sources, 3, scaled_h, scaled_w) if view_scaled else sources)
         K_s = scale_intrinsics(K, scaled_w / width, scaled_h / height)
-        depth = 1.0 / disparity
+        depth = 1.0 / disparity_for_view
         errors, valids, identity_errors = [], [], []
         for i in range(num_sources):
             warped, valid = inverse_warp(sources_s[:, i], depth, transforms[i], K_s, padding_mode=config.out_of_view)
             error = photometric_error(target_s, warped, config.ssim_weight)
             if use_mask:
-                error = error * masks[scale][:, i : i + 1]
+                error = error * scale_mask[:, i : i + 1]
+                # The regulariser is on the mask the network made, at its own size.
                 regulariser = regulariser + config.explain_weight * explainability_regularisation(
                     masks[scale][:, i : i + 1])
             errors.append(error)
@@ -176,12 +189,14 @@ def sfm_objective(target: torch.Tensor, sources: torch.Tensor, disparities: tupl
         photometric = photometric + scale_photometric
         weight = config.smooth_weight / config.smooth_decay**scale
         if config.smoothness == "second_order":
-            smoothed = {"disparity": disparity, "depth": depth,
+            smoothed = {"disparity": disparity, "depth": 1.0 / disparity,
                         "normalised_disparity": disparity / disparity.mean(dim=(2, 3), keepdim=True)
                         }[config.smoothness_target]
             smoothness = smoothness + weight * second_order_smoothness(smoothed)
         else:
-            smoothness = smoothness + weight * edge_aware_smoothness(disparity, target_s)
+            image = target_s if disparity.shape[-2:] == target_s.shape[-2:] else F.adaptive_avg_pool2d(
+                target, disparity.shape[-2:])
+            smoothness = smoothness + weight * edge_aware_smoothness(disparity, image)
     total = photometric + smoothness + regulariser
     terms = {"total": total.detach(), "photometric": photometric.detach(), "smoothness": smoothness.detach(),
              "explainability": regulariser.detach(), "warped": warped_for_log}
