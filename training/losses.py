@@ -119,6 +119,20 @@ def explainability_regularisation(mask: torch.Tensor) -> torch.Tensor:
     return -torch.log(mask.clamp_min(1e-6)).mean()
 
 
+def area_resized(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Images [B,C,H,W] area-averaged to ``size`` (h, w); the same tensor when already that size."""
+    return images if tuple(images.shape[-2:]) == tuple(size) else F.adaptive_avg_pool2d(images, size)
+
+
+def smoothness_input(disparity: torch.Tensor, config: LossConfig) -> torch.Tensor:
+    """What the second-order term smooths (``config.smoothness_target``), from disparity [B,1,h,w]."""
+    if config.smoothness_target == "depth":
+        return 1.0 / disparity
+    if config.smoothness_target == "normalised_disparity":
+        return disparity / disparity.mean(dim=(2, 3), keepdim=True)
+    return disparity
+
+
 def sfm_objective(target: torch.Tensor, sources: torch.Tensor, disparities: tuple[torch.Tensor, ...],
                   poses: torch.Tensor, masks: tuple[torch.Tensor, ...], K: torch.Tensor,
                   config: LossConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -148,10 +162,9 @@ def sfm_objective(target: torch.Tensor, sources: torch.Tensor, disparities: tupl
         else:
             disparity_for_view = disparity
         scaled_h, scaled_w = disparity_for_view.shape[-2:]
-        view_scaled = (scaled_h, scaled_w) != (height, width)
-        target_s = F.adaptive_avg_pool2d(target, (scaled_h, scaled_w)) if view_scaled else target
-        sources_s = (F.adaptive_avg_pool2d(sources.flatten(0, 1), (scaled_h, scaled_w)).view(
-            batch, num_sources, 3, scaled_h, scaled_w) if view_scaled else sources)
+        target_s = area_resized(target, (scaled_h, scaled_w))
+        sources_s = area_resized(sources.flatten(0, 1), (scaled_h, scaled_w)).view(
+            batch, num_sources, 3, scaled_h, scaled_w)
         K_s = scale_intrinsics(K, scaled_w / width, scaled_h / height)
         depth = 1.0 / disparity_for_view
         errors, valids, identity_errors = [], [], []
@@ -189,13 +202,9 @@ def sfm_objective(target: torch.Tensor, sources: torch.Tensor, disparities: tupl
         photometric = photometric + scale_photometric
         weight = config.smooth_weight / config.smooth_decay**scale
         if config.smoothness == "second_order":
-            smoothed = {"disparity": disparity, "depth": 1.0 / disparity,
-                        "normalised_disparity": disparity / disparity.mean(dim=(2, 3), keepdim=True)
-                        }[config.smoothness_target]
-            smoothness = smoothness + weight * second_order_smoothness(smoothed)
+            smoothness = smoothness + weight * second_order_smoothness(smoothness_input(disparity, config))
         else:
-            image = target_s if disparity.shape[-2:] == target_s.shape[-2:] else F.adaptive_avg_pool2d(
-                target, disparity.shape[-2:])
+            image = area_resized(target, tuple(disparity.shape[-2:]))
             smoothness = smoothness + weight * edge_aware_smoothness(disparity, image)
     total = photometric + smoothness + regulariser
     terms = {"total": total.detach(), "photometric": photometric.detach(), "smoothness": smoothness.detach(),
