@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -20,6 +21,7 @@ from sfm_ros.bags import BagError, kitti_to_bag
 from test.conftest import DRIVE_0060, ODOMETRY_06, REPO, view_synthesis_error
 from training.config import DataConfig, load_train_config
 from training.data import DataError, SnippetDataset, open_source, prepare_cache, random_flip, random_scale_crop
+from training.step import learning_rate_factor
 from training.trainer import CheckpointError, Trainer, load_checkpoint
 
 TINY = ["data.height=32", "data.width=104", "optim.batch_size=2", "data.workers=0", "run.progress=false",
@@ -163,6 +165,33 @@ def test_snippets_have_the_target_in_the_middle(tiny_cache: Path) -> None:
     assert item["K"].dtype == torch.float32 and item["images"].dtype == torch.uint8
 
 
+def test_frame_strides_draw_snippets_with_wider_gaps(tiny_cache: Path) -> None:
+    frames = np.load(tiny_cache / "frames.npy", mmap_mode="r")
+    wide = SnippetDataset(tiny_cache, "train", 3, frame_strides=(2,))
+    assert len(wide) == 47  # 51 frames minus two at each end
+    item = wide[0]
+    for position, frame in enumerate((0, 2, 4)):
+        np.testing.assert_array_equal(item["images"][position].permute(1, 2, 0).numpy(), frames[frame])
+    assert int(item["frame"]) == 2
+
+    mixed = SnippetDataset(tiny_cache, "train", 3, frame_strides=(1, 2))
+    assert len(mixed) == 49  # every target of stride 1 stays; stride 2 only where it fits
+    seen = {}
+    for epoch in range(6):
+        mixed.epoch = epoch
+        for index in range(len(mixed)):
+            item = mixed[index]
+            center = int(item["frame"])
+            before = item["images"][0].permute(1, 2, 0).numpy()
+            stride = next(s for s in (1, 2) if np.array_equal(before, frames[center - s]))
+            np.testing.assert_array_equal(item["images"][2].permute(1, 2, 0).numpy(), frames[center + stride])
+            seen.setdefault(center, set()).add(stride)
+    assert seen[1] == {1} and seen[49] == {1}  # at the ends only stride 1 fits
+    assert sum(strides == {1, 2} for strides in seen.values()) > 40  # elsewhere both are drawn (47 centres)
+    with pytest.raises(ValueError, match="positive"):
+        SnippetDataset(tiny_cache, "train", 3, frame_strides=(0,))
+
+
 def _train_command(cache: Path, output: Path, steps: int) -> list[str]:
     overrides = [*TINY, f"optim.max_steps={steps}", "run.checkpoint_every=2", f"run.output={output}"]
     command = [sys.executable, "-m", "sfm_ros.cli", "train", "--config", str(REPO / "config" / "train_cpu_small.yaml"),
@@ -200,6 +229,31 @@ def test_resume_after_a_kill_continues_exactly(tiny_cache: Path, tmp_path: Path)
     assert sorted(again) == sorted(after) and len(after) == 3
     for step, value in after.items():
         assert again[step] == pytest.approx(value, rel=1e-5, abs=1e-7), (step, value, again[step])
+
+
+def test_learning_rate_decay_follows_a_half_cosine_after_its_start() -> None:
+    # 10 steps, decay from 0.6 of the run to 0.1: constant up to 6 steps done, then
+    # 0.1 + 0.9 * (1 + cos(pi * t)) / 2 with t = (k / 10 - 0.6) / 0.4.
+    factors = [learning_rate_factor(k, 10, 0.6, 0.1) for k in range(11)]
+    assert factors[:7] == [1.0] * 7
+    assert factors[7] == pytest.approx(0.1 + 0.9 * (1 + np.cos(np.pi / 4)) / 2)  # t = 1/4: 0.868
+    assert factors[8] == pytest.approx(0.55)  # t = 1/2: halfway between 1 and 0.1
+    assert factors[9] == pytest.approx(0.1 + 0.9 * (1 - np.sqrt(0.5)) / 2)  # t = 3/4: 0.232
+    assert factors[10] == pytest.approx(0.1)
+    assert all(learning_rate_factor(k, 10, 1.0, 0.1) == 1.0 for k in range(11))  # 1.0: the paper's constant rate
+
+
+def test_the_trainer_steps_with_the_decayed_learning_rate(tiny_cache: Path, tmp_path: Path) -> None:
+    # 4 steps, decay from half the run to 0: steps with 0, 1, 2 done use lr, the last one (3 done, t = 1/2) lr / 2.
+    config = load_train_config(str(REPO / "config" / "train_cpu_small.yaml"),
+                               [*TINY, "optim.max_steps=4", "optim.lr=2e-4", "optim.lr_decay_start=0.5",
+                                "optim.lr_final_factor=0.0", f"run.output={tmp_path}", "run.checkpoint_every=1000"])
+    used: list[float] = []
+    Trainer(config, tiny_cache).fit(on_step=lambda run: used.append(run.optimizer.param_groups[0]["lr"]))
+    assert used == pytest.approx([2e-4, 2e-4, 2e-4, 1e-4])
+    # A CUDA-graph step bakes the rate in: the combination is refused up front, on a CPU too.
+    with pytest.raises(ValueError, match="run.cuda_graph=false"):
+        Trainer(dataclasses.replace(config, run=dataclasses.replace(config.run, cuda_graph=True)), tiny_cache)
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
@@ -240,6 +294,15 @@ def test_resume_refuses_a_different_objective(tiny_cache: Path, tmp_path: Path) 
     from training.trainer import config_from_checkpoint
 
     assert config_from_checkpoint(checkpoint) == trainer.config
+
+    # A checkpoint from before a field existed (no data.frame_strides) resumes: the field takes its default.
+    state = torch.load(checkpoint, weights_only=True)
+    saved = yaml.safe_load(state["config"])
+    del saved["data"]["frame_strides"]
+    state["config"] = yaml.safe_dump(saved)
+    torch.save(state, checkpoint)
+    trainer.resume(checkpoint)
+    assert trainer.state.step == 0
 
 
 def test_two_process_ddp_equals_one_process_with_the_whole_batch(tiny_cache: Path, tmp_path: Path) -> None:

@@ -34,6 +34,8 @@ class DataConfig:
     augment: bool = param(True, "the paper's random scale (1 to scale_crop_max) and crop, intrinsics updated")
     scale_crop_max: float = param(1.15, "largest random zoom of the scale-crop augmentation", range=(1.0, 2.0))
     flip: bool = param(False, "mirror whole snippets left-right at random (cx mirrored), as the PyTorch reference does")
+    frame_strides: tuple[int, ...] = param((1,), "frame gaps a training snippet is drawn with, one at random per "
+                                           "snippet (1: adjacent frames, the paper; (1, 2): also twice the baseline)")
     intrinsics: tuple[float, ...] = param((), "fx fy cx cy (native pixels) for bags without CameraInfo")
     image_topic: str = param("", "bag image topic (empty: auto-detect)")
     info_topic: str = param("", "bag CameraInfo topic (empty: auto-detect)")
@@ -45,6 +47,8 @@ class DataConfig:
             raise ValueError(f"data.height and data.width must be multiples of 8, got {self.height}x{self.width}")
         if self.sequence_length % 2 == 0:
             raise ValueError(f"data.sequence_length must be odd (target in the middle), got {self.sequence_length}")
+        if not self.frame_strides or min(self.frame_strides) < 1:
+            raise ValueError(f"data.frame_strides must be positive integers, got {self.frame_strides}")
         if self.intrinsics and len(self.intrinsics) != 4:
             raise ValueError(f"data.intrinsics must be fx fy cx cy, got {self.intrinsics}")
 
@@ -74,6 +78,9 @@ class OptimConfig:
     batch_size: int = 4
     epochs: int = 200
     max_steps: int = 0  # 0 = run all epochs
+    lr_decay_start: float = param(1.0, "share of the run after which the learning rate falls along a half cosine "
+                                  "to lr_final_factor x lr at the end (1.0: constant, the paper)", range=(0.0, 1.0))
+    lr_final_factor: float = param(0.1, "learning rate at the end of the decay, as a share of lr", range=(0.0, 1.0))
 
 
 @dataclasses.dataclass(frozen=True)

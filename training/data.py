@@ -310,7 +310,8 @@ class SnippetDataset(Dataset):
     """
 
     def __init__(self, cache_dir: str | Path, split: str, sequence_length: int, augment: bool = False,
-                 max_scale: float = 1.15, seed: int = 0, flip: bool = False) -> None:
+                 max_scale: float = 1.15, seed: int = 0, flip: bool = False,
+                 frame_strides: tuple[int, ...] = (1,)) -> None:
         self.cache_dir = Path(cache_dir)
         self.index = load_cache_index(cache_dir)
         self.frames = np.load(self.cache_dir / "frames.npy", mmap_mode="r")
@@ -320,12 +321,15 @@ class SnippetDataset(Dataset):
         self.max_scale = max_scale
         self.seed = seed
         self.epoch = 0
-        half = sequence_length // 2
+        if not frame_strides or min(frame_strides) < 1:
+            raise ValueError(f"frame strides must be positive integers, got {frame_strides}")
+        self.frame_strides = tuple(sorted(set(frame_strides)))
+        reach = sequence_length // 2 * self.frame_strides[0]
         self.items: list[tuple[int, int]] = []  # (sequence index, global frame index of the target)
         for s, seq in enumerate(self.index["sequences"]):
             if seq["split"] != split:
                 continue
-            for j in range(half, seq["count"] - half):
+            for j in range(reach, seq["count"] - reach):
                 self.items.append((s, seq["offset"] + j))
 
     def __len__(self) -> int:
@@ -334,9 +338,15 @@ class SnippetDataset(Dataset):
     def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
         sequence_index, center = self.items[item]
         half = self.length // 2
-        images = np.asarray(self.frames[center - half: center + half + 1])
-        K = np.asarray(self.index["sequences"][sequence_index]["K"])
         rng = np.random.default_rng((self.seed, self.epoch, item))
+        stride = self.frame_strides[0]
+        if len(self.frame_strides) > 1:
+            sequence = self.index["sequences"][sequence_index]
+            first, end = sequence["offset"], sequence["offset"] + sequence["count"]
+            fitting = [s for s in self.frame_strides if center - half * s >= first and center + half * s < end]
+            stride = int(rng.choice(fitting))
+        images = np.asarray(self.frames[center - half * stride: center + half * stride + 1: stride])
+        K = np.asarray(self.index["sequences"][sequence_index]["K"])
         if self.augment:
             images, K = random_scale_crop(images, K, rng, self.max_scale)
         if self.flip:

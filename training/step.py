@@ -8,6 +8,7 @@ They apply on CUDA; on a CPU the step is fp32 eager whatever they say.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -17,7 +18,7 @@ from torch import nn
 from training.losses import LossConfig, sfm_objective
 from training.normalisation import normalise
 
-__all__ = ["TrainStep", "forward_objective", "make_optimizer"]
+__all__ = ["TrainStep", "forward_objective", "learning_rate_factor", "make_optimizer"]
 
 
 def forward_objective(depth_model: nn.Module, pose_model: nn.Module, images: torch.Tensor, K: torch.Tensor,
@@ -46,6 +47,20 @@ def forward_objective(depth_model: nn.Module, pose_model: nn.Module, images: tor
     terms.update(disparity=disparities[0].detach(), mask=masks[0].detach() if masks else None, target=target,
                  poses=poses.detach(), K=K)
     return total, terms
+
+
+def learning_rate_factor(steps_done: int, total_steps: int, decay_start: float, final_factor: float) -> float:
+    """The share of the base learning rate for the next optimiser step.
+
+    Constant until ``decay_start`` of the run (a share of ``total_steps``), then a half cosine from 1 down to
+    ``final_factor`` at the end; ``decay_start`` 1.0 keeps it constant (the paper). Smaller steps at the end let
+    the weights settle instead of wandering between checkpoints at this small batch.
+    """
+    progress = steps_done / max(total_steps, 1)
+    if decay_start >= 1.0 or progress <= decay_start:
+        return 1.0
+    within = min((progress - decay_start) / (1.0 - decay_start), 1.0)
+    return final_factor + (1.0 - final_factor) * 0.5 * (1.0 + math.cos(math.pi * within))
 
 
 def make_optimizer(parameters: Iterable[nn.Parameter], device: torch.device, *, lr: float, betas: tuple[float, float],

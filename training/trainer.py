@@ -26,14 +26,14 @@ import yaml
 from torch.utils.data import DataLoader
 
 from sfm_ros.bundle import IMAGE_MEAN, IMAGE_STD, BundleMetadata, atomic_write_bytes, save_networks
-from sfm_ros.config import to_dict
+from sfm_ros.config import from_dict, to_dict
 from sfm_ros.metrics import DEPTH_METRICS, eigen_depth_evaluation
 from sfm_ros.models import DispNet, PoseExpNet
 from training.config import TrainConfig
 from training.data import SnippetDataset
 from training.health import HealthMonitor, training_health
 from training.normalisation import to_unit_range
-from training.step import TrainStep, forward_objective, make_optimizer
+from training.step import TrainStep, forward_objective, learning_rate_factor, make_optimizer
 
 __all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "Trainer", "load_checkpoint", "resolve_device"]
 
@@ -127,6 +127,11 @@ class Trainer:
             self.pose_model = torch.compile(self.pose_model)
         parameters = [*self.depth_net.parameters(), *self.pose_net.parameters()]
         optim = config.optim
+        if optim.lr_decay_start < 1.0 and config.run.cuda_graph:
+            # Refused on every device, so that a config that trains here also trains on the GPU.
+            raise ValueError("optim.lr_decay_start < 1 changes the learning rate every step, which a CUDA-graph step "
+                             "has baked in; set run.cuda_graph=false (run.compile still applies) or "
+                             "optim.lr_decay_start=1.0")
         self.optimizer = make_optimizer(parameters, self.device, lr=optim.lr, betas=(optim.beta1, optim.beta2),
                                         weight_decay=optim.weight_decay, cuda_graph=config.run.cuda_graph)
         self.step_runner = TrainStep(self.depth_model, self.pose_model, self.optimizer, config.loss, self.device,
@@ -134,7 +139,8 @@ class Trainer:
                               cuda_graph=config.run.cuda_graph,
                               compile_objective=config.run.compile and self.world_size == 1)
         self.train_data = SnippetDataset(cache_dir, "train", config.data.sequence_length, config.data.augment,
-                                         config.data.scale_crop_max, config.run.seed, flip=config.data.flip)
+                                         config.data.scale_crop_max, config.run.seed, flip=config.data.flip,
+                                         frame_strides=config.data.frame_strides)
         self.val_data = SnippetDataset(cache_dir, "val", config.data.sequence_length)
         if len(self.train_data) < config.optim.batch_size * self.world_size:
             raise ValueError(f"{len(self.train_data)} training snippets are fewer than one batch of "
@@ -149,6 +155,12 @@ class Trainer:
     # ---- data order ------------------------------------------------------------------------------------
     def steps_per_epoch(self) -> int:
         return len(self.train_data) // (self.config.optim.batch_size * self.world_size)
+
+    def total_steps(self) -> int:
+        """Optimiser steps in the whole run: ``optim.epochs`` epochs, or ``optim.max_steps`` if fewer."""
+        optim = self.config.optim
+        total = optim.epochs * self.steps_per_epoch()
+        return min(total, optim.max_steps) if optim.max_steps else total
 
     def _epoch_batches(self, epoch: int, skip: int) -> Iterator[dict[str, torch.Tensor]]:
         generator = torch.Generator().manual_seed(self.config.run.seed * 100003 + epoch)
@@ -171,6 +183,11 @@ class Trainer:
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
         """One optimiser step; returns the loss terms (device tensors, no host sync)."""
+        optim = self.config.optim
+        lr = optim.lr * learning_rate_factor(self.state.step, self.total_steps(), optim.lr_decay_start,
+                                             optim.lr_final_factor)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         terms = self.step_runner(batch["images"], batch["K"])
         self.state.step += 1
         return terms
@@ -232,9 +249,10 @@ class Trainer:
     def resume(self, path: str | Path) -> None:
         """Restore networks, optimiser, position and RNG from a checkpoint of the same configuration."""
         state = load_checkpoint(path)
-        saved = yaml.safe_load(state["config"])
+        # Through the dataclasses, so that a checkpoint written before a field existed resumes with its default.
+        saved = to_dict(from_dict(TrainConfig, yaml.safe_load(state["config"])))
         for section in ("model", "data", "loss"):
-            if saved.get(section) != to_dict(self.config)[section]:
+            if saved[section] != to_dict(self.config)[section]:
                 raise CheckpointError(f"{path}: the checkpoint's {section} config differs from this run's; resume with "
                                       "the same config (or `sfm train --resume` alone, which reads it)")
         try:
@@ -323,10 +341,7 @@ class Trainer:
 
             self._writer = SummaryWriter(str(self.output / "tensorboard"))
         previous = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        steps_per_epoch = self.steps_per_epoch()
-        total_steps = config.optim.epochs * steps_per_epoch
-        if config.optim.max_steps:
-            total_steps = min(total_steps, config.optim.max_steps)
+        total_steps = self.total_steps()
         bar = tqdm(total=total_steps, initial=self.state.step, desc="train", unit="step",
                    disable=not (config.run.progress and self.rank == 0))
         speed_path = self.step_runner.describe()
@@ -400,7 +415,5 @@ def _init_distributed() -> tuple[int, int]:
 
 
 def config_from_checkpoint(path: str | Path) -> TrainConfig:
-    """The resolved config a checkpoint was trained with."""
-    from sfm_ros.config import from_dict
-
+    """The resolved config a checkpoint was trained with (fields it predates take their defaults)."""
     return from_dict(TrainConfig, yaml.safe_load(load_checkpoint(path)["config"]))
