@@ -3,7 +3,7 @@ running the pipeline, for several minutes. Reports latency percentiles, processe
 memory over time (it must stay flat). Prints JSON.
 
 Usage: python benchmarks/bench_node_load.py [--minutes 3] [--rate 30] [--backend onnxruntime] [--precision int8]
-       [--refine-pose] [--keyframes]
+       [--refine-pose] [--keyframes] [--ground-motion]
 """
 
 from __future__ import annotations
@@ -44,6 +44,8 @@ def main() -> None:
     parser.add_argument("--bundle")
     parser.add_argument("--refine-pose", action="store_true", help="with the pose refinement (pipeline.refine_pose)")
     parser.add_argument("--keyframes", action="store_true", help="aligned to keyframes (pipeline.keyframes)")
+    parser.add_argument("--ground-motion", action="store_true",
+                        help="each step's length measured on the ground (scale.ground_motion)")
     args = parser.parse_args()
     scratch = Path(tempfile.gettempdir())
     bundle = Path(args.bundle) if args.bundle else random_bundle(scratch / "sfm_bench_bundle")
@@ -55,7 +57,7 @@ def main() -> None:
     pipeline = Pipeline(PipelineConfig(bundle=str(bundle), backend=args.backend, precision=args.precision,
                                        max_frame_gap_s=5.0, refine_pose=args.refine_pose,
                                        keyframes=args.keyframes),
-                        ScaleConfig(source="camera_height"))
+                        ScaleConfig(source="camera_height", ground_motion=args.ground_motion))
     latencies: list[float] = []
     stage_timings: dict[str, list[float]] = {}
 
@@ -87,6 +89,7 @@ def main() -> None:
     print(json.dumps({
         "benchmark": "node load (worker + pipeline), KITTI 1226x370 frames", "commit": git_commit(),
         "backend": pipeline.backend.description, "refine_pose": args.refine_pose, "keyframes": args.keyframes,
+        "ground_motion": args.ground_motion,
         "offered_hz": args.rate, "seconds": args.minutes * 60,
         "offered": worker.submitted, "processed": worker.processed, "dropped": worker.dropped,
         "processed_hz": worker.processed / (args.minutes * 60), "errors": dict(worker.errors),

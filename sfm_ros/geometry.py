@@ -105,6 +105,24 @@ def backproject(depth: np.ndarray, K: np.ndarray) -> np.ndarray:
     return np.stack([x, y, depth], axis=-1)
 
 
+def ground_plane_depth(shape: tuple[int, int], K: np.ndarray, normal: np.ndarray, camera_height_m: float
+                       ) -> np.ndarray:
+    """Depth [H,W] (camera Z, metres) of the ground plane n.X = h seen through each pixel, +inf where the ray does not
+    meet the ground in front of the camera (at and above the horizon). normal: unit [3] pointing down, camera optical
+    frame; K [3,3] at ``shape``."""
+    height, width = shape
+    u, v = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64))
+    downward = (normal[0] * (u - K[0, 2]) / K[0, 0] + normal[1] * (v - K[1, 2]) / K[1, 1] + normal[2])
+    with np.errstate(divide="ignore"):
+        return np.where(downward > 1e-6, camera_height_m / np.maximum(downward, 1e-6), np.inf)
+
+
+def ground_normal_in_camera(T_base_camera: np.ndarray) -> np.ndarray:
+    """The ground's unit normal pointing down [3] in the camera optical frame, for a camera mounted at T_base_camera
+    [4,4] on a base whose z axis is up (REP 103) and whose x-y plane is parallel to the ground."""
+    return np.asarray(T_base_camera, dtype=np.float64)[:3, :3].T @ np.array([0.0, 0.0, -1.0])
+
+
 def rotation_to_quaternion(R: np.ndarray) -> np.ndarray:
     """Rotation [3,3] -> unit quaternion [x, y, z, w] (ROS order), w >= 0."""
     R = np.asarray(R, dtype=np.float64)

@@ -11,6 +11,10 @@ Two optional stages use the predicted depth (``sfm_ros.refine``): ``refine_pose`
 one starting from the pose net's step; ``keyframes`` aligns it to the last keyframe instead, starting from the
 keyframe's pose composed with the chain, so the pose and its covariance are the keyframe's plus one alignment and
 do not grow while the camera stands still.
+
+With ``scale.ground_motion`` each step's length is also measured on the ground alone (``sfm_ros.refine.
+ground_translation``: the ground's depth from the camera's height and mounting, not from the network), and the scale
+follows that measurement while the camera moves.
 """
 
 from __future__ import annotations
@@ -26,14 +30,15 @@ from sfm_ros.backends import Backend, make_backend, preprocess
 from sfm_ros.camera import CameraModel
 from sfm_ros.config import PipelineConfig, ScaleConfig
 from sfm_ros.geometry import (
+    ground_normal_in_camera,
     invert_transform,
     orthonormalised,
     pose_vec_to_mat,
     quaternion_to_rotation,
     scale_intrinsics,
 )
-from sfm_ros.refine import refine_pose
-from sfm_ros.scale import ScaleEstimate, ScaleObservation, make_scale_estimator
+from sfm_ros.refine import ground_translation, refine_pose
+from sfm_ros.scale import ScaleEstimate, ScaleObservation, ground_mask, make_scale_estimator
 
 __all__ = ["Estimate", "FrameError", "Pipeline"]
 
@@ -129,6 +134,7 @@ class Pipeline:
         self._window: collections.deque[tuple[int, np.ndarray]] = collections.deque(maxlen=self.window_length)
         self._window_complete = False  # has a full window been used since the last (re)start
         self._previous_view: tuple[np.ndarray, np.ndarray] | None = None  # grey and network depth of t-1
+        self._previous_ground: tuple[np.ndarray, np.ndarray] | None = None  # grey and ground mask of t-1
         self._keyframe: _Keyframe | None = None
         self._T_world_camera = np.eye(4)
         self._covariance = np.diag([INITIAL_SIGMA_M**2] * 3 + [INITIAL_SIGMA_RAD**2] * 3)
@@ -166,6 +172,7 @@ class Pipeline:
         self._window.clear()
         self._window_complete = False
         self._previous_view = None
+        self._previous_ground = None
         self._keyframe = None
         self._covariance = self._covariance * self.config.unscaled_sigma_factor**2
         self._pending_events.append(f"tracking restarted: {reason}")
@@ -223,7 +230,7 @@ class Pipeline:
                 self._window_complete = True
                 dt_s = window_dt
         grey = None
-        if (self.config.refine_pose or self.config.keyframes) and entered_window:
+        if (self.config.refine_pose or self.config.keyframes or self.scale_config.ground_motion) and entered_window:
             grey = self._grey(image)
             self._previous_view = (grey, depth_units)
         t_pose = time.perf_counter()
@@ -252,7 +259,8 @@ class Pipeline:
                 T_prev_current = invert_transform(self._T_world_camera) @ T_world_current
                 if new_keyframe_reason and new_keyframe_reason.startswith("alignment"):
                     events.append(f"keyframe {new_keyframe_reason}")
-            elif grey is not None and previous_view is not None:
+            elif (self.config.refine_pose or self.config.keyframes) and grey is not None and previous_view is not None:
+                # (With keyframes, before the first keyframe: the step to the previous frame is refined.)
                 start = invert_transform(T_prev_current)
                 refined = refine_pose(previous_view[0], previous_view[1] * scale.factor, grey, K_net, start,
                                       translation_prior_information=self._direction_prior(start))
@@ -276,6 +284,11 @@ class Pipeline:
                 made_keyframe = True
             if dt_s:
                 twist, twist_covariance = self._twist(T_prev_current, step_covariance, dt_s)
+        t_ground = 0.0
+        if self.scale_config.ground_motion and grey is not None:
+            t_ground = time.perf_counter()
+            self._measure_ground_motion(grey, depth_units, K_net, T_prev_current, scale, events)
+            t_ground = time.perf_counter() - t_ground
         depth_m = (depth_units * scale.factor).astype(np.float32)
         depth_m[depth_m > self.config.max_depth_m] = np.inf
         info = CameraModel(K=K_net, height=height, width=width, frame_id=camera.frame_id)
@@ -288,7 +301,8 @@ class Pipeline:
             events.append(f"scale unhealthy: {scale.reason}")
         timings = {"preprocess": (t_pre - tick) * 1e3, "depth": (t_depth - t_pre) * 1e3,
                    "pose": (t_pose - t_depth) * 1e3, "scale": (t_scale - t_pose) * 1e3,
-                   "refine": max(t_refine - t_scale, 0.0) * 1e3, "total": (time.perf_counter() - tick) * 1e3}
+                   "refine": max(t_refine - t_scale, 0.0) * 1e3, "ground": t_ground * 1e3,
+                   "total": (time.perf_counter() - tick) * 1e3}
         return Estimate(stamp_ns=stamp_ns, depth_m=depth_m, camera_info_scaled=info,
                         T_odom_camera=T_odom_base @ self.T_base_camera, T_odom_base=T_odom_base,
                         T_prev_current=T_prev_current, covariance=self._in_base_axes(self._covariance),
@@ -315,6 +329,31 @@ class Pipeline:
         T_catch_up = T_source_target[0] @ invert_transform(T_source_target[previous]) if first else None
         mask = masks[source_frames.index(last)] if masks is not None else None
         return invert_transform(T_current_prev), T_catch_up, mask
+
+    def _measure_ground_motion(self, grey: np.ndarray, depth_units: np.ndarray, K: np.ndarray,
+                               T_prev_current: np.ndarray | None, scale: ScaleEstimate, events: list[str]) -> None:
+        """Measure the step just made (metres, T_prev_current [4,4] or None) on the previous frame's ground and give
+        the scale estimator the factor that would have made it that long; then keep this frame's ground for the
+        next step. A step too short to measure, or a failed measurement, leaves the scale to the plane fit."""
+        config = self.scale_config
+        normal = ground_normal_in_camera(self.T_base_camera)
+        previous, self._previous_ground = self._previous_ground, None
+        mask, _ = ground_mask(depth_units, K, normal, config.camera_height_m, config.ground_region,
+                              config.ground_tolerance)
+        self._previous_ground = (grey, mask)
+        if previous is None or T_prev_current is None or not scale.healthy:
+            return
+        length = float(np.linalg.norm(T_prev_current[:3, 3]))
+        if length < 1e-9:
+            return
+        measured = ground_translation(previous[0], grey, K, invert_transform(T_prev_current), previous[1], normal,
+                                      config.camera_height_m)
+        if not measured.accepted:
+            events.append(f"ground motion not measured: {measured.reason}")
+            return
+        measured_length = float(np.linalg.norm(measured.translation))
+        if measured_length >= config.ground_min_step * config.camera_height_m:
+            self.scale_estimator.observe_ground_motion(scale.factor * measured_length / length)
 
     def _track_keyframe(self, grey: np.ndarray, K: np.ndarray, T_world_current: np.ndarray,
                         step_covariance: np.ndarray, scale: ScaleEstimate

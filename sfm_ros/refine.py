@@ -10,6 +10,10 @@ left increment exp(xi) T, xi = (v, w), coarse to fine over an image pyramid, on 
 the strongest gradients and a valid depth, with Huber weights. It falls back to the starting pose when the error does
 not go down or the step is implausibly large. Its Hessian gives the covariance of the pose: sigma^2 H^-1.
 
+``ground_translation`` measures a step's metric length from the ground alone: with the camera's height and mounting
+known, the ground's depth at each pixel follows from the plane (``ground_plane_depth``), not from the network, so the
+same alignment over the translation (rotation held) on the ground's pixels gives the translation in metres.
+
 numpy and OpenCV only (the node's run-time path).
 """
 
@@ -20,7 +24,9 @@ import dataclasses
 import cv2
 import numpy as np
 
-__all__ = ["RefineResult", "refine_pose", "se3_exp"]
+from sfm_ros.geometry import ground_plane_depth
+
+__all__ = ["GroundMotion", "RefineResult", "ground_translation", "refine_pose", "se3_exp"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,3 +222,101 @@ def refine_pose(previous: np.ndarray, previous_depth: np.ndarray, current: np.nd
     except np.linalg.LinAlgError:
         covariance = None
     return RefineResult(T, covariance, before, after, len(finest_points), True, "accepted", in_view_share)
+
+
+@dataclasses.dataclass(frozen=True)
+class GroundMotion:
+    """translation [3] of T_current_previous in metres as the ground's image motion says (the start's when not
+    accepted); the Huber cost before and after on the finest level's ground points; their number; why it was (not)
+    accepted."""
+
+    translation: np.ndarray
+    residual_before: float
+    residual_after: float
+    points: int
+    accepted: bool
+    reason: str
+
+
+def ground_translation(previous: np.ndarray, current: np.ndarray, K: np.ndarray, T_current_previous: np.ndarray,
+                       ground_mask: np.ndarray, normal: np.ndarray, camera_height_m: float, *, levels: int = 3,
+                       iterations: int = 10, max_points: int = 2000, huber: float = 0.05, min_points: int = 100,
+                       min_gradient: float = 0.01) -> GroundMotion:
+    """The translation of T_current_previous [4,4] in metres, measured on the ground of ``previous``.
+
+    previous, current: grey float32 [H,W] in [0, 1]; ground_mask: bool [H,W], the previous frame's pixels on the
+    ground plane (``scale.ground_mask``); normal [3] (unit, pointing down) and camera_height_m: the plane in the
+    previous camera's optical frame; K [3,3] at H,W. The rotation is held (the network's or the refinement's: far
+    points fix it better than the ground does); the translation is optimised by Gauss-Newton with Huber weights,
+    coarse to fine, from the start's. Not accepted when fewer than ``min_points`` ground points have texture (an
+    intensity gradient of at least ``min_gradient`` per pixel: a featureless ground says nothing about the step) or
+    the error goes up.
+    """
+    start = np.asarray(T_current_previous, dtype=np.float64)
+    depth = ground_plane_depth(previous.shape, K, normal, camera_height_m)
+    depth = np.where(ground_mask, depth, np.inf).astype(np.float32)
+    previous_levels = _pyramid(previous.astype(np.float32), depth, K, levels)
+    current_levels = _pyramid(current.astype(np.float32), depth, K, levels)
+
+    def rejected(reason: str, points: int, before: float = np.nan, after: float = np.nan) -> GroundMotion:
+        return GroundMotion(start[:3, 3].copy(), before, after, points, False, reason)
+
+    finest_points, finest_reference = _select_points(*previous_levels[0], max_points)
+    gradient_x, gradient_y = _gradients(previous_levels[0][0])
+    textured = int((np.hypot(gradient_x, gradient_y)[np.isfinite(depth)] >= min_gradient).sum())
+    if min(textured, len(finest_points)) < min_points:
+        return rejected(f"too few textured ground points ({min(textured, len(finest_points))})", textured)
+    gradients0 = _gradients(current_levels[0][0])
+
+    def cost(T: np.ndarray) -> float:
+        residual, inside, _ = _residuals(T, finest_points, finest_reference, current_levels[0][0], gradients0, K,
+                                         False)
+        if inside.sum() < min_points:
+            return np.inf
+        r = np.abs(residual[inside])
+        return float(np.mean(np.where(r < huber, r**2, 2 * huber * r - huber**2)))
+
+    before = cost(start)
+    T = _align_translation(start, previous_levels, current_levels, levels, iterations, max_points, huber,
+                           (finest_points, finest_reference, gradients0))
+    after = cost(T)
+    if not np.isfinite(after) or after > before:
+        # The coarse levels can lead a start that is already close astray: the finest level alone, from the start.
+        T = _align_translation(start, previous_levels, current_levels, 1, iterations, max_points, huber,
+                               (finest_points, finest_reference, gradients0))
+    after = cost(T)
+    if not np.isfinite(after) or after > before:
+        return rejected("the error went up", len(finest_points), before, after)
+    return GroundMotion(T[:3, 3].copy(), before, after, len(finest_points), True, "accepted")
+
+
+def _align_translation(start: np.ndarray, previous_levels: list, current_levels: list, levels: int, iterations: int,
+                       max_points: int, huber: float, finest: tuple) -> np.ndarray:
+    """Gauss-Newton over the translation of ``start`` [4,4] (rotation held), from pyramid level ``levels - 1`` down to
+    the finest, whose selected points, intensities and gradients ``finest`` holds. Returns the transform."""
+    T = start.copy()
+    for level in reversed(range(levels)):
+        image_previous, depth_previous, K_level = previous_levels[level]
+        if level == 0:
+            points, reference, gradients = finest
+        else:
+            points, reference = _select_points(image_previous, depth_previous, K_level, max_points)
+            gradients = _gradients(current_levels[level][0])
+        if len(points) < 30:
+            continue
+        for _ in range(iterations):
+            residual, inside, J = _residuals(T, points, reference, current_levels[level][0], gradients, K_level, True)
+            if inside.sum() < 30:
+                break
+            # With the rotation held, a left increment (v, 0) moves every point by v: the first three columns.
+            r, J = residual[inside], J[inside, :3]
+            weights = np.where(np.abs(r) < huber, 1.0, huber / np.maximum(np.abs(r), 1e-12))
+            H = (J * weights[:, None]).T @ J
+            try:
+                step = -np.linalg.solve(H + 1e-9 * np.trace(H) * np.eye(3), (J * weights[:, None]).T @ r)
+            except np.linalg.LinAlgError:
+                break
+            T[:3, 3] += step
+            if np.linalg.norm(step) < 1e-5:
+                break
+    return T

@@ -17,13 +17,14 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from sfm_ros.geometry import backproject, crop_intrinsics
+from sfm_ros.geometry import backproject, crop_intrinsics, ground_plane_depth
 
 if TYPE_CHECKING:  # config derives its list of sources from ScaleSource here
     from sfm_ros.config import ScaleConfig
 
 __all__ = ["SCALE_ESTIMATORS", "ExternalSpeedScale", "FixedScale", "GroundPlaneScale", "ScaleEstimate",
-           "ScaleEstimator", "ScaleObservation", "ScaleSource", "fit_ground_plane", "make_scale_estimator"]
+           "ScaleEstimator", "ScaleObservation", "ScaleSource", "fit_ground_plane", "ground_mask",
+           "make_scale_estimator"]
 
 
 class ScaleSource(str, enum.Enum):
@@ -103,6 +104,31 @@ def fit_ground_plane(points: np.ndarray, rng: np.random.Generator, iterations: i
     return normal, height, best_count / len(points)
 
 
+def ground_mask(depth: np.ndarray, K: np.ndarray, normal: np.ndarray, camera_height_m: float, region: float,
+                tolerance: float) -> tuple[np.ndarray, float | None]:
+    """The pixels of a depth map [H,W] (any units; K [3,3] at its size) that lie on the ground of the camera's
+    mounting: in the lower ``region`` of the image, below the horizon, with a depth whose ratio to the plane's
+    (``normal``, unit and pointing down, at ``camera_height_m``) is within ``tolerance`` (relative) of the ratio that
+    most of them share. Objects on the ground and walls break the ratio and drop out. Returns (mask [H,W] bool, that
+    shared ratio: metres per depth unit, or None when no pixel can be ground)."""
+    plane = ground_plane_depth(depth.shape, K, normal, camera_height_m)
+    candidates = np.zeros(depth.shape, dtype=bool)
+    candidates[int(depth.shape[0] * (1.0 - region)):] = True
+    candidates &= np.isfinite(plane) & np.isfinite(depth) & (depth > 0)
+    mask = np.zeros(depth.shape, dtype=bool)
+    if candidates.sum() < 3:
+        return mask, None
+    log_ratio = np.log(plane[candidates] / depth[candidates])
+    # The densest window of log ratios as wide as the tolerance allows either side: the ground's shared scale.
+    half_width = float(np.log1p(tolerance))
+    ordered = np.sort(log_ratio)
+    counts = np.searchsorted(ordered, ordered + 2 * half_width, side="right") - np.arange(len(ordered))
+    first = int(np.argmax(counts))
+    centre = float(np.median(ordered[first:first + counts[first]]))
+    mask[candidates] = np.abs(log_ratio - centre) <= half_width
+    return mask, float(np.exp(centre))
+
+
 class _SmoothedScale:
     """Shared state of the measuring estimators: the smoothed factor, and failures that hold the last one."""
 
@@ -126,17 +152,36 @@ class _SmoothedScale:
         """Not used by this source."""
 
 
+# With ground_motion, frames after a step the ground measured keep that scale rather than fitting the plane: a missed
+# measurement now and then while driving must not hand the scale back to the plane fit's bias; after this many frames
+# without one (standing still, a featureless ground) the plane fit takes over.
+GROUND_MOTION_HOLD_FRAMES = 10
+
+
 class GroundPlaneScale(_SmoothedScale):
-    """Scale = known camera height / height of the camera over the ground plane fitted to predicted depth."""
+    """Scale = known camera height / height of the camera over the ground plane fitted to predicted depth; with
+    ``ground_motion``, while the camera moves, the step length the ground's image motion measures instead
+    (``observe_ground_motion``)."""
 
     source = ScaleSource.CAMERA_HEIGHT
 
     def __init__(self, config: ScaleConfig, seed: int = 0) -> None:
         super().__init__(config)
         self.rng = np.random.default_rng(seed)
+        self._frames_to_hold = 0
+
+    def observe_ground_motion(self, metres_per_unit: float) -> None:
+        """The factor that would have given the last step the length the ground's motion measured: a measurement
+        like a plane fit's, which the next GROUND_MOTION_HOLD_FRAMES updates keep instead of fitting the plane."""
+        self._accept(metres_per_unit)
+        self._frames_to_hold = GROUND_MOTION_HOLD_FRAMES
 
     def update(self, observation: ScaleObservation, max_points: int = 2000) -> ScaleEstimate:
-        """Fit the ground to the observation's depth (network units, network size) with its K."""
+        """Fit the ground to the observation's depth (network units, network size) with its K; or keep the factor
+        the ground's motion measured on a recent step."""
+        if self._frames_to_hold > 0 and self.factor is not None:
+            self._frames_to_hold -= 1
+            return ScaleEstimate(self.factor, True, self.source)
         depth, K = observation.depth, observation.K
         config = self.config
         height = depth.shape[0]
