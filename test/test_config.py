@@ -26,10 +26,11 @@ def test_train_presets_load_and_the_kitti_one_is_the_default_recipe() -> None:
     kitti = load_train_config(str(REPO / "config" / "train_kitti.yaml"))
     assert (kitti.data.height, kitti.data.width, kitti.data.sequence_length) == (128, 416, 3)
     assert (kitti.optim.batch_size, kitti.optim.lr, kitti.optim.beta1) == (4, 2e-4, 0.9)
-    # The recommended recipe: the paper's but for these two (the learning benchmark's ablation).
+    # The recommended recipe: the paper's but for these (the learning benchmark's ablation).
     assert (kitti.loss.smooth_weight, kitti.loss.explain_weight, kitti.model.initial_disparity) == (0.1, 0.2, 0.3)
+    assert kitti.loss.validity_mask and kitti.loss.validity_mean == "all"
     paper = load_train_config(str(REPO / "config" / "train_paper.yaml"))
-    assert dataclasses.replace(paper.loss, smooth_weight=0.1) == kitti.loss
+    assert dataclasses.replace(paper.loss, smooth_weight=0.1, validity_mask=True, validity_mean="all") == kitti.loss
     assert dataclasses.replace(paper.model, initial_disparity=0.3) == kitti.model
     assert paper.optim == kitti.optim
     # The maths equals the dataclass defaults; only loader workers and the run section (speed path, output) differ.

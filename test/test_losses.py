@@ -57,6 +57,7 @@ def test_the_paper_preset_is_the_papers_objective() -> None:
     assert (config.smoothness, config.smoothness_target, config.ssim_weight) == ("second_order", "disparity", 0.0)
     assert config.out_of_view == "border"  # the authors' sampler clamps coordinates to the image
     assert not (config.min_over_sources or config.auto_mask or config.validity_mask or config.full_resolution)
+    assert config.validity_mean == "in_view"
 
 
 def constant_scene(values: tuple[float, float] = (0.3, 0.5), height: int = 16, width: int = 32) -> dict:
@@ -270,11 +271,29 @@ def test_validity_mask_drops_out_of_view_pixels() -> None:
     depth = torch.full((1, 1, H, W), 6.0)
     _, valid = inverse_warp(textured(), depth, pose_vec_to_mat(far["poses"][:, 1]), K)
     assert 0.1 < float(1 - valid.mean()) < 0.5
-    _, counted = run(LossConfig(explain_weight=0, num_scales=1), **far)
-    _, masked = run(LossConfig(explain_weight=0, num_scales=1, validity_mask=True), **far)
+    _, counted = run(LossConfig(explain_weight=0, num_scales=1, validity_mask=False), **far)
+    _, masked = run(LossConfig(explain_weight=0, num_scales=1, validity_mask=True, validity_mean="in_view"), **far)
     # Without the flag out-of-view pixels count (against the border pixel they read); with it only the (here perfect)
     # in-view ones do.
     assert float(masked["photometric"]) < 0.05 * float(counted["photometric"])
+
+
+def test_validity_mean_over_all_pixels_charges_nothing_for_leaving_the_view() -> None:
+    """constant_scene: depth 1 / 0.2 = 5, fx 20. Source 0 moved 1 unit sideways shifts every pixel by 20 x 1 / 5 = 4
+    columns, so 4 of the 32 leave the view; source 1 stays. Every in-view pixel of source i errs by values[i]."""
+    inputs = constant_scene()
+    inputs["poses"] = torch.tensor([[[1.0, 0, 0, 0, 0, 0], [0.0, 0, 0, 0, 0, 0]]])
+    config = LossConfig(explain_weight=0, num_scales=1, smooth_weight=0.0, validity_mask=True, validity_mean="in_view")
+
+    def photometric(loss_config: LossConfig) -> float:
+        return float(sfm_objective(inputs["target"], inputs["sources"], inputs["disparities"], inputs["poses"], (),
+                                   inputs["K"], loss_config)[1]["photometric"])
+
+    assert photometric(config) == pytest.approx(0.3 + 0.5, abs=1e-6)  # the mean over the 28 in-view columns
+    assert photometric(dataclasses.replace(config, validity_mean="all")) == pytest.approx(0.3 * 28 / 32 + 0.5,
+                                                                                          abs=1e-6)
+    with pytest.raises(ValueError, match="validity_mean"):
+        dataclasses.replace(config, validity_mean="valid")
 
 
 def test_edge_aware_smoothness_is_weaker_at_image_edges() -> None:

@@ -80,7 +80,7 @@ def test_pose_from_the_window_has_no_frame_of_delay_and_is_scaled() -> None:
     np.testing.assert_allclose(fourth.T_odom_camera[:3, 3], [0.6, 0, 0], atol=1e-9)
     assert third.depth_m.shape == (64, 208) and float(third.depth_m[0, 0]) == pytest.approx(20.0)
     np.testing.assert_allclose(third.camera_info_scaled.K, K_NET, atol=1e-9)
-    assert set(third.timings_ms) == {"preprocess", "depth", "pose", "scale", "refine", "total"}
+    assert set(third.timings_ms) == {"preprocess", "depth", "pose", "scale", "refine", "ground", "total"}
     assert third.timings_ms["total"] >= third.timings_ms["depth"] + third.timings_ms["scale"]
 
 

@@ -24,7 +24,8 @@ SMOOTHNESS_TARGETS = ("disparity", "depth", "normalised_disparity")
 @dataclass(frozen=True)
 class LossConfig:
     """Weights and optional terms of the objective. Defaults: the recommended recipe, which is the paper's with
-    ``smooth_weight`` 0.1; ``config/train_paper.yaml`` holds the paper's own values."""
+    ``smooth_weight`` 0.1 and out-of-view pixels free (``validity_mask`` with ``validity_mean`` "all");
+    ``config/train_paper.yaml`` holds the paper's own values."""
 
     num_scales: int = 4
     # lambda_s (paper 0.5); scale s uses lambda_s / smooth_decay^s. 0.1 by default: at 0.5 the smoothness term
@@ -40,7 +41,13 @@ class LossConfig:
     ssim_weight: float = 0.0  # 0 = the paper's pure L1; 0.85 mixes (1-SSIM)/2 in, as monodepth2 does
     min_over_sources: bool = False  # per-pixel minimum of the error over sources instead of the sum
     auto_mask: bool = False  # ignore pixels where the unwarped source already matches (static scenes)
-    validity_mask: bool = False  # ignore pixels that warp out of the source view (paper: they count)
+    # Pixels that warp out of the source view: ignored (paper: they count, against what the sampler reads there).
+    # True by default, with validity_mean "all": on the learning benchmark the default learns on every path with it.
+    validity_mask: bool = True
+    # With validity_mask, what the photometric mean is over: "in_view" (only the pixels that stay in view) or "all"
+    # (out-of-view pixels count as a perfect match, as in the PyTorch reference: a pixel that truly leaves the view is
+    # not charged, so near surfaces at the image's edges are not pushed far to stay in view).
+    validity_mean: str = "all"
     # What an out-of-view sample reads: "border" (the nearest edge pixel: the paper's sampler clamps coordinates)
     # or "zeros" (mid-grey in the normalised range, which rewards warping pixels out of view).
     out_of_view: str = "border"
@@ -53,6 +60,8 @@ class LossConfig:
             raise ValueError(f"smoothness must be 'second_order' or 'edge_aware', got {self.smoothness!r}")
         if self.smoothness_target not in SMOOTHNESS_TARGETS:
             raise ValueError(f"smoothness_target must be one of {SMOOTHNESS_TARGETS}, got {self.smoothness_target!r}")
+        if self.validity_mean not in ("in_view", "all"):
+            raise ValueError(f"validity_mean must be 'in_view' or 'all', got {self.validity_mean!r}")
         if self.out_of_view not in ("border", "zeros"):
             raise ValueError(f"out_of_view must be 'border' or 'zeros', got {self.out_of_view!r}")
         if self.smooth_decay < 1.0:
@@ -198,7 +207,9 @@ def sfm_objective(target: torch.Tensor, sources: torch.Tensor, disparities: tupl
             per_pixel = per_pixel * (stacked.min(dim=1, keepdim=True).values < identity).to(per_pixel.dtype)
         # Mean over (valid) pixels per source, summed over sources; with every flag off this is the paper's sum
         # of per-source means.
-        scale_photometric = (per_pixel.sum(dim=(0, 2, 3)) / pixel_valid.sum(dim=(0, 2, 3)).clamp_min(1.0)).sum()
+        count = (pixel_valid.sum(dim=(0, 2, 3)).clamp_min(1.0) if config.validity_mean == "in_view"
+                 else torch.full_like(pixel_valid[0, :, 0, 0], pixel_valid[:, 0].numel()))
+        scale_photometric = (per_pixel.sum(dim=(0, 2, 3)) / count).sum()
         photometric = photometric + scale_photometric
         weight = config.smooth_weight / config.smooth_decay**scale
         if config.smoothness == "second_order":
