@@ -180,16 +180,18 @@ class ScaleConfig:
                                              "down axis", range=(1.0, 89.0))
     min_speed_mps: float = param(0.3, "below this external speed the scale is not updated (standstill)",
                                  range=(0.0, 100.0))
-    ground_motion: bool = param(False, "camera_height: while moving, measure each step's length from the image motion "
-                                       "of the ground (plane of the camera's height and mounting) and scale by it")
+    ground_motion: bool = param(True, "with source camera_height: while moving, measure each step's length from the "
+                                      "image motion of the ground (plane of the camera's height and mounting) and "
+                                      "scale by it")
     ground_tolerance: float = param(0.05, "ground_motion: a pixel is ground when its depth agrees with the plane's "
                                           "within this share", range=(0.005, 0.5))
     ground_min_step: float = param(0.02, "ground_motion: shortest step measured, as a share of the camera height "
                                          "(shorter: the plane fit holds)", range=(0.0, 10.0))
 
-    def __post_init__(self) -> None:
-        if self.ground_motion and self.source != ScaleSource.CAMERA_HEIGHT.value:
-            raise ValueError(f"scale.ground_motion needs scale.source camera_height, not {self.source!r}")
+    @property
+    def uses_ground_motion(self) -> bool:
+        """ground_motion refines the camera-height scale; the other sources ignore it."""
+        return self.ground_motion and self.source == ScaleSource.CAMERA_HEIGHT.value
 
 
 @dataclasses.dataclass(frozen=True)

@@ -230,7 +230,8 @@ class Pipeline:
                 self._window_complete = True
                 dt_s = window_dt
         grey = None
-        if (self.config.refine_pose or self.config.keyframes or self.scale_config.ground_motion) and entered_window:
+        uses_grey = self.config.refine_pose or self.config.keyframes or self.scale_config.uses_ground_motion
+        if uses_grey and entered_window:
             grey = self._grey(image)
             self._previous_view = (grey, depth_units)
         t_pose = time.perf_counter()
@@ -285,7 +286,7 @@ class Pipeline:
             if dt_s:
                 twist, twist_covariance = self._twist(T_prev_current, step_covariance, dt_s)
         t_ground = 0.0
-        if self.scale_config.ground_motion and grey is not None:
+        if self.scale_config.uses_ground_motion and grey is not None:
             t_ground = time.perf_counter()
             self._measure_ground_motion(grey, depth_units, K_net, T_prev_current, scale, events)
             t_ground = time.perf_counter() - t_ground

@@ -185,6 +185,8 @@ def test_a_ground_measurement_holds_the_scale_for_a_while_then_the_plane_fit_ret
     assert estimator.update(ScaleObservation(depth=depth, K=K)).factor == pytest.approx(3.3)
 
 
-def test_ground_motion_needs_the_camera_height_source() -> None:
-    with pytest.raises(ValueError, match="ground_motion needs scale.source camera_height"):
-        ScaleConfig(source="external_speed", ground_motion=True)
+def test_ground_motion_refines_only_the_camera_height_scale() -> None:
+    assert ScaleConfig().uses_ground_motion  # the default
+    assert not ScaleConfig(ground_motion=False).uses_ground_motion
+    for source in ("external_speed", "fixed", "none"):
+        assert not ScaleConfig(source=source).uses_ground_motion
