@@ -185,6 +185,8 @@ class ScaleConfig:
                                       "scale by it")
     ground_tolerance: float = param(0.05, "ground_motion: a pixel is ground when its depth agrees with the plane's "
                                           "within this share", range=(0.005, 0.5))
+    ground_max_lateral_m: float = param(3.0, "ground_motion: only the ground ahead, within this distance sideways of "
+                                             "the camera (0 = no limit)", range=(0.0, 100.0))
     ground_min_step: float = param(0.02, "ground_motion: shortest step measured, as a share of the camera height "
                                          "(shorter: the plane fit holds)", range=(0.0, 10.0))
 

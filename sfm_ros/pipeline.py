@@ -340,7 +340,7 @@ class Pipeline:
         normal = ground_normal_in_camera(self.T_base_camera)
         previous, self._previous_ground = self._previous_ground, None
         mask, _ = ground_mask(depth_units, K, normal, config.camera_height_m, config.ground_region,
-                              config.ground_tolerance)
+                              config.ground_tolerance, config.ground_max_lateral_m)
         self._previous_ground = (grey, mask)
         if previous is None or T_prev_current is None or not scale.healthy:
             return

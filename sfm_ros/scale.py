@@ -105,7 +105,7 @@ def fit_ground_plane(points: np.ndarray, rng: np.random.Generator, iterations: i
 
 
 def ground_mask(depth: np.ndarray, K: np.ndarray, normal: np.ndarray, camera_height_m: float, region: float,
-                tolerance: float) -> tuple[np.ndarray, float | None]:
+                tolerance: float, max_lateral_m: float = 0.0) -> tuple[np.ndarray, float | None]:
     """The pixels of a depth map [H,W] (any units; K [3,3] at its size) that lie on the ground of the camera's
     mounting: in the lower ``region`` of the image, below the horizon, with a depth whose ratio to the plane's
     (``normal``, unit and pointing down, at ``camera_height_m``) is within ``tolerance`` (relative) of the ratio that
@@ -115,6 +115,10 @@ def ground_mask(depth: np.ndarray, K: np.ndarray, normal: np.ndarray, camera_hei
     candidates = np.zeros(depth.shape, dtype=bool)
     candidates[int(depth.shape[0] * (1.0 - region)):] = True
     candidates &= np.isfinite(plane) & np.isfinite(depth) & (depth > 0)
+    if max_lateral_m > 0:
+        # Only the ground ahead: where the plane's point lies within max_lateral_m of the optical axis, sideways.
+        u = np.arange(depth.shape[1], dtype=np.float64)[None, :]
+        candidates &= np.abs((u - K[0, 2]) / K[0, 0] * np.where(np.isfinite(plane), plane, 0.0)) <= max_lateral_m
     mask = np.zeros(depth.shape, dtype=bool)
     if candidates.sum() < 3:
         return mask, None

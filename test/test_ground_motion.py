@@ -67,6 +67,18 @@ def test_ground_mask_keeps_the_ground_and_drops_what_stands_on_it() -> None:
     assert none is None and not empty.any()
 
 
+def test_ground_mask_keeps_only_the_ground_ahead_within_its_lateral_limit() -> None:
+    # Row 60 meets the ground 1.5 / 0.2 = 7.5 m ahead; column u lies (u - 50) / 100 x 7.5 m sideways, so 3 m allows
+    # |u - 50| <= 40. Row 79 (0.39 below the axis) meets it 3.85 m ahead: 3 m sideways is 78 px, every column.
+    plane = ground_plane_depth((80, 100), K_HAND, LEVEL, 1.5)
+    depth = np.where(np.isfinite(plane), plane, 20.0)
+    mask, _ = ground_mask(depth, K_HAND, LEVEL, 1.5, region=0.5, tolerance=0.05, max_lateral_m=3.0)
+    np.testing.assert_array_equal(np.flatnonzero(mask[60]), np.arange(10, 91))
+    assert mask[79].all()
+    unlimited, _ = ground_mask(depth, K_HAND, LEVEL, 1.5, region=0.5, tolerance=0.05)
+    assert unlimited[41:].all()
+
+
 @pytest.mark.parametrize("frame", [10, 30, 45])
 def test_measures_the_step_on_rendered_frames_from_the_ground_alone(frame: int) -> None:
     """The rendered camera is level and exactly 1.65 m over flat ground. From a start 30 % short and 4 degrees off
