@@ -129,6 +129,17 @@ def _residuals(T: np.ndarray, points: np.ndarray, reference: np.ndarray, image: 
     return residual, inside, np.concatenate([dI_dX, dI_dw], axis=1)
 
 
+def _huber_cost(T: np.ndarray, points: np.ndarray, reference: np.ndarray, image: np.ndarray, K: np.ndarray,
+                huber: float, min_inside: int) -> float:
+    """Mean Huber cost of the residuals of the warp by T over the points that stay in view; inf when fewer than
+    ``min_inside`` do."""
+    residual, inside, _ = _residuals(T, points, reference, image, (), K, False)
+    if inside.sum() < min_inside:
+        return np.inf
+    r = np.abs(residual[inside])
+    return float(np.mean(np.where(r < huber, r**2, 2 * huber * r - huber**2)))
+
+
 def _with_translation_prior(H: np.ndarray, g: np.ndarray, T: np.ndarray, start: np.ndarray, information: np.ndarray
                             ) -> tuple[np.ndarray, np.ndarray]:
     """Gauss-Newton terms [6,6], [6] plus the prior (t - t_start)^T information (t - t_start) on T's translation t;
@@ -162,12 +173,7 @@ def refine_pose(previous: np.ndarray, previous_depth: np.ndarray, current: np.nd
     gradients0 = _gradients(current_levels[0][0])
 
     def cost(T: np.ndarray) -> float:
-        residual, inside, _ = _residuals(T, finest_points, finest_reference, current_levels[0][0], gradients0, K,
-                                         False)
-        if inside.sum() < 50:
-            return np.inf
-        r = np.abs(residual[inside])
-        return float(np.mean(np.where(r < huber, r**2, 2 * huber * r - huber**2)))
+        return _huber_cost(T, finest_points, finest_reference, current_levels[0][0], K, huber, 50)
 
     before = cost(start)
     T = start.copy()
@@ -269,12 +275,7 @@ def ground_translation(previous: np.ndarray, current: np.ndarray, K: np.ndarray,
     gradients0 = _gradients(current_levels[0][0])
 
     def cost(T: np.ndarray) -> float:
-        residual, inside, _ = _residuals(T, finest_points, finest_reference, current_levels[0][0], gradients0, K,
-                                         False)
-        if inside.sum() < min_points:
-            return np.inf
-        r = np.abs(residual[inside])
-        return float(np.mean(np.where(r < huber, r**2, 2 * huber * r - huber**2)))
+        return _huber_cost(T, finest_points, finest_reference, current_levels[0][0], K, huber, min_points)
 
     before = cost(start)
     T = _align_translation(start, previous_levels, current_levels, levels, iterations, max_points, huber,
