@@ -228,6 +228,11 @@ class PipelineConfig:
                                                   "the chain predicts, as a fraction of its length (at least 5 mm): "
                                                   "the pose net's direction of travel is steadier than the image's, "
                                                   "the image decides the length; 0: off", range=(0.0, 10.0))
+    side_slip_sigma: float = param(0.0, "std-dev of the base's sideways motion off a circular arc during an "
+                                        "alignment, as a fraction of its length (at least 1 mm): a car's base_link "
+                                        "on its rear axle does not slip sideways, which ties the yaw to the "
+                                        "direction of travel; 0: off (a robot that strafes, a hand-held camera)",
+                                   range=(0.0, 10.0))
     keyframe_min_overlap: float = param(0.7, "a new keyframe when less than this share of the keyframe's points "
                                              "stays in view", range=(0.0, 1.0))
     keyframe_max_baseline: float = param(0.1, "a new keyframe when the camera is this far from the keyframe, as a "

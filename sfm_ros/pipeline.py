@@ -264,7 +264,8 @@ class Pipeline:
                 # (With keyframes, before the first keyframe: the step to the previous frame is refined.)
                 start = invert_transform(T_prev_current)
                 refined = refine_pose(previous_view[0], previous_view[1] * scale.factor, grey, K_net, start,
-                                      translation_prior_information=self._direction_prior(start))
+                                      translation_prior_information=self._direction_prior(start),
+                                      **self._side_slip_prior(start))
                 if refined.accepted:
                     T_prev_current = invert_transform(refined.T_current_previous)
                     T_world_current = self._T_world_camera @ T_prev_current
@@ -368,7 +369,8 @@ class Pipeline:
         T_keyframe_current = invert_transform(keyframe.T_world_camera) @ T_world_current
         start = invert_transform(T_keyframe_current)
         aligned = refine_pose(keyframe.grey, keyframe.depth_m, grey, K, start,
-                              translation_prior_information=self._direction_prior(start))
+                              translation_prior_information=self._direction_prior(start),
+                              **self._side_slip_prior(start))
         if not aligned.accepted:
             return T_world_current, step_covariance, f"alignment not used (a new keyframe): {aligned.reason}"
         T_keyframe_current = invert_transform(aligned.T_current_previous)
@@ -392,6 +394,14 @@ class Pipeline:
             return None
         u = t / length
         return (np.eye(3) - np.outer(u, u)) / max(fraction * length, 0.005) ** 2
+
+    def _side_slip_prior(self, T_current_reference: np.ndarray) -> dict:
+        """refine_pose's side-slip arguments (pipeline.side_slip_sigma, at least 1 mm); none when off."""
+        fraction = self.config.side_slip_sigma
+        if fraction <= 0:
+            return {}
+        length = float(np.linalg.norm(T_current_reference[:3, 3]))
+        return {"T_base_camera": self.T_base_camera, "side_slip_sigma_m": max(fraction * length, 0.001)}
 
     def _step_covariance(self, T_step: np.ndarray, scale: ScaleEstimate) -> np.ndarray:
         """Covariance [6,6] of one step's error (camera axes): translation std ``translation_sigma`` x its length,

@@ -26,7 +26,7 @@ import numpy as np
 
 from sfm_ros.geometry import ground_plane_depth
 
-__all__ = ["GroundMotion", "RefineResult", "ground_translation", "refine_pose", "se3_exp"]
+__all__ = ["GroundMotion", "RefineResult", "ground_translation", "refine_pose", "se3_exp", "side_slip"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,10 +149,36 @@ def _with_translation_prior(H: np.ndarray, g: np.ndarray, T: np.ndarray, start: 
     return H + J.T @ information @ J, g + J.T @ information @ (t - start[:3, 3])
 
 
+def side_slip(T_current_previous: np.ndarray, T_base_camera: np.ndarray) -> tuple[float, np.ndarray]:
+    """How far the base moved sideways off the chord of a planar circular arc during the step (m), and the gradient
+    [6] of that with respect to a left increment (v, w) of T_current_previous [4,4] (points of the previous camera
+    into the current one; T_base_camera [4,4], base z up, x forward).
+
+    A car's base frame on its rear axle does not slip sideways: over a step that turns it by yaw theta it moves along
+    the chord at theta/2, so its sideways motion -t_x sin(theta/2) + t_y cos(theta/2) (t: the step's translation in
+    the previous base's axes) is zero. Yaw and sideways motion are what a narrow camera confuses most; this ties them.
+    """
+    T_current_previous = np.asarray(T_current_previous, dtype=np.float64)
+    A = np.asarray(T_base_camera, dtype=np.float64)
+    # The step of the base: P = A T^-1 A^-1. A left increment exp(xi) T is a right increment exp(-Ad_A xi) of P.
+    P = A @ np.linalg.inv(T_current_previous) @ np.linalg.inv(A)
+    R, t = P[:3, :3], P[:3, 3]
+    half_yaw = 0.5 * float(np.arctan2(R[1, 0], R[0, 0]))
+    s, c = np.sin(half_yaw), np.cos(half_yaw)
+    residual = -t[0] * s + t[1] * c
+    # Right increment (v, w) of P: dt = R v; the yaw moves by w_z (the step turns about the base's up axis).
+    d_residual_d_eta = np.concatenate([np.array([-s, c, 0.0]) @ R, [0.0, 0.0, -0.5 * (t[0] * c + t[1] * s)]])
+    R_A, t_A = A[:3, :3], A[:3, 3]
+    t_hat = np.array([[0, -t_A[2], t_A[1]], [t_A[2], 0, -t_A[0]], [-t_A[1], t_A[0], 0]])
+    adjoint = np.block([[R_A, t_hat @ R_A], [np.zeros((3, 3)), R_A]])
+    return float(residual), -d_residual_d_eta @ adjoint
+
+
 def refine_pose(previous: np.ndarray, previous_depth: np.ndarray, current: np.ndarray, K: np.ndarray,
                 T_current_previous: np.ndarray, *, levels: int = 3, iterations: int = 20, max_points: int = 3000,
                 huber: float = 0.05, max_translation_change: float = 2.0, max_rotation_change_rad: float = 0.2,
-                translation_prior_information: np.ndarray | None = None) -> RefineResult:
+                translation_prior_information: np.ndarray | None = None, T_base_camera: np.ndarray | None = None,
+                side_slip_sigma_m: float = 0.0) -> RefineResult:
     """Refine T_current_previous [4,4] (metres, the depth's units) by aligning ``current`` to ``previous``.
 
     previous, current: grey float32 [H,W] in [0, 1]; previous_depth: [H,W] metres (0, inf or NaN = none); K [3,3] at
@@ -162,7 +188,8 @@ def refine_pose(previous: np.ndarray, previous_depth: np.ndarray, current: np.nd
     inverse covariance of the translation of T_current_previous about the start's: adds
     (t - t_start)^T Lambda (t - t_start) to the photometric cost, whose residuals are weighed as if their std were
     the Huber threshold; e.g. large across the start's direction and small along it keeps the direction of travel
-    and lets the image decide the length.
+    and lets the image decide the length. side_slip_sigma_m > 0 (with T_base_camera [4,4]): adds the base's sideways
+    motion off a circular arc (``side_slip``), with that std, to the same cost: a car does not slip sideways.
     """
     start = np.asarray(T_current_previous, dtype=np.float64)
     previous_levels = _pyramid(previous.astype(np.float32), previous_depth.astype(np.float32), K, levels)
@@ -196,9 +223,16 @@ def refine_pose(previous: np.ndarray, previous_depth: np.ndarray, current: np.nd
             weights = np.where(np.abs(r) < huber, 1.0, huber / np.maximum(np.abs(r), 1e-12))
             H = (J * weights[:, None]).T @ J
             g = (J * weights[:, None]).T @ r
-            if translation_prior_information is not None:
-                H, g = _with_translation_prior(H / huber**2, g / huber**2, T, start,
-                                               translation_prior_information * len(points) / len(finest_points))
+            if translation_prior_information is not None or side_slip_sigma_m > 0:
+                # Priors count as much at every level: scaled like the number of points.
+                share = len(points) / len(finest_points)
+                H, g = H / huber**2, g / huber**2
+                if translation_prior_information is not None:
+                    H, g = _with_translation_prior(H, g, T, start, translation_prior_information * share)
+                if side_slip_sigma_m > 0:
+                    slip, slip_gradient = side_slip(T, T_base_camera)
+                    H = H + share * np.outer(slip_gradient, slip_gradient) / side_slip_sigma_m**2
+                    g = g + share * slip_gradient * slip / side_slip_sigma_m**2
             try:
                 xi = -np.linalg.solve(H + 1e-9 * np.trace(H) * np.eye(6), g)
             except np.linalg.LinAlgError:
