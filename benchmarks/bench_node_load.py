@@ -3,7 +3,7 @@ running the pipeline, for several minutes. Reports latency percentiles, processe
 memory over time (it must stay flat). Prints JSON.
 
 Usage: python benchmarks/bench_node_load.py [--minutes 3] [--rate 30] [--backend onnxruntime] [--precision int8]
-       [--refine-pose] [--keyframes] [--ground-motion]
+       [--refine-pose] [--keyframes] [--ground-motion] [--ground-plane mounting|fit] [--side-slip-sigma S]
 """
 
 from __future__ import annotations
@@ -46,6 +46,10 @@ def main() -> None:
     parser.add_argument("--keyframes", action="store_true", help="aligned to keyframes (pipeline.keyframes)")
     parser.add_argument("--ground-motion", action="store_true",
                         help="each step's length measured on the ground (scale.ground_motion)")
+    parser.add_argument("--ground-plane", default="mounting", choices=("mounting", "fit"),
+                        help="the camera-height scale's ground plane (scale.ground_plane)")
+    parser.add_argument("--side-slip-sigma", type=float, default=PipelineConfig().side_slip_sigma,
+                        help="the alignments' side-slip prior (pipeline.side_slip_sigma; 0: off)")
     args = parser.parse_args()
     scratch = Path(tempfile.gettempdir())
     bundle = Path(args.bundle) if args.bundle else random_bundle(scratch / "sfm_bench_bundle")
@@ -56,8 +60,9 @@ def main() -> None:
     camera = CameraModel(K=sequence.K, height=sequence.size[0], width=sequence.size[1])
     pipeline = Pipeline(PipelineConfig(bundle=str(bundle), backend=args.backend, precision=args.precision,
                                        max_frame_gap_s=5.0, refine_pose=args.refine_pose,
-                                       keyframes=args.keyframes),
-                        ScaleConfig(source="camera_height", ground_motion=args.ground_motion))
+                                       keyframes=args.keyframes, side_slip_sigma=args.side_slip_sigma),
+                        ScaleConfig(source="camera_height", ground_motion=args.ground_motion,
+                                    ground_plane=args.ground_plane))
     latencies: list[float] = []
     stage_timings: dict[str, list[float]] = {}
 
@@ -89,7 +94,8 @@ def main() -> None:
     print(json.dumps({
         "benchmark": "node load (worker + pipeline), KITTI 1226x370 frames", "commit": git_commit(),
         "backend": pipeline.backend.description, "refine_pose": args.refine_pose, "keyframes": args.keyframes,
-        "ground_motion": args.ground_motion,
+        "ground_motion": args.ground_motion, "ground_plane": args.ground_plane,
+        "side_slip_sigma": args.side_slip_sigma,
         "offered_hz": args.rate, "seconds": args.minutes * 60,
         "offered": worker.submitted, "processed": worker.processed, "dropped": worker.dropped,
         "processed_hz": worker.processed / (args.minutes * 60), "errors": dict(worker.errors),

@@ -180,19 +180,29 @@ class ScaleConfig:
                                              "down axis", range=(1.0, 89.0))
     min_speed_mps: float = param(0.3, "below this external speed the scale is not updated (standstill)",
                                  range=(0.0, 100.0))
-    ground_motion: bool = param(True, "with source camera_height: while moving, measure each step's length from the "
-                                      "image motion of the ground (plane of the camera's height and mounting) and "
-                                      "scale by it")
-    ground_tolerance: float = param(0.05, "ground_motion: a pixel is ground when its depth agrees with the plane's "
-                                          "within this share", range=(0.005, 0.5))
-    ground_max_lateral_m: float = param(3.0, "ground_motion: only the ground ahead, within this distance sideways of "
-                                             "the camera (0 = no limit)", range=(0.0, 100.0))
+    ground_plane: str = param("mounting", "source camera_height: the ground plane the camera's mounting "
+                                          "(T_base_camera) and height give, its scale the ratio of its depth to the "
+                                          "predicted depth where they agree; or 'fit': a plane of any tilt fitted "
+                                          "to the predicted depth (RANSAC)", choices=("mounting", "fit"))
+    ground_motion: bool = param(True, "with source camera_height: each step's length (against the keyframe with "
+                                      "pipeline.keyframes) measured from the image motion of the ground; steps it "
+                                      "cannot measure get the recent ratio of measured to aligned lengths; the "
+                                      "published depth keeps the ground plane's scale")
+    ground_tolerance: float = param(0.05, "a pixel is ground when its depth agrees with the mounting's plane "
+                                          "within this share (ground_plane mounting, ground_motion)",
+                                    range=(0.005, 0.5))
+    ground_max_lateral_m: float = param(3.0, "ground_plane mounting and ground_motion: only the ground ahead, within "
+                                             "this distance sideways of the camera (0 = no limit)",
+                                        range=(0.0, 100.0))
     ground_min_step: float = param(0.02, "ground_motion: shortest step measured, as a share of the camera height "
-                                         "(shorter: the plane fit holds)", range=(0.0, 10.0))
+                                         "(shorter: the recent ratio applies)", range=(0.0, 10.0))
+    ground_max_jump: float = param(1.5, "ground_motion: a measured length more than this factor off the recent "
+                                        "ratio to the aligned one is an outlier (the recent ratio applies)",
+                                   range=(1.01, 100.0))
 
     @property
     def uses_ground_motion(self) -> bool:
-        """ground_motion refines the camera-height scale; the other sources ignore it."""
+        """ground_motion measures steps for the camera-height scale; the other sources ignore it."""
         return self.ground_motion and self.source == ScaleSource.CAMERA_HEIGHT.value
 
 
@@ -228,11 +238,11 @@ class PipelineConfig:
                                                   "the chain predicts, as a fraction of its length (at least 5 mm): "
                                                   "the pose net's direction of travel is steadier than the image's, "
                                                   "the image decides the length; 0: off", range=(0.0, 10.0))
-    side_slip_sigma: float = param(0.0, "std-dev of the base's sideways motion off a circular arc during an "
-                                        "alignment, as a fraction of its length (at least 1 mm): a car's base_link "
-                                        "on its rear axle does not slip sideways, which ties the yaw to the "
-                                        "direction of travel; 0: off (a robot that strafes, a hand-held camera)",
-                                   range=(0.0, 10.0))
+    side_slip_sigma: float = param(0.001, "std-dev of the base's sideways motion off a circular arc during an "
+                                          "alignment, as a fraction of its length (at least 1 mm): a car's or a "
+                                          "differential-drive robot's base_link on its rear axle does not slip "
+                                          "sideways, which ties the yaw to the direction of travel; 0: off (a "
+                                          "robot that strafes, a drone, a hand-held camera)", range=(0.0, 10.0))
     keyframe_min_overlap: float = param(0.7, "a new keyframe when less than this share of the keyframe's points "
                                              "stays in view", range=(0.0, 1.0))
     keyframe_max_baseline: float = param(0.1, "a new keyframe when the camera is this far from the keyframe, as a "

@@ -86,7 +86,8 @@ def evaluate_depth(backend: Backend, samples: list[DepthSample], output: str | P
             meta = backend.metadata
             K_raw = kitti.kitti_camera_matrix(sample.calib_dir, sample.camera)
             K_net = scale_intrinsics(K_raw, meta.width / rgb.shape[1], meta.height / rgb.shape[0])
-            estimate = estimator.update(ScaleObservation(depth=pred, K=K_net))
+            # KITTI's cameras are level within a degree: the ground's normal is the optical frame's y (down).
+            estimate = estimator.update(ScaleObservation(depth=pred, K=K_net, ground_normal=np.array([0.0, 1.0, 0.0])))
             if not estimate.healthy:
                 scale_failures += 1
                 continue

@@ -3,7 +3,7 @@
 At frame t the depth net sees frame t; the pose net sees the window (t-2, t-1, t) with t-1 as target and
 returns T(t-1 -> t) at once, so odometry has no frame of delay. The first full window after a (re)start also gives
 the motion between its older frames (t-2 -> t-1), which is added then, so the trajectory does not lag by a step.
-Monocular scale comes from ``sfm_ros.scale``; the same factor scales depth and translation, so they agree.
+Monocular scale comes from ``sfm_ros.scale``: one factor scales depth and translation.
 Tracking resets (first frame, time going backwards, a gap, a new image size, ``reset()``) restart the pose window
 and inflate the covariance; they never zero it, and each is reported in ``Estimate.events``.
 
@@ -12,9 +12,11 @@ one starting from the pose net's step; ``keyframes`` aligns it to the last keyfr
 keyframe's pose composed with the chain, so the pose and its covariance are the keyframe's plus one alignment and
 do not grow while the camera stands still.
 
-With ``scale.ground_motion`` each step's length is also measured on the ground alone (``sfm_ros.refine.
-ground_translation``: the ground's depth from the camera's height and mounting, not from the network), and the scale
-follows that measurement while the camera moves.
+With ``scale.ground_motion`` each step's length is measured on the ground alone (``sfm_ros.refine.
+ground_translation``: the ground's depth from the camera's height and mounting, not from the network), against the
+keyframe with keyframes, else against the previous frame; the steps it cannot measure get the recent ratio of
+measured to aligned lengths (``sfm_ros.scale.StepLengthCorrection``). The depth's shape, not only its scale, sets an
+alignment's length, so the published depth keeps the ground plane's scale and the steps take the ground's lengths.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from sfm_ros.geometry import (
     scale_intrinsics,
 )
 from sfm_ros.refine import ground_translation, refine_pose
-from sfm_ros.scale import ScaleEstimate, ScaleObservation, ground_mask, make_scale_estimator
+from sfm_ros.scale import ScaleEstimate, ScaleObservation, StepLengthCorrection, ground_mask, make_scale_estimator
 
 __all__ = ["Estimate", "FrameError", "Pipeline"]
 
@@ -91,13 +93,22 @@ class Estimate:
 @dataclasses.dataclass(frozen=True)
 class _Keyframe:
     """A frame that later frames are aligned to: grey [H,W], depth [H,W] in metres at its scale, its pose
-    T_world_camera [4,4] and covariance [6,6] (camera axes, as the odometry accumulates them)."""
+    T_world_camera [4,4] and covariance [6,6] (camera axes, as the odometry accumulates them), and its ground pixels
+    [H,W] bool (None without scale.ground_motion)."""
 
     grey: np.ndarray
     depth_m: np.ndarray
     median_depth_m: float
     T_world_camera: np.ndarray
     covariance: np.ndarray
+    ground: np.ndarray | None = None
+
+
+def _with_translation_scaled(T: np.ndarray, factor: float) -> np.ndarray:
+    """A copy of T [4,4] with its translation times ``factor``."""
+    scaled = np.array(T, dtype=np.float64)
+    scaled[:3, 3] *= factor
+    return scaled
 
 
 def _base_camera_transform(values: tuple[float, ...]) -> np.ndarray:
@@ -125,6 +136,7 @@ class Pipeline:
         self.metadata = backend.metadata
         self.window_length = self.metadata.num_sources + 1
         self.scale_estimator = make_scale_estimator(self.scale_config)
+        self.step_length = StepLengthCorrection(self.scale_config.smoothing, self.scale_config.ground_max_jump)
         self.T_base_camera = _base_camera_transform(config.T_base_camera)
         self.reset("start")
 
@@ -133,8 +145,8 @@ class Pipeline:
         """Forget the pose window and odometry (odometry restarts at the identity)."""
         self._window: collections.deque[tuple[int, np.ndarray]] = collections.deque(maxlen=self.window_length)
         self._window_complete = False  # has a full window been used since the last (re)start
-        self._previous_view: tuple[np.ndarray, np.ndarray] | None = None  # grey and network depth of t-1
-        self._previous_ground: tuple[np.ndarray, np.ndarray] | None = None  # grey and ground mask of t-1
+        # grey, network depth and ground pixels (None without them) of t-1
+        self._previous_view: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None
         self._keyframe: _Keyframe | None = None
         self._T_world_camera = np.eye(4)
         self._covariance = np.diag([INITIAL_SIGMA_M**2] * 3 + [INITIAL_SIGMA_RAD**2] * 3)
@@ -153,6 +165,7 @@ class Pipeline:
             self.T_base_camera = _base_camera_transform(config.T_base_camera)
         if scale_config != self.scale_config:
             self.scale_estimator = make_scale_estimator(scale_config)
+            self.step_length = StepLengthCorrection(scale_config.smoothing, scale_config.ground_max_jump)
             self.scale_config = scale_config
         if config.keyframes != self.config.keyframes:
             self._keyframe = None  # a keyframe kept while they were off would be stale
@@ -172,7 +185,6 @@ class Pipeline:
         self._window.clear()
         self._window_complete = False
         self._previous_view = None
-        self._previous_ground = None
         self._keyframe = None
         self._covariance = self._covariance * self.config.unscaled_sigma_factor**2
         self._pending_events.append(f"tracking restarted: {reason}")
@@ -233,46 +245,62 @@ class Pipeline:
         uses_grey = self.config.refine_pose or self.config.keyframes or self.scale_config.uses_ground_motion
         if uses_grey and entered_window:
             grey = self._grey(image)
-            self._previous_view = (grey, depth_units)
         t_pose = time.perf_counter()
 
         translation_units = float(np.linalg.norm(T_prev_current[:3, 3])) if T_prev_current is not None else None
+        normal = ground_normal_in_camera(self.T_base_camera)
         scale = self.scale_estimator.update(ScaleObservation(depth=depth_units, K=K_net,
-                                                             translation_units=translation_units, dt_s=dt_s))
+                                                             translation_units=translation_units, dt_s=dt_s,
+                                                             ground_normal=normal))
+        ground = scale.ground  # this frame's pixels on the mounting's ground plane
+        if ground is None and self.scale_config.uses_ground_motion:
+            config = self.scale_config
+            ground = ground_mask(depth_units, K_net, normal, config.camera_height_m, config.ground_region,
+                                 config.ground_tolerance, config.ground_max_lateral_m)[0]
+        if grey is not None:
+            self._previous_view = (grey, depth_units, ground)
+        carried = self._carried_step_factor()
         t_scale = time.perf_counter()
         if T_catch_up is not None:  # the window's older steps, before the newest one
             T_catch_up = T_catch_up.copy()
-            T_catch_up[:3, 3] *= scale.factor
+            T_catch_up[:3, 3] *= scale.factor * carried
             self._T_world_camera = self._T_world_camera @ T_catch_up
             self._covariance = self._covariance + self._step_covariance(T_catch_up, scale)
         twist, twist_covariance = None, np.eye(6) * UNKNOWN_TWIST_VARIANCE
         new_keyframe_reason: str | None = "first"
         made_keyframe = False
         t_refine = time.perf_counter()
+        self._ground_ms = 0.0  # the ground's motion measured, within the refine stage's time
         if T_prev_current is not None:
             T_prev_current = T_prev_current.copy()
-            T_prev_current[:3, 3] *= scale.factor
+            T_prev_current[:3, 3] *= scale.factor  # metres by the depth's scale
             step_covariance = self._step_covariance(T_prev_current, scale)
-            T_world_current = self._T_world_camera @ T_prev_current
+            T_world_current = self._T_world_camera @ _with_translation_scaled(T_prev_current, carried)
             if self.config.keyframes and grey is not None and self._keyframe is not None:
                 T_world_current, step_covariance, new_keyframe_reason = self._track_keyframe(
-                    grey, K_net, T_world_current, step_covariance, scale)
-                T_prev_current = invert_transform(self._T_world_camera) @ T_world_current
+                    grey, K_net, T_world_current, step_covariance, scale, carried, events)
                 if new_keyframe_reason and new_keyframe_reason.startswith("alignment"):
                     events.append(f"keyframe {new_keyframe_reason}")
-            elif (self.config.refine_pose or self.config.keyframes) and grey is not None and previous_view is not None:
-                # (With keyframes, before the first keyframe: the step to the previous frame is refined.)
-                start = invert_transform(T_prev_current)
-                refined = refine_pose(previous_view[0], previous_view[1] * scale.factor, grey, K_net, start,
-                                      translation_prior_information=self._direction_prior(start),
-                                      **self._side_slip_prior(start))
-                if refined.accepted:
-                    T_prev_current = invert_transform(refined.T_current_previous)
-                    T_world_current = self._T_world_camera @ T_prev_current
-                    if refined.covariance is not None:
-                        step_covariance = self._refined_step_covariance(refined.covariance, T_prev_current, scale)
-                else:
-                    events.append(f"pose refinement not used: {refined.reason}")
+            elif grey is not None and previous_view is not None:
+                # The step to the previous frame: refined with pipeline.refine_pose (and with keyframes, before the
+                # first keyframe); its length measured on the ground with scale.ground_motion.
+                T_current_previous = invert_transform(T_prev_current)
+                if self.config.refine_pose or self.config.keyframes:
+                    refined = refine_pose(previous_view[0], previous_view[1] * scale.factor, grey, K_net,
+                                          T_current_previous,
+                                          translation_prior_information=self._direction_prior(T_current_previous),
+                                          **self._side_slip_prior(T_current_previous))
+                    if refined.accepted:
+                        T_current_previous = refined.T_current_previous
+                        if refined.covariance is not None:
+                            step_covariance = self._refined_step_covariance(
+                                refined.covariance, invert_transform(T_current_previous), scale)
+                    else:
+                        events.append(f"pose refinement not used: {refined.reason}")
+                T_current_previous = self._measured_on_ground(previous_view[0], previous_view[2], grey, K_net,
+                                                              T_current_previous, carried, events)
+                T_world_current = self._T_world_camera @ invert_transform(T_current_previous)
+            T_prev_current = invert_transform(self._T_world_camera) @ T_world_current
             t_refine = time.perf_counter()
             self._T_world_camera = T_world_current
             if new_keyframe_reason is None:  # aligned to the keyframe: its covariance plus the alignment's
@@ -282,15 +310,11 @@ class Pipeline:
             if self.config.keyframes and grey is not None and new_keyframe_reason:
                 self._keyframe = _Keyframe(grey, depth_units * scale.factor,
                                            float(np.median(depth_units)) * scale.factor,
-                                           self._T_world_camera.copy(), self._covariance.copy())
+                                           self._T_world_camera.copy(), self._covariance.copy(),
+                                           ground if self.scale_config.uses_ground_motion else None)
                 made_keyframe = True
             if dt_s:
                 twist, twist_covariance = self._twist(T_prev_current, step_covariance, dt_s)
-        t_ground = 0.0
-        if self.scale_config.uses_ground_motion and grey is not None:
-            t_ground = time.perf_counter()
-            self._measure_ground_motion(grey, depth_units, K_net, T_prev_current, scale, events)
-            t_ground = time.perf_counter() - t_ground
         depth_m = (depth_units * scale.factor).astype(np.float32)
         depth_m[depth_m > self.config.max_depth_m] = np.inf
         info = CameraModel(K=K_net, height=height, width=width, frame_id=camera.frame_id)
@@ -303,7 +327,7 @@ class Pipeline:
             events.append(f"scale unhealthy: {scale.reason}")
         timings = {"preprocess": (t_pre - tick) * 1e3, "depth": (t_depth - t_pre) * 1e3,
                    "pose": (t_pose - t_depth) * 1e3, "scale": (t_scale - t_pose) * 1e3,
-                   "refine": max(t_refine - t_scale, 0.0) * 1e3, "ground": t_ground * 1e3,
+                   "refine": max((t_refine - t_scale) * 1e3 - self._ground_ms, 0.0), "ground": self._ground_ms,
                    "total": (time.perf_counter() - tick) * 1e3}
         return Estimate(stamp_ns=stamp_ns, depth_m=depth_m, camera_info_scaled=info,
                         T_odom_camera=T_odom_base @ self.T_base_camera, T_odom_base=T_odom_base,
@@ -332,48 +356,52 @@ class Pipeline:
         mask = masks[source_frames.index(last)] if masks is not None else None
         return invert_transform(T_current_prev), T_catch_up, mask
 
-    def _measure_ground_motion(self, grey: np.ndarray, depth_units: np.ndarray, K: np.ndarray,
-                               T_prev_current: np.ndarray | None, scale: ScaleEstimate, events: list[str]) -> None:
-        """Measure the step just made (metres, T_prev_current [4,4] or None) on the previous frame's ground and give
-        the scale estimator the factor that would have made it that long; then keep this frame's ground for the
-        next step. A step too short to measure, or a failed measurement, leaves the scale to the plane fit."""
+    def _carried_step_factor(self) -> float:
+        """The factor for a step the ground does not measure: the recent ratio of measured to aligned lengths with
+        scale.ground_motion (1 before the first measurement), else 1."""
+        return self.step_length.correct(None) if self.scale_config.uses_ground_motion else 1.0
+
+    def _measured_on_ground(self, reference_grey: np.ndarray, reference_ground: np.ndarray | None, grey: np.ndarray,
+                            K: np.ndarray, T_current_reference: np.ndarray, carried: float, events: list[str]
+                            ) -> np.ndarray:
+        """T_current_reference [4,4] (metres by the depth's scale) with the length the reference frame's ground
+        (pixels [H,W]) measures for it (scale.ground_motion), or times ``carried`` (the recent ratio) when the
+        ground cannot measure it; times ``carried`` without ground_motion (then 1)."""
         config = self.scale_config
-        normal = ground_normal_in_camera(self.T_base_camera)
-        previous, self._previous_ground = self._previous_ground, None
-        mask, _ = ground_mask(depth_units, K, normal, config.camera_height_m, config.ground_region,
-                              config.ground_tolerance, config.ground_max_lateral_m)
-        self._previous_ground = (grey, mask)
-        if previous is None or T_prev_current is None or not scale.healthy:
-            return
-        length = float(np.linalg.norm(T_prev_current[:3, 3]))
-        if length < 1e-9:
-            return
-        measured = ground_translation(previous[0], grey, K, invert_transform(T_prev_current), previous[1], normal,
-                                      config.camera_height_m)
+        length = float(np.linalg.norm(T_current_reference[:3, 3]))
+        if (not config.uses_ground_motion or reference_ground is None
+                or length < config.ground_min_step * config.camera_height_m):
+            return _with_translation_scaled(T_current_reference, carried)
+        tick = time.perf_counter()
+        measured = ground_translation(reference_grey, grey, K, T_current_reference, reference_ground,
+                                      ground_normal_in_camera(self.T_base_camera), config.camera_height_m)
+        self._ground_ms += (time.perf_counter() - tick) * 1e3
         if not measured.accepted:
             events.append(f"ground motion not measured: {measured.reason}")
-            return
-        measured_length = float(np.linalg.norm(measured.translation))
-        if measured_length >= config.ground_min_step * config.camera_height_m:
-            self.scale_estimator.observe_ground_motion(scale.factor * measured_length / length)
+            return _with_translation_scaled(T_current_reference, carried)
+        factor = self.step_length.correct(float(np.linalg.norm(measured.translation)) / length)
+        return _with_translation_scaled(T_current_reference, factor)
 
     def _track_keyframe(self, grey: np.ndarray, K: np.ndarray, T_world_current: np.ndarray,
-                        step_covariance: np.ndarray, scale: ScaleEstimate
+                        step_covariance: np.ndarray, scale: ScaleEstimate, carried: float, events: list[str]
                         ) -> tuple[np.ndarray, np.ndarray, str | None]:
         """Align the frame to the keyframe, starting from the chain's pose T_world_current [4,4] (the previous
-        frame's pose and the network's metric step). Returns the frame's pose T_world_camera from the keyframe's
-        and the alignment (kept rigid: it is composed through the keyframe's inverse, frame after frame), the
-        step's covariance for the twist, and why this frame must become the next keyframe (None: keep the
-        keyframe). Without an accepted alignment the chained pose stands."""
+        frame's pose and the network's metric step, its length times ``carried``, the recent ratio of the ground's
+        lengths to the aligned ones). Returns the frame's pose T_world_camera from the keyframe's and the
+        alignment (kept rigid: it is composed through the keyframe's inverse, frame after frame; its length
+        measured on the keyframe's ground with scale.ground_motion), the step's covariance for the twist, and why
+        this frame must become the next keyframe (None: keep the keyframe). Without an accepted alignment the
+        chained pose stands."""
         keyframe = self._keyframe
         T_keyframe_current = invert_transform(keyframe.T_world_camera) @ T_world_current
-        start = invert_transform(T_keyframe_current)
+        start = _with_translation_scaled(invert_transform(T_keyframe_current), 1.0 / carried)
         aligned = refine_pose(keyframe.grey, keyframe.depth_m, grey, K, start,
                               translation_prior_information=self._direction_prior(start),
                               **self._side_slip_prior(start))
         if not aligned.accepted:
             return T_world_current, step_covariance, f"alignment not used (a new keyframe): {aligned.reason}"
-        T_keyframe_current = invert_transform(aligned.T_current_previous)
+        T_keyframe_current = invert_transform(self._measured_on_ground(
+            keyframe.grey, keyframe.ground, grey, K, aligned.T_current_previous, carried, events))
         alignment_covariance = (self._refined_step_covariance(aligned.covariance, T_keyframe_current, scale)
                                 if aligned.covariance is not None else self._step_covariance(T_keyframe_current, scale))
         baseline = float(np.linalg.norm(T_keyframe_current[:3, 3]))

@@ -149,6 +149,19 @@ def _with_translation_prior(H: np.ndarray, g: np.ndarray, T: np.ndarray, start: 
     return H + J.T @ information @ J, g + J.T @ information @ (t - start[:3, 3])
 
 
+def _with_priors(H: np.ndarray, g: np.ndarray, T: np.ndarray, start: np.ndarray,
+                 translation_prior_information: np.ndarray | None, T_base_camera: np.ndarray | None,
+                 side_slip_sigma_m: float, share: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss-Newton terms [6,6], [6] plus ``share`` times those of refine_pose's priors at T."""
+    if translation_prior_information is not None:
+        H, g = _with_translation_prior(H, g, T, start, translation_prior_information * share)
+    if side_slip_sigma_m > 0:
+        slip, slip_gradient = side_slip(T, T_base_camera)
+        H = H + share * np.outer(slip_gradient, slip_gradient) / side_slip_sigma_m**2
+        g = g + share * slip_gradient * slip / side_slip_sigma_m**2
+    return H, g
+
+
 def side_slip(T_current_previous: np.ndarray, T_base_camera: np.ndarray) -> tuple[float, np.ndarray]:
     """How far the base moved sideways off the chord of a planar circular arc during the step (m), and the gradient
     [6] of that with respect to a left increment (v, w) of T_current_previous [4,4] (points of the previous camera
@@ -226,13 +239,8 @@ def refine_pose(previous: np.ndarray, previous_depth: np.ndarray, current: np.nd
             if translation_prior_information is not None or side_slip_sigma_m > 0:
                 # Priors count as much at every level: scaled like the number of points.
                 share = len(points) / len(finest_points)
-                H, g = H / huber**2, g / huber**2
-                if translation_prior_information is not None:
-                    H, g = _with_translation_prior(H, g, T, start, translation_prior_information * share)
-                if side_slip_sigma_m > 0:
-                    slip, slip_gradient = side_slip(T, T_base_camera)
-                    H = H + share * np.outer(slip_gradient, slip_gradient) / side_slip_sigma_m**2
-                    g = g + share * slip_gradient * slip / side_slip_sigma_m**2
+                H, g = _with_priors(H / huber**2, g / huber**2, T, start, translation_prior_information, T_base_camera,
+                                    side_slip_sigma_m, share)
             try:
                 xi = -np.linalg.solve(H + 1e-9 * np.trace(H) * np.eye(6), g)
             except np.linalg.LinAlgError:
@@ -250,15 +258,18 @@ def refine_pose(previous: np.ndarray, previous_depth: np.ndarray, current: np.nd
     if translation_change > limit or rotation_change > max_rotation_change_rad:
         return RefineResult(start, None, before, after, len(finest_points), False,
                             f"implausible change ({translation_change:.3f} m, {rotation_change:.3f} rad)")
-    # Covariance of the increment at the finest level: sigma^2 H^-1 with the weighted residual variance.
+    # Covariance of the increment at the finest level: the inverse of the images' information H / sigma^2 (sigma^2
+    # the weighted residual variance) plus the priors' (in metres, as given).
     residual, inside, J = _residuals(T, finest_points, finest_reference, current_levels[0][0], gradients0, K, True)
     in_view_share = float(inside.mean())
     r, J = residual[inside], J[inside]
     weights = np.where(np.abs(r) < huber, 1.0, huber / np.maximum(np.abs(r), 1e-12))
     H = (J * weights[:, None]).T @ J
     sigma2 = float(np.sum(weights * r**2) / max(len(r) - 6, 1))
+    information, _ = _with_priors(H / max(sigma2, 1e-12), np.zeros(6), T, start, translation_prior_information,
+                                  T_base_camera, side_slip_sigma_m)
     try:
-        covariance = sigma2 * np.linalg.inv(H)
+        covariance = np.linalg.inv(information)
     except np.linalg.LinAlgError:
         covariance = None
     return RefineResult(T, covariance, before, after, len(finest_points), True, "accepted", in_view_share)

@@ -1,5 +1,6 @@
-"""Metric scale for monocular depth and odometry: camera height over a fitted ground plane, external speed,
-a fixed factor, or none.
+"""Metric scale for monocular depth and odometry: the camera's height over the ground (the plane of its mounting, or
+one fitted to the depth), external speed, a fixed factor, or none; and the step lengths the ground's motion measures
+(``StepLengthCorrection``).
 
 Every estimator has one interface (``ScaleEstimator``): ``update(observation)`` with what a frame offers
 (``ScaleObservation``) returns a ``ScaleEstimate``, the factor (metres per network unit) and its health, and
@@ -23,8 +24,8 @@ if TYPE_CHECKING:  # config derives its list of sources from ScaleSource here
     from sfm_ros.config import ScaleConfig
 
 __all__ = ["SCALE_ESTIMATORS", "ExternalSpeedScale", "FixedScale", "GroundPlaneScale", "ScaleEstimate",
-           "ScaleEstimator", "ScaleObservation", "ScaleSource", "fit_ground_plane", "ground_mask",
-           "make_scale_estimator"]
+           "ScaleEstimator", "ScaleObservation", "ScaleSource", "StepLengthCorrection", "fit_ground_plane",
+           "ground_mask", "make_scale_estimator"]
 
 
 class ScaleSource(str, enum.Enum):
@@ -37,24 +38,28 @@ class ScaleSource(str, enum.Enum):
 @dataclasses.dataclass(frozen=True)
 class ScaleEstimate:
     """factor: metres per network unit (1.0 for 'none'); healthy: this frame's estimate is trustworthy;
-    reason: why not, for diagnostics; metric: whether outputs are in metres at all."""
+    reason: why not, for diagnostics; metric: whether outputs are in metres at all; ground: the pixels [H,W] bool
+    on the mounting's ground plane it measured (None when it did not use them)."""
 
     factor: float
     healthy: bool
     source: ScaleSource
     reason: str = ""
     metric: bool = True
+    ground: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class ScaleObservation:
-    """What a frame offers: network depth [H,W] at the network size with K [3,3] at that size, and the network
-    translation norm of the last step with its time (None before the first step)."""
+    """What a frame offers: network depth [H,W] at the network size with K [3,3] at that size, the network
+    translation norm of the last step with its time (None before the first step), and the ground's unit normal [3]
+    pointing down in the camera's optical frame as the camera's mounting gives it (None: unknown)."""
 
     depth: np.ndarray | None = None
     K: np.ndarray | None = None
     translation_units: float | None = None
     dt_s: float | None = None
+    ground_normal: np.ndarray | None = None
 
 
 class ScaleEstimator(Protocol):
@@ -105,12 +110,13 @@ def fit_ground_plane(points: np.ndarray, rng: np.random.Generator, iterations: i
 
 
 def ground_mask(depth: np.ndarray, K: np.ndarray, normal: np.ndarray, camera_height_m: float, region: float,
-                tolerance: float, max_lateral_m: float = 0.0) -> tuple[np.ndarray, float | None]:
+                tolerance: float, max_lateral_m: float = 0.0) -> tuple[np.ndarray, float | None, float]:
     """The pixels of a depth map [H,W] (any units; K [3,3] at its size) that lie on the ground of the camera's
     mounting: in the lower ``region`` of the image, below the horizon, with a depth whose ratio to the plane's
     (``normal``, unit and pointing down, at ``camera_height_m``) is within ``tolerance`` (relative) of the ratio that
     most of them share. Objects on the ground and walls break the ratio and drop out. Returns (mask [H,W] bool, that
-    shared ratio: metres per depth unit, or None when no pixel can be ground)."""
+    shared ratio: metres per depth unit, or None when no pixel can be ground, and the share of the pixels that could
+    be ground which agree: a wall filling the view agrees with the plane along a few rows only)."""
     plane = ground_plane_depth(depth.shape, K, normal, camera_height_m)
     candidates = np.zeros(depth.shape, dtype=bool)
     candidates[int(depth.shape[0] * (1.0 - region)):] = True
@@ -121,7 +127,7 @@ def ground_mask(depth: np.ndarray, K: np.ndarray, normal: np.ndarray, camera_hei
         candidates &= np.abs((u - K[0, 2]) / K[0, 0] * np.where(np.isfinite(plane), plane, 0.0)) <= max_lateral_m
     mask = np.zeros(depth.shape, dtype=bool)
     if candidates.sum() < 3:
-        return mask, None
+        return mask, None, 0.0
     log_ratio = np.log(plane[candidates] / depth[candidates])
     # The densest window of log ratios as wide as the tolerance allows either side: the ground's shared scale.
     half_width = float(np.log1p(tolerance))
@@ -130,7 +136,35 @@ def ground_mask(depth: np.ndarray, K: np.ndarray, normal: np.ndarray, camera_hei
     first = int(np.argmax(counts))
     centre = float(np.median(ordered[first:first + counts[first]]))
     mask[candidates] = np.abs(log_ratio - centre) <= half_width
-    return mask, float(np.exp(centre))
+    return mask, float(np.exp(centre)), float(mask.sum() / candidates.sum())
+
+
+class StepLengthCorrection:
+    """How much longer the ground's image motion says the steps are than the alignment made them (scale.ground_motion).
+
+    The depth's shape, not only its scale, sets an alignment's length: a young model's near wall seen too far makes
+    the steps short where the ground, whose depth the camera's height and mounting fix, says otherwise. Each measured
+    step takes the ground's length; the smoothed ratio of measured to aligned lengths carries to the steps the ground
+    cannot measure (standing still, a featureless road). A measurement more than ``max_jump`` times off that ratio is
+    an outlier (a wrong match on a repetitive road) and gets the ratio instead.
+    """
+
+    def __init__(self, smoothing: float, max_jump: float) -> None:
+        self.smoothing, self.max_jump = smoothing, max_jump
+        self.ratio: float | None = None  # None until the ground has measured a step
+
+    def correct(self, measured_ratio: float | None) -> float:
+        """The factor for this step's aligned length, given the ground's measured length over it (None: no usable
+        measurement)."""
+        if measured_ratio is None or not np.isfinite(measured_ratio) or measured_ratio <= 0:
+            return 1.0 if self.ratio is None else self.ratio
+        if self.ratio is None:
+            self.ratio = measured_ratio
+            return measured_ratio
+        if not self.ratio / self.max_jump <= measured_ratio <= self.ratio * self.max_jump:
+            return self.ratio
+        self.ratio = self.smoothing * self.ratio + (1 - self.smoothing) * measured_ratio
+        return measured_ratio
 
 
 class _SmoothedScale:
@@ -156,38 +190,34 @@ class _SmoothedScale:
         """Not used by this source."""
 
 
-# With ground_motion, frames after a step the ground measured keep that scale rather than fitting the plane: a missed
-# measurement now and then while driving must not hand the scale back to the plane fit's bias; after this many frames
-# without one (standing still, a featureless ground) the plane fit takes over.
-GROUND_MOTION_HOLD_FRAMES = 10
-
-
 class GroundPlaneScale(_SmoothedScale):
-    """Scale = known camera height / height of the camera over the ground plane fitted to predicted depth; with
-    ``ground_motion``, while the camera moves, the step length the ground's image motion measures instead
-    (``observe_ground_motion``)."""
+    """Scale from the known camera height: with ``ground_plane`` 'mounting', the ratio of the depth of the plane the
+    mounting gives (the observation's ground normal) to the predicted depth over the pixels where they agree
+    (``ground_mask``); with 'fit', camera height / the camera's height over the plane fitted to the predicted
+    depth."""
 
     source = ScaleSource.CAMERA_HEIGHT
 
     def __init__(self, config: ScaleConfig, seed: int = 0) -> None:
         super().__init__(config)
         self.rng = np.random.default_rng(seed)
-        self._frames_to_hold = 0
-
-    def observe_ground_motion(self, metres_per_unit: float) -> None:
-        """The factor that would have given the last step the length the ground's motion measured: a measurement
-        like a plane fit's, which the next GROUND_MOTION_HOLD_FRAMES updates keep instead of fitting the plane."""
-        self._accept(metres_per_unit)
-        self._frames_to_hold = GROUND_MOTION_HOLD_FRAMES
 
     def update(self, observation: ScaleObservation, max_points: int = 2000) -> ScaleEstimate:
-        """Fit the ground to the observation's depth (network units, network size) with its K; or keep the factor
-        the ground's motion measured on a recent step."""
-        if self._frames_to_hold > 0 and self.factor is not None:
-            self._frames_to_hold -= 1
-            return ScaleEstimate(self.factor, True, self.source)
-        depth, K = observation.depth, observation.K
+        """The mounting's ground as the observation measured it, or a plane fitted to its depth (network units,
+        network size) with its K."""
         config = self.config
+        depth, K = observation.depth, observation.K
+        if config.ground_plane == "mounting":
+            if observation.ground_normal is None:
+                return self._failed("scale.ground_plane 'mounting' needs the camera's mounting (no ground normal)")
+            ground, metres_per_unit, agreeing = ground_mask(depth, K, observation.ground_normal,
+                                                            config.camera_height_m, config.ground_region,
+                                                            config.ground_tolerance, config.ground_max_lateral_m)
+            if metres_per_unit is None or agreeing < config.min_inlier_ratio:
+                return dataclasses.replace(self._failed(
+                    f"{agreeing:.0%} of the lower image agrees with the ground plane of the camera's mounting and "
+                    f"height (less than {config.min_inlier_ratio:.0%})"), ground=ground)
+            return dataclasses.replace(self._accept(metres_per_unit), ground=ground)
         height = depth.shape[0]
         top = int(height * (1.0 - config.ground_region))
         # Only the ground region is back-projected (per frame on the node's path): shift the principal point instead.

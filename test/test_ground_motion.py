@@ -57,13 +57,13 @@ def test_ground_mask_keeps_the_ground_and_drops_what_stands_on_it() -> None:
     plane = ground_plane_depth((80, 100), K_HAND, LEVEL, 1.65)
     depth = np.where(np.isfinite(plane), plane / 4.0, 20.0)  # the network's units: 4 m each
     depth[60:75, 30:60] = plane[60:75, 30:60] / 8.0  # a box standing on the road, half as far as the ground behind
-    mask, metres_per_unit = ground_mask(depth, K_HAND, LEVEL, 1.65, region=0.5, tolerance=0.05)
+    mask, metres_per_unit, _ = ground_mask(depth, K_HAND, LEVEL, 1.65, region=0.5, tolerance=0.05)
     assert metres_per_unit == pytest.approx(4.0, rel=1e-9)
     expected = np.zeros((80, 100), dtype=bool)
     expected[41:] = True  # the lower half, below the horizon (row 40)
     expected[60:75, 30:60] = False
     np.testing.assert_array_equal(mask, expected)
-    empty, none = ground_mask(np.full((80, 100), np.inf), K_HAND, LEVEL, 1.65, region=0.5, tolerance=0.05)
+    empty, none, _ = ground_mask(np.full((80, 100), np.inf), K_HAND, LEVEL, 1.65, region=0.5, tolerance=0.05)
     assert none is None and not empty.any()
 
 
@@ -72,10 +72,10 @@ def test_ground_mask_keeps_only_the_ground_ahead_within_its_lateral_limit() -> N
     # |u - 50| <= 40. Row 79 (0.39 below the axis) meets it 3.85 m ahead: 3 m sideways is 78 px, every column.
     plane = ground_plane_depth((80, 100), K_HAND, LEVEL, 1.5)
     depth = np.where(np.isfinite(plane), plane, 20.0)
-    mask, _ = ground_mask(depth, K_HAND, LEVEL, 1.5, region=0.5, tolerance=0.05, max_lateral_m=3.0)
+    mask, _, _ = ground_mask(depth, K_HAND, LEVEL, 1.5, region=0.5, tolerance=0.05, max_lateral_m=3.0)
     np.testing.assert_array_equal(np.flatnonzero(mask[60]), np.arange(10, 91))
     assert mask[79].all()
-    unlimited, _ = ground_mask(depth, K_HAND, LEVEL, 1.5, region=0.5, tolerance=0.05)
+    unlimited, _, _ = ground_mask(depth, K_HAND, LEVEL, 1.5, region=0.5, tolerance=0.05)
     assert unlimited[41:].all()
 
 
@@ -90,7 +90,7 @@ def test_measures_the_step_on_rendered_frames_from_the_ground_alone(frame: int) 
     poses = split.T_world_cam[0]
     truth = np.linalg.inv(poses[frame + 1]) @ poses[frame]
     depth = split.depth[0, frame].astype(np.float64)
-    mask, metres_per_unit = ground_mask(np.where(depth > 0, depth, np.inf), split.K, LEVEL, 1.65, 0.4, 0.05)
+    mask, metres_per_unit, _ = ground_mask(np.where(depth > 0, depth, np.inf), split.K, LEVEL, 1.65, 0.4, 0.05)
     # The sample's depth, area-reduced to 64x208, puts the ground 1-2 % nearer than the plane says.
     assert metres_per_unit == pytest.approx(1.0, abs=0.02) and mask.sum() > 1000
     start = truth.copy()
@@ -149,9 +149,12 @@ class OvershootingTruth(BiasedTruth):
         return vectors, mask
 
 
-def test_the_pipelines_scale_follows_the_ground_behind_its_flag() -> None:
-    """The plane fit scales the exact depth right (1 m per unit), so alone it passes the pose net's 30 % overshoot
-    on to the odometry; with scale.ground_motion the steps come out the true length."""
+@pytest.mark.parametrize("keyframes", [False, True])
+def test_the_pipelines_steps_take_the_grounds_length_behind_its_flag(keyframes: bool) -> None:
+    """The mounting's plane scales the exact depth right (1 m per unit). Alone, the pose net's 30 % overshoot passes
+    to the chained odometry; with scale.ground_motion the steps come out the true length, while the depth keeps its
+    right scale (the ground measures the steps, not the depth). With keyframes the alignment to the keyframe finds
+    the true length from the exact depth by itself; the ground agrees with it."""
     from sfm_ros.camera import CameraModel
     from sfm_ros.pipeline import Pipeline
 
@@ -160,10 +163,10 @@ def test_the_pipelines_scale_follows_the_ground_behind_its_flag() -> None:
     poses = split.T_world_cam[0]
     camera = CameraModel(K=split.K, height=64, width=208)
 
-    def step_ratios(ground_motion: bool) -> tuple[list[float], list[float]]:
+    def run(ground_motion: bool) -> tuple[list[float], list[float], Pipeline]:
         backend = OvershootingTruth(split, 0, 1.3)
-        pipeline = Pipeline(PipelineConfig(keyframes=False), ScaleConfig(smoothing=0.5, ground_motion=ground_motion),
-                            backend=backend)
+        pipeline = Pipeline(PipelineConfig(keyframes=keyframes),
+                            ScaleConfig(smoothing=0.5, ground_motion=ground_motion), backend=backend)
         ratios, factors = [], []
         for i in range(5, 35):
             backend.show(i)
@@ -173,28 +176,29 @@ def test_the_pipelines_scale_follows_the_ground_behind_its_flag() -> None:
                 ratios.append(np.linalg.norm(estimate.T_prev_current[:3, 3]) / np.linalg.norm(truth[:3, 3]))
                 factors.append(estimate.scale.factor)
         assert (estimate.timings_ms["ground"] > 0) == ground_motion
-        return ratios, factors
+        return ratios, factors, pipeline
 
-    plane_only, plane_factors = step_ratios(False)
-    assert np.median(plane_only) == pytest.approx(1.3, abs=0.05)
-    assert np.median(plane_factors) == pytest.approx(1.0, abs=0.05)
-    with_ground, ground_factors = step_ratios(True)
+    alone, alone_factors, _ = run(False)
+    assert np.median(alone) == pytest.approx(1.0 if keyframes else 1.3, abs=0.05)
+    assert np.median(alone_factors) == pytest.approx(1.0, abs=0.03)
+    with_ground, ground_factors, pipeline = run(True)
     assert np.median(with_ground) == pytest.approx(1.0, abs=0.05)
-    assert np.median(ground_factors) == pytest.approx(1 / 1.3, abs=0.04)
+    assert np.median(ground_factors) == pytest.approx(1.0, abs=0.03)
+    # The ratio of the ground's lengths to the aligned ones: the chain's steps were 1.3 times too long.
+    assert pipeline.step_length.ratio == pytest.approx(1.0 if keyframes else 1 / 1.3, abs=0.05)
 
 
-def test_a_ground_measurement_holds_the_scale_for_a_while_then_the_plane_fit_returns() -> None:
-    from sfm_ros.scale import GROUND_MOTION_HOLD_FRAMES, GroundPlaneScale, ScaleObservation
+def test_step_length_correction_by_hand() -> None:
+    from sfm_ros.scale import StepLengthCorrection
 
-    K = np.array([[120.0, 0, 103.5], [0, 120.0, 31.5], [0, 0, 1]])
-    depth = ground_plane_depth((64, 208), K, LEVEL, 0.5)  # the camera 0.5 units over the ground: 3.3 m per unit
-    depth[~np.isfinite(depth)] = 200.0
-    estimator = GroundPlaneScale(ScaleConfig(smoothing=0.0, ground_motion=True))
-    assert estimator.update(ScaleObservation(depth=depth, K=K)).factor == pytest.approx(3.3)
-    estimator.observe_ground_motion(2.0)
-    held = [estimator.update(ScaleObservation(depth=depth, K=K)) for _ in range(GROUND_MOTION_HOLD_FRAMES)]
-    assert all(estimate.healthy and estimate.factor == 2.0 for estimate in held)
-    assert estimator.update(ScaleObservation(depth=depth, K=K)).factor == pytest.approx(3.3)
+    correction = StepLengthCorrection(smoothing=0.5, max_jump=1.5)
+    assert correction.correct(None) == 1.0  # nothing measured yet: the aligned length stands
+    assert correction.correct(2.0) == 2.0 and correction.ratio == 2.0  # the first measurement sets the ratio
+    assert correction.correct(None) == 2.0  # an unmeasured step gets the ratio
+    assert correction.correct(2.8) == 2.8 and correction.ratio == pytest.approx(2.4)  # 0.5 * 2.0 + 0.5 * 2.8
+    assert correction.correct(4.0) == pytest.approx(2.4)  # more than 1.5x off 2.4 (3.6): an outlier
+    assert correction.correct(1.5) == pytest.approx(2.4) and correction.ratio == pytest.approx(2.4)  # below 1.6
+    assert correction.correct(float("nan")) == pytest.approx(2.4)
 
 
 def test_ground_motion_refines_only_the_camera_height_scale() -> None:

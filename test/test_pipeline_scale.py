@@ -202,12 +202,40 @@ def plane_depth(height_m: float, K: np.ndarray, shape: tuple[int, int], tilt: fl
     return depth
 
 
-def test_ground_plane_on_a_synthetic_plane_gives_the_exact_scale() -> None:
-    config = ScaleConfig(camera_height_m=1.65, smoothing=0.0)
+LEVEL = np.array([0.0, 1.0, 0.0])  # the ground's normal, pointing down, of a level camera (optical frame)
+
+
+@pytest.mark.parametrize("ground_plane", ["mounting", "fit"])
+def test_ground_plane_on_a_synthetic_plane_gives_the_exact_scale(ground_plane: str) -> None:
+    config = ScaleConfig(camera_height_m=1.65, smoothing=0.0, ground_plane=ground_plane)
     estimator = GroundPlaneScale(config)
     depth = plane_depth(0.5, K_NET, (64, 208))  # the network thinks the camera is 0.5 units high
-    estimate = estimator.update(ScaleObservation(depth=depth, K=K_NET))
+    estimate = estimator.update(ScaleObservation(depth=depth, K=K_NET, ground_normal=LEVEL))
     assert estimate.healthy and estimate.factor == pytest.approx(1.65 / 0.5, rel=1e-6)
+    if ground_plane == "mounting":  # the ground ahead, within 3 m sideways, in the lower 40 %
+        assert estimate.ground[40:].any() and not estimate.ground[:38].any()
+    else:
+        assert estimate.ground is None
+
+
+def test_the_mountings_plane_needs_the_mounting() -> None:
+    estimate = GroundPlaneScale(ScaleConfig()).update(ScaleObservation(depth=plane_depth(0.5, K_NET, (64, 208)),
+                                                                       K=K_NET))
+    assert not estimate.healthy and "mounting" in estimate.reason
+
+
+def test_the_mountings_plane_ignores_objects_on_the_ground_and_fails_without_ground() -> None:
+    """Something standing on the road breaks the depth's ratio to the mounting's plane and drops out, so the scale
+    stays exact; a wall filling the view agrees with the plane nowhere: a failure that says so, not a number."""
+    depth = plane_depth(0.5, K_NET, (64, 208))
+    depth[44:, 95:115] *= 0.8  # something standing on the road ahead
+    estimate = GroundPlaneScale(ScaleConfig(smoothing=0.0)).update(
+        ScaleObservation(depth=depth, K=K_NET, ground_normal=LEVEL))
+    assert estimate.healthy and estimate.factor == pytest.approx(3.3, rel=1e-6)
+    assert not estimate.ground[44:, 95:115].any() and estimate.ground[44:, 60:95].any()
+    wall = GroundPlaneScale(ScaleConfig(smoothing=0.0)).update(ScaleObservation(
+        depth=np.full((64, 208), 5.0), K=K_NET, ground_normal=LEVEL))
+    assert not wall.healthy and "agrees with the ground plane" in wall.reason
 
 
 def test_ground_plane_is_robust_to_objects_above_the_ground() -> None:
@@ -217,7 +245,7 @@ def test_ground_plane_is_robust_to_objects_above_the_ground() -> None:
         rng = np.random.default_rng(seed)
         depth = plane_depth(0.5, K_NET, (64, 208))
         depth[40:, 80:130] = rng.uniform(2, 4, size=(24, 50))  # a car's rear in the lower image
-        estimator = GroundPlaneScale(ScaleConfig(smoothing=0.0), seed=seed)
+        estimator = GroundPlaneScale(ScaleConfig(smoothing=0.0, ground_plane="fit"), seed=seed)
         estimate = estimator.update(ScaleObservation(depth=depth, K=K_NET))
         assert estimate.healthy
         errors.append(abs(estimate.factor / 3.3 - 1))
