@@ -148,6 +148,8 @@ class Pipeline:
         # grey, network depth and ground pixels (None without them) of t-1
         self._previous_view: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None
         self._keyframe: _Keyframe | None = None
+        # the last frame aligned to the keyframe: its aligned translation [3] and the length factor it got
+        self._last_on_keyframe: tuple[np.ndarray, float] | None = None
         self._T_world_camera = np.eye(4)
         self._covariance = np.diag([INITIAL_SIGMA_M**2] * 3 + [INITIAL_SIGMA_RAD**2] * 3)
         self._last_stamp: int | None = None
@@ -186,6 +188,7 @@ class Pipeline:
         self._window_complete = False
         self._previous_view = None
         self._keyframe = None
+        self._last_on_keyframe = None
         self._covariance = self._covariance * self.config.unscaled_sigma_factor**2
         self._pending_events.append(f"tracking restarted: {reason}")
 
@@ -297,8 +300,8 @@ class Pipeline:
                                 refined.covariance, invert_transform(T_current_previous), scale)
                     else:
                         events.append(f"pose refinement not used: {refined.reason}")
-                T_current_previous = self._measured_on_ground(previous_view[0], previous_view[2], grey, K_net,
-                                                              T_current_previous, carried, events)
+                T_current_previous = _with_translation_scaled(T_current_previous, self._ground_length_factor(
+                    previous_view[0], previous_view[2], grey, K_net, T_current_previous, carried, events))
                 T_world_current = self._T_world_camera @ invert_transform(T_current_previous)
             T_prev_current = invert_transform(self._T_world_camera) @ T_world_current
             t_refine = time.perf_counter()
@@ -312,6 +315,7 @@ class Pipeline:
                                            float(np.median(depth_units)) * scale.factor,
                                            self._T_world_camera.copy(), self._covariance.copy(),
                                            ground if self.scale_config.uses_ground_motion else None)
+                self._last_on_keyframe = None
                 made_keyframe = True
             if dt_s:
                 twist, twist_covariance = self._twist(T_prev_current, step_covariance, dt_s)
@@ -361,26 +365,25 @@ class Pipeline:
         scale.ground_motion (1 before the first measurement), else 1."""
         return self.step_length.correct(None) if self.scale_config.uses_ground_motion else 1.0
 
-    def _measured_on_ground(self, reference_grey: np.ndarray, reference_ground: np.ndarray | None, grey: np.ndarray,
-                            K: np.ndarray, T_current_reference: np.ndarray, carried: float, events: list[str]
-                            ) -> np.ndarray:
-        """T_current_reference [4,4] (metres by the depth's scale) with the length the reference frame's ground
-        (pixels [H,W]) measures for it (scale.ground_motion), or times ``carried`` (the recent ratio) when the
-        ground cannot measure it; times ``carried`` without ground_motion (then 1)."""
+    def _ground_length_factor(self, reference_grey: np.ndarray, reference_ground: np.ndarray | None,
+                              grey: np.ndarray, K: np.ndarray, T_current_reference: np.ndarray, carried: float,
+                              events: list[str]) -> float:
+        """The factor that gives T_current_reference [4,4] (metres by the depth's scale) the length the reference
+        frame's ground (pixels [H,W]) measures for it (scale.ground_motion), or ``carried`` (the recent ratio; 1
+        without ground_motion) when the ground cannot measure it."""
         config = self.scale_config
         length = float(np.linalg.norm(T_current_reference[:3, 3]))
         if (not config.uses_ground_motion or reference_ground is None
                 or length < config.ground_min_step * config.camera_height_m):
-            return _with_translation_scaled(T_current_reference, carried)
+            return carried
         tick = time.perf_counter()
         measured = ground_translation(reference_grey, grey, K, T_current_reference, reference_ground,
                                       ground_normal_in_camera(self.T_base_camera), config.camera_height_m)
         self._ground_ms += (time.perf_counter() - tick) * 1e3
         if not measured.accepted:
             events.append(f"ground motion not measured: {measured.reason}")
-            return _with_translation_scaled(T_current_reference, carried)
-        factor = self.step_length.correct(float(np.linalg.norm(measured.translation)) / length)
-        return _with_translation_scaled(T_current_reference, factor)
+            return carried
+        return self.step_length.correct(float(np.linalg.norm(measured.translation)) / length)
 
     def _track_keyframe(self, grey: np.ndarray, K: np.ndarray, T_world_current: np.ndarray,
                         step_covariance: np.ndarray, scale: ScaleEstimate, carried: float, events: list[str]
@@ -400,8 +403,18 @@ class Pipeline:
                               **self._side_slip_prior(start))
         if not aligned.accepted:
             return T_world_current, step_covariance, f"alignment not used (a new keyframe): {aligned.reason}"
-        T_keyframe_current = invert_transform(self._measured_on_ground(
-            keyframe.grey, keyframe.ground, grey, K, aligned.T_current_previous, carried, events))
+        aligned_translation = invert_transform(aligned.T_current_previous)[:3, 3]
+        last = self._last_on_keyframe
+        if last is not None and (np.linalg.norm(aligned_translation - last[0])
+                                 < self.scale_config.ground_min_step * self.scale_config.camera_height_m):
+            # No step since the last frame long enough to measure: its length factor stands, so a camera standing
+            # still one step from its keyframe does not jitter with each measurement's noise.
+            factor = last[1]
+        else:
+            factor = self._ground_length_factor(keyframe.grey, keyframe.ground, grey, K, aligned.T_current_previous,
+                                                carried, events)
+        self._last_on_keyframe = (aligned_translation, factor)
+        T_keyframe_current = invert_transform(_with_translation_scaled(aligned.T_current_previous, factor))
         alignment_covariance = (self._refined_step_covariance(aligned.covariance, T_keyframe_current, scale)
                                 if aligned.covariance is not None else self._step_covariance(T_keyframe_current, scale))
         baseline = float(np.linalg.norm(T_keyframe_current[:3, 3]))

@@ -18,13 +18,13 @@ NETWORK_ERROR = [0.05, 0.0, 0.08, 0.0, 0.01, 0.0]
 STILL_FRAMES = 30
 
 
-def stand_still(config: PipelineConfig) -> dict:
+def stand_still(config: PipelineConfig, scale_config: ScaleConfig | None = None) -> dict:
     """Drive frames 10-14 of a held-out street, then hold frame 14 for STILL_FRAMES frames at 30 Hz with sensor
     noise (std 2 grey levels, seeded)."""
     split = load_street_split(SAMPLE / "val")
     paths = kitti.image_files(split.folders[0])
     backend = BiasedTruth(split, 0, NETWORK_ERROR)
-    pipeline = Pipeline(config, ScaleConfig(source="fixed"), backend=backend)
+    pipeline = Pipeline(config, scale_config or ScaleConfig(source="fixed"), backend=backend)
     camera = CameraModel(K=split.K, height=64, width=208)
     for i in range(10, 15):
         backend.show(i)
@@ -64,6 +64,14 @@ def test_a_camera_standing_still_stays_put_with_keyframes() -> None:
     assert refined_growth > 0
     assert 1 / 3 < refined["moved_m"] / np.sqrt(refined_growth) < 3
     assert abs(keyframed["sigmas"][-1] ** 2 - keyframed["sigmas"][0] ** 2) < 0.1 * refined_growth
+
+
+def test_standing_still_with_the_grounds_step_lengths_does_not_jitter() -> None:
+    """The node's defaults (the ground measures each alignment's length against the keyframe): held one step from its
+    keyframe, each noisy frame's measurement of that step differs by a centimetre or so; with no step since the last
+    frame long enough to measure, the last length stands and the camera stays put."""
+    still = stand_still(PipelineConfig(), ScaleConfig())
+    assert still["moved_m"] < 0.002 and not any(still["keyframes"])
 
 
 def test_a_moving_camera_is_followed_and_gets_new_keyframes() -> None:
