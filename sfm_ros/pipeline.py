@@ -402,6 +402,15 @@ class Pipeline:
                               translation_prior_information=self._direction_prior(start),
                               **self._side_slip_prior(start))
         if not aligned.accepted:
+            # From the previous frame's pose instead (no motion since): a pose net that reports motion while the
+            # camera stands still can start the alignment too far off.
+            still = _with_translation_scaled(
+                invert_transform(invert_transform(keyframe.T_world_camera) @ self._T_world_camera), 1.0 / carried)
+            retried = refine_pose(keyframe.grey, keyframe.depth_m, grey, K, still,
+                                  translation_prior_information=self._direction_prior(start),
+                                  **self._side_slip_prior(still))
+            aligned = retried if retried.accepted else aligned
+        if not aligned.accepted:
             return T_world_current, step_covariance, f"alignment not used (a new keyframe): {aligned.reason}"
         aligned_translation = invert_transform(aligned.T_current_previous)[:3, 3]
         last = self._last_on_keyframe
