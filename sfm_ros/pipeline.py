@@ -255,14 +255,11 @@ class Pipeline:
         scale = self.scale_estimator.update(ScaleObservation(depth=depth_units, K=K_net,
                                                              translation_units=translation_units, dt_s=dt_s,
                                                              ground_normal=normal))
-        # This frame's pixels on the mounting's ground plane, for the ground's motion: none where too few of them
-        # agree with the plane (the scale estimate failed for that, or would have).
-        ground = scale.ground if scale.healthy else None
-        if scale.ground is None and self.scale_config.uses_ground_motion:  # scale.ground_plane fit
+        ground = scale.ground  # this frame's pixels on the mounting's ground plane
+        if ground is None and self.scale_config.uses_ground_motion:
             config = self.scale_config
-            mask, _, agreeing = ground_mask(depth_units, K_net, normal, config.camera_height_m, config.ground_region,
-                                            config.ground_tolerance, config.ground_max_lateral_m)
-            ground = mask if agreeing >= config.min_inlier_ratio else None
+            ground = ground_mask(depth_units, K_net, normal, config.camera_height_m, config.ground_region,
+                                 config.ground_tolerance, config.ground_max_lateral_m)[0]
         if grey is not None:
             self._previous_view = (grey, depth_units, ground)
         carried = self._carried_step_factor()
