@@ -24,7 +24,7 @@ import dataclasses
 import cv2
 import numpy as np
 
-from sfm_ros.geometry import ground_plane_depth
+from sfm_ros.geometry import ground_plane_depth, invert_transform
 
 __all__ = ["GroundMotion", "RefineResult", "ground_translation", "refine_pose", "se3_exp", "side_slip"]
 
@@ -47,12 +47,17 @@ class RefineResult:
     in_view_share: float = float("nan")
 
 
+def _skew(v: np.ndarray) -> np.ndarray:
+    """[v]x [3,3]: the matrix of the cross product v x ."""
+    return np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
+
+
 def se3_exp(xi: np.ndarray) -> np.ndarray:
     """exp of a twist xi = (v, w) [6] -> [4,4] (the exact SE(3) exponential)."""
     v, w = np.asarray(xi[:3], dtype=np.float64), np.asarray(xi[3:], dtype=np.float64)
     angle = float(np.linalg.norm(w))
     rotation = cv2.Rodrigues(w.reshape(3, 1))[0]
-    hat = np.array([[0, -w[2], w[1]], [w[2], 0, -w[0]], [-w[1], w[0], 0]])
+    hat = _skew(w)
     if angle < 1e-9:
         V = np.eye(3) + 0.5 * hat
     else:
@@ -145,7 +150,7 @@ def _with_translation_prior(H: np.ndarray, g: np.ndarray, T: np.ndarray, start: 
     """Gauss-Newton terms [6,6], [6] plus the prior (t - t_start)^T information (t - t_start) on T's translation t;
     under a left increment (v, w), dt = v - [t]x w."""
     t = T[:3, 3]
-    J = np.concatenate([np.eye(3), -np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]])], axis=1)
+    J = np.concatenate([np.eye(3), -_skew(t)], axis=1)
     return H + J.T @ information @ J, g + J.T @ information @ (t - start[:3, 3])
 
 
@@ -171,19 +176,17 @@ def side_slip(T_current_previous: np.ndarray, T_base_camera: np.ndarray) -> tupl
     the chord at theta/2, so its sideways motion -t_x sin(theta/2) + t_y cos(theta/2) (t: the step's translation in
     the previous base's axes) is zero. Yaw and sideways motion are what a narrow camera confuses most; this ties them.
     """
-    T_current_previous = np.asarray(T_current_previous, dtype=np.float64)
     A = np.asarray(T_base_camera, dtype=np.float64)
     # The step of the base: P = A T^-1 A^-1. A left increment exp(xi) T is a right increment exp(-Ad_A xi) of P.
-    P = A @ np.linalg.inv(T_current_previous) @ np.linalg.inv(A)
+    P = A @ invert_transform(np.asarray(T_current_previous, dtype=np.float64)) @ invert_transform(A)
     R, t = P[:3, :3], P[:3, 3]
     half_yaw = 0.5 * float(np.arctan2(R[1, 0], R[0, 0]))
     s, c = np.sin(half_yaw), np.cos(half_yaw)
     residual = -t[0] * s + t[1] * c
     # Right increment (v, w) of P: dt = R v; the yaw moves by w_z (the step turns about the base's up axis).
     d_residual_d_eta = np.concatenate([np.array([-s, c, 0.0]) @ R, [0.0, 0.0, -0.5 * (t[0] * c + t[1] * s)]])
-    R_A, t_A = A[:3, :3], A[:3, 3]
-    t_hat = np.array([[0, -t_A[2], t_A[1]], [t_A[2], 0, -t_A[0]], [-t_A[1], t_A[0], 0]])
-    adjoint = np.block([[R_A, t_hat @ R_A], [np.zeros((3, 3)), R_A]])
+    R_A = A[:3, :3]
+    adjoint = np.block([[R_A, _skew(A[:3, 3]) @ R_A], [np.zeros((3, 3)), R_A]])
     return float(residual), -d_residual_d_eta @ adjoint
 
 
@@ -216,38 +219,13 @@ def refine_pose(previous: np.ndarray, previous_depth: np.ndarray, current: np.nd
         return _huber_cost(T, finest_points, finest_reference, current_levels[0][0], K, huber, 50)
 
     before = cost(start)
-    T = start.copy()
-    H = None
-    for level in reversed(range(levels)):
-        image_prev, depth_prev, K_level = previous_levels[level]
-        image_cur = current_levels[level][0]
-        if level == 0:  # selected and differentiated once, above
-            points, reference, gradients = finest_points, finest_reference, gradients0
-        else:
-            points, reference = _select_points(image_prev, depth_prev, K_level, max_points)
-            gradients = _gradients(image_cur)
-        if len(points) < 30:
-            continue
-        for _ in range(iterations):
-            residual, inside, J = _residuals(T, points, reference, image_cur, gradients, K_level, True)
-            if inside.sum() < 30:
-                break
-            r, J = residual[inside], J[inside]
-            weights = np.where(np.abs(r) < huber, 1.0, huber / np.maximum(np.abs(r), 1e-12))
-            H = (J * weights[:, None]).T @ J
-            g = (J * weights[:, None]).T @ r
-            if translation_prior_information is not None or side_slip_sigma_m > 0:
-                # Priors count as much at every level: scaled like the number of points.
-                share = len(points) / len(finest_points)
-                H, g = _with_priors(H / huber**2, g / huber**2, T, start, translation_prior_information, T_base_camera,
-                                    side_slip_sigma_m, share)
-            try:
-                xi = -np.linalg.solve(H + 1e-9 * np.trace(H) * np.eye(6), g)
-            except np.linalg.LinAlgError:
-                break
-            T = se3_exp(xi) @ T
-            if np.linalg.norm(xi) < 1e-6:  # converged at this level
-                break
+    priors = None
+    if translation_prior_information is not None or side_slip_sigma_m > 0:
+        def priors(H: np.ndarray, g: np.ndarray, T: np.ndarray, share: float) -> tuple[np.ndarray, np.ndarray]:
+            return _with_priors(H, g, T, start, translation_prior_information, T_base_camera, side_slip_sigma_m,
+                                share)
+    T = _gauss_newton(start, previous_levels, current_levels, levels, iterations, max_points, huber,
+                      (finest_points, finest_reference, gradients0), priors=priors, tolerance=1e-6)
     after = cost(T)
     change = T @ np.linalg.inv(start)
     translation_change = float(np.linalg.norm(change[:3, 3]))
@@ -323,46 +301,59 @@ def ground_translation(previous: np.ndarray, current: np.ndarray, K: np.ndarray,
         return _huber_cost(T, finest_points, finest_reference, current_levels[0][0], K, huber, min_points)
 
     before = cost(start)
-    T = _align_translation(start, previous_levels, current_levels, levels, iterations, max_points, huber,
-                           (finest_points, finest_reference, gradients0))
+    T = _gauss_newton(start, previous_levels, current_levels, levels, iterations, max_points, huber,
+                      (finest_points, finest_reference, gradients0), translation_only=True, tolerance=1e-5)
     after = cost(T)
     if not np.isfinite(after) or after > before:
         # The coarse levels can lead a start that is already close astray: the finest level alone, from the start.
-        T = _align_translation(start, previous_levels, current_levels, 1, iterations, max_points, huber,
-                               (finest_points, finest_reference, gradients0))
+        T = _gauss_newton(start, previous_levels, current_levels, 1, iterations, max_points, huber,
+                          (finest_points, finest_reference, gradients0), translation_only=True, tolerance=1e-5)
     after = cost(T)
     if not np.isfinite(after) or after > before:
         return rejected("the error went up", len(finest_points), before, after)
     return GroundMotion(T[:3, 3].copy(), before, after, len(finest_points), True, "accepted")
 
 
-def _align_translation(start: np.ndarray, previous_levels: list, current_levels: list, levels: int, iterations: int,
-                       max_points: int, huber: float, finest: tuple) -> np.ndarray:
-    """Gauss-Newton over the translation of ``start`` [4,4] (rotation held), from pyramid level ``levels - 1`` down to
-    the finest, whose selected points, intensities and gradients ``finest`` holds. Returns the transform."""
-    T = start.copy()
+def _gauss_newton(start: np.ndarray, previous_levels: list, current_levels: list, levels: int, iterations: int,
+                  max_points: int, huber: float, finest: tuple, *, translation_only: bool = False,
+                  priors=None, tolerance: float = 1e-6) -> np.ndarray:
+    """Gauss-Newton with Huber weights on a left increment of ``start`` [4,4] (v, w; only v with
+    ``translation_only``: the rotation held), from pyramid level ``levels - 1`` down to the finest, whose selected
+    points, intensities and gradients ``finest`` holds. ``priors(H, g, T, share)`` adds prior terms to the normal
+    equations, whose photometric part it gets divided by huber^2; ``share``: this level's points over the finest's.
+    A level stops when the increment is below ``tolerance``. Returns the transform."""
+    columns = 3 if translation_only else 6
+    T = np.array(start, dtype=np.float64)
     for level in reversed(range(levels)):
         image_previous, depth_previous, K_level = previous_levels[level]
-        if level == 0:
+        image_current = current_levels[level][0]
+        if level == 0:  # selected and differentiated once, by the caller
             points, reference, gradients = finest
         else:
             points, reference = _select_points(image_previous, depth_previous, K_level, max_points)
-            gradients = _gradients(current_levels[level][0])
+            gradients = _gradients(image_current)
         if len(points) < 30:
             continue
         for _ in range(iterations):
-            residual, inside, J = _residuals(T, points, reference, current_levels[level][0], gradients, K_level, True)
+            residual, inside, J = _residuals(T, points, reference, image_current, gradients, K_level, True)
             if inside.sum() < 30:
                 break
             # With the rotation held, a left increment (v, 0) moves every point by v: the first three columns.
-            r, J = residual[inside], J[inside, :3]
+            r, J = residual[inside], J[inside, :columns]
             weights = np.where(np.abs(r) < huber, 1.0, huber / np.maximum(np.abs(r), 1e-12))
             H = (J * weights[:, None]).T @ J
+            g = (J * weights[:, None]).T @ r
+            if priors is not None:
+                # Priors count as much at every level: scaled like the number of points.
+                H, g = priors(H / huber**2, g / huber**2, T, len(points) / len(finest[0]))
             try:
-                step = -np.linalg.solve(H + 1e-9 * np.trace(H) * np.eye(3), (J * weights[:, None]).T @ r)
+                step = -np.linalg.solve(H + 1e-9 * np.trace(H) * np.eye(columns), g)
             except np.linalg.LinAlgError:
                 break
-            T[:3, 3] += step
-            if np.linalg.norm(step) < 1e-5:
+            if translation_only:
+                T[:3, 3] += step
+            else:
+                T = se3_exp(step) @ T
+            if np.linalg.norm(step) < tolerance:  # converged at this level
                 break
     return T
