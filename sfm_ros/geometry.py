@@ -13,6 +13,8 @@ The torch twins live in ``sfm_ros.models.warp``; tests pin both to the same numb
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 # base_link (x forward, y left, z up) <- camera optical (x right, y down, z forward), REP 103.
@@ -109,12 +111,23 @@ def ground_plane_depth(shape: tuple[int, int], K: np.ndarray, normal: np.ndarray
                        ) -> np.ndarray:
     """Depth [H,W] (camera Z, metres) of the ground plane n.X = h seen through each pixel, +inf where the ray does not
     meet the ground in front of the camera (at and above the horizon). normal: unit [3] pointing down, camera optical
-    frame; K [3,3] at ``shape``."""
+    frame; K [3,3] at ``shape``. Read-only and shared: a camera's plane is computed once (the node needs it twice a
+    frame, for the ground's pixels and for the ground's motion; 1 ms at 128x416)."""
+    return _ground_plane_depth(tuple(int(n) for n in shape), tuple(np.asarray(K, dtype=np.float64).ravel().tolist()),
+                               tuple(np.asarray(normal, dtype=np.float64).tolist()), float(camera_height_m))
+
+
+@functools.lru_cache(maxsize=8)
+def _ground_plane_depth(shape: tuple[int, ...], K: tuple[float, ...], normal: tuple[float, ...],
+                        camera_height_m: float) -> np.ndarray:
     height, width = shape
+    fx, _, cx, _, fy, cy = K[:6]
     u, v = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64))
-    downward = (normal[0] * (u - K[0, 2]) / K[0, 0] + normal[1] * (v - K[1, 2]) / K[1, 1] + normal[2])
+    downward = normal[0] * (u - cx) / fx + normal[1] * (v - cy) / fy + normal[2]
     with np.errstate(divide="ignore"):
-        return np.where(downward > 1e-6, camera_height_m / np.maximum(downward, 1e-6), np.inf)
+        depth = np.where(downward > 1e-6, camera_height_m / np.maximum(downward, 1e-6), np.inf)
+    depth.setflags(write=False)
+    return depth
 
 
 def ground_normal_in_camera(T_base_camera: np.ndarray) -> np.ndarray:
