@@ -82,6 +82,21 @@ def test_cuda_graph_step_equals_the_eager_step(deterministic_cudnn: None) -> Non
         graphed(images[:2], K[:2])
 
 
+def test_cuda_graph_step_with_mirrored_depth_targets_equals_the_eager_step(deterministic_cudnn: None) -> None:
+    # data.flip_depth: the flags change from batch to batch, so the graph must read them from its static buffer.
+    eager, graphed = _networks_and_step(capturable_adam=True), _networks_and_step(cuda_graph=True)
+    flags = torch.Generator().manual_seed(2)
+    eager_losses, graph_losses = [], []
+    for images, K in _batches(7):
+        mirrored = torch.rand(BATCH, generator=flags) < 0.5
+        eager_losses.append(float(eager(images, K, mirrored)["total"]))
+        graph_losses.append(float(graphed(images, K, mirrored)["total"]))
+    assert graphed._graph is not None
+    np.testing.assert_allclose(graph_losses, eager_losses, rtol=2e-4)
+    with pytest.raises(ValueError, match="depth_mirrored"):
+        graphed(images, K)
+
+
 def test_mixed_precision_step_stays_close_to_fp32() -> None:
     (images, K), = _batches(1)
     fp32 = float(_networks_and_step()(images, K)["total"])

@@ -18,10 +18,12 @@ import yaml
 
 from sfm_ros import kitti
 from sfm_ros.bags import BagError, kitti_to_bag
+from sfm_ros.models import DispNet, PoseExpNet
 from test.conftest import DRIVE_0060, ODOMETRY_06, REPO, view_synthesis_error
 from training.config import DataConfig, load_train_config
 from training.data import DataError, SnippetDataset, open_source, prepare_cache, random_flip, random_scale_crop
-from training.step import learning_rate_factor
+from training.normalisation import normalise
+from training.step import TrainStep, forward_objective, learning_rate_factor, mirror_where
 from training.trainer import CheckpointError, Trainer, load_checkpoint
 
 TINY = ["data.height=32", "data.width=104", "optim.batch_size=2", "data.workers=0", "run.progress=false",
@@ -154,6 +156,71 @@ def test_flip_mirrors_the_snippet_and_its_camera() -> None:
         bright = np.unravel_index(np.argmax(flipped[1, :, :, 0]), flipped.shape[1:3])
         assert abs(bright[0] - v_flip) <= 0.5 and abs(bright[1] - u_flip) <= 0.5
     assert 0 < flips < 8
+
+
+def test_mirror_where_flips_only_the_flagged_images() -> None:
+    images = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]).view(2, 1, 1, 3)
+    mirrored = mirror_where(images, torch.tensor([True, False]))
+    assert mirrored.flatten().tolist() == [3.0, 2.0, 1.0, 4.0, 5.0, 6.0]
+
+
+def test_flip_depth_draws_a_flag_and_leaves_the_snippet_as_recorded(tiny_cache: Path) -> None:
+    plain = SnippetDataset(tiny_cache, "train", 3, augment=True, seed=3)
+    flagged = SnippetDataset(tiny_cache, "train", 3, augment=True, seed=3, flip_depth=True)
+    flags = []
+    for index in range(len(plain)):
+        item, with_flag = plain[index], flagged[index]
+        assert "depth_mirrored" not in item
+        # The flag is drawn after the scale-crop: the images and camera are those of a run without it.
+        np.testing.assert_array_equal(with_flag["images"].numpy(), item["images"].numpy())
+        np.testing.assert_array_equal(with_flag["K"].numpy(), item["K"].numpy())
+        flags.append(bool(with_flag["depth_mirrored"]))
+    assert 10 < sum(flags) < len(flags) - 10  # about half of 49
+
+
+def test_flip_depth_shows_only_the_depth_net_a_mirrored_target(tiny_cache: Path) -> None:
+    batch = torch.utils.data.default_collate([SnippetDataset(tiny_cache, "train", 3)[i] for i in (0, 20)])
+    torch.manual_seed(0)
+    depth_net, pose_net = DispNet(), PoseExpNet(2, with_mask=True)
+    config = load_train_config(None, []).loss
+    flags = torch.tensor([True, False])
+    with torch.no_grad():
+        _, terms = forward_objective(depth_net, pose_net, batch["images"], batch["K"], config, depth_mirrored=flags)
+        _, recorded = forward_objective(depth_net, pose_net, batch["images"], batch["K"], config)
+        target = normalise(batch["images"][:, 1])
+        # Independently: the depth net on the mirrored image, its output mirrored back; the second one as it is.
+        mirrored_back = depth_net(target[:1].flip(-1))[0].flip(-1)
+        as_recorded = depth_net(target[1:])[0]
+    torch.testing.assert_close(terms["disparity"][:1], mirrored_back)
+    torch.testing.assert_close(terms["disparity"][1:], as_recorded)
+    assert (terms["disparity"][0] - recorded["disparity"][0]).abs().max() > 1e-4  # the untrained net is not symmetric
+    torch.testing.assert_close(terms["poses"], recorded["poses"])  # the pose net sees the snippet as recorded
+
+
+def test_the_trainer_passes_the_depth_flags_to_its_step(tiny_cache: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[torch.Tensor | None] = []
+    original = TrainStep.__call__
+
+    def recording(self: TrainStep, images: torch.Tensor, K: torch.Tensor,
+                  depth_mirrored: torch.Tensor | None = None) -> dict:
+        seen.append(depth_mirrored)
+        return original(self, images, K, depth_mirrored)
+
+    monkeypatch.setattr(TrainStep, "__call__", recording)
+    histories = {}
+    for flip_depth in (False, True):
+        seen.clear()
+        config = load_train_config(str(REPO / "config" / "train_cpu_small.yaml"),
+                                   [*TINY, "optim.max_steps=2", f"data.flip_depth={str(flip_depth).lower()}",
+                                    f"run.output={tmp_path / str(flip_depth)}", "run.checkpoint_every=1000"])
+        histories[flip_depth] = [row["total"] for row in Trainer(config, tiny_cache).fit()["history"]]
+        if flip_depth:
+            assert all(flags.dtype == torch.bool and flags.shape == (2,) for flags in seen)
+            assert any(bool(flags.any()) for flags in seen)  # some target was mirrored in these two batches
+        else:
+            assert seen == [None, None]
+    assert histories[True] != histories[False]
 
 
 def test_snippets_have_the_target_in_the_middle(tiny_cache: Path) -> None:

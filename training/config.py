@@ -34,6 +34,8 @@ class DataConfig:
     augment: bool = param(True, "the paper's random scale (1 to scale_crop_max) and crop, intrinsics updated")
     scale_crop_max: float = param(1.15, "largest random zoom of the scale-crop augmentation", range=(1.0, 2.0))
     flip: bool = param(False, "mirror whole snippets left-right at random (cx mirrored), as the PyTorch reference does")
+    flip_depth: bool = param(False, "show the depth net its target mirrored left-right at random (its disparity "
+                             "mirrored back); the pose net and the view synthesis see the snippet as recorded")
     frame_strides: tuple[int, ...] = param((1,), "frame gaps a training snippet is drawn with, one at random per "
                                            "snippet (1: adjacent frames, the paper; (1, 2): also twice the baseline)")
     intrinsics: tuple[float, ...] = param((), "fx fy cx cy (native pixels) for bags without CameraInfo")

@@ -311,13 +311,14 @@ class SnippetDataset(Dataset):
 
     def __init__(self, cache_dir: str | Path, split: str, sequence_length: int, augment: bool = False,
                  max_scale: float = 1.15, seed: int = 0, flip: bool = False,
-                 frame_strides: tuple[int, ...] = (1,)) -> None:
+                 frame_strides: tuple[int, ...] = (1,), flip_depth: bool = False) -> None:
         self.cache_dir = Path(cache_dir)
         self.index = load_cache_index(cache_dir)
         self.frames = np.load(self.cache_dir / "frames.npy", mmap_mode="r")
         self.length = sequence_length
         self.augment = augment
         self.flip = flip
+        self.flip_depth = flip_depth
         self.max_scale = max_scale
         self.seed = seed
         self.epoch = 0
@@ -351,5 +352,8 @@ class SnippetDataset(Dataset):
             images, K = random_scale_crop(images, K, rng, self.max_scale)
         if self.flip:
             images, K = random_flip(images, K, rng)
-        return {"images": torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))),
+        item = {"images": torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))),
                 "K": torch.from_numpy(K.astype(np.float32)), "frame": torch.tensor(center)}
+        if self.flip_depth:  # drawn last, so the other draws are those of a run without it
+            item["depth_mirrored"] = torch.tensor(bool(rng.random() < 0.5))
+        return item

@@ -18,15 +18,27 @@ from torch import nn
 from training.losses import LossConfig, sfm_objective
 from training.normalisation import normalise
 
-__all__ = ["TrainStep", "forward_objective", "learning_rate_factor", "make_optimizer"]
+__all__ = ["TrainStep", "forward_objective", "learning_rate_factor", "make_optimizer", "mirror_where"]
+
+
+def mirror_where(images: torch.Tensor, mirrored: torch.Tensor) -> torch.Tensor:
+    """images: [B,C,H,W]; mirrored: bool [B]. Each image whose flag is set, flipped left-right; the rest as they are.
+
+    A select rather than indexing, so that a CUDA graph replays it for any flags.
+    """
+    return torch.where(mirrored[:, None, None, None], images.flip(-1), images)
 
 
 def forward_objective(depth_model: nn.Module, pose_model: nn.Module, images: torch.Tensor, K: torch.Tensor,
                       loss_config: LossConfig, *, amp: bool = False,
-                      channels_last: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
+                      channels_last: bool = False,
+                      depth_mirrored: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
     """Networks + objective on one batch of snippets.
 
     images: uint8 [B,L,3,H,W] on the networks' device, target in the middle; K: [B,3,3] at H,W.
+    depth_mirrored: bool [B] or None. Where set, the depth net sees its target mirrored and its disparities are
+    mirrored back: the depth net learns from mirrored views while the pose net and the view synthesis see the
+    snippet as recorded (``data.flip_depth``).
     Returns (total loss, terms): the loss terms (detached), the finest disparity and mask, the target and a
     warped source for logging. Nothing here reads a value back to the host.
     """
@@ -38,7 +50,11 @@ def forward_objective(depth_model: nn.Module, pose_model: nn.Module, images: tor
         target = target.contiguous(memory_format=torch.channels_last)
     # No autocast weight cache: it would hold tensors from outside a CUDA-graph capture (each weight is used once).
     with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp, cache_enabled=False):
-        disparities = depth_model(target)
+        if depth_mirrored is None:
+            disparities = depth_model(target)
+        else:
+            mirrored_disparities = depth_model(mirror_where(target, depth_mirrored))
+            disparities = tuple(mirror_where(d, depth_mirrored) for d in mirrored_disparities)
         poses, masks = pose_model(target, sources)
     # The warp and loss run in fp32 for the same maths with or without mixed precision.
     disparities = tuple(d.float() for d in disparities)
@@ -107,16 +123,18 @@ class TrainStep:
                  *(["CUDA graph"] if self.cuda_graph else ["eager"])]
         return f"{self.device.type}: " + ", ".join(parts)
 
-    def _eager(self, images: torch.Tensor, K: torch.Tensor) -> dict[str, Any]:
+    def _eager(self, images: torch.Tensor, K: torch.Tensor, depth_mirrored: torch.Tensor | None) -> dict[str, Any]:
         total, terms = self._forward(self.depth_model, self.pose_model, images, K, self.loss_config,
-                                     amp=self.amp, channels_last=self.channels_last)
+                                     amp=self.amp, channels_last=self.channels_last, depth_mirrored=depth_mirrored)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()
         return terms
 
-    def __call__(self, images: torch.Tensor, K: torch.Tensor) -> dict[str, Any]:
-        """images: uint8 [B,L,3,H,W], K: [B,3,3] (any device; pinned host memory copies asynchronously).
+    def __call__(self, images: torch.Tensor, K: torch.Tensor,
+                 depth_mirrored: torch.Tensor | None = None) -> dict[str, Any]:
+        """images: uint8 [B,L,3,H,W], K: [B,3,3], depth_mirrored: bool [B] or None (``forward_objective``); any
+        device (pinned host memory copies asynchronously).
 
         Returns the loss terms as device tensors; with a CUDA graph they are overwritten by the next step.
         """
@@ -125,33 +143,43 @@ class TrainStep:
         self.calls += 1
         images = images.to(self.device, non_blocking=True)
         K = K.to(self.device, dtype=torch.float32, non_blocking=True)
+        if depth_mirrored is not None:
+            depth_mirrored = depth_mirrored.to(self.device, dtype=torch.bool, non_blocking=True)
         if not self.cuda_graph:
-            return self._eager(images, K)
+            return self._eager(images, K, depth_mirrored)
         if self._graph is not None:
             if images.shape != self._static["images"].shape:
                 raise ValueError(f"a CUDA-graph step was captured for batches of shape "
                                  f"{tuple(self._static['images'].shape)}, got {tuple(images.shape)}")
+            if (depth_mirrored is None) != ("depth_mirrored" not in self._static):
+                raise ValueError("a CUDA-graph step was captured with depth_mirrored "
+                                 f"{'absent' if 'depth_mirrored' not in self._static else 'given'}; keep it so")
             self._static["images"].copy_(images, non_blocking=True)
             self._static["K"].copy_(K, non_blocking=True)
+            if depth_mirrored is not None:
+                self._static["depth_mirrored"].copy_(depth_mirrored, non_blocking=True)
             self._graph.replay()
             return self._static["terms"]
         if self.calls <= self.warmup:
             self._side_stream.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(self._side_stream):
-                terms = self._eager(images, K)
+                terms = self._eager(images, K, depth_mirrored)
             torch.cuda.current_stream(self.device).wait_stream(self._side_stream)
             return terms
-        return self._capture(images, K)
+        return self._capture(images, K, depth_mirrored)
 
-    def _capture(self, images: torch.Tensor, K: torch.Tensor) -> dict[str, Any]:
+    def _capture(self, images: torch.Tensor, K: torch.Tensor, depth_mirrored: torch.Tensor | None) -> dict[str, Any]:
         self._static = {"images": images.clone(), "K": K.clone()}
+        if depth_mirrored is not None:
+            self._static["depth_mirrored"] = depth_mirrored.clone()
         torch.cuda.synchronize(self.device)
         self.optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             total, terms = self._forward(self.depth_model, self.pose_model, self._static["images"],
                                          self._static["K"], self.loss_config, amp=self.amp,
-                                         channels_last=self.channels_last)
+                                         channels_last=self.channels_last,
+                                         depth_mirrored=self._static.get("depth_mirrored"))
             total.backward()
             self.optimizer.step()
         self._graph = graph
