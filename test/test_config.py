@@ -29,10 +29,12 @@ def test_train_presets_load_and_the_kitti_one_is_the_default_recipe() -> None:
     # The recommended recipe: the paper's but for these (the learning benchmark's ablation).
     assert (kitti.loss.smooth_weight, kitti.loss.explain_weight, kitti.model.initial_disparity) == (0.1, 0.2, 0.3)
     assert kitti.loss.validity_mask and kitti.loss.validity_mean == "all"
+    assert kitti.data.flip_depth and not kitti.data.flip
     paper = load_train_config(str(REPO / "config" / "train_paper.yaml"))
     assert dataclasses.replace(paper.loss, smooth_weight=0.1, validity_mask=True, validity_mean="all") == kitti.loss
     assert dataclasses.replace(paper.model, initial_disparity=0.3) == kitti.model
     assert paper.optim == kitti.optim
+    assert not paper.data.flip_depth  # the paper's depth net sees every target as recorded
     # The maths equals the dataclass defaults; only loader workers and the run section (speed path, output) differ.
     defaults = TrainConfig()
     for section in ("model", "loss", "optim"):
