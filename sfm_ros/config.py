@@ -243,6 +243,9 @@ class PipelineConfig:
                                           "differential-drive robot's base_link on its rear axle does not slip "
                                           "sideways, which ties the yaw to the direction of travel; 0: off (a "
                                           "robot that strafes, a drone, a hand-held camera)", range=(0.0, 10.0))
+    alignment_depth_sigma: float = param(0.0, "the predicted depth's relative error (std) in an alignment: each "
+                                              "residual counts less the more that error moves it, so the rotation "
+                                              "rests on far points; 0: off", range=(0.0, 10.0))
     keyframe_min_overlap: float = param(0.7, "a new keyframe when less than this share of the keyframe's points "
                                              "stays in view", range=(0.0, 1.0))
     keyframe_max_baseline: float = param(0.1, "a new keyframe when the camera is this far from the keyframe, as a "

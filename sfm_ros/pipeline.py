@@ -292,7 +292,8 @@ class Pipeline:
                     refined = refine_pose(previous_view[0], previous_view[1] * scale.factor, grey, K_net,
                                           T_current_previous,
                                           translation_prior_information=self._direction_prior(T_current_previous),
-                                          **self._side_slip_prior(T_current_previous))
+                                          **self._side_slip_prior(T_current_previous),
+                                          relative_depth_sigma=self.config.alignment_depth_sigma)
                     if refined.accepted:
                         T_current_previous = refined.T_current_previous
                         if refined.covariance is not None:
@@ -400,7 +401,8 @@ class Pipeline:
         start = _with_translation_scaled(invert_transform(T_keyframe_current), 1.0 / carried)
         aligned = refine_pose(keyframe.grey, keyframe.depth_m, grey, K, start,
                               translation_prior_information=self._direction_prior(start),
-                              **self._side_slip_prior(start))
+                              **self._side_slip_prior(start),
+                              relative_depth_sigma=self.config.alignment_depth_sigma)
         if not aligned.accepted:
             # From the previous frame's pose instead (no motion since): a pose net that reports motion while the
             # camera stands still can start the alignment too far off.
@@ -408,7 +410,8 @@ class Pipeline:
                 invert_transform(invert_transform(keyframe.T_world_camera) @ self._T_world_camera), 1.0 / carried)
             retried = refine_pose(keyframe.grey, keyframe.depth_m, grey, K, still,
                                   translation_prior_information=self._direction_prior(start),
-                                  **self._side_slip_prior(still))
+                                  **self._side_slip_prior(still),
+                                  relative_depth_sigma=self.config.alignment_depth_sigma)
             aligned = retried if retried.accepted else aligned
         if not aligned.accepted:
             return T_world_current, step_covariance, f"alignment not used (a new keyframe): {aligned.reason}"

@@ -26,7 +26,8 @@ import numpy as np
 
 from sfm_ros.geometry import ground_plane_depth, invert_transform
 
-__all__ = ["GroundMotion", "RefineResult", "ground_translation", "refine_pose", "se3_exp", "side_slip"]
+__all__ = ["GroundMotion", "RefineResult", "depth_uncertainty_weights", "ground_translation", "refine_pose", "se3_exp",
+           "side_slip"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,7 +195,7 @@ def refine_pose(previous: np.ndarray, previous_depth: np.ndarray, current: np.nd
                 T_current_previous: np.ndarray, *, levels: int = 3, iterations: int = 20, max_points: int = 3000,
                 huber: float = 0.05, max_translation_change: float = 2.0, max_rotation_change_rad: float = 0.2,
                 translation_prior_information: np.ndarray | None = None, T_base_camera: np.ndarray | None = None,
-                side_slip_sigma_m: float = 0.0) -> RefineResult:
+                side_slip_sigma_m: float = 0.0, relative_depth_sigma: float = 0.0) -> RefineResult:
     """Refine T_current_previous [4,4] (metres, the depth's units) by aligning ``current`` to ``previous``.
 
     previous, current: grey float32 [H,W] in [0, 1]; previous_depth: [H,W] metres (0, inf or NaN = none); K [3,3] at
@@ -206,6 +207,9 @@ def refine_pose(previous: np.ndarray, previous_depth: np.ndarray, current: np.nd
     the Huber threshold; e.g. large across the start's direction and small along it keeps the direction of travel
     and lets the image decide the length. side_slip_sigma_m > 0 (with T_base_camera [4,4]): adds the base's sideways
     motion off a circular arc (``side_slip``), with that std, to the same cost: a car does not slip sideways.
+    relative_depth_sigma > 0: the predicted depth's relative error (std); each residual counts less the more that
+    error moves it (``depth_uncertainty_weights``), so the rotation rests on the far points the depth's error does
+    not move, and near points count for the translation only as much as their depth is to be trusted.
     """
     start = np.asarray(T_current_previous, dtype=np.float64)
     previous_levels = _pyramid(previous.astype(np.float32), previous_depth.astype(np.float32), K, levels)
@@ -225,7 +229,8 @@ def refine_pose(previous: np.ndarray, previous_depth: np.ndarray, current: np.nd
             return _with_priors(H, g, T, start, translation_prior_information, T_base_camera, side_slip_sigma_m,
                                 share)
     T = _gauss_newton(start, previous_levels, current_levels, levels, iterations, max_points, huber,
-                      (finest_points, finest_reference, gradients0), priors=priors, tolerance=1e-6)
+                      (finest_points, finest_reference, gradients0), priors=priors, tolerance=1e-6,
+                      relative_depth_sigma=relative_depth_sigma)
     after = cost(T)
     change = T @ np.linalg.inv(start)
     translation_change = float(np.linalg.norm(change[:3, 3]))
@@ -242,6 +247,9 @@ def refine_pose(previous: np.ndarray, previous_depth: np.ndarray, current: np.nd
     in_view_share = float(inside.mean())
     r, J = residual[inside], J[inside]
     weights = np.where(np.abs(r) < huber, 1.0, huber / np.maximum(np.abs(r), 1e-12))
+    if relative_depth_sigma > 0:
+        weights = weights * depth_uncertainty_weights(J[:, :3], finest_points[inside] @ T[:3, :3].T,
+                                                      relative_depth_sigma, huber)
     H = (J * weights[:, None]).T @ J
     sigma2 = float(np.sum(weights * r**2) / max(len(r) - 6, 1))
     information, _ = _with_priors(H / max(sigma2, 1e-12), np.zeros(6), T, start, translation_prior_information,
@@ -314,14 +322,31 @@ def ground_translation(previous: np.ndarray, current: np.ndarray, K: np.ndarray,
     return GroundMotion(T[:3, 3].copy(), before, after, len(finest_points), True, "accepted")
 
 
+def depth_uncertainty_weights(J_translation: np.ndarray, rotated_points: np.ndarray, relative_depth_sigma: float,
+                              noise_sigma: float) -> np.ndarray:
+    """Weights [N] in (0, 1] that count each residual as if its noise were the image's plus what the depth's error
+    makes of it.
+
+    Scaling a point's depth by (1 + e) moves it, in the current camera, by e (X - t) = e R X_prev, so its residual
+    changes by e dI/dX . (R X_prev): zero for a pure rotation (a projection does not see a point's distance) and
+    largest for near points under translation. With e ~ N(0, relative_depth_sigma^2) that adds
+    s^2 = (relative_depth_sigma dI/dX . R X_prev)^2 to the residual's variance noise_sigma^2; the weight is
+    noise_sigma^2 / (noise_sigma^2 + s^2). J_translation: dI/dX [N,3] (the Jacobian's translation columns);
+    rotated_points: R X_prev [N,3].
+    """
+    spread = relative_depth_sigma * np.einsum("ij,ij->i", J_translation, rotated_points)
+    return noise_sigma**2 / (noise_sigma**2 + spread**2)
+
+
 def _gauss_newton(start: np.ndarray, previous_levels: list, current_levels: list, levels: int, iterations: int,
                   max_points: int, huber: float, finest: tuple, *, translation_only: bool = False,
-                  priors=None, tolerance: float = 1e-6) -> np.ndarray:
+                  priors=None, tolerance: float = 1e-6, relative_depth_sigma: float = 0.0) -> np.ndarray:
     """Gauss-Newton with Huber weights on a left increment of ``start`` [4,4] (v, w; only v with
     ``translation_only``: the rotation held), from pyramid level ``levels - 1`` down to the finest, whose selected
     points, intensities and gradients ``finest`` holds. ``priors(H, g, T, share)`` adds prior terms to the normal
     equations, whose photometric part it gets divided by huber^2; ``share``: this level's points over the finest's.
-    A level stops when the increment is below ``tolerance``. Returns the transform."""
+    ``relative_depth_sigma`` > 0 also weighs each residual by ``depth_uncertainty_weights`` (noise: the Huber
+    threshold). A level stops when the increment is below ``tolerance``. Returns the transform."""
     columns = 3 if translation_only else 6
     T = np.array(start, dtype=np.float64)
     for level in reversed(range(levels)):
@@ -341,6 +366,9 @@ def _gauss_newton(start: np.ndarray, previous_levels: list, current_levels: list
             # With the rotation held, a left increment (v, 0) moves every point by v: the first three columns.
             r, J = residual[inside], J[inside, :columns]
             weights = np.where(np.abs(r) < huber, 1.0, huber / np.maximum(np.abs(r), 1e-12))
+            if relative_depth_sigma > 0:
+                weights = weights * depth_uncertainty_weights(J[:, :3], points[inside] @ T[:3, :3].T,
+                                                              relative_depth_sigma, huber)
             H = (J * weights[:, None]).T @ J
             g = (J * weights[:, None]).T @ r
             if priors is not None:

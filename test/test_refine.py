@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from sfm_ros import kitti
-from sfm_ros.refine import refine_pose, se3_exp, side_slip
+from sfm_ros.refine import depth_uncertainty_weights, refine_pose, se3_exp, side_slip
 from test.conftest import DRIVE_0060, REPO
 from training.synth_streets import load_street_split
 
@@ -335,3 +335,46 @@ def test_the_pipelines_side_slip_prior_keeps_the_heading_through_a_turn() -> Non
 
     assert heading_error_deg(0.0) > 5.0
     assert heading_error_deg(0.001) < 3.0
+
+
+def test_depth_uncertainty_weights_by_hand() -> None:
+    """A point 2 m right of the axis and 10 m ahead; the camera moves 1 m forward (R = I, t = (0, 0, -1)), so the
+    point is at (2, 0, 9); fx = 100, an image gradient of 1 along u. Scaling the depth by (1 + e) puts the pixel at
+    u(e) = 100 * 2 (1 + e) / (10 (1 + e) - 1): du/de = 100 * (2 * 9 - 2 * 10) / 81 = -2.469 pixels, which is the
+    residual's change per unit of e. With e's std 0.2 and the noise 0.05 the weight is
+    0.05^2 / (0.05^2 + (0.2 * 2.469)^2) = 0.01015. A pure rotation does not move the pixel with the depth: weight 1."""
+    fx, X = 100.0, np.array([2.0, 0.0, 9.0])
+    dI_dX = np.array([[fx / X[2], 0.0, -fx * X[0] / X[2] ** 2]])  # gradient (1, 0) times d(u, v)/dX
+    weight = depth_uncertainty_weights(dI_dX, np.array([[2.0, 0.0, 10.0]]), 0.2, 0.05)
+    np.testing.assert_allclose(weight, [0.05**2 / (0.05**2 + (0.2 * 100 * 2 / 81) ** 2)], rtol=1e-12)
+    assert weight[0] == pytest.approx(0.01015, abs=1e-5)
+    # Rotated only: the point in the current camera is R X_prev itself; the derivative along it is zero.
+    rotated = np.array([[1.0, -0.5, 12.0]])
+    gradient_u, gradient_v = 0.7, -0.3
+    dI_dX = (gradient_u * np.array([fx / 12, 0, -fx * 1.0 / 144]) + gradient_v * np.array([0, fx / 12, fx * 0.5 / 144]))
+    np.testing.assert_allclose(depth_uncertainty_weights(dI_dX[None], rotated, 0.5, 0.05), [1.0], atol=1e-12)
+
+
+def test_depth_uncertainty_keeps_the_rotation_when_the_depth_is_wrong() -> None:
+    """The left wall seen too far and the right one too near (a young model's left-right error): the alignment pays
+    for it with rotation and translation. Weighing each residual by how much the depth's error moves it takes the
+    rotation from the points the depth's error does not move; with exact depth it changes nothing that matters."""
+    split = load_street_split(SAMPLE / "val")
+    for street, frame in ((0, 5), (0, 15), (0, 45), (1, 5), (1, 15), (1, 45)):
+        paths, poses = kitti.image_files(split.folders[street]), split.T_world_cam[street]
+        truth = np.linalg.inv(poses[frame + 1]) @ poses[frame]
+        depth = split.depth[street, frame].astype(np.float32)
+        depth[depth <= 0] = np.inf
+        skewed = depth * np.linspace(1.4, 0.7, depth.shape[1], dtype=np.float32)[None, :]
+        previous, current = grey(paths[frame]), grey(paths[frame + 1])
+        start = se3_exp(PERTURBATIONS[0]) @ truth
+        errors = {}
+        for sigma in (0.0, 0.4):
+            result = refine_pose(previous, skewed, current, split.K, start, relative_depth_sigma=sigma)
+            assert result.accepted
+            error = result.T_current_previous @ np.linalg.inv(truth)
+            errors[sigma] = angle_deg(error), float(np.linalg.norm(error[:3, 3]))
+        assert errors[0.4][0] < 0.7 * errors[0.0][0] and errors[0.4][1] < errors[0.0][1], (street, frame, errors)
+        exact = refine_pose(previous, depth, current, split.K, start, relative_depth_sigma=0.4)
+        error = exact.T_current_previous @ np.linalg.inv(truth)
+        assert exact.accepted and angle_deg(error) < 0.05 and np.linalg.norm(error[:3, 3]) < 0.015
