@@ -4,6 +4,7 @@ memory over time (it must stay flat). Prints JSON.
 
 Usage: python benchmarks/bench_node_load.py [--minutes 3] [--rate 30] [--backend onnxruntime] [--precision int8]
        [--refine-pose] [--keyframes] [--ground-motion] [--ground-plane mounting|fit] [--side-slip-sigma S]
+       [--alignment-depth-sigma S]
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ def main() -> None:
                         help="the camera-height scale's ground plane (scale.ground_plane)")
     parser.add_argument("--side-slip-sigma", type=float, default=PipelineConfig().side_slip_sigma,
                         help="the alignments' side-slip prior (pipeline.side_slip_sigma; 0: off)")
+    parser.add_argument("--alignment-depth-sigma", type=float, default=PipelineConfig().alignment_depth_sigma,
+                        help="the predicted depth's relative error in the alignments (pipeline.alignment_depth_sigma; "
+                             "0: off)")
     args = parser.parse_args()
     scratch = Path(tempfile.gettempdir())
     bundle = Path(args.bundle) if args.bundle else random_bundle(scratch / "sfm_bench_bundle")
@@ -60,7 +64,8 @@ def main() -> None:
     camera = CameraModel(K=sequence.K, height=sequence.size[0], width=sequence.size[1])
     pipeline = Pipeline(PipelineConfig(bundle=str(bundle), backend=args.backend, precision=args.precision,
                                        max_frame_gap_s=5.0, refine_pose=args.refine_pose,
-                                       keyframes=args.keyframes, side_slip_sigma=args.side_slip_sigma),
+                                       keyframes=args.keyframes, side_slip_sigma=args.side_slip_sigma,
+                                       alignment_depth_sigma=args.alignment_depth_sigma),
                         ScaleConfig(source="camera_height", ground_motion=args.ground_motion,
                                     ground_plane=args.ground_plane))
     latencies: list[float] = []
@@ -96,6 +101,7 @@ def main() -> None:
         "backend": pipeline.backend.description, "refine_pose": args.refine_pose, "keyframes": args.keyframes,
         "ground_motion": args.ground_motion, "ground_plane": args.ground_plane,
         "side_slip_sigma": args.side_slip_sigma,
+        "alignment_depth_sigma": args.alignment_depth_sigma,
         "offered_hz": args.rate, "seconds": args.minutes * 60,
         "offered": worker.submitted, "processed": worker.processed, "dropped": worker.dropped,
         "processed_hz": worker.processed / (args.minutes * 60), "errors": dict(worker.errors),
