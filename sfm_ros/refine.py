@@ -136,14 +136,15 @@ def _residuals(T: np.ndarray, points: np.ndarray, reference: np.ndarray, image: 
 
 
 def _huber_cost(T: np.ndarray, points: np.ndarray, reference: np.ndarray, image: np.ndarray, K: np.ndarray,
-                huber: float, min_inside: int) -> float:
-    """Mean Huber cost of the residuals of the warp by T over the points that stay in view; inf when fewer than
-    ``min_inside`` do."""
+                huber: float, min_inside: int, weights: np.ndarray | None = None) -> float:
+    """Mean Huber cost of the residuals of the warp by T over the points that stay in view (weighted by ``weights``
+    [N] when given); inf when fewer than ``min_inside`` do."""
     residual, inside, _ = _residuals(T, points, reference, image, (), K, False)
     if inside.sum() < min_inside:
         return np.inf
     r = np.abs(residual[inside])
-    return float(np.mean(np.where(r < huber, r**2, 2 * huber * r - huber**2)))
+    cost = np.where(r < huber, r**2, 2 * huber * r - huber**2)
+    return float(np.mean(cost) if weights is None else np.sum(weights[inside] * cost) / np.sum(weights[inside]))
 
 
 def _with_translation_prior(H: np.ndarray, g: np.ndarray, T: np.ndarray, start: np.ndarray, information: np.ndarray
@@ -219,8 +220,16 @@ def refine_pose(previous: np.ndarray, previous_depth: np.ndarray, current: np.nd
         return RefineResult(start, None, np.nan, np.nan, len(finest_points), False, "too few points with depth")
     gradients0 = _gradients(current_levels[0][0])
 
+    depth_weights = None
+    if relative_depth_sigma > 0:
+        # The acceptance test compares the cost that is minimised, with the weights held at the start's, so that
+        # before and after are measured alike.
+        _, _, J_start = _residuals(start, finest_points, finest_reference, current_levels[0][0], gradients0, K, True)
+        depth_weights = depth_uncertainty_weights(J_start[:, :3], finest_points @ start[:3, :3].T,
+                                                  relative_depth_sigma, huber)
+
     def cost(T: np.ndarray) -> float:
-        return _huber_cost(T, finest_points, finest_reference, current_levels[0][0], K, huber, 50)
+        return _huber_cost(T, finest_points, finest_reference, current_levels[0][0], K, huber, 50, depth_weights)
 
     before = cost(start)
     priors = None
