@@ -368,13 +368,6 @@ def _gauss_newton(start: np.ndarray, previous_levels: list, current_levels: list
             gradients = _gradients(image_current)
         if len(points) < 30:
             continue
-        depth_weights = None
-        if relative_depth_sigma > 0:
-            # Held at the start's for the whole level: the weighted cost then stays one function to minimise, the
-            # one refine_pose's acceptance test compares.
-            _, _, J_start = _residuals(start, points, reference, image_current, gradients, K_level, True)
-            depth_weights = depth_uncertainty_weights(J_start[:, :3], points @ start[:3, :3].T, relative_depth_sigma,
-                                                      huber)
         for _ in range(iterations):
             residual, inside, J = _residuals(T, points, reference, image_current, gradients, K_level, True)
             if inside.sum() < 30:
@@ -382,8 +375,9 @@ def _gauss_newton(start: np.ndarray, previous_levels: list, current_levels: list
             # With the rotation held, a left increment (v, 0) moves every point by v: the first three columns.
             r, J = residual[inside], J[inside, :columns]
             weights = np.where(np.abs(r) < huber, 1.0, huber / np.maximum(np.abs(r), 1e-12))
-            if depth_weights is not None:
-                weights = weights * depth_weights[inside]
+            if relative_depth_sigma > 0:
+                weights = weights * depth_uncertainty_weights(J[:, :3], points[inside] @ T[:3, :3].T,
+                                                              relative_depth_sigma, huber)
             H = (J * weights[:, None]).T @ J
             g = (J * weights[:, None]).T @ r
             if priors is not None:
