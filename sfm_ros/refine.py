@@ -220,19 +220,27 @@ def refine_pose(previous: np.ndarray, previous_depth: np.ndarray, current: np.nd
         return RefineResult(start, None, np.nan, np.nan, len(finest_points), False, "too few points with depth")
     gradients0 = _gradients(current_levels[0][0])
 
-    def cost(T: np.ndarray, weights: np.ndarray | None = None) -> float:
-        return _huber_cost(T, finest_points, finest_reference, current_levels[0][0], K, huber, 50, weights)
+    depth_weights = None
+    if relative_depth_sigma > 0:
+        # The acceptance test compares the cost that is minimised, with the weights held at the start's, so that
+        # before and after are measured alike.
+        _, _, J_start = _residuals(start, finest_points, finest_reference, current_levels[0][0], gradients0, K, True)
+        depth_weights = depth_uncertainty_weights(J_start[:, :3], finest_points @ start[:3, :3].T,
+                                                  relative_depth_sigma, huber)
 
+    def cost(T: np.ndarray) -> float:
+        return _huber_cost(T, finest_points, finest_reference, current_levels[0][0], K, huber, 50, depth_weights)
+
+    before = cost(start)
     priors = None
     if translation_prior_information is not None or side_slip_sigma_m > 0:
         def priors(H: np.ndarray, g: np.ndarray, T: np.ndarray, share: float) -> tuple[np.ndarray, np.ndarray]:
             return _with_priors(H, g, T, start, translation_prior_information, T_base_camera, side_slip_sigma_m,
                                 share)
-    T, depth_weights = _gauss_newton(start, previous_levels, current_levels, levels, iterations, max_points, huber,
-                                     (finest_points, finest_reference, gradients0), priors=priors, tolerance=1e-6,
-                                     relative_depth_sigma=relative_depth_sigma)
-    # The acceptance test compares the cost that was minimised: with the finest level's depth weights, if any.
-    before, after = cost(start, depth_weights), cost(T, depth_weights)
+    T = _gauss_newton(start, previous_levels, current_levels, levels, iterations, max_points, huber,
+                      (finest_points, finest_reference, gradients0), priors=priors, tolerance=1e-6,
+                      relative_depth_sigma=relative_depth_sigma)
+    after = cost(T)
     change = T @ np.linalg.inv(start)
     translation_change = float(np.linalg.norm(change[:3, 3]))
     rotation_change = float(np.linalg.norm(cv2.Rodrigues(change[:3, :3])[0]))
@@ -310,13 +318,13 @@ def ground_translation(previous: np.ndarray, current: np.ndarray, K: np.ndarray,
         return _huber_cost(T, finest_points, finest_reference, current_levels[0][0], K, huber, min_points)
 
     before = cost(start)
-    T, _ = _gauss_newton(start, previous_levels, current_levels, levels, iterations, max_points, huber,
-                         (finest_points, finest_reference, gradients0), translation_only=True, tolerance=1e-5)
+    T = _gauss_newton(start, previous_levels, current_levels, levels, iterations, max_points, huber,
+                      (finest_points, finest_reference, gradients0), translation_only=True, tolerance=1e-5)
     after = cost(T)
     if not np.isfinite(after) or after > before:
         # The coarse levels can lead a start that is already close astray: the finest level alone, from the start.
-        T, _ = _gauss_newton(start, previous_levels, current_levels, 1, iterations, max_points, huber,
-                             (finest_points, finest_reference, gradients0), translation_only=True, tolerance=1e-5)
+        T = _gauss_newton(start, previous_levels, current_levels, 1, iterations, max_points, huber,
+                          (finest_points, finest_reference, gradients0), translation_only=True, tolerance=1e-5)
     after = cost(T)
     if not np.isfinite(after) or after > before:
         return rejected("the error went up", len(finest_points), before, after)
@@ -341,19 +349,15 @@ def depth_uncertainty_weights(J_translation: np.ndarray, rotated_points: np.ndar
 
 def _gauss_newton(start: np.ndarray, previous_levels: list, current_levels: list, levels: int, iterations: int,
                   max_points: int, huber: float, finest: tuple, *, translation_only: bool = False,
-                  priors=None, tolerance: float = 1e-6, relative_depth_sigma: float = 0.0
-                  ) -> tuple[np.ndarray, np.ndarray | None]:
+                  priors=None, tolerance: float = 1e-6, relative_depth_sigma: float = 0.0) -> np.ndarray:
     """Gauss-Newton with Huber weights on a left increment of ``start`` [4,4] (v, w; only v with
     ``translation_only``: the rotation held), from pyramid level ``levels - 1`` down to the finest, whose selected
     points, intensities and gradients ``finest`` holds. ``priors(H, g, T, share)`` adds prior terms to the normal
     equations, whose photometric part it gets divided by huber^2; ``share``: this level's points over the finest's.
     ``relative_depth_sigma`` > 0 also weighs each residual by ``depth_uncertainty_weights`` (noise: the Huber
-    threshold), held for each level at the pose the level starts from, so that each level minimises one function.
-    A level stops when the increment is below ``tolerance``. Returns the transform and the finest level's depth
-    weights [N] (None without them)."""
+    threshold). A level stops when the increment is below ``tolerance``. Returns the transform."""
     columns = 3 if translation_only else 6
     T = np.array(start, dtype=np.float64)
-    depth_weights = None
     for level in reversed(range(levels)):
         image_previous, depth_previous, K_level = previous_levels[level]
         image_current = current_levels[level][0]
@@ -364,11 +368,6 @@ def _gauss_newton(start: np.ndarray, previous_levels: list, current_levels: list
             gradients = _gradients(image_current)
         if len(points) < 30:
             continue
-        depth_weights = None
-        if relative_depth_sigma > 0:
-            _, _, J_level = _residuals(T, points, reference, image_current, gradients, K_level, True)
-            depth_weights = depth_uncertainty_weights(J_level[:, :3], points @ T[:3, :3].T, relative_depth_sigma,
-                                                      huber)
         for _ in range(iterations):
             residual, inside, J = _residuals(T, points, reference, image_current, gradients, K_level, True)
             if inside.sum() < 30:
@@ -376,8 +375,9 @@ def _gauss_newton(start: np.ndarray, previous_levels: list, current_levels: list
             # With the rotation held, a left increment (v, 0) moves every point by v: the first three columns.
             r, J = residual[inside], J[inside, :columns]
             weights = np.where(np.abs(r) < huber, 1.0, huber / np.maximum(np.abs(r), 1e-12))
-            if depth_weights is not None:
-                weights = weights * depth_weights[inside]
+            if relative_depth_sigma > 0:
+                weights = weights * depth_uncertainty_weights(J[:, :3], points[inside] @ T[:3, :3].T,
+                                                              relative_depth_sigma, huber)
             H = (J * weights[:, None]).T @ J
             g = (J * weights[:, None]).T @ r
             if priors is not None:
@@ -393,4 +393,4 @@ def _gauss_newton(start: np.ndarray, previous_levels: list, current_levels: list
                 T = se3_exp(step) @ T
             if np.linalg.norm(step) < tolerance:  # converged at this level
                 break
-    return T, depth_weights
+    return T
