@@ -177,6 +177,18 @@ class Pipeline:
         """Camera optical frame in base_link (from TF), [4,4]."""
         self.T_base_camera = np.asarray(T_base_camera, dtype=np.float64)
 
+    @property
+    def T_base_camera(self) -> np.ndarray:
+        """Camera optical frame in base_link [4,4]."""
+        return self._T_base_camera
+
+    @T_base_camera.setter
+    def T_base_camera(self, T_base_camera: np.ndarray) -> None:
+        self._T_base_camera = T_base_camera
+        # The ground's unit normal in the camera's optical frame, pointing down: derived once per mounting, not per
+        # frame (the scale and the ground's motion both need it).
+        self._ground_normal = ground_normal_in_camera(T_base_camera)
+
     def set_speed(self, speed_mps: float) -> None:
         """Feed an external speed (m/s); only scale.source 'external_speed' uses it."""
         self.scale_estimator.observe_speed(speed_mps)
@@ -251,7 +263,7 @@ class Pipeline:
         t_pose = time.perf_counter()
 
         translation_units = float(np.linalg.norm(T_prev_current[:3, 3])) if T_prev_current is not None else None
-        normal = ground_normal_in_camera(self.T_base_camera)
+        normal = self._ground_normal
         scale = self.scale_estimator.update(ScaleObservation(depth=depth_units, K=K_net,
                                                              translation_units=translation_units, dt_s=dt_s,
                                                              ground_normal=normal))
@@ -379,7 +391,7 @@ class Pipeline:
             return carried
         tick = time.perf_counter()
         measured = ground_translation(reference_grey, grey, K, T_current_reference, reference_ground,
-                                      ground_normal_in_camera(self.T_base_camera), config.camera_height_m)
+                                      self._ground_normal, config.camera_height_m)
         self._ground_ms += (time.perf_counter() - tick) * 1e3
         if not measured.accepted:
             events.append(f"ground motion not measured: {measured.reason}")

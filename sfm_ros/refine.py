@@ -255,10 +255,7 @@ def refine_pose(previous: np.ndarray, previous_depth: np.ndarray, current: np.nd
     residual, inside, J = _residuals(T, finest_points, finest_reference, current_levels[0][0], gradients0, K, True)
     in_view_share = float(inside.mean())
     r, J = residual[inside], J[inside]
-    weights = np.where(np.abs(r) < huber, 1.0, huber / np.maximum(np.abs(r), 1e-12))
-    if relative_depth_sigma > 0:
-        weights = weights * depth_uncertainty_weights(J[:, :3], finest_points[inside] @ T[:3, :3].T,
-                                                      relative_depth_sigma, huber)
+    weights = _residual_weights(r, J, finest_points[inside], T, huber, relative_depth_sigma)
     H = (J * weights[:, None]).T @ J
     sigma2 = float(np.sum(weights * r**2) / max(len(r) - 6, 1))
     information, _ = _with_priors(H / max(sigma2, 1e-12), np.zeros(6), T, start, translation_prior_information,
@@ -347,6 +344,16 @@ def depth_uncertainty_weights(J_translation: np.ndarray, rotated_points: np.ndar
     return noise_sigma**2 / (noise_sigma**2 + spread**2)
 
 
+def _residual_weights(r: np.ndarray, J: np.ndarray, points: np.ndarray, T: np.ndarray, huber: float,
+                      relative_depth_sigma: float) -> np.ndarray:
+    """Weights [N] of residuals r [N] with Jacobians J [N,>=3] of the previous camera's points [N,3] warped by T:
+    Huber's, times ``depth_uncertainty_weights`` when relative_depth_sigma > 0 (noise: the Huber threshold)."""
+    weights = np.where(np.abs(r) < huber, 1.0, huber / np.maximum(np.abs(r), 1e-12))
+    if relative_depth_sigma > 0:
+        weights = weights * depth_uncertainty_weights(J[:, :3], points @ T[:3, :3].T, relative_depth_sigma, huber)
+    return weights
+
+
 def _gauss_newton(start: np.ndarray, previous_levels: list, current_levels: list, levels: int, iterations: int,
                   max_points: int, huber: float, finest: tuple, *, translation_only: bool = False,
                   priors=None, tolerance: float = 1e-6, relative_depth_sigma: float = 0.0) -> np.ndarray:
@@ -374,10 +381,7 @@ def _gauss_newton(start: np.ndarray, previous_levels: list, current_levels: list
                 break
             # With the rotation held, a left increment (v, 0) moves every point by v: the first three columns.
             r, J = residual[inside], J[inside, :columns]
-            weights = np.where(np.abs(r) < huber, 1.0, huber / np.maximum(np.abs(r), 1e-12))
-            if relative_depth_sigma > 0:
-                weights = weights * depth_uncertainty_weights(J[:, :3], points[inside] @ T[:3, :3].T,
-                                                              relative_depth_sigma, huber)
+            weights = _residual_weights(r, J, points[inside], T, huber, relative_depth_sigma)
             H = (J * weights[:, None]).T @ J
             g = (J * weights[:, None]).T @ r
             if priors is not None:
