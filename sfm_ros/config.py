@@ -196,6 +196,10 @@ class ScaleConfig:
                                         range=(0.0, 100.0))
     ground_min_step: float = param(0.02, "ground_motion: shortest step measured, as a share of the camera height "
                                          "(shorter: the recent ratio applies)", range=(0.0, 10.0))
+    ground_min_parallax_px: float = param(1.0, "ground_motion: only the ground points that the step's translation "
+                                                "moves at least this far in the image count (nearer ones; 0 = all): "
+                                                "those that move less pull the length toward zero",
+                                          range=(0.0, 20.0))
     ground_max_jump: float = param(1.5, "ground_motion: a measured length more than this factor off the recent "
                                         "ratio to the aligned one is an outlier (the recent ratio applies)",
                                    range=(1.01, 100.0))

@@ -391,7 +391,8 @@ class Pipeline:
             return carried
         tick = time.perf_counter()
         measured = ground_translation(reference_grey, grey, K, T_current_reference, reference_ground,
-                                      self._ground_normal, config.camera_height_m)
+                                      self._ground_normal, config.camera_height_m,
+                                      min_parallax_px=config.ground_min_parallax_px)
         self._ground_ms += (time.perf_counter() - tick) * 1e3
         if not measured.accepted:
             events.append(f"ground motion not measured: {measured.reason}")

@@ -27,7 +27,7 @@ import numpy as np
 from sfm_ros.geometry import ground_plane_depth, invert_transform
 
 __all__ = ["GroundMotion", "RefineResult", "depth_uncertainty_weights", "ground_translation", "refine_pose", "se3_exp",
-           "side_slip"]
+           "side_slip", "translation_parallax_px"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,10 +281,29 @@ class GroundMotion:
     reason: str
 
 
+def translation_parallax_px(depth: np.ndarray, K: np.ndarray, T_current_previous: np.ndarray) -> np.ndarray:
+    """How far [H,W] (pixels) the translation of T_current_previous [4,4] alone moves each pixel of the previous
+    frame, whose depth [H,W] (camera Z; inf: none, giving 0) and K [3,3] are given: |pi(R X + t) - pi(R X)|. The
+    rotation moves near and far points alike; only this part of the motion says how long the step is. NaN where
+    either projection falls behind the camera."""
+    height, width = depth.shape
+    v, u = np.mgrid[0:height, 0:width].astype(np.float64)
+    finite = np.isfinite(depth)
+    rays = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], axis=-1)
+    rotated = (rays * np.where(finite, depth, 1.0)[..., None]) @ T_current_previous[:3, :3].T
+    moved = rotated + T_current_previous[:3, 3]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shift = (moved[..., :2] / moved[..., 2:] - rotated[..., :2] / rotated[..., 2:]) * np.array([K[0, 0], K[1, 1]])
+        parallax = np.hypot(shift[..., 0], shift[..., 1])
+    parallax[(moved[..., 2] <= 0) | (rotated[..., 2] <= 0)] = np.nan
+    parallax[~finite] = 0.0
+    return parallax
+
+
 def ground_translation(previous: np.ndarray, current: np.ndarray, K: np.ndarray, T_current_previous: np.ndarray,
                        ground_mask: np.ndarray, normal: np.ndarray, camera_height_m: float, *, levels: int = 3,
                        iterations: int = 10, max_points: int = 2000, huber: float = 0.05, min_points: int = 100,
-                       min_gradient: float = 0.01) -> GroundMotion:
+                       min_gradient: float = 0.01, min_parallax_px: float = 0.0) -> GroundMotion:
     """The translation of T_current_previous [4,4] in metres, measured on the ground of ``previous``.
 
     previous, current: grey float32 [H,W] in [0, 1]; ground_mask: bool [H,W], the previous frame's pixels on the
@@ -293,11 +312,17 @@ def ground_translation(previous: np.ndarray, current: np.ndarray, K: np.ndarray,
     points fix it better than the ground does); the translation is optimised by Gauss-Newton with Huber weights,
     coarse to fine, from the start's. Not accepted when fewer than ``min_points`` ground points have texture (an
     intensity gradient of at least ``min_gradient`` per pixel: a featureless ground says nothing about the step) or
-    the error goes up.
+    the error goes up. With ``min_parallax_px`` > 0 only the ground points that the start's translation moves at
+    least that far (``translation_parallax_px``) count: points that move less than a pixel pull the step toward
+    zero (resampling a fine texture at a fraction of a pixel blurs it, and the blur costs least where the motion
+    rounds to none), which made slow steps 4 % short on a rendered street, with the exact rotation and ground.
     """
     start = np.asarray(T_current_previous, dtype=np.float64)
     depth = ground_plane_depth(previous.shape, K, normal, camera_height_m)
-    depth = np.where(ground_mask, depth, np.inf).astype(np.float32)
+    depth = np.where(ground_mask, depth, np.inf)
+    if min_parallax_px > 0:
+        depth = np.where(translation_parallax_px(depth, K, start) >= min_parallax_px, depth, np.inf)
+    depth = depth.astype(np.float32)
     previous_levels = _pyramid(previous.astype(np.float32), depth, K, levels)
     current_levels = _pyramid(current.astype(np.float32), depth, K, levels)
 
@@ -308,7 +333,8 @@ def ground_translation(previous: np.ndarray, current: np.ndarray, K: np.ndarray,
     gradient_x, gradient_y = _gradients(previous_levels[0][0])
     textured = int((np.hypot(gradient_x, gradient_y)[np.isfinite(depth)] >= min_gradient).sum())
     if min(textured, len(finest_points)) < min_points:
-        return rejected(f"too few textured ground points ({min(textured, len(finest_points))})", textured)
+        moving = f" that the step moves {min_parallax_px:g} px or more" if min_parallax_px > 0 else ""
+        return rejected(f"too few textured ground points{moving} ({min(textured, len(finest_points))})", textured)
     gradients0 = _gradients(current_levels[0][0])
 
     def cost(T: np.ndarray) -> float:

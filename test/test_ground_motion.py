@@ -11,7 +11,7 @@ import pytest
 from sfm_ros import kitti
 from sfm_ros.config import PipelineConfig, ScaleConfig
 from sfm_ros.geometry import R_BASE_OPTICAL, ground_normal_in_camera, ground_plane_depth
-from sfm_ros.refine import ground_translation
+from sfm_ros.refine import ground_translation, translation_parallax_px
 from sfm_ros.scale import ground_mask
 from test.conftest import ODOMETRY_06, REPO
 from test.test_refine import BiasedTruth
@@ -106,6 +106,56 @@ def test_measures_the_step_on_rendered_frames_from_the_ground_alone(frame: int) 
     assert np.linalg.norm(biased.translation) > np.linalg.norm(result.translation)
 
 
+def test_translation_parallax_by_hand() -> None:
+    K = np.array([[100.0, 0, 50], [0, 100.0, 40], [0, 0, 1]])
+    depth = np.full((80, 100), 10.0)
+    depth[0, 0] = np.inf
+    sideways = np.eye(4)
+    sideways[0, 3] = 1.0  # 1 m to the side: every point 10 m away moves 100 x 1 / 10 = 10 px
+    parallax = translation_parallax_px(depth, K, sideways)
+    assert parallax[40, 50] == pytest.approx(10.0) and parallax[5, 90] == pytest.approx(10.0)
+    assert parallax[0, 0] == 0.0  # no depth: no parallax
+    forward = np.eye(4)
+    forward[2, 3] = 1.0  # 1 m on, the points 11 m away: the centre stays; column 70 (X = 2 m) comes 20 px
+    # off the centre to 100 x 2 / 11
+    parallax = translation_parallax_px(depth, K, forward)
+    assert parallax[40, 50] == pytest.approx(0.0, abs=1e-12) and parallax[40, 70] == pytest.approx(20 - 200 / 11)
+    # A rotation moves every point alike; only the translation's part counts. Turned so that the centre point lands
+    # at (6, 0, 8), then 2 m on: x/z goes from 0.75 to 0.6, 15 px.
+    turned = np.eye(4)
+    turned[:3, :3] = [[0.8, 0, 0.6], [0, 1, 0], [-0.6, 0, 0.8]]
+    turned[2, 3] = 2.0
+    assert translation_parallax_px(depth, K, turned)[40, 50] == pytest.approx(15.0)
+    backward = np.eye(4)
+    backward[2, 3] = -12.0  # every point ends up behind the camera
+    assert np.isnan(translation_parallax_px(depth, K, backward)[40, 50])
+
+
+def test_ground_points_that_barely_move_make_a_slow_step_short() -> None:
+    """The second rendered street, frames 14-30: slow (0.62-0.77 m a frame) and turning. With the exact rotation and
+    a start 10 % short, every ground point gives the step about 11 % short (the median): its far points move less
+    than a pixel, and resampling their fine texture pulls them toward no motion. Only the points the step moves a
+    pixel or more (``min_parallax_px``, the node's default) give it within 2 %."""
+    split = load_street_split(SAMPLE / "val")
+    paths = kitti.image_files(split.folders[1])
+    poses = split.T_world_cam[1]
+    ratios: dict[float, list[float]] = {0.0: [], 1.0: []}
+    for frame in range(14, 31):
+        truth = np.linalg.inv(poses[frame + 1]) @ poses[frame]
+        depth = split.depth[1, frame].astype(np.float64)
+        mask = ground_mask(np.where(depth > 0, depth, np.inf), split.K, LEVEL, 1.65, 0.4, 0.05, 3.0)[0]
+        start = truth.copy()
+        start[:3, 3] *= 0.9
+        for min_parallax_px, found in ratios.items():
+            result = ground_translation(grey(paths[frame]), grey(paths[frame + 1]), split.K, start, mask, LEVEL, 1.65,
+                                        min_parallax_px=min_parallax_px)
+            assert result.accepted
+            found.append(np.linalg.norm(result.translation) / np.linalg.norm(truth[:3, 3]))
+    assert np.median(ratios[0.0]) < 0.93
+    assert np.median(ratios[1.0]) == pytest.approx(1.0, abs=0.02)
+    assert ScaleConfig().ground_min_parallax_px == 1.0
+
+
 def test_refuses_a_featureless_ground() -> None:
     split = load_street_split(SAMPLE / "val")
     truth = np.linalg.inv(split.T_world_cam[0, 11]) @ split.T_world_cam[0, 10]
@@ -186,6 +236,26 @@ def test_the_pipelines_steps_take_the_grounds_length_behind_its_flag(keyframes: 
     assert np.median(ground_factors) == pytest.approx(1.0, abs=0.03)
     # The ratio of the ground's lengths to the aligned ones: the chain's steps were 1.3 times too long.
     assert pipeline.step_length.ratio == pytest.approx(1.0 if keyframes else 1 / 1.3, abs=0.05)
+
+
+def test_the_pipeline_passes_its_parallax_limit_to_the_ground() -> None:
+    """scale.ground_min_parallax_px reaches the measurement: a limit no ground point meets leaves every step to the
+    recent ratio, each with its reason in the events; the default measures them."""
+    from sfm_ros.camera import CameraModel
+    from sfm_ros.pipeline import Pipeline
+
+    split = load_street_split(SAMPLE / "val")
+    paths = kitti.image_files(split.folders[0])
+    camera = CameraModel(K=split.K, height=64, width=208)
+    for limit, refused in ((1.0, False), (19.0, True)):
+        backend = BiasedTruth(split, 0, np.zeros(6))
+        pipeline = Pipeline(PipelineConfig(keyframes=False), ScaleConfig(ground_min_parallax_px=limit), backend=backend)
+        events = []
+        for i in range(5, 12):
+            backend.show(i)
+            events += pipeline.process(i * 100_000_000, kitti.load_rgb(paths[i]), camera).events
+        moved = [event for event in events if "moves 19 px or more" in event]
+        assert (len(moved) == 5) == refused and (not moved) == (not refused), events
 
 
 def test_step_length_correction_by_hand() -> None:
