@@ -286,17 +286,17 @@ def translation_parallax_px(depth: np.ndarray, K: np.ndarray, T_current_previous
     frame, whose depth [H,W] (camera Z; inf: none, giving 0) and K [3,3] are given: |pi(R X + t) - pi(R X)|. The
     rotation moves near and far points alike; only this part of the motion says how long the step is. NaN where
     either projection falls behind the camera."""
-    height, width = depth.shape
-    v, u = np.mgrid[0:height, 0:width].astype(np.float64)
-    finite = np.isfinite(depth)
-    rays = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], axis=-1)
-    rotated = (rays * np.where(finite, depth, 1.0)[..., None]) @ T_current_previous[:3, :3].T
+    parallax = np.zeros(depth.shape)
+    v, u = np.nonzero(np.isfinite(depth))  # only where there is depth: the ground is a small share of the image
+    z = depth[v, u].astype(np.float64)
+    points = np.stack([(u - K[0, 2]) / K[0, 0] * z, (v - K[1, 2]) / K[1, 1] * z, z], axis=1)
+    rotated = points @ np.asarray(T_current_previous, dtype=np.float64)[:3, :3].T
     moved = rotated + T_current_previous[:3, 3]
     with np.errstate(divide="ignore", invalid="ignore"):
-        shift = (moved[..., :2] / moved[..., 2:] - rotated[..., :2] / rotated[..., 2:]) * np.array([K[0, 0], K[1, 1]])
-        parallax = np.hypot(shift[..., 0], shift[..., 1])
-    parallax[(moved[..., 2] <= 0) | (rotated[..., 2] <= 0)] = np.nan
-    parallax[~finite] = 0.0
+        shift = (moved[:, :2] / moved[:, 2:] - rotated[:, :2] / rotated[:, 2:]) * np.array([K[0, 0], K[1, 1]])
+        values = np.hypot(shift[:, 0], shift[:, 1])
+    values[(moved[:, 2] <= 0) | (rotated[:, 2] <= 0)] = np.nan
+    parallax[v, u] = values
     return parallax
 
 
