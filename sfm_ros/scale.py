@@ -146,25 +146,36 @@ class StepLengthCorrection:
     the steps short where the ground, whose depth the camera's height and mounting fix, says otherwise. Each measured
     step takes the ground's length; the smoothed ratio of measured to aligned lengths carries to the steps the ground
     cannot measure (standing still, a featureless road). A measurement more than ``max_jump`` times off that ratio is
-    an outlier (a wrong match on a repetitive road) and gets the ratio instead.
+    an outlier (a wrong match on a repetitive road) and gets the ratio instead. Before the first accepted
+    measurement the reference is 1 (the aligned length is already metric), so one wild first measurement cannot set
+    the ratio; and ``recover_after`` outliers in a row that agree with each other (within ``max_jump``) replace a
+    ratio that has gone wrong with their median, instead of being refused for the rest of the drive. Five, because
+    KITTI shows bursts of three wrong but agreeing measurements (a stretch of road the ground mask gets wrong).
     """
 
-    def __init__(self, smoothing: float, max_jump: float) -> None:
-        self.smoothing, self.max_jump = smoothing, max_jump
+    def __init__(self, smoothing: float, max_jump: float, recover_after: int = 5) -> None:
+        self.smoothing, self.max_jump, self.recover_after = smoothing, max_jump, recover_after
         self.ratio: float | None = None  # None until the ground has measured a step
+        self._outliers: list[float] = []  # the refused measurements since the last accepted one
 
     def correct(self, measured_ratio: float | None) -> float:
         """The factor for this step's aligned length, given the ground's measured length over it (None: no usable
         measurement)."""
+        reference = 1.0 if self.ratio is None else self.ratio
         if measured_ratio is None or not np.isfinite(measured_ratio) or measured_ratio <= 0:
-            return 1.0 if self.ratio is None else self.ratio
-        if self.ratio is None:
-            self.ratio = measured_ratio
+            return reference
+        if reference / self.max_jump <= measured_ratio <= reference * self.max_jump:
+            self.ratio = (measured_ratio if self.ratio is None
+                          else self.smoothing * self.ratio + (1 - self.smoothing) * measured_ratio)
+            self._outliers.clear()
             return measured_ratio
-        if not self.ratio / self.max_jump <= measured_ratio <= self.ratio * self.max_jump:
-            return self.ratio
-        self.ratio = self.smoothing * self.ratio + (1 - self.smoothing) * measured_ratio
-        return measured_ratio
+        self._outliers.append(measured_ratio)
+        recent = self._outliers[-self.recover_after:]
+        if len(recent) == self.recover_after and max(recent) <= min(recent) * self.max_jump:
+            self.ratio = float(np.median(recent))
+            self._outliers.clear()
+            return measured_ratio
+        return reference
 
 
 class _SmoothedScale:

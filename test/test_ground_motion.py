@@ -263,12 +263,34 @@ def test_step_length_correction_by_hand() -> None:
 
     correction = StepLengthCorrection(smoothing=0.5, max_jump=1.5)
     assert correction.correct(None) == 1.0  # nothing measured yet: the aligned length stands
-    assert correction.correct(2.0) == 2.0 and correction.ratio == 2.0  # the first measurement sets the ratio
-    assert correction.correct(None) == 2.0  # an unmeasured step gets the ratio
-    assert correction.correct(2.8) == 2.8 and correction.ratio == pytest.approx(2.4)  # 0.5 * 2.0 + 0.5 * 2.8
-    assert correction.correct(4.0) == pytest.approx(2.4)  # more than 1.5x off 2.4 (3.6): an outlier
-    assert correction.correct(1.5) == pytest.approx(2.4) and correction.ratio == pytest.approx(2.4)  # below 1.6
-    assert correction.correct(float("nan")) == pytest.approx(2.4)
+    assert correction.correct(1.4) == 1.4 and correction.ratio == 1.4  # the first measurement within 1.5x of 1
+    assert correction.correct(None) == 1.4  # an unmeasured step gets the ratio
+    assert correction.correct(2.0) == 2.0 and correction.ratio == pytest.approx(1.7)  # 0.5 * 1.4 + 0.5 * 2.0
+    assert correction.correct(2.6) == pytest.approx(1.7)  # more than 1.5x off 1.7 (2.55): an outlier
+    assert correction.correct(1.1) == pytest.approx(1.7)  # below 1.7 / 1.5: an outlier too
+    assert correction.correct(float("nan")) == pytest.approx(1.7)
+    assert correction.correct(2.7) == pytest.approx(1.7)  # outliers that disagree (2.6, 1.1, 2.7) never take over
+    assert correction.correct(1.8) == 1.8 and correction.ratio == pytest.approx(1.75)  # an inlier again
+
+
+def test_step_length_correction_is_not_locked_by_a_wild_measurement() -> None:
+    """A first measurement 6x off (a wrong match, or the road's edge taken for the road) used to set the ratio, and
+    every right measurement after it was refused as an outlier: the steps came out 5x too long for the rest of the
+    drive (seen on a rendered street with scale.ground_tolerance 0.03). Now the first reference is 1 (the aligned
+    length is metric), and five outliers in a row that agree replace a ratio gone wrong; a burst of three (seen on
+    KITTI: a stretch of road the ground mask gets wrong) does not."""
+    from sfm_ros.scale import StepLengthCorrection
+
+    correction = StepLengthCorrection(smoothing=0.5, max_jump=1.5)
+    assert correction.correct(6.0) == 1.0 and correction.ratio is None  # refused: the aligned length stands
+    assert correction.correct(1.2) == 1.2 and correction.ratio == 1.2
+    # A burst of three that agree with each other, then right measurements again: the ratio holds.
+    assert [correction.correct(r) for r in (2.0, 2.1, 1.9)] == [1.2, 1.2, 1.2]
+    assert correction.correct(1.3) == 1.3 and correction.ratio == pytest.approx(1.25)
+    # The ratio has gone wrong (the scene changed, or the reference was bad): five that agree take over.
+    assert [correction.correct(r) for r in (2.0, 2.1, 1.9, 2.2)] == [1.25] * 4
+    assert correction.correct(2.05) == 2.05 and correction.ratio == pytest.approx(2.05)  # their median
+    assert correction.correct(1.95) == 1.95  # an inlier of the new ratio
 
 
 def test_ground_motion_refines_only_the_camera_height_scale() -> None:
