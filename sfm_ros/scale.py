@@ -148,9 +148,10 @@ class StepLengthCorrection:
     cannot measure (standing still, a featureless road). A measurement more than ``max_jump`` times off that ratio is
     an outlier (a wrong match on a repetitive road) and gets the ratio instead. Before the first accepted
     measurement the reference is 1 (the aligned length is already metric), so one wild first measurement cannot set
-    the ratio; and ``recover_after`` outliers in a row that agree with each other (within ``max_jump``) replace a
-    ratio that has gone wrong with their median, instead of being refused for the rest of the drive. Five, because
-    KITTI shows bursts of three wrong but agreeing measurements (a stretch of road the ground mask gets wrong).
+    the ratio; and ``recover_after`` outliers in a row, all but one of them within ``max_jump`` of their median,
+    replace a ratio that has gone wrong with that median, instead of being refused for the rest of the drive. Five,
+    because KITTI shows bursts of three wrong but agreeing measurements (a stretch of road the ground mask gets
+    wrong); all but one, because a wild one among them is common where the ratio is far from 1.
     """
 
     def __init__(self, smoothing: float, max_jump: float, recover_after: int = 5) -> None:
@@ -170,9 +171,11 @@ class StepLengthCorrection:
             self._outliers.clear()
             return measured_ratio
         self._outliers.append(measured_ratio)
-        recent = self._outliers[-self.recover_after:]
-        if len(recent) == self.recover_after and max(recent) <= min(recent) * self.max_jump:
-            self.ratio = float(np.median(recent))
+        recent = np.asarray(self._outliers[-self.recover_after:])
+        median = float(np.median(recent))
+        agreeing = (recent >= median / self.max_jump) & (recent <= median * self.max_jump)
+        if len(recent) == self.recover_after and agreeing.sum() >= len(recent) - 1:
+            self.ratio = median
             self._outliers.clear()
             return measured_ratio
         return reference

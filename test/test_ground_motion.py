@@ -277,8 +277,8 @@ def test_step_length_correction_is_not_locked_by_a_wild_measurement() -> None:
     """A first measurement 6x off (a wrong match, or the road's edge taken for the road) used to set the ratio, and
     every right measurement after it was refused as an outlier: the steps came out 5x too long for the rest of the
     drive (seen on a rendered street with scale.ground_tolerance 0.03). Now the first reference is 1 (the aligned
-    length is metric), and five outliers in a row that agree replace a ratio gone wrong; a burst of three (seen on
-    KITTI: a stretch of road the ground mask gets wrong) does not."""
+    length is metric), and five outliers in a row that agree (all but one) replace a ratio gone wrong; a burst of
+    three (seen on KITTI: a stretch of road the ground mask gets wrong) does not."""
     from sfm_ros.scale import StepLengthCorrection
 
     correction = StepLengthCorrection(smoothing=0.5, max_jump=1.5)
@@ -291,6 +291,11 @@ def test_step_length_correction_is_not_locked_by_a_wild_measurement() -> None:
     assert [correction.correct(r) for r in (2.0, 2.1, 1.9, 2.2)] == [1.25] * 4
     assert correction.correct(2.05) == 2.05 and correction.ratio == pytest.approx(2.05)  # their median
     assert correction.correct(1.95) == 1.95  # an inlier of the new ratio
+    # Where the ratio is far from 1 from the start (a 128x416 model on KITTI: 1.6-2.2), a wild one among five does not
+    # stop them taking over: 1.6, 1.8, 1.9, 1.65 lie within 1.5x of their median 1.8; 3.8 does not.
+    far = StepLengthCorrection(smoothing=0.5, max_jump=1.5)
+    assert [far.correct(r) for r in (1.6, 1.8, 3.8, 1.9)] == [1.0] * 4
+    assert far.correct(1.65) == 1.65 and far.ratio == pytest.approx(1.8)
 
 
 def test_ground_motion_refines_only_the_camera_height_scale() -> None:
