@@ -24,7 +24,7 @@ import dataclasses
 import cv2
 import numpy as np
 
-from sfm_ros.geometry import ground_plane_depth, invert_transform
+from sfm_ros.geometry import backproject, ground_plane_depth, invert_transform
 
 __all__ = ["GroundMotion", "RefineResult", "depth_uncertainty_weights", "ground_translation", "refine_pose", "se3_exp",
            "side_slip", "translation_parallax_px"]
@@ -287,16 +287,15 @@ def translation_parallax_px(depth: np.ndarray, K: np.ndarray, T_current_previous
     rotation moves near and far points alike; only this part of the motion says how long the step is. NaN where
     either projection falls behind the camera."""
     parallax = np.zeros(depth.shape)
-    v, u = np.nonzero(np.isfinite(depth))  # only where there is depth: the ground is a small share of the image
-    z = depth[v, u].astype(np.float64)
-    points = np.stack([(u - K[0, 2]) / K[0, 0] * z, (v - K[1, 2]) / K[1, 1] * z, z], axis=1)
+    finite = np.isfinite(depth)
+    points = backproject(np.where(finite, depth, 0.0), K)[finite]  # only where there is depth (the ground)
     rotated = points @ np.asarray(T_current_previous, dtype=np.float64)[:3, :3].T
     moved = rotated + T_current_previous[:3, 3]
     with np.errstate(divide="ignore", invalid="ignore"):
         shift = (moved[:, :2] / moved[:, 2:] - rotated[:, :2] / rotated[:, 2:]) * np.array([K[0, 0], K[1, 1]])
         values = np.hypot(shift[:, 0], shift[:, 1])
     values[(moved[:, 2] <= 0) | (rotated[:, 2] <= 0)] = np.nan
-    parallax[v, u] = values
+    parallax[finite] = values
     return parallax
 
 

@@ -12,6 +12,7 @@ then flags through covariance and diagnostics; it never invents metres. ``SCALE_
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
 from typing import TYPE_CHECKING, Protocol
@@ -157,7 +158,8 @@ class StepLengthCorrection:
     def __init__(self, smoothing: float, max_jump: float, recover_after: int = 5) -> None:
         self.smoothing, self.max_jump, self.recover_after = smoothing, max_jump, recover_after
         self.ratio: float | None = None  # None until the ground has measured a step
-        self._outliers: list[float] = []  # the refused measurements since the last accepted one
+        # The latest refused measurements since the last accepted one (bounded: a node runs for hours).
+        self._outliers: collections.deque[float] = collections.deque(maxlen=recover_after)
 
     def correct(self, measured_ratio: float | None) -> float:
         """The factor for this step's aligned length, given the ground's measured length over it (None: no usable
@@ -171,7 +173,7 @@ class StepLengthCorrection:
             self._outliers.clear()
             return measured_ratio
         self._outliers.append(measured_ratio)
-        recent = np.asarray(self._outliers[-self.recover_after:])
+        recent = np.asarray(self._outliers)
         median = float(np.median(recent))
         agreeing = (recent >= median / self.max_jump) & (recent <= median * self.max_jump)
         if len(recent) == self.recover_after and agreeing.sum() >= len(recent) - 1:
