@@ -302,7 +302,8 @@ def translation_parallax_px(depth: np.ndarray, K: np.ndarray, T_current_previous
 def ground_translation(previous: np.ndarray, current: np.ndarray, K: np.ndarray, T_current_previous: np.ndarray,
                        ground_mask: np.ndarray, normal: np.ndarray, camera_height_m: float, *, levels: int = 3,
                        iterations: int = 10, max_points: int = 2000, huber: float = 0.05, min_points: int = 100,
-                       min_gradient: float = 0.01, min_parallax_px: float = 0.0) -> GroundMotion:
+                       min_gradient: float = 0.01, min_parallax_px: float = 0.0,
+                       free_rotation_axes: tuple[int, ...] = ()) -> GroundMotion:
     """The translation of T_current_previous [4,4] in metres, measured on the ground of ``previous``.
 
     previous, current: grey float32 [H,W] in [0, 1]; ground_mask: bool [H,W], the previous frame's pixels on the
@@ -315,6 +316,10 @@ def ground_translation(previous: np.ndarray, current: np.ndarray, K: np.ndarray,
     least that far (``translation_parallax_px``) count: points that move less than a pixel pull the step toward
     zero (resampling a fine texture at a fraction of a pixel blurs it, and the blur costs least where the motion
     rounds to none), which made slow steps 4 % short on a rendered street, with the exact rotation and ground.
+    ``free_rotation_axes`` (0: the camera's x, pitch; 2: its z, roll) are measured with the translation instead of
+    held: a pitch moves the whole ground up or down, which the translation alone can only answer with a wrong length
+    (an alignment 0.1 degrees off in pitch made a rendered street's steps 2 % short); the returned translation is
+    the one found with them, and the rotation is not returned.
     """
     start = np.asarray(T_current_previous, dtype=np.float64)
     depth = ground_plane_depth(previous.shape, K, normal, camera_height_m)
@@ -340,13 +345,14 @@ def ground_translation(previous: np.ndarray, current: np.ndarray, K: np.ndarray,
         return _huber_cost(T, finest_points, finest_reference, current_levels[0][0], K, huber, min_points)
 
     before = cost(start)
+    free = (0, 1, 2, *(3 + axis for axis in free_rotation_axes))
     T = _gauss_newton(start, previous_levels, current_levels, levels, iterations, max_points, huber,
-                      (finest_points, finest_reference, gradients0), translation_only=True, tolerance=1e-5)
+                      (finest_points, finest_reference, gradients0), free=free, tolerance=1e-5)
     after = cost(T)
     if not np.isfinite(after) or after > before:
         # The coarse levels can lead a start that is already close astray: the finest level alone, from the start.
         T = _gauss_newton(start, previous_levels, current_levels, 1, iterations, max_points, huber,
-                          (finest_points, finest_reference, gradients0), translation_only=True, tolerance=1e-5)
+                          (finest_points, finest_reference, gradients0), free=free, tolerance=1e-5)
     after = cost(T)
     if not np.isfinite(after) or after > before:
         return rejected("the error went up", len(finest_points), before, after)
@@ -380,15 +386,15 @@ def _residual_weights(r: np.ndarray, J: np.ndarray, points: np.ndarray, T: np.nd
 
 
 def _gauss_newton(start: np.ndarray, previous_levels: list, current_levels: list, levels: int, iterations: int,
-                  max_points: int, huber: float, finest: tuple, *, translation_only: bool = False,
+                  max_points: int, huber: float, finest: tuple, *, free: tuple[int, ...] = (0, 1, 2, 3, 4, 5),
                   priors=None, tolerance: float = 1e-6, relative_depth_sigma: float = 0.0) -> np.ndarray:
-    """Gauss-Newton with Huber weights on a left increment of ``start`` [4,4] (v, w; only v with
-    ``translation_only``: the rotation held), from pyramid level ``levels - 1`` down to the finest, whose selected
-    points, intensities and gradients ``finest`` holds. ``priors(H, g, T, share)`` adds prior terms to the normal
-    equations, whose photometric part it gets divided by huber^2; ``share``: this level's points over the finest's.
-    ``relative_depth_sigma`` > 0 also weighs each residual by ``depth_uncertainty_weights`` (noise: the Huber
+    """Gauss-Newton with Huber weights on a left increment of ``start`` [4,4] (v, w: translation then rotation; only
+    the components ``free`` indexes, the rest held), from pyramid level ``levels - 1`` down to the finest, whose
+    selected points, intensities and gradients ``finest`` holds. ``priors(H, g, T, share)`` adds prior terms to the
+    normal equations, whose photometric part it gets divided by huber^2; ``share``: this level's points over the
+    finest's. ``relative_depth_sigma`` > 0 also weighs each residual by ``depth_uncertainty_weights`` (noise: the Huber
     threshold). A level stops when the increment is below ``tolerance``. Returns the transform."""
-    columns = 3 if translation_only else 6
+    columns = len(free)
     T = np.array(start, dtype=np.float64)
     for level in reversed(range(levels)):
         image_previous, depth_previous, K_level = previous_levels[level]
@@ -404,8 +410,9 @@ def _gauss_newton(start: np.ndarray, previous_levels: list, current_levels: list
             residual, inside, J = _residuals(T, points, reference, image_current, gradients, K_level, True)
             if inside.sum() < 30:
                 break
-            # With the rotation held, a left increment (v, 0) moves every point by v: the first three columns.
-            r, J = residual[inside], J[inside, :columns]
+            # The leading columns by a slice (translation only: the first three), others picked.
+            leading = tuple(free) == tuple(range(columns))
+            r, J = residual[inside], (J[inside, :columns] if leading else J[inside][:, list(free)])
             weights = _residual_weights(r, J, points[inside], T, huber, relative_depth_sigma)
             H = (J * weights[:, None]).T @ J
             g = (J * weights[:, None]).T @ r
@@ -416,10 +423,12 @@ def _gauss_newton(start: np.ndarray, previous_levels: list, current_levels: list
                 step = -np.linalg.solve(H + 1e-9 * np.trace(H) * np.eye(columns), g)
             except np.linalg.LinAlgError:
                 break
-            if translation_only:
+            if tuple(free) == (0, 1, 2):  # a left increment (v, 0) moves every point by v
                 T[:3, 3] += step
             else:
-                T = se3_exp(step) @ T
+                increment = np.zeros(6)
+                increment[list(free)] = step
+                T = se3_exp(increment) @ T
             if np.linalg.norm(step) < tolerance:  # converged at this level
                 break
     return T
