@@ -200,6 +200,14 @@ class ScaleConfig:
                                                 "moves at least this far in the image count (nearer ones; 0 = all): "
                                                 "those that move less pull the length toward zero",
                                           range=(0.0, 20.0))
+    ground_object_margin_px: int = param(0, "ground_motion: ground pixels this close to an object standing on the "
+                                                "ground (nearer than the plane) do not count: the object's lower "
+                                                "edge, which the depth joins to the road, moves like a wall; 0: all",
+                                         range=(0, 10))
+    ground_rotation: str = param("none", "ground_motion: the rotation axes (camera x: pitch, z: roll) measured "
+                                         "with the length on the ground, to keep the alignment's error in them "
+                                         "out of it (the pose keeps the alignment's rotation); 'none': held",
+                                 choices=("none", "pitch", "pitch_roll"))
     ground_max_jump: float = param(1.5, "ground_motion: a measured length more than this factor off the recent "
                                         "ratio to the aligned one is an outlier (the recent ratio applies)",
                                    range=(1.01, 100.0))

@@ -40,7 +40,14 @@ from sfm_ros.geometry import (
     scale_intrinsics,
 )
 from sfm_ros.refine import ground_translation, refine_pose
-from sfm_ros.scale import ScaleEstimate, ScaleObservation, StepLengthCorrection, ground_mask, make_scale_estimator
+from sfm_ros.scale import (
+    ScaleEstimate,
+    ScaleObservation,
+    StepLengthCorrection,
+    ground_clear_of_objects,
+    ground_mask,
+    make_scale_estimator,
+)
 
 __all__ = ["Estimate", "FrameError", "Pipeline"]
 
@@ -48,6 +55,8 @@ __all__ = ["Estimate", "FrameError", "Pipeline"]
 INITIAL_SIGMA_M, INITIAL_SIGMA_RAD = 1e-3, 1e-3
 # A twist that is not known (no motion estimate yet): zero velocity with this variance, which an EKF ignores.
 UNKNOWN_TWIST_VARIANCE = 1e6
+# scale.ground_rotation: the axes of the camera's rotation (x: pitch, z: roll) the ground measures with the length.
+GROUND_ROTATION_AXES = {"none": (), "pitch": (0,), "pitch_roll": (0, 2)}
 
 
 class FrameError(ValueError):
@@ -272,6 +281,10 @@ class Pipeline:
             config = self.scale_config
             ground = ground_mask(depth_units, K_net, normal, config.camera_height_m, config.ground_region,
                                  config.ground_tolerance, config.ground_max_lateral_m)[0]
+        if ground is not None and self.scale_config.uses_ground_motion:
+            config = self.scale_config
+            ground = ground_clear_of_objects(ground, depth_units, K_net, normal, config.camera_height_m,
+                                             config.ground_tolerance, config.ground_object_margin_px)
         if grey is not None:
             self._previous_view = (grey, depth_units, ground)
         carried = self._carried_step_factor()
@@ -392,7 +405,8 @@ class Pipeline:
         tick = time.perf_counter()
         measured = ground_translation(reference_grey, grey, K, T_current_reference, reference_ground,
                                       self._ground_normal, config.camera_height_m,
-                                      min_parallax_px=config.ground_min_parallax_px)
+                                      min_parallax_px=config.ground_min_parallax_px,
+                                      free_rotation_axes=GROUND_ROTATION_AXES[config.ground_rotation])
         self._ground_ms += (time.perf_counter() - tick) * 1e3
         if not measured.accepted:
             events.append(f"ground motion not measured: {measured.reason}")

@@ -17,6 +17,7 @@ import dataclasses
 import enum
 from typing import TYPE_CHECKING, Protocol
 
+import cv2
 import numpy as np
 
 from sfm_ros.geometry import backproject, crop_intrinsics, ground_plane_depth
@@ -26,7 +27,7 @@ if TYPE_CHECKING:  # config derives its list of sources from ScaleSource here
 
 __all__ = ["SCALE_ESTIMATORS", "ExternalSpeedScale", "FixedScale", "GroundPlaneScale", "ScaleEstimate",
            "ScaleEstimator", "ScaleObservation", "ScaleSource", "StepLengthCorrection", "fit_ground_plane",
-           "ground_mask", "make_scale_estimator"]
+           "ground_clear_of_objects", "ground_mask", "make_scale_estimator"]
 
 
 class ScaleSource(str, enum.Enum):
@@ -138,6 +139,24 @@ def ground_mask(depth: np.ndarray, K: np.ndarray, normal: np.ndarray, camera_hei
     centre = float(np.median(ordered[first:first + counts[first]]))
     mask[candidates] = np.abs(log_ratio - centre) <= half_width
     return mask, float(np.exp(centre)), float(mask.sum() / candidates.sum())
+
+
+def ground_clear_of_objects(ground: np.ndarray, depth: np.ndarray, K: np.ndarray, normal: np.ndarray,
+                            camera_height_m: float, tolerance: float, margin_px: int) -> np.ndarray:
+    """The ground pixels [H,W] bool of ``ground_mask`` without those within ``margin_px`` of an object standing on the
+    ground: a pixel below the horizon whose depth [H,W] (any units; K [3,3] at its size), at the ground's own scale
+    (the median ratio of the plane's depth to it over ``ground``), is nearer than the plane's by more than
+    ``tolerance``. Where an object meets the road, the depth blurs the two together and the mask takes the object's
+    lower edge for road; that edge moves like a wall, not like the road, and lengthens the ground's steps."""
+    if margin_px <= 0 or not ground.any():
+        return ground
+    plane = ground_plane_depth(depth.shape, K, normal, camera_height_m)
+    metres_per_unit = float(np.median(plane[ground] / depth[ground]))
+    with np.errstate(invalid="ignore"):
+        standing = np.isfinite(plane) & np.isfinite(depth) & (depth * metres_per_unit < plane / (1.0 + tolerance))
+    size = 2 * int(margin_px) + 1
+    near_object = cv2.dilate(standing.astype(np.uint8), np.ones((size, size), np.uint8)).astype(bool)
+    return ground & ~near_object
 
 
 class StepLengthCorrection:

@@ -67,6 +67,33 @@ def test_ground_mask_keeps_the_ground_and_drops_what_stands_on_it() -> None:
     assert none is None and not empty.any()
 
 
+def test_ground_clear_of_objects_by_hand() -> None:
+    """A box stands on the road, its face 165 / 34 = 4.853 m away: the plane's depth at its bottom row 74 (row v
+    meets the ground 1.65 x 100 / (v - 40) m ahead). Its row 73 (plane 5.0 m) agrees with the plane within 5 %, so the
+    mask takes the box's two lowest rows for road, as a network's blurred depth does; from row 72 up (plane 5.156 m,
+    more than 5 % beyond the face) the box stands in front of the plane. A margin of 1 px drops the mask's pixels
+    next to those: row 59 and row 73 over columns 29-60, and columns 29 and 60 beside the box; 2 px also drops row 74
+    (the box's true bottom edge), row 58, and columns 28 and 61. In the network's units (4 m each) the same."""
+    from sfm_ros.scale import ground_clear_of_objects
+
+    plane = ground_plane_depth((80, 100), K_HAND, LEVEL, 1.65)
+    depth = np.where(np.isfinite(plane), plane, 30.0)
+    depth[60:75, 30:60] = 165 / 34
+    mask = ground_mask(depth, K_HAND, LEVEL, 1.65, region=0.5, tolerance=0.05)[0]
+    box_rows = np.zeros((80, 100), dtype=bool)
+    box_rows[60:73, 30:60] = True
+    np.testing.assert_array_equal(mask, (np.arange(80) > 40)[:, None] & ~box_rows)  # rows 73-74 taken for road
+    np.testing.assert_array_equal(ground_clear_of_objects(mask, depth, K_HAND, LEVEL, 1.65, 0.05, 0), mask)
+    for margin, (top, bottom, left, right) in ((1, (59, 73, 29, 60)), (2, (58, 74, 28, 61))):
+        expected = mask.copy()
+        expected[top:bottom + 1, left:right + 1] = False
+        cleared = ground_clear_of_objects(mask, depth, K_HAND, LEVEL, 1.65, 0.05, margin)
+        np.testing.assert_array_equal(cleared, expected)
+        in_units = ground_clear_of_objects(mask, depth / 4.0, K_HAND, LEVEL, 1.65, 0.05, margin)
+        np.testing.assert_array_equal(in_units, expected)
+    assert ground_clear_of_objects(mask, depth, K_HAND, LEVEL, 1.65, 0.05, 1)[74, 30:60].all()
+
+
 def test_ground_mask_keeps_only_the_ground_ahead_within_its_lateral_limit() -> None:
     # Row 60 meets the ground 1.5 / 0.2 = 7.5 m ahead; column u lies (u - 50) / 100 x 7.5 m sideways, so 3 m allows
     # |u - 50| <= 40. Row 79 (0.39 below the axis) meets it 3.85 m ahead: 3 m sideways is 78 px, every column.
@@ -154,6 +181,34 @@ def test_ground_points_that_barely_move_make_a_slow_step_short() -> None:
     assert np.median(ratios[0.0]) < 0.93
     assert np.median(ratios[1.0]) == pytest.approx(1.0, abs=0.02)
     assert ScaleConfig().ground_min_parallax_px == 1.0
+
+
+def test_the_ground_measures_pitch_and_roll_with_the_length_behind_its_flag() -> None:
+    """The second rendered street, frames 14-30, from a start whose rotation is pitched 0.1 degrees off the truth (what
+    an alignment with the depth's uncertainty gets wrong in a turn) and 10 % short. A pitch moves the whole ground up
+    or down, which the length alone can only answer by a wrong length: held, the steps come out about 2 % short
+    (pitched up) or 2.6 % long (down). Measured with the length (``free_rotation_axes`` (0, 2): pitch and roll, the
+    camera's x and z), within 1 %."""
+    split = load_street_split(SAMPLE / "val")
+    paths = kitti.image_files(split.folders[1])
+    poses = split.T_world_cam[1]
+    for pitch_deg, held_off in ((0.1, -1), (-0.1, 1)):
+        ratios: dict[tuple[int, ...], list[float]] = {(): [], (0, 2): []}
+        for frame in range(14, 31):
+            truth = np.linalg.inv(poses[frame + 1]) @ poses[frame]
+            depth = split.depth[1, frame].astype(np.float64)
+            mask = ground_mask(np.where(depth > 0, depth, np.inf), split.K, LEVEL, 1.65, 0.4, 0.05, 3.0)[0]
+            start = truth.copy()
+            start[:3, 3] *= 0.9
+            start[:3, :3] = cv2.Rodrigues(np.array([np.radians(pitch_deg), 0.0, 0.0]))[0] @ truth[:3, :3]
+            for axes, found in ratios.items():
+                result = ground_translation(grey(paths[frame]), grey(paths[frame + 1]), split.K, start, mask, LEVEL,
+                                            1.65, min_parallax_px=1.0, free_rotation_axes=axes)
+                if result.accepted:
+                    found.append(np.linalg.norm(result.translation) / np.linalg.norm(truth[:3, 3]))
+        assert held_off * (np.median(ratios[()]) - 1.0) > 0.015, ratios[()]
+        assert np.median(ratios[(0, 2)]) == pytest.approx(1.0, abs=0.01)
+        assert len(ratios[(0, 2)]) >= 15
 
 
 def test_refuses_a_featureless_ground() -> None:
@@ -256,6 +311,47 @@ def test_the_pipeline_passes_its_parallax_limit_to_the_ground() -> None:
             events += pipeline.process(i * 100_000_000, kitti.load_rgb(paths[i]), camera).events
         moved = [event for event in events if "moves 19 px or more" in event]
         assert (len(moved) == 5) == refused and (not moved) == (not refused), events
+
+
+def test_the_pipeline_passes_its_object_margin_and_rotation_axes_to_the_ground(monkeypatch) -> None:
+    """scale.ground_object_margin_px and scale.ground_rotation reach the measurement: the real ``ground_translation``
+    runs, watched. On the first rendered street (exact depth), frames 24-31, the parked car ahead stands on the road:
+    with a margin of 2 px no ground pixel handed over lies within 2 rows below a pixel 10 % in front of the plane, and
+    without it some do; 'pitch_roll' frees the camera's x and z axes."""
+    import sfm_ros.pipeline as pipeline_module
+    from sfm_ros.camera import CameraModel
+
+    split = load_street_split(SAMPLE / "val")
+    paths = kitti.image_files(split.folders[0])
+    camera = CameraModel(K=split.K, height=64, width=208)
+    plane = ground_plane_depth((64, 208), split.K, LEVEL, 1.65)
+    measured = pipeline_module.ground_translation
+    for margin, rotation in ((0, "none"), (2, "pitch_roll")):
+        handed: list[tuple[np.ndarray, np.ndarray, tuple]] = []
+        backend = BiasedTruth(split, 0, np.zeros(6))
+
+        def watched(previous, current, K, T, mask, *args, handed=handed, backend=backend, **kwargs):
+            handed.append((mask, split.depth[0, backend.reference], kwargs["free_rotation_axes"]))
+            return measured(previous, current, K, T, mask, *args, **kwargs)
+
+        monkeypatch.setattr(pipeline_module, "ground_translation", watched)
+        pipeline = pipeline_module.Pipeline(PipelineConfig(keyframes=False),
+                                            ScaleConfig(ground_object_margin_px=margin, ground_rotation=rotation),
+                                            backend=backend)
+        for i in range(24, 32):
+            backend.show(i)
+            backend.reference = i - 1  # without keyframes the ground of the previous frame measures the step
+            pipeline.process(i * 100_000_000, kitti.load_rgb(paths[i]), camera)
+        assert len(handed) >= 5
+        near_object = 0
+        for mask, depth, axes in handed:
+            assert axes == ((0, 2) if rotation == "pitch_roll" else ())
+            standing = np.isfinite(plane) & (depth > 0) & (depth < plane / 1.1)  # clearly in front
+            below = np.zeros_like(standing)
+            below[1:] |= standing[:-1]
+            below[2:] |= standing[:-2]
+            near_object += int((mask & below).sum())
+        assert (near_object == 0) == (margin == 2), near_object
 
 
 def test_step_length_correction_by_hand() -> None:
