@@ -158,24 +158,30 @@ def test_translation_parallax_by_hand() -> None:
     assert np.isnan(translation_parallax_px(depth, K, backward)[40, 50])
 
 
+def slow_street_steps():
+    """(previous grey, current grey, K, true T_current_previous, the previous frame's ground mask from the exact
+    depth) for the second rendered street's frames 14-30: slow (0.62-0.77 m a frame) and turning."""
+    split = load_street_split(SAMPLE / "val")
+    paths = kitti.image_files(split.folders[1])
+    poses = split.T_world_cam[1]
+    for frame in range(14, 31):
+        truth = np.linalg.inv(poses[frame + 1]) @ poses[frame]
+        depth = split.depth[1, frame].astype(np.float64)
+        mask = ground_mask(np.where(depth > 0, depth, np.inf), split.K, LEVEL, 1.65, 0.4, 0.05, 3.0)[0]
+        yield grey(paths[frame]), grey(paths[frame + 1]), split.K, truth, mask
+
+
 def test_ground_points_that_barely_move_make_a_slow_step_short() -> None:
     """The second rendered street, frames 14-30: slow (0.62-0.77 m a frame) and turning. With the exact rotation and
     a start 10 % short, every ground point gives the step about 11 % short (the median): its far points move less
     than a pixel, and resampling their fine texture pulls them toward no motion. Only the points the step moves a
     pixel or more (``min_parallax_px``, the node's default) give it within 2 %."""
-    split = load_street_split(SAMPLE / "val")
-    paths = kitti.image_files(split.folders[1])
-    poses = split.T_world_cam[1]
     ratios: dict[float, list[float]] = {0.0: [], 1.0: []}
-    for frame in range(14, 31):
-        truth = np.linalg.inv(poses[frame + 1]) @ poses[frame]
-        depth = split.depth[1, frame].astype(np.float64)
-        mask = ground_mask(np.where(depth > 0, depth, np.inf), split.K, LEVEL, 1.65, 0.4, 0.05, 3.0)[0]
+    for previous, current, K, truth, mask in slow_street_steps():
         start = truth.copy()
         start[:3, 3] *= 0.9
         for min_parallax_px, found in ratios.items():
-            result = ground_translation(grey(paths[frame]), grey(paths[frame + 1]), split.K, start, mask, LEVEL, 1.65,
-                                        min_parallax_px=min_parallax_px)
+            result = ground_translation(previous, current, K, start, mask, LEVEL, 1.65, min_parallax_px=min_parallax_px)
             assert result.accepted
             found.append(np.linalg.norm(result.translation) / np.linalg.norm(truth[:3, 3]))
     assert np.median(ratios[0.0]) < 0.93
@@ -187,23 +193,17 @@ def test_the_ground_measures_pitch_and_roll_with_the_length_behind_its_flag() ->
     """The second rendered street, frames 14-30, from a start whose rotation is pitched 0.1 degrees off the truth (what
     an alignment with the depth's uncertainty gets wrong in a turn) and 10 % short. A pitch moves the whole ground up
     or down, which the length alone can only answer by a wrong length: held, the steps come out about 2 % short
-    (pitched up) or 2.6 % long (down). Measured with the length (``free_rotation_axes`` (0, 2): pitch and roll, the
-    camera's x and z), within 1 %."""
-    split = load_street_split(SAMPLE / "val")
-    paths = kitti.image_files(split.folders[1])
-    poses = split.T_world_cam[1]
+    (+0.1 degrees about the camera's x axis) or 2.6 % long (-0.1). Measured with the length (``free_rotation_axes``
+    (0, 2): pitch and roll, the camera's x and z), within 1 %."""
     for pitch_deg, held_off in ((0.1, -1), (-0.1, 1)):
         ratios: dict[tuple[int, ...], list[float]] = {(): [], (0, 2): []}
-        for frame in range(14, 31):
-            truth = np.linalg.inv(poses[frame + 1]) @ poses[frame]
-            depth = split.depth[1, frame].astype(np.float64)
-            mask = ground_mask(np.where(depth > 0, depth, np.inf), split.K, LEVEL, 1.65, 0.4, 0.05, 3.0)[0]
+        for previous, current, K, truth, mask in slow_street_steps():
             start = truth.copy()
             start[:3, 3] *= 0.9
             start[:3, :3] = cv2.Rodrigues(np.array([np.radians(pitch_deg), 0.0, 0.0]))[0] @ truth[:3, :3]
             for axes, found in ratios.items():
-                result = ground_translation(grey(paths[frame]), grey(paths[frame + 1]), split.K, start, mask, LEVEL,
-                                            1.65, min_parallax_px=1.0, free_rotation_axes=axes)
+                result = ground_translation(previous, current, K, start, mask, LEVEL, 1.65, min_parallax_px=1.0,
+                                            free_rotation_axes=axes)
                 if result.accepted:
                     found.append(np.linalg.norm(result.translation) / np.linalg.norm(truth[:3, 3]))
         assert held_off * (np.median(ratios[()]) - 1.0) > 0.015, ratios[()]
