@@ -277,12 +277,11 @@ class Pipeline:
                                                              translation_units=translation_units, dt_s=dt_s,
                                                              ground_normal=normal))
         ground = scale.ground  # this frame's pixels on the mounting's ground plane
-        if ground is None and self.scale_config.uses_ground_motion:
+        if self.scale_config.uses_ground_motion:
             config = self.scale_config
-            ground = ground_mask(depth_units, K_net, normal, config.camera_height_m, config.ground_region,
-                                 config.ground_tolerance, config.ground_max_lateral_m)[0]
-        if ground is not None and self.scale_config.uses_ground_motion:
-            config = self.scale_config
+            if ground is None:
+                ground = ground_mask(depth_units, K_net, normal, config.camera_height_m, config.ground_region,
+                                     config.ground_tolerance, config.ground_max_lateral_m)[0]
             ground = ground_clear_of_objects(ground, depth_units, K_net, normal, config.camera_height_m,
                                              config.ground_tolerance, config.ground_object_margin_px)
         if grey is not None:

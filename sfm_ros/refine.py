@@ -395,6 +395,7 @@ def _gauss_newton(start: np.ndarray, previous_levels: list, current_levels: list
     finest's. ``relative_depth_sigma`` > 0 also weighs each residual by ``depth_uncertainty_weights`` (noise: the Huber
     threshold). A level stops when the increment is below ``tolerance``. Returns the transform."""
     columns = len(free)
+    leading = tuple(free) == tuple(range(columns))  # picked by a slice (translation only: the first three)
     T = np.array(start, dtype=np.float64)
     for level in reversed(range(levels)):
         image_previous, depth_previous, K_level = previous_levels[level]
@@ -410,8 +411,6 @@ def _gauss_newton(start: np.ndarray, previous_levels: list, current_levels: list
             residual, inside, J = _residuals(T, points, reference, image_current, gradients, K_level, True)
             if inside.sum() < 30:
                 break
-            # The leading columns by a slice (translation only: the first three), others picked.
-            leading = tuple(free) == tuple(range(columns))
             r, J = residual[inside], (J[inside, :columns] if leading else J[inside][:, list(free)])
             weights = _residual_weights(r, J, points[inside], T, huber, relative_depth_sigma)
             H = (J * weights[:, None]).T @ J
