@@ -18,7 +18,7 @@ import yaml
 
 from sfm_ros.backends import BACKEND_CHOICES
 from sfm_ros.bundle import PRECISIONS
-from sfm_ros.scale import ScaleSource
+from sfm_ros.scale import GROUND_ROTATION_AXES, ScaleSource
 
 __all__ = ["ConfigError", "NodeConfig", "ParameterSpec", "PipelineConfig", "ScaleConfig", "apply_overrides",
            "from_dict", "load_config", "nest", "param", "parameter_table", "render_parameter_file", "to_dict"]
@@ -207,7 +207,7 @@ class ScaleConfig:
     ground_rotation: str = param("none", "ground_motion: the rotation axes (camera x: pitch, z: roll) measured "
                                          "with the length on the ground, to keep the alignment's error in them "
                                          "out of it (the pose keeps the alignment's rotation); 'none': held",
-                                 choices=("none", "pitch", "pitch_roll"))
+                                 choices=tuple(GROUND_ROTATION_AXES))
     ground_max_jump: float = param(1.5, "ground_motion: a measured length more than this factor off the recent "
                                         "ratio to the aligned one is an outlier (the recent ratio applies)",
                                    range=(1.01, 100.0))

@@ -41,6 +41,7 @@ from sfm_ros.geometry import (
 )
 from sfm_ros.refine import ground_translation, refine_pose
 from sfm_ros.scale import (
+    GROUND_ROTATION_AXES,
     ScaleEstimate,
     ScaleObservation,
     StepLengthCorrection,
@@ -55,8 +56,6 @@ __all__ = ["Estimate", "FrameError", "Pipeline"]
 INITIAL_SIGMA_M, INITIAL_SIGMA_RAD = 1e-3, 1e-3
 # A twist that is not known (no motion estimate yet): zero velocity with this variance, which an EKF ignores.
 UNKNOWN_TWIST_VARIANCE = 1e6
-# scale.ground_rotation: the axes of the camera's rotation (x: pitch, z: roll) the ground measures with the length.
-GROUND_ROTATION_AXES = {"none": (), "pitch": (0,), "pitch_roll": (0, 2)}
 
 
 class FrameError(ValueError):

@@ -394,8 +394,10 @@ def _gauss_newton(start: np.ndarray, previous_levels: list, current_levels: list
     normal equations, whose photometric part it gets divided by huber^2; ``share``: this level's points over the
     finest's. ``relative_depth_sigma`` > 0 also weighs each residual by ``depth_uncertainty_weights`` (noise: the Huber
     threshold). A level stops when the increment is below ``tolerance``. Returns the transform."""
+    free = tuple(free)
     columns = len(free)
-    leading = tuple(free) == tuple(range(columns))  # picked by a slice (translation only: the first three)
+    leading = free == tuple(range(columns))  # picked by a slice (translation only: the first three)
+    translation_only = free == (0, 1, 2)  # a left increment (v, 0) moves every point by v
     T = np.array(start, dtype=np.float64)
     for level in reversed(range(levels)):
         image_previous, depth_previous, K_level = previous_levels[level]
@@ -411,7 +413,7 @@ def _gauss_newton(start: np.ndarray, previous_levels: list, current_levels: list
             residual, inside, J = _residuals(T, points, reference, image_current, gradients, K_level, True)
             if inside.sum() < 30:
                 break
-            r, J = residual[inside], (J[inside, :columns] if leading else J[inside][:, list(free)])
+            r, J = residual[inside], (J[inside, :columns] if leading else J[inside][:, free])
             weights = _residual_weights(r, J, points[inside], T, huber, relative_depth_sigma)
             H = (J * weights[:, None]).T @ J
             g = (J * weights[:, None]).T @ r
@@ -422,7 +424,7 @@ def _gauss_newton(start: np.ndarray, previous_levels: list, current_levels: list
                 step = -np.linalg.solve(H + 1e-9 * np.trace(H) * np.eye(columns), g)
             except np.linalg.LinAlgError:
                 break
-            if tuple(free) == (0, 1, 2):  # a left increment (v, 0) moves every point by v
+            if translation_only:
                 T[:3, 3] += step
             else:
                 increment = np.zeros(6)

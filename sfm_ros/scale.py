@@ -25,9 +25,9 @@ from sfm_ros.geometry import backproject, crop_intrinsics, ground_plane_depth
 if TYPE_CHECKING:  # config derives its list of sources from ScaleSource here
     from sfm_ros.config import ScaleConfig
 
-__all__ = ["SCALE_ESTIMATORS", "ExternalSpeedScale", "FixedScale", "GroundPlaneScale", "ScaleEstimate",
-           "ScaleEstimator", "ScaleObservation", "ScaleSource", "StepLengthCorrection", "fit_ground_plane",
-           "ground_clear_of_objects", "ground_mask", "make_scale_estimator"]
+__all__ = ["GROUND_ROTATION_AXES", "SCALE_ESTIMATORS", "ExternalSpeedScale", "FixedScale", "GroundPlaneScale",
+           "ScaleEstimate", "ScaleEstimator", "ScaleObservation", "ScaleSource", "StepLengthCorrection",
+           "fit_ground_plane", "ground_clear_of_objects", "ground_mask", "make_scale_estimator"]
 
 
 class ScaleSource(str, enum.Enum):
@@ -139,6 +139,11 @@ def ground_mask(depth: np.ndarray, K: np.ndarray, normal: np.ndarray, camera_hei
     centre = float(np.median(ordered[first:first + counts[first]]))
     mask[candidates] = np.abs(log_ratio - centre) <= half_width
     return mask, float(np.exp(centre)), float(mask.sum() / candidates.sum())
+
+
+# scale.ground_rotation: the axes of the camera's rotation (x: pitch, z: roll) the ground measures with the length
+# (``refine.ground_translation``'s free_rotation_axes); the configuration's choices are its keys.
+GROUND_ROTATION_AXES: dict[str, tuple[int, ...]] = {"none": (), "pitch": (0,), "pitch_roll": (0, 2)}
 
 
 def ground_clear_of_objects(ground: np.ndarray, depth: np.ndarray, K: np.ndarray, normal: np.ndarray,
