@@ -18,7 +18,7 @@ import yaml
 
 from sfm_ros.backends import BACKEND_CHOICES
 from sfm_ros.bundle import PRECISIONS
-from sfm_ros.scale import GROUND_ROTATION_AXES, ScaleSource
+from sfm_ros.scale import GROUND_ROTATION_AXES, TRAVEL_ELEVATION_WINDOW, ScaleSource
 
 __all__ = ["ConfigError", "NodeConfig", "ParameterSpec", "PipelineConfig", "ScaleConfig", "apply_overrides",
            "from_dict", "load_config", "nest", "param", "parameter_table", "render_parameter_file", "to_dict"]
@@ -211,6 +211,20 @@ class ScaleConfig:
     ground_max_jump: float = param(1.5, "ground_motion: a measured length more than this factor off the recent "
                                         "ratio to the aligned one is an outlier (the recent ratio applies)",
                                    range=(1.01, 100.0))
+    ground_start_from_ratio: bool = param(True, "ground_motion: start the ground's measurement, a local search, at "
+                                                "the aligned step times the recent ratio of measured to aligned "
+                                                "lengths instead of at the aligned step (where a young model's depth "
+                                                "makes the steps 1.5x short, it settled 30-40 % short)")
+    ground_direction_sigma: float = param(0.03, "ground_motion: a prior holding the measured translation to the "
+                                               "alignment's direction (its std-dev across it, as a share of the "
+                                               "step, at least 5 mm), so the ground measures the length; 0: free",
+                                          range=(0.0, 10.0))
+    ground_pitch_from_travel: int = param(10, "ground_motion: once this many straight aligned steps are in, tilt "
+                                              "the mounting's ground plane by the median elevation of the last "
+                                              f"{TRAVEL_ELEVATION_WINDOW} such steps' direction of travel above it "
+                                              "where it stands out from their spread (a vehicle travels along its "
+                                              "road; a camera's pitch is seldom calibrated); 0: the mounting as "
+                                              "given", range=(0, 1000))
 
     @property
     def uses_ground_motion(self) -> bool:

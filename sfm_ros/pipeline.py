@@ -42,12 +42,17 @@ from sfm_ros.geometry import (
 from sfm_ros.refine import ground_translation, refine_pose
 from sfm_ros.scale import (
     GROUND_ROTATION_AXES,
+    TRAVEL_ELEVATION_WINDOW,
+    TRAVEL_MAX_STEP_YAW_RAD,
     ScaleEstimate,
     ScaleObservation,
     StepLengthCorrection,
     ground_clear_of_objects,
     ground_mask,
     make_scale_estimator,
+    normal_along_travel,
+    significant_travel_elevation,
+    travel_elevation,
 )
 
 __all__ = ["Estimate", "FrameError", "Pipeline"]
@@ -145,6 +150,7 @@ class Pipeline:
         self.window_length = self.metadata.num_sources + 1
         self.scale_estimator = make_scale_estimator(self.scale_config)
         self.step_length = StepLengthCorrection(self.scale_config.smoothing, self.scale_config.ground_max_jump)
+        self._mounting_normal: np.ndarray | None = None
         self.T_base_camera = _base_camera_transform(config.T_base_camera)
         self.reset("start")
 
@@ -176,6 +182,8 @@ class Pipeline:
         if scale_config != self.scale_config:
             self.scale_estimator = make_scale_estimator(scale_config)
             self.step_length = StepLengthCorrection(scale_config.smoothing, scale_config.ground_max_jump)
+            self._ground_normal = self._mounting_normal  # the travel's tilt starts over too
+            self._travel_elevations.clear()
             self.scale_config = scale_config
         if config.keyframes != self.config.keyframes:
             self._keyframe = None  # a keyframe kept while they were off would be stale
@@ -194,8 +202,13 @@ class Pipeline:
     def T_base_camera(self, T_base_camera: np.ndarray) -> None:
         self._T_base_camera = T_base_camera
         # The ground's unit normal in the camera's optical frame, pointing down: derived once per mounting, not per
-        # frame (the scale and the ground's motion both need it).
-        self._ground_normal = ground_normal_in_camera(T_base_camera)
+        # frame (the scale and the ground's motion both need it); with scale.ground_pitch_from_travel, tilted by the
+        # elevations of travel above the mounting's plane (radians, the latest steps).
+        normal = ground_normal_in_camera(T_base_camera)
+        if self._mounting_normal is None or not np.array_equal(normal, self._mounting_normal):
+            self._mounting_normal = normal  # TF republishes it every frame: only a new mounting starts over
+            self._ground_normal = normal
+            self._travel_elevations: collections.deque[float] = collections.deque(maxlen=TRAVEL_ELEVATION_WINDOW)
 
     def set_speed(self, speed_mps: float) -> None:
         """Feed an external speed (m/s); only scale.source 'external_speed' uses it."""
@@ -330,6 +343,8 @@ class Pipeline:
             T_prev_current = invert_transform(self._T_world_camera) @ T_world_current
             t_refine = time.perf_counter()
             self._T_world_camera = T_world_current
+            if grey is not None and (self.config.refine_pose or self.config.keyframes):
+                self._follow_travel(T_prev_current, events)
             if new_keyframe_reason is None:  # aligned to the keyframe: its covariance plus the alignment's
                 self._covariance = self._keyframe.covariance + step_covariance
             else:
@@ -363,6 +378,30 @@ class Pipeline:
                         scale=scale, timings_ms=timings, mask=mask, events=tuple(events), twist=twist,
                         twist_covariance=twist_covariance, dt_s=dt_s if T_prev_current is not None else None,
                         keyframe=made_keyframe)
+
+    def _follow_travel(self, T_prev_current: np.ndarray, events: list[str]) -> None:
+        """With scale.ground_pitch_from_travel: note the elevation of an aligned step T_prev_current [4,4] (metres)
+        above the mounting's plane, when it is long enough to measure and straight, and once enough are in tilt the
+        ground's plane to their median where it stands out from their spread (an event says so the first time)."""
+        config = self.scale_config
+        translation = T_prev_current[:3, 3]
+        if (not config.uses_ground_motion or config.ground_pitch_from_travel <= 0
+                or np.linalg.norm(translation) < config.ground_min_step * config.camera_height_m):
+            return
+        # Turning steps' elevations come out up to 2.5 degrees off even with exact depth and poses: straight only.
+        yaw = abs(float(cv2.Rodrigues(T_prev_current[:3, :3])[0].ravel() @ self._mounting_normal))
+        if yaw > TRAVEL_MAX_STEP_YAW_RAD:
+            return
+        self._travel_elevations.append(travel_elevation(translation, self._mounting_normal))
+        if len(self._travel_elevations) >= config.ground_pitch_from_travel:
+            elevation = significant_travel_elevation(np.asarray(self._travel_elevations))
+            if elevation == 0.0:
+                self._ground_normal = self._mounting_normal
+                return
+            if self._ground_normal is self._mounting_normal:
+                events.append(f"ground plane tilted {np.degrees(elevation):+.2f} deg about the camera's x axis to the "
+                              f"direction of travel of {len(self._travel_elevations)} straight steps")
+            self._ground_normal = normal_along_travel(self._mounting_normal, elevation)
 
     def _relative_pose(self, first: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """Poses from the window (network units): frame t in frame t-1's camera; on the ``first`` full window also
@@ -401,10 +440,15 @@ class Pipeline:
                 or length < config.ground_min_step * config.camera_height_m):
             return carried
         tick = time.perf_counter()
-        measured = ground_translation(reference_grey, grey, K, T_current_reference, reference_ground,
+        # A local search: started at the length the recent ratio predicts, it does not settle in a nearer minimum
+        # on a road whose mask holds more than road.
+        start = (_with_translation_scaled(T_current_reference, carried) if config.ground_start_from_ratio
+                 else T_current_reference)
+        measured = ground_translation(reference_grey, grey, K, start, reference_ground,
                                       self._ground_normal, config.camera_height_m,
                                       min_parallax_px=config.ground_min_parallax_px,
-                                      free_rotation_axes=GROUND_ROTATION_AXES[config.ground_rotation])
+                                      free_rotation_axes=GROUND_ROTATION_AXES[config.ground_rotation],
+                                      direction_sigma=config.ground_direction_sigma)
         self._ground_ms += (time.perf_counter() - tick) * 1e3
         if not measured.accepted:
             events.append(f"ground motion not measured: {measured.reason}")

@@ -303,7 +303,7 @@ def ground_translation(previous: np.ndarray, current: np.ndarray, K: np.ndarray,
                        ground_mask: np.ndarray, normal: np.ndarray, camera_height_m: float, *, levels: int = 3,
                        iterations: int = 10, max_points: int = 2000, huber: float = 0.05, min_points: int = 100,
                        min_gradient: float = 0.01, min_parallax_px: float = 0.0,
-                       free_rotation_axes: tuple[int, ...] = ()) -> GroundMotion:
+                       free_rotation_axes: tuple[int, ...] = (), direction_sigma: float = 0.0) -> GroundMotion:
     """The translation of T_current_previous [4,4] in metres, measured on the ground of ``previous``.
 
     previous, current: grey float32 [H,W] in [0, 1]; ground_mask: bool [H,W], the previous frame's pixels on the
@@ -319,7 +319,10 @@ def ground_translation(previous: np.ndarray, current: np.ndarray, K: np.ndarray,
     ``free_rotation_axes`` (0: the camera's x, pitch; 2: its z, roll) are measured with the translation instead of
     held: a pitch moves the whole ground up or down, which the translation alone can only answer with a wrong length
     (an alignment 0.1 degrees off in pitch made a rendered street's steps 2 % short); the returned translation is
-    the one found with them, and the rotation is not returned.
+    the one found with them, and the rotation is not returned. ``direction_sigma`` > 0 adds a prior holding the
+    translation to the start's direction, its std-dev across it that share of the start's length (at least 5 mm):
+    the ground then measures the length along the alignment's direction instead of re-deciding the direction, in which
+    a ground mask that holds more than road can pull the search toward a shorter step.
     """
     start = np.asarray(T_current_previous, dtype=np.float64)
     depth = ground_plane_depth(previous.shape, K, normal, camera_height_m)
@@ -346,17 +349,34 @@ def ground_translation(previous: np.ndarray, current: np.ndarray, K: np.ndarray,
 
     before = cost(start)
     free = (0, 1, 2, *(3 + axis for axis in free_rotation_axes))
+    priors = _across_direction_prior(start, direction_sigma, free) if direction_sigma > 0 else None
     T = _gauss_newton(start, previous_levels, current_levels, levels, iterations, max_points, huber,
-                      (finest_points, finest_reference, gradients0), free=free, tolerance=1e-5)
+                      (finest_points, finest_reference, gradients0), free=free, priors=priors, tolerance=1e-5)
     after = cost(T)
     if not np.isfinite(after) or after > before:
         # The coarse levels can lead a start that is already close astray: the finest level alone, from the start.
         T = _gauss_newton(start, previous_levels, current_levels, 1, iterations, max_points, huber,
-                          (finest_points, finest_reference, gradients0), free=free, tolerance=1e-5)
+                          (finest_points, finest_reference, gradients0), free=free, priors=priors, tolerance=1e-5)
     after = cost(T)
     if not np.isfinite(after) or after > before:
         return rejected("the error went up", len(finest_points), before, after)
     return GroundMotion(T[:3, 3].copy(), before, after, len(finest_points), True, "accepted")
+
+
+def _across_direction_prior(start: np.ndarray, sigma: float, free: tuple[int, ...]):
+    """``_gauss_newton``'s priors for ``ground_translation``: (t - t_start)^T P (t - t_start) / (sigma |t_start|)^2,
+    P the projection across the start's translation direction, on the increment's ``free`` components."""
+    t_start = start[:3, 3]
+    length = float(np.linalg.norm(t_start))
+    across = np.eye(3) - np.outer(t_start, t_start) / max(length, 1e-12) ** 2
+    information = across / max(sigma * length, 0.005) ** 2
+
+    def priors(H: np.ndarray, g: np.ndarray, T: np.ndarray, share: float) -> tuple[np.ndarray, np.ndarray]:
+        # Under a left increment (v, w) the translation moves by v - [t]x w.
+        J = np.concatenate([np.eye(3), -_skew(T[:3, 3])], axis=1)[:, list(free)]
+        return H + share * J.T @ information @ J, g + share * J.T @ information @ (T[:3, 3] - t_start)
+
+    return priors
 
 
 def depth_uncertainty_weights(J_translation: np.ndarray, rotated_points: np.ndarray, relative_depth_sigma: float,

@@ -399,3 +399,142 @@ def test_ground_motion_refines_only_the_camera_height_scale() -> None:
     assert not ScaleConfig(ground_motion=False).uses_ground_motion
     for source in ("external_speed", "fixed", "none"):
         assert not ScaleConfig(source=source).uses_ground_motion
+
+
+def test_the_grounds_direction_prior_keeps_the_starts_direction() -> None:
+    """The first rendered street's frames 10 and 45, from a start 30 % short and 4 degrees off the true direction
+    (the rotation true). Free, the ground finds the direction too (within 1 degree of the truth); with
+    ``direction_sigma`` 0.001 (5 mm across, the floor) it stays within 1 degree of the start's, over 3 degrees off
+    the truth, and measures the length along it within 5 % (the truth's part along it is cos 4 degrees = 0.998 of
+    it). The prior is soft: 2000 exact ground points still move the direction by up to 0.9 degrees."""
+    split = load_street_split(SAMPLE / "val")
+    paths = kitti.image_files(split.folders[0])
+    poses = split.T_world_cam[0]
+    for frame in (10, 45):
+        truth = np.linalg.inv(poses[frame + 1]) @ poses[frame]
+        depth = split.depth[0, frame].astype(np.float64)
+        mask = ground_mask(np.where(depth > 0, depth, np.inf), split.K, LEVEL, 1.65, 0.4, 0.05)[0]
+        start = truth.copy()
+        start[:3, 3] = 0.7 * cv2.Rodrigues(np.array([0.0, np.radians(4), 0.0]))[0] @ truth[:3, 3]
+        args = (grey(paths[frame]), grey(paths[frame + 1]), split.K, start, mask, LEVEL, 1.65)
+        free = ground_translation(*args)
+        held = ground_translation(*args, direction_sigma=0.001)
+        assert free.accepted and held.accepted
+        assert angle_between_deg(free.translation, truth[:3, 3]) < 1.0
+        assert angle_between_deg(held.translation, start[:3, 3]) < 1.0
+        assert angle_between_deg(held.translation, truth[:3, 3]) > 3.0
+        assert np.linalg.norm(held.translation) / np.linalg.norm(truth[:3, 3]) == pytest.approx(1.0, abs=0.05)
+
+
+def test_travel_elevation_and_the_plane_along_it_by_hand() -> None:
+    """A camera on the level mounting that travels 2 degrees above its optical axis (its translation (0, -sin 2,
+    cos 2): y points down) moves 2 degrees away from the mounting's plane. The road it travels along has the normal
+    (0, cos 2, sin 2): perpendicular to the travel, and the normal of a mounting pitched 2 degrees down
+    (``ground_normal_in_camera``, by hand above)."""
+    from sfm_ros.scale import normal_along_travel, travel_elevation
+
+    angle = np.radians(2.0)
+    travel = 1.3 * np.array([0.0, -np.sin(angle), np.cos(angle)])
+    assert travel_elevation(travel, LEVEL) == pytest.approx(angle, abs=1e-12)
+    assert travel_elevation(travel * [1, -1, 1], LEVEL) == pytest.approx(-angle, abs=1e-12)
+    assert travel_elevation(np.array([0.3, 0.0, 1.0]), LEVEL) == 0.0  # sideways along the plane
+    normal = normal_along_travel(LEVEL, angle)
+    np.testing.assert_allclose(normal, [0.0, np.cos(angle), np.sin(angle)], atol=1e-12)
+    assert normal @ travel == pytest.approx(0.0, abs=1e-12)
+    pitched = np.eye(4)
+    pitched[:3, :3] = [[0, -np.sin(angle), np.cos(angle)], [-1, 0, 0], [0, -np.cos(angle), -np.sin(angle)]]
+    np.testing.assert_allclose(normal, ground_normal_in_camera(pitched), atol=1e-12)
+
+
+def test_significant_travel_elevation_by_hand() -> None:
+    """Elevations 0.1, -0.1, 0.3, -0.3, 0.2: median 0.1, deviations from it 0, 0.2, 0.2, 0.4, 0.1 (MAD 0.2), so the
+    median's standard error is 1.858 x 0.2 / sqrt(5) = 0.166 and 0.1 is within 3 of them: 0, the mounting stands.
+    The same spread around 1.1 stands out: 1.1. Without spread any median counts."""
+    from sfm_ros.scale import TRAVEL_SIGNIFICANCE, significant_travel_elevation
+
+    spread = np.array([0.1, -0.1, 0.3, -0.3, 0.2])
+    assert TRAVEL_SIGNIFICANCE == 3.0
+    assert significant_travel_elevation(spread) == 0.0
+    assert significant_travel_elevation(spread + 1.0) == pytest.approx(1.1)
+    assert significant_travel_elevation(-spread - 1.0) == pytest.approx(-1.1)
+    # 0.5: 3 standard errors would be 0.498, just inside.
+    assert significant_travel_elevation(spread + 0.4) == pytest.approx(0.5)
+    assert significant_travel_elevation(np.full(10, 0.01)) == pytest.approx(0.01)
+
+
+def _mounting_pitched(degrees: float) -> tuple[float, ...]:
+    """pipeline.T_base_camera (x y z qx qy qz qw) of a camera pitched ``degrees`` down, 0 m from base_link."""
+    from scipy.spatial.transform import Rotation
+
+    angle = np.radians(degrees)
+    R = np.array([[0, -np.sin(angle), np.cos(angle)], [-1, 0, 0], [0, -np.cos(angle), -np.sin(angle)]])
+    return (0.0, 0.0, 0.0, *Rotation.from_matrix(R).as_quat())
+
+
+def test_the_pipeline_tilts_a_miscalibrated_ground_to_the_travel_behind_its_flag() -> None:
+    """The rendered camera is level, but the mounting says it looks 1 degree down. With exact depth and true poses
+    the aligned steps travel about level, 1 degree below the mounting's plane; with scale.ground_pitch_from_travel 10
+    the ground's normal comes within 0.15 degrees of the level one after 20 steps, and the metric scale of the
+    depth with it (1 m per unit, the exact depth's) within 3 %; without it the normal stays the mounting's, 1 degree
+    off, and the scale about 9 % off."""
+    from sfm_ros.camera import CameraModel
+    from sfm_ros.pipeline import Pipeline
+
+    split = load_street_split(SAMPLE / "val")
+    paths = kitti.image_files(split.folders[1])
+    camera = CameraModel(K=split.K, height=64, width=208)
+    for steps in (0, 10):
+        backend = BiasedTruth(split, 1, np.zeros(6))
+        pipeline = Pipeline(PipelineConfig(T_base_camera=_mounting_pitched(1.0)),
+                            ScaleConfig(smoothing=0.5, ground_pitch_from_travel=steps), backend=backend)
+        assert ScaleConfig().ground_pitch_from_travel == 10  # the default
+        factors, tilted = [], []
+        for i in range(5, 28):
+            backend.show(i)
+            estimate = pipeline.process(i * 100_000_000, kitti.load_rgb(paths[i]), camera)
+            factors.append(estimate.scale.factor)
+            tilted += [event for event in estimate.events if event.startswith("ground plane tilted")]
+        off_level = angle_between_deg(pipeline._ground_normal, LEVEL)
+        assert len(tilted) == (1 if steps else 0), tilted  # said once, when first applied
+        if steps:
+            assert off_level < 0.15 and np.median(factors[-5:]) == pytest.approx(1.0, abs=0.03), (off_level, factors)
+            assert "of 10 straight steps" in tilted[0] and "-0.9" in tilted[0], tilted  # -1 degree, 0.06 noise
+        else:
+            assert off_level == pytest.approx(1.0, abs=1e-9)
+            assert abs(np.median(factors[-5:]) - 1.0) > 0.06, factors
+
+
+def test_the_pipeline_starts_the_grounds_measurement_at_the_recent_ratio_behind_its_flag(monkeypatch) -> None:
+    """The pose net's steps 1.3 times too long (exact depth, true rotations), no alignment: the ground measures them
+    and the recent ratio of its lengths to the chain's settles near 1 / 1.3. With scale.ground_start_from_ratio (the
+    default) the measurement starts at the chain's step times that ratio, about the true length; without it, at the
+    chain's step, 1.3 times too long."""
+    import sfm_ros.pipeline as pipeline_module
+    from sfm_ros.camera import CameraModel
+
+    split = load_street_split(SAMPLE / "val")
+    paths = kitti.image_files(split.folders[0])
+    poses = split.T_world_cam[0]
+    camera = CameraModel(K=split.K, height=64, width=208)
+    measured = pipeline_module.ground_translation
+    assert ScaleConfig().ground_start_from_ratio
+    for from_ratio, expected in ((True, 1.0), (False, 1.3)):
+        starts: list[float] = []
+        current = [0]
+
+        def watched(previous, grey_now, K, T, *args, starts=starts, current=current, **kwargs):
+            truth = np.linalg.inv(poses[current[0]]) @ poses[current[0] - 1]
+            starts.append(np.linalg.norm(T[:3, 3]) / np.linalg.norm(truth[:3, 3]))
+            return measured(previous, grey_now, K, T, *args, **kwargs)
+
+        monkeypatch.setattr(pipeline_module, "ground_translation", watched)
+        backend = OvershootingTruth(split, 0, 1.3)
+        pipeline = pipeline_module.Pipeline(PipelineConfig(keyframes=False),
+                                            ScaleConfig(smoothing=0.5, ground_start_from_ratio=from_ratio),
+                                            backend=backend)
+        for i in range(5, 25):
+            backend.show(i)
+            current[0] = i
+            pipeline.process(i * 100_000_000, kitti.load_rgb(paths[i]), camera)
+        assert len(starts) >= 15
+        assert np.median(starts[5:]) == pytest.approx(expected, abs=0.06), starts
