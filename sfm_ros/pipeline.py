@@ -39,7 +39,7 @@ from sfm_ros.geometry import (
     quaternion_to_rotation,
     scale_intrinsics,
 )
-from sfm_ros.refine import ground_translation, refine_pose
+from sfm_ros.refine import across_direction_information, ground_translation, refine_pose
 from sfm_ros.scale import (
     GROUND_ROTATION_AXES,
     TRAVEL_ELEVATION_WINDOW,
@@ -509,13 +509,7 @@ class Pipeline:
     def _direction_prior(self, T_current_reference: np.ndarray) -> np.ndarray | None:
         """Information [3,3] on an alignment's translation across the chain's direction (pipeline.
         alignment_direction_sigma), or None when off or when the chain predicts no motion."""
-        fraction = self.config.alignment_direction_sigma
-        t = T_current_reference[:3, 3]
-        length = float(np.linalg.norm(t))
-        if fraction <= 0 or length < 1e-6:
-            return None
-        u = t / length
-        return (np.eye(3) - np.outer(u, u)) / max(fraction * length, 0.005) ** 2
+        return across_direction_information(T_current_reference[:3, 3], self.config.alignment_direction_sigma)
 
     def _side_slip_prior(self, T_current_reference: np.ndarray) -> dict:
         """refine_pose's side-slip arguments (pipeline.side_slip_sigma, at least 1 mm); none when off."""

@@ -26,8 +26,8 @@ import numpy as np
 
 from sfm_ros.geometry import backproject, ground_plane_depth, invert_transform
 
-__all__ = ["GroundMotion", "RefineResult", "depth_uncertainty_weights", "ground_translation", "refine_pose", "se3_exp",
-           "side_slip", "translation_parallax_px"]
+__all__ = ["GroundMotion", "RefineResult", "across_direction_information", "depth_uncertainty_weights",
+           "ground_translation", "refine_pose", "se3_exp", "side_slip", "translation_parallax_px"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,13 +147,25 @@ def _huber_cost(T: np.ndarray, points: np.ndarray, reference: np.ndarray, image:
     return float(np.mean(cost) if weights is None else np.sum(weights[inside] * cost) / np.sum(weights[inside]))
 
 
-def _with_translation_prior(H: np.ndarray, g: np.ndarray, T: np.ndarray, start: np.ndarray, information: np.ndarray
+def across_direction_information(translation: np.ndarray, fraction: float) -> np.ndarray | None:
+    """Information [3,3] of a prior that holds a translation to the direction of ``translation`` [3]: its std-dev
+    across that direction ``fraction`` of its length, at least 5 mm, and nothing along it. None when off
+    (fraction <= 0) or when ``translation`` has no direction."""
+    length = float(np.linalg.norm(translation))
+    if fraction <= 0 or length < 1e-6:
+        return None
+    across = np.eye(3) - np.outer(translation, translation) / length**2
+    return across / max(fraction * length, 0.005) ** 2
+
+
+def _with_translation_prior(H: np.ndarray, g: np.ndarray, T: np.ndarray, start: np.ndarray, information: np.ndarray,
+                            free: tuple[int, ...] = (0, 1, 2, 3, 4, 5), share: float = 1.0
                             ) -> tuple[np.ndarray, np.ndarray]:
-    """Gauss-Newton terms [6,6], [6] plus the prior (t - t_start)^T information (t - t_start) on T's translation t;
-    under a left increment (v, w), dt = v - [t]x w."""
+    """Gauss-Newton terms over the increment's ``free`` components plus ``share`` times the prior
+    (t - t_start)^T information (t - t_start) on T's translation t; under a left increment (v, w), dt = v - [t]x w."""
     t = T[:3, 3]
-    J = np.concatenate([np.eye(3), -_skew(t)], axis=1)
-    return H + J.T @ information @ J, g + J.T @ information @ (t - start[:3, 3])
+    J = np.concatenate([np.eye(3), -_skew(t)], axis=1)[:, list(free)]
+    return H + share * J.T @ information @ J, g + share * J.T @ information @ (t - start[:3, 3])
 
 
 def _with_priors(H: np.ndarray, g: np.ndarray, T: np.ndarray, start: np.ndarray,
@@ -161,7 +173,7 @@ def _with_priors(H: np.ndarray, g: np.ndarray, T: np.ndarray, start: np.ndarray,
                  side_slip_sigma_m: float, share: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Gauss-Newton terms [6,6], [6] plus ``share`` times those of refine_pose's priors at T."""
     if translation_prior_information is not None:
-        H, g = _with_translation_prior(H, g, T, start, translation_prior_information * share)
+        H, g = _with_translation_prior(H, g, T, start, translation_prior_information, share=share)
     if side_slip_sigma_m > 0:
         slip, slip_gradient = side_slip(T, T_base_camera)
         H = H + share * np.outer(slip_gradient, slip_gradient) / side_slip_sigma_m**2
@@ -349,7 +361,11 @@ def ground_translation(previous: np.ndarray, current: np.ndarray, K: np.ndarray,
 
     before = cost(start)
     free = (0, 1, 2, *(3 + axis for axis in free_rotation_axes))
-    priors = _across_direction_prior(start, direction_sigma, free) if direction_sigma > 0 else None
+    information = across_direction_information(start[:3, 3], direction_sigma)
+    priors = None
+    if information is not None:
+        def priors(H: np.ndarray, g: np.ndarray, T: np.ndarray, share: float) -> tuple[np.ndarray, np.ndarray]:
+            return _with_translation_prior(H, g, T, start, information, free, share)
     T = _gauss_newton(start, previous_levels, current_levels, levels, iterations, max_points, huber,
                       (finest_points, finest_reference, gradients0), free=free, priors=priors, tolerance=1e-5)
     after = cost(T)
@@ -361,22 +377,6 @@ def ground_translation(previous: np.ndarray, current: np.ndarray, K: np.ndarray,
     if not np.isfinite(after) or after > before:
         return rejected("the error went up", len(finest_points), before, after)
     return GroundMotion(T[:3, 3].copy(), before, after, len(finest_points), True, "accepted")
-
-
-def _across_direction_prior(start: np.ndarray, sigma: float, free: tuple[int, ...]):
-    """``_gauss_newton``'s priors for ``ground_translation``: (t - t_start)^T P (t - t_start) / (sigma |t_start|)^2,
-    P the projection across the start's translation direction, on the increment's ``free`` components."""
-    t_start = start[:3, 3]
-    length = float(np.linalg.norm(t_start))
-    across = np.eye(3) - np.outer(t_start, t_start) / max(length, 1e-12) ** 2
-    information = across / max(sigma * length, 0.005) ** 2
-
-    def priors(H: np.ndarray, g: np.ndarray, T: np.ndarray, share: float) -> tuple[np.ndarray, np.ndarray]:
-        # Under a left increment (v, w) the translation moves by v - [t]x w.
-        J = np.concatenate([np.eye(3), -_skew(T[:3, 3])], axis=1)[:, list(free)]
-        return H + share * J.T @ information @ J, g + share * J.T @ information @ (T[:3, 3] - t_start)
-
-    return priors
 
 
 def depth_uncertainty_weights(J_translation: np.ndarray, rotated_points: np.ndarray, relative_depth_sigma: float,
