@@ -14,7 +14,7 @@ from sfm_ros.bundle import IMAGE_MEAN, IMAGE_STD
 from sfm_ros.geometry import pose_vec_to_mat
 from test.conftest import REPO
 from training.config import load_train_config
-from training.data import open_source, prepare_cache
+from training.data import load_cache_index, open_source, prepare_cache
 from training.health import HealthMonitor, HealthThresholds, training_health
 from training.learning_bench import LearningEvaluator, chain_motions, depth_scores, snippet_ate_mean
 from training.normalisation import normalise, to_unit_range
@@ -148,7 +148,12 @@ class PoseOracle(Oracle):
 
 def test_the_evaluator_scores_the_truth_as_perfect(sample_cache: Path) -> None:
     split = load_street_split(SAMPLE / "val")
-    evaluator = LearningEvaluator(sample_cache, split)
+    evaluator = LearningEvaluator(split, load_train_config(None, ["data.height=64", "data.width=208"]).data)
+    # The evaluator reads the frames exactly as the training cache holds them.
+    index = load_cache_index(sample_cache)
+    cached = next(s for s in index["sequences"] if s["split"] == "val" and s["name"] == split.folders[0].name)
+    frames = np.load(sample_cache / "frames.npy", mmap_mode="r")
+    np.testing.assert_array_equal(evaluator.frames[0], frames[cached["offset"]: cached["offset"] + cached["count"]])
     depth, pose = DepthOracle(evaluator.frames, split), PoseOracle(evaluator.frames, split)
     # euler_xyz is the inverse of the runtime's pose_vec_to_mat (checked here so the oracle is right).
     T = np.linalg.inv(split.T_world_cam[0, 5]) @ split.T_world_cam[0, 4]

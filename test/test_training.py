@@ -21,7 +21,15 @@ from sfm_ros.bags import BagError, kitti_to_bag
 from sfm_ros.models import DispNet, PoseExpNet
 from test.conftest import DRIVE_0060, ODOMETRY_06, REPO, view_synthesis_error
 from training.config import DataConfig, load_train_config
-from training.data import DataError, SnippetDataset, open_source, prepare_cache, random_flip, random_scale_crop
+from training.data import (
+    DataError,
+    SnippetDataset,
+    open_source,
+    prepare_cache,
+    random_colour_jitter,
+    random_flip,
+    random_scale_crop,
+)
 from training.normalisation import normalise
 from training.step import TrainStep, forward_objective, learning_rate_factor, mirror_where
 from training.trainer import CheckpointError, Trainer, load_checkpoint
@@ -221,6 +229,72 @@ def test_the_trainer_passes_the_depth_flags_to_its_step(tiny_cache: Path, tmp_pa
         else:
             assert seen == [None, None]
     assert histories[True] != histories[False]
+
+
+class FixedDraws:
+    """A random generator whose draws are given: random() -> ``first``, then uniform() -> the queued values."""
+
+    def __init__(self, first: float, uniforms: list[float]) -> None:
+        self.first, self.uniforms = first, list(uniforms)
+
+    def random(self) -> float:
+        return self.first
+
+    def uniform(self, low: float, high: float) -> float:
+        value = self.uniforms.pop(0)
+        assert low <= value <= high
+        return value
+
+
+def jitter(images: np.ndarray, brightness: float = 1.0, contrast: float = 1.0, saturation: float = 1.0,
+           hue: float = 0.0) -> np.ndarray:
+    return random_colour_jitter(images, FixedDraws(0.0, [brightness, contrast, saturation, hue]))
+
+
+def test_colour_jitter_by_hand() -> None:
+    grey = np.array([[[[100, 100, 100], [50, 50, 50], [150, 150, 150]]]], dtype=np.uint8)  # [1,1,3,3]
+    assert jitter(grey, brightness=1.2)[0, 0].tolist() == [[120] * 3, [60] * 3, [180] * 3]
+    # Contrast scales the distance from the mean grey (100): 50 -> 60, 150 -> 140.
+    assert jitter(grey, contrast=0.8)[0, 0].tolist() == [[100] * 3, [60] * 3, [140] * 3]
+    red = np.array([[[[255, 0, 0]]]], dtype=np.uint8)
+    # Saturation 0.8 pulls red towards its Rec. 601 grey, 0.299 x 255 = 76.2: 76.2 + 0.8 x (255 - 76.2) = 219.2.
+    assert jitter(red, saturation=0.8)[0, 0, 0].tolist() == [219, 15, 15]
+    # Nothing drawn changes a grey pixel's grey under saturation or hue.
+    assert jitter(grey, saturation=1.2, hue=0.1).tolist() == grey.tolist()
+
+
+def test_colour_jitter_turns_hue_about_the_grey_axis() -> None:
+    """A hue turn of 0.1 (36 degrees) of red, computed with the published YIQ -> RGB coefficients (not the
+    forward matrix the code inverts): Y 0.299, (I, Q) = (0.596, 0.211) turned by 36 degrees."""
+    angle = 2 * np.pi * 0.1
+    i, q = 0.596 * np.cos(angle) - 0.211 * np.sin(angle), 0.596 * np.sin(angle) + 0.211 * np.cos(angle)
+    expected = [0.299 + 0.956 * i + 0.619 * q, 0.299 - 0.272 * i - 0.647 * q, 0.299 - 1.106 * i + 1.703 * q]
+    out = jitter(np.array([[[[255, 0, 0]]]], dtype=np.uint8), hue=0.1)[0, 0, 0]
+    np.testing.assert_allclose(out, np.clip(np.array(expected) * 255, 0, 255), atol=2.0)
+
+
+def test_colour_jitter_changes_a_snippet_as_one_and_half_of_them() -> None:
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    same = np.repeat(frames[:1], 3, axis=0)
+    out = jitter(same, brightness=0.9, contrast=1.1, saturation=0.85, hue=-0.05)
+    assert (out[0] == out[1]).all() and (out[1] == out[2]).all()  # one change for every frame
+    assert random_colour_jitter(frames, FixedDraws(0.99, [1.2, 1.2, 1.2, 0.1])) is frames  # not drawn: unchanged
+    changed = [not np.array_equal(random_colour_jitter(frames, np.random.default_rng(seed)), frames)
+               for seed in range(200)]
+    assert 70 < sum(changed) < 130  # half of 200, within 4 standard deviations
+
+
+def test_colour_augment_keeps_the_geometric_draws(tiny_cache: Path) -> None:
+    plain = SnippetDataset(tiny_cache, "train", 3, augment=True, seed=3, flip_depth=True)
+    coloured = SnippetDataset(tiny_cache, "train", 3, augment=True, seed=3, flip_depth=True, colour_augment=True)
+    changed = 0
+    for index in range(len(plain)):
+        item, with_colour = plain[index], coloured[index]
+        np.testing.assert_array_equal(with_colour["K"].numpy(), item["K"].numpy())
+        assert bool(with_colour["depth_mirrored"]) == bool(item["depth_mirrored"])
+        changed += not torch.equal(with_colour["images"], item["images"])
+    assert 10 < changed < len(plain) - 10
 
 
 def test_snippets_have_the_target_in_the_middle(tiny_cache: Path) -> None:

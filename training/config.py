@@ -39,6 +39,8 @@ class DataConfig:
     # "Which recipe learns"); mirroring whole snippets (flip) helped depth too but cost the motion.
     flip_depth: bool = param(True, "show the depth net its target mirrored left-right at random (its disparity "
                              "mirrored back); the pose net and the view synthesis see the snippet as recorded")
+    colour_augment: bool = param(False, "change brightness, contrast, saturation and hue of half the snippets at "
+                                 "random (one change per snippet; monodepth2's ranges)")
     frame_strides: tuple[int, ...] = param((1,), "frame gaps a training snippet is drawn with, one at random per "
                                            "snippet (1: adjacent frames, the paper; (1, 2): also twice the baseline)")
     intrinsics: tuple[float, ...] = param((), "fx fy cx cy (native pixels) for bags without CameraInfo")

@@ -31,10 +31,20 @@ from sfm_ros.geometry import crop_intrinsics, scale_intrinsics
 from training.config import DataConfig
 from training.staging import staged_directory
 
-__all__ = ["DataError", "FrameSequence", "SnippetDataset", "load_cache_index", "open_source", "prepare_cache",
-           "random_flip", "random_scale_crop"]
+__all__ = ["DataError", "FrameSequence", "SnippetDataset", "load_cache_index", "network_frames", "open_source",
+           "prepare_cache", "random_colour_jitter", "random_flip", "random_scale_crop", "resize_to_network"]
 
 CACHE_FORMAT = 1
+# Colour augmentation (data.colour_augment): monodepth2's ranges (Godard et al. 2019, its trainer's ColorJitter),
+# one draw per snippet, applied with probability COLOUR_JITTER_PROBABILITY.
+COLOUR_JITTER_PROBABILITY = 0.5
+BRIGHTNESS_RANGE = (0.8, 1.2)  # factor on every channel
+CONTRAST_RANGE = (0.8, 1.2)  # factor on the distance from the snippet's mean grey level
+SATURATION_RANGE = (0.8, 1.2)  # factor on the distance from each pixel's grey level
+HUE_RANGE = (-0.1, 0.1)  # turn of the chroma plane, in full turns
+# Rec. 601 luma weights and the RGB <-> YIQ matrices (luma + two chroma axes) that the hue turn works in.
+LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])
+RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
 
 
 class DataError(RuntimeError):
@@ -198,7 +208,7 @@ def _prepare_sequence(sequence: FrameSequence, config: DataConfig, split: str, s
                             f"{sequence.size[1]}x{sequence.size[0]}")
         if use_list and sequence.static_keys[i] in static:
             continue
-        small = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
+        small = resize_to_network(rgb, config)
         if use_motion and split == "train":
             grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
             if last_grey is not None and _mean_flow(last_grey, grey) < config.min_motion_px:
@@ -264,6 +274,24 @@ def prepare_cache(config: DataConfig, out_dir: str | Path, progress: bool = True
     return out_dir
 
 
+def resize_to_network(rgb: np.ndarray, config: DataConfig) -> np.ndarray:
+    """uint8 RGB [H,W,3] at any size -> [data.height, data.width, 3] (area-averaged, as the cache stores frames)."""
+    return cv2.resize(rgb, (config.width, config.height), interpolation=cv2.INTER_AREA)
+
+
+def network_frames(source: str | Path, config: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Every frame of a one-sequence source at network size, unfiltered, read as ``prepare_cache`` reads it.
+
+    For evaluation on held-out drives without a cache. Returns (frames uint8 [N,h,w,3], K [3,3] at h,w).
+    """
+    sequences = open_source(source, config)
+    if len(sequences) != 1:
+        raise DataError(f"{source} holds {len(sequences)} sequences; evaluation reads one per source")
+    sequence = sequences[0]
+    K = scale_intrinsics(sequence.K, config.width / sequence.size[1], config.height / sequence.size[0])
+    return np.stack([resize_to_network(rgb, config) for rgb in sequence.frames()]), K
+
+
 def load_cache_index(cache_dir: str | Path) -> dict:
     """Read and check ``index.json`` of a cache."""
     path = Path(cache_dir) / "index.json"
@@ -303,6 +331,33 @@ def random_flip(images: np.ndarray, K: np.ndarray, rng: np.random.Generator) -> 
     return np.ascontiguousarray(images[:, :, ::-1]), K_out
 
 
+def random_colour_jitter(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Brightness, contrast, saturation and hue changed at random, the same for every frame of a snippet.
+
+    images: uint8 RGB [L,H,W,3] -> uint8 [L,H,W,3]. A snippet whose frames share one colour change is still a
+    valid video (brightness constancy holds between its frames), so the photometric loss stays honest while the
+    networks stop keying on the colours of the surfaces they were trained on. With probability
+    1 - COLOUR_JITTER_PROBABILITY the snippet is returned unchanged (the draws are made either way, so that the
+    augmentation that follows sees the same random stream).
+    """
+    apply = rng.random() < COLOUR_JITTER_PROBABILITY
+    brightness, contrast, saturation = (rng.uniform(*r) for r in (BRIGHTNESS_RANGE, CONTRAST_RANGE, SATURATION_RANGE))
+    hue = rng.uniform(*HUE_RANGE)
+    if not apply:
+        return images
+    rgb = images.astype(np.float32) / 255.0 * brightness
+    mean_grey = float((rgb @ LUMA_WEIGHTS.astype(np.float32)).mean())
+    rgb = (rgb - mean_grey) * contrast + mean_grey
+    grey = (rgb @ LUMA_WEIGHTS.astype(np.float32))[..., None]
+    rgb = grey + (rgb - grey) * saturation
+    # Hue: turn the (I, Q) chroma plane about the luma axis; Y (the grey level) is unchanged.
+    angle = 2.0 * np.pi * hue
+    turn = np.array([[1.0, 0.0, 0.0], [0.0, np.cos(angle), -np.sin(angle)], [0.0, np.sin(angle), np.cos(angle)]])
+    colour_matrix = np.linalg.inv(RGB_TO_YIQ) @ turn @ RGB_TO_YIQ
+    rgb = rgb @ colour_matrix.T.astype(np.float32)
+    return np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
+
+
 class SnippetDataset(Dataset):
     """Snippets from a prepared cache: ``images`` uint8 [L,3,H,W] (target at L//2), ``K`` float32 [3,3].
 
@@ -311,7 +366,8 @@ class SnippetDataset(Dataset):
 
     def __init__(self, cache_dir: str | Path, split: str, sequence_length: int, augment: bool = False,
                  max_scale: float = 1.15, seed: int = 0, flip: bool = False,
-                 frame_strides: tuple[int, ...] = (1,), flip_depth: bool = False) -> None:
+                 frame_strides: tuple[int, ...] = (1,), flip_depth: bool = False,
+                 colour_augment: bool = False) -> None:
         self.cache_dir = Path(cache_dir)
         self.index = load_cache_index(cache_dir)
         self.frames = np.load(self.cache_dir / "frames.npy", mmap_mode="r")
@@ -319,6 +375,7 @@ class SnippetDataset(Dataset):
         self.augment = augment
         self.flip = flip
         self.flip_depth = flip_depth
+        self.colour_augment = colour_augment
         self.max_scale = max_scale
         self.seed = seed
         self.epoch = 0
@@ -356,4 +413,7 @@ class SnippetDataset(Dataset):
                 "K": torch.from_numpy(K.astype(np.float32)), "frame": torch.tensor(center)}
         if self.flip_depth:  # drawn last, so the other draws are those of a run without it
             item["depth_mirrored"] = torch.tensor(bool(rng.random() < 0.5))
+        if self.colour_augment:  # drawn after the rest, so the other draws are those of a run without it
+            item["images"] = torch.from_numpy(np.ascontiguousarray(
+                random_colour_jitter(images, rng).transpose(0, 3, 1, 2)))
         return item

@@ -2,7 +2,8 @@
 
 ``run_learning`` writes the training streets as image folders (the form of a user's recording), prepares the cache
 through ``sfm prepare``'s own code, trains with the ``Trainer`` and, at steps along the way, evaluates on the
-held-out streets:
+held-out streets of ``val`` (new street layouts, surfaces train has seen) and, where the source has it,
+``val_unseen`` (new streets with surfaces train never saw: what a robot meets in a new place):
 
 - depth: the Eigen metrics with per-image median scaling, cap 80 m, on pixels with a surface (depth > 0), the
   prediction resized to the ground truth's size (``sfm_ros.metrics.eigen_depth_evaluation``, no Garg crop);
@@ -27,16 +28,19 @@ import torch
 from sfm_ros.config import to_dict
 from sfm_ros.geometry import pose_vec_to_mat
 from sfm_ros.metrics import eigen_depth_evaluation, snippet_ates
-from training.config import TrainConfig, load_train_config
-from training.data import SnippetDataset, prepare_cache
+from training.config import DataConfig, TrainConfig, load_train_config
+from training.data import network_frames, prepare_cache
 from training.health import training_health
 from training.normalisation import normalise
-from training.synth_streets import StreetSplit, street_folders
+from training.synth_streets import StreetSplit, has_split, street_folders
 
 __all__ = ["LearningEvaluator", "at_step", "chain_motions", "depth_scores", "plot_learning_curves",
            "run_learning", "snippet_ate_mean", "summarise"]
 
 DEPTH_KEYS = ("abs_rel", "sq_rel", "rmse", "a1")
+# Held-out splits scored at every evaluation: "val" (new streets, surfaces train has seen) with unprefixed keys, and
+# "val_unseen" (new streets with surfaces train never saw), where the source has it, with keys prefixed "unseen_".
+HELD_OUT_SPLITS = {"val": "", "val_unseen": "unseen_"}
 SNIPPET_LENGTH = 5
 # A run whose depth is no better than 0.9x the constant baseline's abs_rel has learnt no structure: collapsed.
 COLLAPSE_RATIO = 0.9
@@ -67,25 +71,20 @@ def snippet_ate_mean(gt_poses: list[np.ndarray], pred_poses: list[np.ndarray]) -
 
 
 class LearningEvaluator:
-    """Scores the networks of a run on the held-out streets, with frames read from the run's cache."""
+    """Scores the networks of a run on held-out streets, their frames read at network size as a cache reads them."""
 
-    def __init__(self, cache_dir: str | Path, split: StreetSplit, max_depth_frames: int = 0) -> None:
-        dataset = SnippetDataset(cache_dir, "val", 3)
-        names = [folder.name for folder in split.folders]
-        sequences = {s["name"]: s for s in dataset.index["sequences"] if s["split"] == "val"}
-        missing = [n for n in names if n not in sequences]
-        if missing:
-            raise ValueError(f"the cache holds no validation sequence {missing}; it has {sorted(sequences)}")
-        self.frames = [np.array(dataset.frames[sequences[n]["offset"]: sequences[n]["offset"] +
-                                                 sequences[n]["count"]]) for n in names]
-        self.K = [torch.tensor(sequences[n]["K"], dtype=torch.float32) for n in names]
-        for name, frames, gt in zip(names, self.frames, split.depth, strict=True):
+    def __init__(self, split: StreetSplit, data: DataConfig, max_depth_frames: int = 0) -> None:
+        self.frames, self.K = [], []
+        for folder, gt in zip(split.folders, split.depth, strict=True):
+            frames, K = network_frames(folder, data)
             if len(frames) != len(gt):
-                raise ValueError(f"validation street {name}: {len(frames)} frames in the cache, {len(gt)} in the truth")
+                raise ValueError(f"validation street {folder}: {len(frames)} frames, {len(gt)} in the truth")
+            self.frames.append(frames)
+            self.K.append(torch.tensor(K, dtype=torch.float32))
         self.split = split
         # Depth on every frame by default; a stride keeps big GPU-size evaluations short.
         frames = split.depth.shape[1]
-        stride = max(1, math.ceil(len(names) * frames / max_depth_frames)) if max_depth_frames else 1
+        stride = max(1, math.ceil(len(split.folders) * frames / max_depth_frames)) if max_depth_frames else 1
         self.depth_frames = list(range(0, frames, stride))
 
     def baselines(self) -> dict[str, float]:
@@ -164,26 +163,31 @@ def run_learning(source: str | Path, preset: str | Path | None, overrides: list[
 
     work_dir = Path(work_dir)
     train = street_folders(source, "train", work_dir / "streets")
-    val = street_folders(source, "val", work_dir / "streets")
+    held_out = {name: street_folders(source, name, work_dir / "streets") for name in HELD_OUT_SPLITS
+                if name == "val" or has_split(source, name)}
     size = ([f"data.height={height}"] if height else []) + ([f"data.width={width}"] if width else [])
     config = load_train_config(preset, [
         *overrides, *size, f"data.sources=[{', '.join(str(f) for f in train.folders)}]",
-        f"data.val_sources=[{', '.join(str(f) for f in val.folders)}]", f"optim.max_steps={steps}",
+        f"data.val_sources=[{', '.join(str(f) for f in held_out['val'].folders)}]", f"optim.max_steps={steps}",
         f"run.seed={seed}", f"run.progress={'true' if progress else 'false'}",
         # The benchmark's own evaluation replaces the per-epoch photometric validation.
         "run.val_every_epochs=100000"])
     cache = _cache_for(config, work_dir, progress)
     output = work_dir / "runs" / f"{run_name}_seed{seed}"
-    evaluator = LearningEvaluator(cache, val, max_depth_frames)
+    evaluators = {HELD_OUT_SPLITS[name]: LearningEvaluator(split, config.data, max_depth_frames)
+                  for name, split in held_out.items()}
     trainer = Trainer(config, cache, output)
     model = config.model
     curve: list[dict[str, float]] = []
 
     def evaluate(step: int) -> None:
         tick = time.perf_counter()
-        scores = evaluator.evaluate(trainer.depth_net, trainer.pose_net, trainer.device, model.disparity_alpha,
-                                    model.disparity_beta)
-        curve.append({"step": step, **scores, "eval_s": time.perf_counter() - tick})
+        row: dict[str, float] = {"step": step}
+        for prefix, evaluator in evaluators.items():
+            scores = evaluator.evaluate(trainer.depth_net, trainer.pose_net, trainer.device, model.disparity_alpha,
+                                        model.disparity_beta)
+            row.update({prefix + key: value for key, value in scores.items()})
+        curve.append({**row, "eval_s": time.perf_counter() - tick})
 
     evaluate(0)
     started = time.perf_counter()
@@ -198,11 +202,13 @@ def run_learning(source: str | Path, preset: str | Path | None, overrides: list[
     train_s = time.perf_counter() - started - sum(row["eval_s"] for row in curve[1:])
     if curve[-1]["step"] != trainer.state.step:
         evaluate(trainer.state.step)
-    reference = evaluator.baselines()
+    reference = {prefix + key: value for prefix, evaluator in evaluators.items()
+                 for key, value in evaluator.baselines().items()}
     final = curve[-1]
     collapsed = bool(final["abs_rel"] >= COLLAPSE_RATIO * reference["constant_depth_abs_rel"])
     return {"source": str(source), "preset": str(preset) if preset else None, "overrides": list(overrides),
-            "seed": seed, "steps": trainer.state.step, "input": [config.data.height, config.data.width],
+            "seed": seed, "threads": torch.get_num_threads(), "steps": trainer.state.step,
+            "input": [config.data.height, config.data.width],
             "batch": config.optim.batch_size, "device": str(trainer.device), "speed_path": summary["speed_path"],
             "train_s": train_s, "seconds_per_step": train_s / max(trainer.state.step, 1),
             "curve": curve, "final": final, "baselines": reference, "collapsed": collapsed,
@@ -210,31 +216,35 @@ def run_learning(source: str | Path, preset: str | Path | None, overrides: list[
 
 
 def plot_learning_curves(path: Path, runs: dict[str, list[dict[str, Any]]]) -> Path:
-    """abs_rel and snippet ATE against steps, one colour per variant (a line per seed), baselines dashed."""
+    """abs_rel and snippet ATE against steps, one colour per variant (a line per seed), baselines dashed; a row
+    of plots per held-out split (val, and val_unseen where it was scored)."""
     from sfm_ros.report import _pyplot
 
     plt = _pyplot()
-    figure, (depth_axis, pose_axis) = plt.subplots(1, 2, figsize=(12, 4.2))
+    first = next(iter(runs.values()))[0]
+    prefixes = [p for p in HELD_OUT_SPLITS.values() if f"{p}abs_rel" in first["curve"][0]]
+    titles = {"": "held-out streets, surfaces seen in training", "unseen_": "held-out streets, surfaces never seen"}
+    figure, axes = plt.subplots(len(prefixes), 2, figsize=(12, 4.2 * len(prefixes)), squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    reference = None
-    for i, (name, records) in enumerate(runs.items()):
-        for j, record in enumerate(records):
-            steps = [row["step"] for row in record["curve"]]
-            label = name if j == 0 else None
-            colour = colours[i % len(colours)]
-            depth_axis.plot(steps, [row["abs_rel"] for row in record["curve"]], "-o", ms=3, color=colour,
-                            label=label, alpha=0.85)
-            pose_axis.plot(steps, [row["snippet_ate"] for row in record["curve"]], "-o", ms=3, color=colour,
-                           label=label, alpha=0.85)
-            reference = record["baselines"]
-    if reference is not None:
-        depth_axis.axhline(reference["constant_depth_abs_rel"], color="k", ls="--", label="constant depth")
-        pose_axis.axhline(reference["constant_forward_snippet_ate"], color="k", ls="--", label="constant forward")
-    depth_axis.set(xlabel="training step", ylabel="abs_rel (median-scaled)", title="depth on held-out streets")
-    pose_axis.set(xlabel="training step", ylabel="5-frame snippet ATE", title="motion on held-out streets")
-    for axis in (depth_axis, pose_axis):
-        axis.grid(True, alpha=0.3)
-        axis.legend(fontsize=8)
+    for (depth_axis, pose_axis), prefix in zip(axes, prefixes, strict=True):
+        for i, (name, records) in enumerate(runs.items()):
+            for j, record in enumerate(records):
+                steps = [row["step"] for row in record["curve"]]
+                label = name if j == 0 else None
+                colour = colours[i % len(colours)]
+                depth_axis.plot(steps, [row[prefix + "abs_rel"] for row in record["curve"]], "-o", ms=3,
+                                color=colour, label=label, alpha=0.85)
+                pose_axis.plot(steps, [row[prefix + "snippet_ate"] for row in record["curve"]], "-o", ms=3,
+                               color=colour, label=label, alpha=0.85)
+        reference = first["baselines"]
+        depth_axis.axhline(reference[prefix + "constant_depth_abs_rel"], color="k", ls="--", label="constant depth")
+        pose_axis.axhline(reference[prefix + "constant_forward_snippet_ate"], color="k", ls="--",
+                          label="constant forward")
+        depth_axis.set(xlabel="training step", ylabel="abs_rel (median-scaled)", title=f"depth: {titles[prefix]}")
+        pose_axis.set(xlabel="training step", ylabel="5-frame snippet ATE", title=f"motion: {titles[prefix]}")
+        for axis in (depth_axis, pose_axis):
+            axis.grid(True, alpha=0.3)
+            axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -247,7 +257,10 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     for name, records in runs.items():
         row: dict[str, Any] = {"variant": name, "seeds": [r["seed"] for r in records],
                                "steps": records[0]["steps"], "collapsed": sum(r["collapsed"] for r in records)}
-        for key in (*DEPTH_KEYS, "snippet_ate"):
+        keys = [prefix + key for prefix in HELD_OUT_SPLITS.values() for key in (*DEPTH_KEYS, "snippet_ate")]
+        for key in keys:
+            if not all(key in r["final"] for r in records):
+                continue
             values = np.array([r["final"][key] for r in records])
             row[key] = float(values.mean())
             row[f"{key}_min"], row[f"{key}_max"] = float(values.min()), float(values.max())
@@ -326,24 +339,30 @@ def bench_learning(source: str | Path, variants: dict[str, dict[str, Any]], step
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """A Markdown table of the summary (mean over seeds, min-max in brackets when several)."""
+    """A Markdown table of the summary: depth abs_rel and a1, 5-frame snippet ATE on each held-out split (mean over
+    seeds, min-max in brackets when several)."""
     base = result["baselines"]
-    lines = ["| variant | seeds | abs_rel | sq_rel | rmse | a1 | 5-frame ATE | collapsed |",
-             "|---|---|---|---|---|---|---|---|",
-             f"| constant depth / constant forward | - | {base['constant_depth_abs_rel']:.3f} | "
-             f"{base['constant_depth_sq_rel']:.3f} | {base['constant_depth_rmse']:.2f} | "
-             f"{base['constant_depth_a1']:.3f} | {base['constant_forward_snippet_ate']:.4f} | - |"]
+    prefixes = [p for p in HELD_OUT_SPLITS.values() if f"{p}constant_depth_abs_rel" in base]
+    names = {"": "val", "unseen_": "unseen"}
+    header = "| variant | seeds | " + " | ".join(f"{names[p]} abs_rel | {names[p]} a1 | {names[p]} 5-frame ATE"
+                                             for p in prefixes) + " | collapsed |"
+    lines = [header, "|" + "---|" * (3 + 3 * len(prefixes)),
+             "| constant depth / constant forward | - | " + " | ".join(
+                 f"{base[p + 'constant_depth_abs_rel']:.3f} | {base[p + 'constant_depth_a1']:.3f} | "
+                 f"{base[p + 'constant_forward_snippet_ate']:.4f}" for p in prefixes) + " | - |"]
 
     def cell(row: dict[str, Any], key: str, digits: int) -> str:
+        if key not in row:
+            return "-"
         text = f"{row[key]:.{digits}f}"
         if len(row["seeds"]) > 1:
             text += f" ({row[f'{key}_min']:.{digits}f}-{row[f'{key}_max']:.{digits}f})"
         return text
 
     for row in result["table"]:
-        lines.append(f"| {row['variant']} | {len(row['seeds'])} | {cell(row, 'abs_rel', 3)} | {cell(row, 'sq_rel', 3)} "
-                     f"| {cell(row, 'rmse', 2)} | {cell(row, 'a1', 3)} | {cell(row, 'snippet_ate', 4)} | "
-                     f"{row['collapsed']}/{len(row['seeds'])} |")
+        cells = " | ".join(f"{cell(row, p + 'abs_rel', 3)} | {cell(row, p + 'a1', 3)} | "
+                           f"{cell(row, p + 'snippet_ate', 4)}" for p in prefixes)
+        lines.append(f"| {row['variant']} | {len(row['seeds'])} | {cells} | {row['collapsed']}/{len(row['seeds'])} |")
     return "\n".join(lines)
 
 

@@ -23,7 +23,7 @@ import yaml
 
 from training.staging import staged_directory
 
-__all__ = ["GROUND_TRUTH_FILE", "StreetSplit", "load_street_split", "street_folders", "street_sequence",
+__all__ = ["GROUND_TRUTH_FILE", "StreetSplit", "has_split", "load_street_split", "street_folders", "street_sequence",
            "write_street_split"]
 
 GROUND_TRUTH_FILE = "ground_truth.npz"
@@ -95,8 +95,14 @@ def load_street_split(folder: str | Path) -> StreetSplit:
     return split
 
 
+def has_split(source: str | Path, split: str) -> bool:
+    """Whether ``source`` holds ``split`` in either form (``{split}.npz`` or ``{split}/ground_truth.npz``)."""
+    source = Path(source)
+    return (source / f"{split}.npz").is_file() or (source / split / GROUND_TRUTH_FILE).is_file()
+
+
 def street_folders(source: str | Path, split: str, work_dir: str | Path) -> StreetSplit:
-    """The ``split`` ("train" or "val") of ``source`` in street-folder form.
+    """The ``split`` ("train", "val" or "val_unseen") of ``source`` in street-folder form.
 
     source: a folder holding ``{split}.npz`` (the shared archive; written out as PNG folders under ``work_dir``
     once and reused) or ``{split}/`` street folders (the repository sample; used in place).

@@ -140,7 +140,8 @@ class Trainer:
                               compile_objective=config.run.compile and self.world_size == 1)
         self.train_data = SnippetDataset(cache_dir, "train", config.data.sequence_length, config.data.augment,
                                          config.data.scale_crop_max, config.run.seed, flip=config.data.flip,
-                                         frame_strides=config.data.frame_strides, flip_depth=config.data.flip_depth)
+                                         frame_strides=config.data.frame_strides, flip_depth=config.data.flip_depth,
+                                         colour_augment=config.data.colour_augment)
         self.val_data = SnippetDataset(cache_dir, "val", config.data.sequence_length)
         if len(self.train_data) < config.optim.batch_size * self.world_size:
             raise ValueError(f"{len(self.train_data)} training snippets are fewer than one batch of "
