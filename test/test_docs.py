@@ -30,6 +30,7 @@ from training.config import TrainConfig
 README = REPO / "README.md"
 DOCS = sorted((REPO / "docs").glob("*.md"))
 PAGES = [README, *DOCS]
+RESULTS = REPO / "benchmarks" / "RESULTS.md"
 # Sections of the node's parameters and of the training config, as the docs write their dotted keys.
 NODE_SECTIONS = ("pipeline", "scale")
 TRAIN_SECTIONS = ("data", "model", "loss", "optim", "run")
@@ -201,7 +202,7 @@ def test_github_anchor_matches_githubs_rule() -> None:
         "the-depth-nets-target-mirrored-at-random-the-default-since-this-section-four-paths-3000-steps"
 
 
-@pytest.mark.parametrize("page", PAGES, ids=_page_id)
+@pytest.mark.parametrize("page", [*PAGES, RESULTS], ids=_page_id)
 def test_every_relative_link_points_to_a_file_and_anchor_that_exist(page: Path) -> None:
     text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
     broken = []
