@@ -376,8 +376,7 @@ def nest(flat: dict[str, Any]) -> dict[str, Any]:
 def render_parameter_file(cls: type = NodeConfig, node_name: str = "/**") -> str:
     """The ROS 2 parameter file (config/sfm.yaml) documenting every parameter with its default.
 
-    Regenerate with:
-    python -c "from sfm_ros.config import render_parameter_file as r; print(r(), end='')" > config/sfm.yaml
+    Regenerate with: python -m sfm_ros.config --yaml > config/sfm.yaml
     """
     import json
 
@@ -431,7 +430,7 @@ def render_parameter_markdown(cls: type = NodeConfig) -> str:
     for section, specs in sections.items():
         owner = hints[section] if section else cls
         heading = (owner.__doc__ or "").strip().splitlines()[0]
-        lines += [f"`{section}.*`: {heading}" if section else heading, "",
+        lines += [f"**`{section}.*`**: {heading}" if section else f"**{heading}**", "",
                   "| parameter | default | applies | description |", "| --- | --- | --- | --- |"]
         for spec in specs:
             note = spec.description
