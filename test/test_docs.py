@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import re
 import shlex
 from pathlib import Path
@@ -89,6 +90,11 @@ def test_every_parameter_named_exists(page: Path) -> None:
     assert not missing, f"{_page_id(page)} names parameters the code does not declare: {sorted(set(missing))}"
 
 
+@functools.cache
+def _parser() -> argparse.ArgumentParser:
+    return build_parser()
+
+
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
     actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     return dict(actions[0].choices) if actions else {}
@@ -101,7 +107,7 @@ def test_every_sfm_command_and_flag_named_exists(page: Path) -> None:
         for line in span.splitlines():
             for command in re.findall(r"(?:^|&&|;)\s*sfm ((?:[a-z][\w-]*)(?: [^|;&#]*)?)", line):
                 words = shlex.split(command.replace("'", "").replace('"', ""))
-                parser, used = build_parser(), ["sfm"]
+                parser, used = _parser(), ["sfm"]
                 while words and (choices := _subcommands(parser)):
                     if words[0] not in choices:
                         problems.append(f"`{' '.join(used)} {words[0]}`: not a subcommand ({sorted(choices)})")
@@ -114,7 +120,7 @@ def test_every_sfm_command_and_flag_named_exists(page: Path) -> None:
 
 
 def test_sfm_help_lists_the_commands_the_readme_names() -> None:
-    choices = _subcommands(build_parser())
+    choices = _subcommands(_parser())
     named = set(re.findall(r"`sfm ([a-z]+)", README.read_text()))
     assert named and named <= set(choices), sorted(named - set(choices))
     for name, sub in choices.items():
@@ -124,7 +130,7 @@ def test_sfm_help_lists_the_commands_the_readme_names() -> None:
 def test_demo_help_states_the_default_steps() -> None:
     from training.demo import CPU_STEPS, GPU_STEPS
 
-    steps = next(a for a in _subcommands(build_parser())["demo"]._actions if "--steps" in a.option_strings)
+    steps = next(a for a in _subcommands(_parser())["demo"]._actions if "--steps" in a.option_strings)
     assert f"{CPU_STEPS} on CPU" in steps.help and f"{GPU_STEPS} on a GPU" in steps.help, steps.help
 
 
