@@ -90,6 +90,22 @@ def test_every_parameter_named_exists(page: Path) -> None:
     assert not missing, f"{_page_id(page)} names parameters the code does not declare: {sorted(set(missing))}"
 
 
+@pytest.mark.parametrize("page", PAGES, ids=_page_id)
+def test_every_parameter_value_named_is_allowed(page: Path) -> None:
+    specs = {spec.name: spec for spec in (*parameter_table(NodeConfig), *parameter_table(TrainConfig))}
+    wrong = []
+    for span in _code(page.read_text()):
+        for name, value in re.findall(r"^((?:[a-z]+\.)?[a-z_]+)(?:: |=)([\w.-]+)$", span):
+            spec = specs.get(name)
+            if spec is None and "." not in name:
+                continue  # a plain word followed by a colon, not a parameter
+            if spec is None:
+                wrong.append(f"{name}: no such parameter")
+            elif spec.choices and value not in spec.choices:
+                wrong.append(f"{name}: {value} is not one of {list(spec.choices)}")
+    assert not wrong, f"{_page_id(page)} names parameter values the code does not accept: {wrong}"
+
+
 @functools.cache
 def _parser() -> argparse.ArgumentParser:
     return build_parser()
