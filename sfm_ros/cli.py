@@ -470,9 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
     odometry.add_argument("--quiet", action="store_true")
     odometry.set_defaults(func=cmd_bench_odometry)
 
-    demo = commands.add_parser("demo", help="the whole story on the bundled KITTI sample")
+    demo = commands.add_parser("demo", help="the whole story on the bundled rendered streets and KITTI sample")
     demo.add_argument("--output", default="demo_output")
-    demo.add_argument("--steps", type=int, help="training steps (default: 150 on CPU, 2000 on a GPU)")
+    demo.add_argument("--steps", type=int, help="training steps (default: 600 on CPU, 3000 on a GPU)")
     demo.add_argument("--sample", default="test/data", help="the bundled sample folder")
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(func=cmd_demo)
