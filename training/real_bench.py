@@ -257,6 +257,7 @@ def bench_real(bundle: str | Path, output: str | Path, train: FrameRange, motion
     reused by a rerun with the same steps, recipe and bundle (resumable).
     """
     from sfm_ros.bench import machine_description
+    from training.trainer import resolve_device
 
     unknown = set(starts) - set(STARTS)
     if unknown:
@@ -270,7 +271,7 @@ def bench_real(bundle: str | Path, output: str | Path, train: FrameRange, motion
     train_folder = write_frame_range(train, work_dir / "frames" / train.name)
     data = load_train_config(preset, [*overrides, f"data.height={size[0]}", f"data.width={size[1]}"]).data
     motion_scorers = [MotionScorer(write_frame_range(m, work_dir / "frames" / m.name), data) for m in motion]
-    grey = _is_grey(network_frames(train_folder, data)[0][:1])
+    grey = _is_grey(kitti.load_rgb(kitti.image_files(train_folder)[0]))
     scores = RealScores(motion_scorers, LidarDepthScorer(depth_drive, data, grey))
     records_dir = output / "records"
     records_dir.mkdir(parents=True, exist_ok=True)
@@ -287,8 +288,9 @@ def bench_real(bundle: str | Path, output: str | Path, train: FrameRange, motion
             if progress:
                 print(f"== {start} seed {seed}: {STARTS[start]}", flush=True)
             if start == "streets":
-                depth_net, pose_net, _ = load_networks(bundle)
-                row = {"step": 0, **scores.evaluate(depth_net, pose_net, torch.device("cpu"))}
+                device = resolve_device(load_train_config(preset, list(overrides)).run.device)
+                depth_net, pose_net, _ = load_networks(bundle, device=str(device))
+                row = {"step": 0, **scores.evaluate(depth_net, pose_net, device)}
                 record = {"steps": 0, "curve": [row], "final": row}
             else:
                 record = _train_start(start, list(overrides), preset, bundle, train_folder, steps, eval_every, seed,
