@@ -317,7 +317,7 @@ def _summarise(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     for start, records in runs.items():
         row: dict[str, Any] = {"start": start, "seeds": [r["seed"] for r in records], "steps": records[0]["steps"]}
         for key in records[0]["final"]:
-            if key == "step":
+            if key in ("step", "eval_s"):
                 continue
             values = np.array([r["final"][key] for r in records])
             row[key] = float(values.mean())
