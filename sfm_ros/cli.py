@@ -88,7 +88,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from training.config import load_train_config
     from training.data import prepare_cache
-    from training.trainer import Trainer, config_from_checkpoint
+    from training.trainer import Trainer, check_init_bundle, config_from_checkpoint
 
     overrides = list(args.set or [])
     if args.output:
@@ -100,6 +100,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"model.init_from={args.init_from}")
     config = config_from_checkpoint(args.resume) if args.resume and not args.config else load_train_config(
         args.config, overrides)
+    if config.model.init_from and not args.resume:
+        check_init_bundle(config.model.init_from, config)  # before minutes of data preparation
     cache = args.cache
     if cache is None:
         cache = Path(tempfile.mkdtemp(prefix="sfm_cache_")) / "cache"

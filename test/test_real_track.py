@@ -113,9 +113,9 @@ def test_a_bundle_of_another_network_configuration_is_refused(real_cache: Path, 
     assert "input: bundle 64x208, config 32x104 (data.height, data.width)" in message
     assert "mask: bundle False, config True (model.with_mask)" in message
     assert "sources" not in message  # what agrees is not named
-    # The command says it in one line, before any training.
-    code = main(["train", "--cache", str(real_cache), "--init-from", str(bundle), "--output", str(tmp_path / "cli"),
-                 "--set", "data.height=32", "--set", "data.width=104", "--set", "data.workers=0"])
+    # The command says it in one line, before preparing any data (here sources that do not even exist).
+    code = main(["train", "--init-from", str(bundle), "--output", str(tmp_path / "cli"), "--set",
+                 f"data.sources=[{tmp_path / 'nowhere'}]", "--set", "data.height=32", "--set", "data.width=104"])
     assert code == 2 and "input: bundle 64x208, config 32x104" in capsys.readouterr().err
     assert not (tmp_path / "cli").exists()
 

@@ -47,8 +47,8 @@ from training.health import HealthMonitor, training_health
 from training.normalisation import to_unit_range
 from training.step import TrainStep, forward_objective, learning_rate_factor, make_optimizer
 
-__all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "Trainer", "initialise_from_bundle", "load_checkpoint",
-           "resolve_device"]
+__all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "Trainer", "check_init_bundle", "initialise_from_bundle",
+           "load_checkpoint", "resolve_device"]
 
 CHECKPOINT_FORMAT = "sfm_ros-checkpoint-1"
 
@@ -104,16 +104,10 @@ NETWORK_CONFIG_KEYS = {"input": "data.height, data.width", "sources": "data.sequ
                        "pose_scale": "model.pose_scale"}
 
 
-def initialise_from_bundle(depth_net: DispNet, pose_net: PoseExpNet, bundle: str | Path, config: TrainConfig
-                           ) -> dict[str, Any]:
-    """Copy a bundle's weights (safetensors, nothing unpickled) into freshly built networks, for fine-tuning.
-
-    Refuses (BundleError) a bundle whose network configuration differs from ``config``'s, naming both sides and the
-    keys to change. Returns the provenance the run records: the bundle's path, its weights' sha256 and its own
-    training steps and sources.
-    """
-    folder = Path(bundle).expanduser()
-    metadata = read_metadata(folder)
+def check_init_bundle(bundle: str | Path, config: TrainConfig) -> BundleMetadata:
+    """The metadata of a bundle to start from; BundleError (naming both sides and the keys to change) when its
+    network configuration differs from ``config``'s. Cheap: a command checks it before preparing any data."""
+    metadata = read_metadata(Path(bundle).expanduser())
     theirs, ours = bundle_network_configuration(metadata), config_network_configuration(config)
     differ = [key for key in ours if ours[key] != theirs[key]]
     if differ:
@@ -122,6 +116,18 @@ def initialise_from_bundle(depth_net: DispNet, pose_net: PoseExpNet, bundle: str
             + "; ".join(f"{key}: bundle {theirs[key]}, config {ours[key]} ({NETWORK_CONFIG_KEYS[key]})"
                         for key in differ)
             + ". Set the config to the bundle's values, or start from a bundle trained with this config")
+    return metadata
+
+
+def initialise_from_bundle(depth_net: DispNet, pose_net: PoseExpNet, bundle: str | Path, config: TrainConfig
+                           ) -> dict[str, Any]:
+    """Copy a bundle's weights (safetensors, nothing unpickled) into freshly built networks, for fine-tuning.
+
+    Refuses a bundle of another network configuration (``check_init_bundle``). Returns the provenance the run
+    records: the bundle's path, its weights' sha256 and its own training steps and sources.
+    """
+    folder = Path(bundle).expanduser()
+    metadata = check_init_bundle(folder, config)
     depth, pose, _ = load_networks(folder)
     depth_net.load_state_dict(depth.state_dict(), strict=True)
     pose_net.load_state_dict(pose.state_dict(), strict=True)
