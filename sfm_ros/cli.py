@@ -88,13 +88,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from training.config import load_train_config
     from training.data import prepare_cache
-    from training.trainer import Trainer, config_from_checkpoint
+    from training.trainer import Trainer, check_init_bundle, config_from_checkpoint
 
     overrides = list(args.set or [])
     if args.output:
         overrides.append(f"run.output={args.output}")
+    if args.init_from:
+        if args.resume:
+            raise SystemExit("--init-from starts a new run; --resume continues one (its weights come from the "
+                             "checkpoint): give one of them")
+        overrides.append(f"model.init_from={args.init_from}")
     config = config_from_checkpoint(args.resume) if args.resume and not args.config else load_train_config(
         args.config, overrides)
+    if config.model.init_from and not args.resume:
+        check_init_bundle(config.model.init_from, config)  # before minutes of data preparation
     cache = args.cache
     if cache is None:
         cache = Path(tempfile.mkdtemp(prefix="sfm_cache_")) / "cache"
@@ -253,6 +260,17 @@ def cmd_bench_learning(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_real(args: argparse.Namespace) -> int:
+    from benchmarks._common import git_commit
+    from training.real_bench import format_real_table, run_from_arguments
+
+    result = run_from_arguments(args)
+    result["commit"] = git_commit()
+    _print_json({k: v for k, v in result.items() if k != "starts"})
+    print(format_real_table(result), file=sys.stderr)
+    return 0
+
+
 def cmd_bench_odometry(args: argparse.Namespace) -> int:
     from benchmarks._common import git_commit
     from training.odometry_bench import bench_odometry
@@ -338,6 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--cache", help="a prepared cache (default: prepare the sources into a temporary one)")
     train.add_argument("--output", help="run folder (checkpoint, tensorboard, bundle)")
     train.add_argument("--resume", help="checkpoint to continue from exactly")
+    train.add_argument("--init-from", metavar="BUNDLE",
+                       help="start both networks from a model bundle's weights and train on these sources with a "
+                            "fresh optimiser (fine-tuning); the bundle's input size, source count and mask must be "
+                            "the config's (model.init_from)")
     train.set_defaults(func=cmd_train)
 
     export = commands.add_parser("export", help="export a bundle to ONNX (verified), optionally build engines")
@@ -450,6 +472,34 @@ def build_parser() -> argparse.ArgumentParser:
                     "snippet ATE on the held-out streets along the way, beside constant baselines.")
     learning_arguments(learning)
     learning.set_defaults(func=cmd_bench_learning)
+    real = bench_kinds.add_parser(
+        "real", help="with a short real recording, which start is better: trained on it from scratch, a "
+                     "rendered-streets model fine-tuned on it, or that model alone",
+        description="Train on a real drive's frames (default: KITTI 00 frames 0-149, written as an image folder with "
+                    "intrinsics.yaml and read through the training cache) from scratch and from a rendered-streets "
+                    "bundle (fine-tuned, as `sfm train --init-from`), and score those two and the bundle alone on "
+                    "frames none trained on: motion (5-frame snippet ATE; default KITTI 00 frames 150-199 and 06 "
+                    "frames 0-50) and depth (Eigen abs_rel against LiDAR; default raw drive 2011_09_26_0060), "
+                    "beside constant forward motion and one constant depth. Every start runs at the bundle's size.")
+    real.add_argument("--bundle", required=True, help="the rendered-streets model bundle (e.g. from "
+                                                      "`sfm bench learning` or `sfm train` on synth_streets)")
+    real.add_argument("--config", help="training preset of both trainings (default: the default recipe)")
+    real.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override (repeatable)")
+    real.add_argument("--steps", type=int, default=2000, help="training steps of the scratch and fine-tuned starts")
+    real.add_argument("--eval-every", type=int, default=500, help="score every N steps (and at the end)")
+    real.add_argument("--seeds", type=int, nargs="+", default=[0])
+    real.add_argument("--starts", nargs="+", default=["streets", "scratch", "finetune"],
+                      choices=["streets", "scratch", "finetune"], help="which starts to run (default: all three)")
+    real.add_argument("--train", metavar="SEQUENCE_DIR:FIRST-LAST",
+                      help="KITTI odometry frames to train on (default: ../shared/data's sequence 00, 0-149)")
+    real.add_argument("--motion", nargs="+", metavar="SEQUENCE_DIR:FIRST-LAST",
+                      help="frame ranges (with ground-truth poses) scored for motion (default: 00 150-199, 06 0-50)")
+    real.add_argument("--depth-drive", help="KITTI raw *_sync drive with LiDAR scored for depth "
+                                            "(default: ../shared/data's 2011_09_26_drive_0060_sync)")
+    real.add_argument("--workers", type=int, help="DataLoader workers (default: the preset's, at most cores - 2)")
+    real.add_argument("--output", default="runs/bench_real", help="records, frame folders, caches, real.json")
+    real.add_argument("--quiet", action="store_true", help="no progress bars")
+    real.set_defaults(func=cmd_bench_real)
     odometry = bench_kinds.add_parser(
         "odometry", help="the node's pipeline over held-out rendered streets and KITTI: metric ATE, drift, depth",
         description="Run the run-time Pipeline (with its own metric scale) over every held-out rendered street and "

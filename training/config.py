@@ -72,6 +72,8 @@ class ModelConfig:
     initial_disparity: float = 0.3
     pose_scale: float = 0.01
     with_mask: bool = True  # the explainability decoder; off also turns the mask terms off
+    init_from: str = param("", "model bundle whose weights start both networks (fine-tuning, with a fresh "
+                           "optimiser); its input size, source count and mask must be this config's (empty: random)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,8 +34,8 @@ from training.health import training_health
 from training.normalisation import normalise
 from training.synth_streets import StreetSplit, has_split, street_folders
 
-__all__ = ["LearningEvaluator", "at_step", "chain_motions", "depth_scores", "plot_learning_curves",
-           "run_learning", "snippet_ate_mean", "summarise"]
+__all__ = ["LearningEvaluator", "at_step", "chain_motions", "constant_forward_poses", "depth_scores",
+           "plot_learning_curves", "predicted_poses", "run_learning", "snippet_ate_mean", "summarise"]
 
 DEPTH_KEYS = ("abs_rel", "sq_rel", "rmse", "a1")
 # Held-out splits scored at every evaluation: "val" (new streets, surfaces train has seen) with unprefixed keys, and
@@ -70,6 +70,33 @@ def snippet_ate_mean(gt_poses: list[np.ndarray], pred_poses: list[np.ndarray]) -
     return float(np.concatenate(errors).mean())
 
 
+def constant_forward_poses(frames: int) -> np.ndarray:
+    """The no-knowledge motion baseline: camera poses [frames,4,4] moving 1 unit straight ahead (+z) a frame."""
+    forward = np.eye(4)
+    forward[2, 3] = -1.0  # camera i's points are 1 unit closer in camera i+1
+    return chain_motions(np.repeat(forward[None], frames - 1, axis=0))
+
+
+@torch.no_grad()
+def predicted_poses(pose_net: torch.nn.Module, images: torch.Tensor, device: torch.device) -> np.ndarray:
+    """Camera poses [F,4,4] (first = identity) chained from the pose net's motions over a video, as the node chains.
+
+    images: normalised frames [F,3,h,w] in order. The window centred on frame i has sources i-1 and i+1; its second
+    motion is T(i -> i+1); the first step, 0 -> 1, is the inverse of frame 1's T(1 -> 0). The caller sets eval mode.
+    """
+    motions, first_pose = [], None
+    for chunk in torch.split(torch.arange(1, len(images) - 1), 16):
+        target = images[chunk].to(device)
+        sources = torch.stack([images[chunk - 1], images[chunk + 1]], dim=1).to(device)
+        poses = pose_net(target, sources)[0].float().cpu()
+        if first_pose is None:
+            first_pose = poses[0]
+        motions.append(poses[:, 1])
+    T_next = [pose_vec_to_mat(p.double().numpy()) for p in torch.cat(motions)]
+    T_next.insert(0, np.linalg.inv(pose_vec_to_mat(first_pose[0].double().numpy())))
+    return chain_motions(np.asarray(T_next))
+
+
 class LearningEvaluator:
     """Scores the networks of a run on held-out streets, their frames read at network size as a cache reads them."""
 
@@ -91,10 +118,7 @@ class LearningEvaluator:
         """The scores of knowing nothing, on the same frames: one depth everywhere, 1 unit straight ahead a frame."""
         truth = self.split.depth[:, self.depth_frames].reshape(-1, *self.split.depth.shape[2:])
         constant = depth_scores(np.ones_like(truth), truth)
-        forward = np.eye(4)
-        forward[2, 3] = -1.0  # camera i's points are 1 unit closer in camera i+1
-        frames = self.split.T_world_cam.shape[1]
-        straight_ahead = [chain_motions(np.repeat(forward[None], frames - 1, axis=0)) for _ in self.split.folders]
+        straight_ahead = [constant_forward_poses(self.split.T_world_cam.shape[1]) for _ in self.split.folders]
         return {**{f"constant_depth_{k}": v for k, v in constant.items()},
                 "constant_forward_snippet_ate": snippet_ate_mean(list(self.split.T_world_cam), straight_ahead)}
 
@@ -114,19 +138,7 @@ class LearningEvaluator:
                     preds.append((1.0 / disparity[:, 0]).cpu().numpy())
                     truths.append(self.split.depth[street][chunk.numpy()])
                     health.append(disparity.cpu())
-                # Window centred on frame i: sources i-1 and i+1; the second gives T(i -> i+1), the node's use.
-                motions, first_pose = [], None
-                for chunk in torch.split(torch.arange(1, len(images) - 1), 16):
-                    target = images[chunk].to(device)
-                    sources = torch.stack([images[chunk - 1], images[chunk + 1]], dim=1).to(device)
-                    poses = pose_net(target, sources)[0].float().cpu()
-                    if first_pose is None:
-                        first_pose = poses[0]
-                    motions.append(poses[:, 1])
-                T_next = [pose_vec_to_mat(p.double().numpy()) for p in torch.cat(motions)]
-                # The first step, 0 -> 1, from frame 1's window: the inverse of T(1 -> 0).
-                T_next.insert(0, np.linalg.inv(pose_vec_to_mat(first_pose[0].double().numpy())))
-                pred_poses.append(chain_motions(np.asarray(T_next)))
+                pred_poses.append(predicted_poses(pose_net, images, device))
                 gt_poses.append(self.split.T_world_cam[street])
         finally:
             depth_net.train(was_training[0])

@@ -25,7 +25,19 @@ import torch.distributed as dist
 import yaml
 from torch.utils.data import DataLoader
 
-from sfm_ros.bundle import IMAGE_MEAN, IMAGE_STD, BundleMetadata, atomic_write_bytes, save_networks
+from sfm_ros.bundle import (
+    DEPTH_WEIGHTS,
+    IMAGE_MEAN,
+    IMAGE_STD,
+    POSE_WEIGHTS,
+    BundleError,
+    BundleMetadata,
+    atomic_write_bytes,
+    load_networks,
+    read_metadata,
+    save_networks,
+    sha256_file,
+)
 from sfm_ros.config import from_dict, to_dict
 from sfm_ros.metrics import DEPTH_METRICS, eigen_depth_evaluation
 from sfm_ros.models import DispNet, PoseExpNet
@@ -35,7 +47,8 @@ from training.health import HealthMonitor, training_health
 from training.normalisation import to_unit_range
 from training.step import TrainStep, forward_objective, learning_rate_factor, make_optimizer
 
-__all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "Trainer", "load_checkpoint", "resolve_device"]
+__all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "Trainer", "check_init_bundle", "initialise_from_bundle",
+           "load_checkpoint", "resolve_device"]
 
 CHECKPOINT_FORMAT = "sfm_ros-checkpoint-1"
 
@@ -67,6 +80,60 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not an sfm_ros checkpoint (format {CHECKPOINT_FORMAT})")
     return state
+
+
+def bundle_network_configuration(metadata: BundleMetadata) -> dict[str, Any]:
+    """What a bundle's networks were built for: input size, source count, mask head, output constants."""
+    return {"input": f"{metadata.height}x{metadata.width}", "sources": metadata.num_sources,
+            "mask": bool(metadata.posenet.get("with_mask", True)),
+            "disparity": (metadata.dispnet.get("alpha"), metadata.dispnet.get("beta")),
+            "pose_scale": metadata.posenet.get("pose_scale")}
+
+
+def config_network_configuration(config: TrainConfig) -> dict[str, Any]:
+    """The same description for the networks a training config builds."""
+    model = config.model
+    return {"input": f"{config.data.height}x{config.data.width}", "sources": config.data.sequence_length - 1,
+            "mask": model.with_mask, "disparity": (model.disparity_alpha, model.disparity_beta),
+            "pose_scale": model.pose_scale}
+
+
+# The config keys that set each part of the network configuration, named in a mismatch error.
+NETWORK_CONFIG_KEYS = {"input": "data.height, data.width", "sources": "data.sequence_length",
+                       "mask": "model.with_mask", "disparity": "model.disparity_alpha, model.disparity_beta",
+                       "pose_scale": "model.pose_scale"}
+
+
+def check_init_bundle(bundle: str | Path, config: TrainConfig) -> BundleMetadata:
+    """The metadata of a bundle to start from; BundleError (naming both sides and the keys to change) when its
+    network configuration differs from ``config``'s. Cheap: a command checks it before preparing any data."""
+    metadata = read_metadata(Path(bundle).expanduser())
+    theirs, ours = bundle_network_configuration(metadata), config_network_configuration(config)
+    differ = [key for key in ours if ours[key] != theirs[key]]
+    if differ:
+        raise BundleError(
+            f"model.init_from={bundle}: the bundle's networks do not fit this run's config: "
+            + "; ".join(f"{key}: bundle {theirs[key]}, config {ours[key]} ({NETWORK_CONFIG_KEYS[key]})"
+                        for key in differ)
+            + ". Set the config to the bundle's values, or start from a bundle trained with this config")
+    return metadata
+
+
+def initialise_from_bundle(depth_net: DispNet, pose_net: PoseExpNet, bundle: str | Path, config: TrainConfig
+                           ) -> dict[str, Any]:
+    """Copy a bundle's weights (safetensors, nothing unpickled) into freshly built networks, for fine-tuning.
+
+    Refuses a bundle of another network configuration (``check_init_bundle``). Returns the provenance the run
+    records: the bundle's path, its weights' sha256 and its own training steps and sources.
+    """
+    folder = Path(bundle).expanduser()
+    metadata = check_init_bundle(folder, config)
+    depth, pose, _ = load_networks(folder)
+    depth_net.load_state_dict(depth.state_dict(), strict=True)
+    pose_net.load_state_dict(pose.state_dict(), strict=True)
+    return {"bundle": str(folder.resolve()), "depth_sha256": sha256_file(folder / DEPTH_WEIGHTS),
+            "pose_sha256": sha256_file(folder / POSE_WEIGHTS), "steps": metadata.training.get("steps"),
+            "sources": metadata.training.get("sources")}
 
 
 def disparity_colormap(disparity: torch.Tensor) -> np.ndarray:
@@ -104,6 +171,9 @@ class Trainer:
             self.depth_net.initialise_disparity(model.initial_disparity)
         self.pose_net = PoseExpNet(num_sources=config.data.sequence_length - 1, with_mask=model.with_mask,
                                    pose_scale=model.pose_scale).to(self.device)
+        # Provenance of the starting weights (model.init_from), recorded in the bundle this run writes.
+        self.init_from = (initialise_from_bundle(self.depth_net, self.pose_net, model.init_from, config)
+                          if model.init_from else None)
         on_cuda = self.device.type == "cuda"
         if on_cuda and (config.run.amp or config.run.channels_last or config.run.cuda_graph or config.run.compile):
             torch.backends.cudnn.benchmark = True  # the autotuner picks the fastest convolution algorithms
@@ -280,7 +350,7 @@ class Trainer:
             training={"config": to_dict(config), "steps": self.state.step, "epochs": self.state.epoch,
                       "best_val": None if math.isinf(self.state.best_val) else self.state.best_val,
                       "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                      "sources": list(config.data.sources)})
+                      "sources": list(config.data.sources), "init_from": self.init_from})
         if self.rank == 0:
             save_networks(folder, self.depth_net, self.pose_net, metadata)
         return folder
