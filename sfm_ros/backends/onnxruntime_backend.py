@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from sfm_ros.backends import BackendError, check_input
+from sfm_ros.backends import BackendError, check_input, check_model_inputs
 from sfm_ros.bundle import BundleMetadata, onnx_path
 
 
@@ -49,6 +49,7 @@ class OnnxRuntimeBackend:
         expected = {"image", "target", "sources"}
         if set(self._shapes) != expected:
             raise BackendError(f"ONNX inputs are {sorted(self._shapes)}, expected {sorted(expected)}")
+        check_model_inputs(self._shapes, metadata, f"{bundle}'s {precision} ONNX models")
         self.description = f"onnxruntime {ort.__version__} {providers[0]} {precision}"
 
     def infer_depth(self, image: np.ndarray) -> np.ndarray:
