@@ -46,6 +46,16 @@ def _node_config(args: argparse.Namespace) -> Any:
     return from_dict(NodeConfig, apply_overrides(data, overrides))
 
 
+def _pipeline(config: Any) -> Any:
+    """The run-time Pipeline of a NodeConfig; no bundle is an error saying how to give one."""
+    from sfm_ros.config import ConfigError
+    from sfm_ros.pipeline import Pipeline
+
+    if not config.pipeline.bundle:
+        raise ConfigError("no model bundle: give --bundle BUNDLE (or pipeline.bundle in --params or --set)")
+    return Pipeline(config.pipeline, config.scale)
+
+
 # ---- sub-commands -----------------------------------------------------------------------------------------
 
 def cmd_prepare_cache(args: argparse.Namespace) -> int:
@@ -153,11 +163,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from sfm_ros.pipeline import Pipeline
     from sfm_ros.replay import replay_bag
 
     config = _node_config(args)
-    pipeline = Pipeline(config.pipeline, config.scale)
+    pipeline = _pipeline(config)
     print(f"backend: {pipeline.backend.description}")
     summary = replay_bag(args.bag, pipeline, args.output, realtime=args.realtime, gt_topic=args.gt_topic,
                          odom_frame=config.odom_frame, base_frame=config.base_frame,
@@ -215,10 +224,8 @@ def cmd_eval_pose(args: argparse.Namespace) -> int:
     else:
         if not (args.sequence and args.bundle):
             raise SystemExit("without --estimate, give --sequence and --bundle to run the model")
-        from sfm_ros.pipeline import Pipeline
-
         config = _node_config(args)
-        est_stamps, est_poses = run_sequence(Pipeline(config.pipeline, config.scale),
+        est_stamps, est_poses = run_sequence(_pipeline(config),
                                              kitti.kitti_odometry_sequence(args.sequence, args.camera),
                                              progress=not args.quiet)
     report = evaluate_pose(gt_stamps, gt_poses, est_stamps, est_poses, args.output,
@@ -486,7 +493,8 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     names = {"sfm_ros.backends": "BackendError", "sfm_ros.bundle": "BundleError", "sfm_ros.config": "ConfigError",
              "sfm_ros.kitti": "KittiError", "sfm_ros.ros_io": "ImageError", "sfm_ros.bags": "BagError",
              "sfm_ros.export": "ExportError", "sfm_ros.pipeline": "FrameError", "training.data": "DataError",
-             "sfm_ros.quantize": "QuantizeError", "training.trainer": "CheckpointError"}
+             "sfm_ros.quantize": "QuantizeError", "training.trainer": "CheckpointError",
+             "sfm_ros.evaluate": "EvaluationError"}
     found: list[type[BaseException]] = [FileNotFoundError]
     for module, name in names.items():
         try:

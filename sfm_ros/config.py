@@ -9,6 +9,7 @@ the node turns into ROS parameter descriptors.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -331,6 +332,16 @@ class NodeConfig:
                                   read_only=True)
     pipeline: PipelineConfig = dataclasses.field(default_factory=PipelineConfig)
     scale: ScaleConfig = dataclasses.field(default_factory=ScaleConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("odom_frame", "base_frame"):
+            if not getattr(self, name).strip():
+                raise ValueError(f"{name} is empty: a frame id names the TF frame of the published odometry")
+        if self.odom_frame == self.base_frame:
+            raise ValueError(f"odom_frame and base_frame are both {self.odom_frame!r}: the odometry is the transform "
+                             "between two frames (REP 105: odom -> base_link)")
+        if not all(math.isfinite(v) for v in self.pipeline.T_base_camera):
+            raise ValueError(f"pipeline.T_base_camera must be finite, got {list(self.pipeline.T_base_camera)}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -36,6 +36,8 @@ from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_srvs.srv import Trigger
 
+from sfm_ros.backends import BackendError, check_mask_output
+from sfm_ros.bundle import BundleError
 from sfm_ros.camera import CameraModel
 from sfm_ros.config import ConfigError, NodeConfig, from_dict, nest, parameter_table
 from sfm_ros.geometry import quaternion_to_rotation
@@ -82,6 +84,9 @@ def validate_node_config(values: dict[str, Any]) -> NodeConfig:
     """The node's configuration from flat parameter values: the dataclass checks, then what only the node knows
     (a speed topic for external speed, tf2_ros for TF). Raises ConfigError naming the problem."""
     config = from_dict(NodeConfig, nest(values))
+    if not config.pipeline.bundle:
+        raise ConfigError("pipeline.bundle is empty: give the model bundle folder (launch argument bundle:=, or "
+                          "-p pipeline.bundle:=/path/to/bundle)")
     if config.scale.source == "external_speed" and not config.speed_topic:
         raise ConfigError("scale.source external_speed needs speed_topic (set at start-up: the subscription is "
                           "created then)")
@@ -115,6 +120,7 @@ class SfmNode(Node):
         self.config: NodeConfig = validate_node_config(values)  # before loading models
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.pipeline = Pipeline(self.config.pipeline, self.config.scale)
+        check_mask_output(self.pipeline.backend, self.config.publish_mask)
         self.types = MessageTypes.from_rclpy()
         self.convert_image, converter = _choose_converter()
         self.get_logger().info(f"backend: {self.pipeline.backend.description}; image conversion: {converter}")
@@ -207,8 +213,9 @@ class SfmNode(Node):
         values.update({p.name: p.value for p in ours})
         try:
             config = validate_node_config(values)
+            check_mask_output(self.pipeline.backend, config.publish_mask)
             self._create_optional_publishers(config)
-        except ConfigError as exc:
+        except (ConfigError, BackendError) as exc:
             return SetParametersResult(successful=False, reason=str(exc))
         if config.pipeline != self.config.pipeline or config.scale != self.config.scale:
             self.worker.call(lambda: self.pipeline.configure(config.pipeline, config.scale))
@@ -309,6 +316,10 @@ def main(args: list[str] | None = None) -> None:
         pass
     except ConfigError as exc:
         rclpy.logging.get_logger("sfm").fatal(f"invalid configuration: {exc}")
+        raise SystemExit(2) from None
+    except (BundleError, BackendError) as exc:  # one line naming the problem and the fix, not a traceback
+        rclpy.logging.get_logger("sfm").fatal(f"cannot load the model bundle: {exc} (pipeline.bundle must be a "
+                                              "folder made by `sfm train` and exported with `sfm export`)")
         raise SystemExit(2) from None
     finally:
         if node is not None:

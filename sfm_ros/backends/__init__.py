@@ -22,7 +22,8 @@ import numpy as np
 
 from sfm_ros.bundle import BundleMetadata, normalise_images
 
-__all__ = ["BACKENDS", "BACKEND_CHOICES", "Backend", "BackendError", "check_input", "check_model_inputs",
+__all__ = ["BACKENDS", "BACKEND_CHOICES", "Backend", "BackendError", "check_input", "check_mask_output",
+           "check_model_inputs",
            "make_backend", "model_input_shapes", "preprocess"]
 
 
@@ -91,6 +92,15 @@ def check_model_inputs(found: dict[str, tuple], metadata: BundleMetadata, where:
         raise BackendError(f"{where}: sfm.json says {metadata.height}x{metadata.width} with {metadata.num_sources} "
                            f"sources (inputs {', '.join(f'{n} {list(s)}' for n, s in wrong.items())}), but the "
                            f"models take {described}: re-export the bundle (`sfm export`) or restore its sfm.json")
+
+
+def check_mask_output(backend: Backend, wanted: bool, option: str = "publish_mask") -> None:
+    """A BackendError when the explainability mask is ``wanted`` (``option`` true) but the backend's pose model has
+    no mask output: publishing it would send nothing, silently."""
+    if wanted and not backend.has_mask:
+        raise BackendError(f"{option} is true but the bundle's pose model has no explainability mask output: "
+                           "re-export the bundle with `sfm export --mask` (from a model trained with the mask), or "
+                           f"set {option} to false")
 
 
 def _has_nvidia_gpu() -> bool:
