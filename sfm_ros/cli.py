@@ -163,10 +163,12 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from sfm_ros.backends import check_mask_output
     from sfm_ros.replay import replay_bag
 
     config = _node_config(args)
     pipeline = _pipeline(config)
+    check_mask_output(pipeline.backend, config.publish_mask)
     print(f"backend: {pipeline.backend.description}")
     summary = replay_bag(args.bag, pipeline, args.output, realtime=args.realtime, gt_topic=args.gt_topic,
                          odom_frame=config.odom_frame, base_frame=config.base_frame,

@@ -19,8 +19,8 @@ from sfm_ros.bundle import (
     atomic_write_bytes,
     read_metadata,
     sha256_file,
-    stale_staging_folders,
     staged_bundle,
+    stale_staging_folders,
 )
 from test.conftest import REPO
 
