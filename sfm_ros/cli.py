@@ -138,7 +138,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             # INT8 for onnxruntime's CPU provider, and the Q/DQ models TensorRT builds INT8 engines from.
             _print_json(quantize_bundle(staged, args.int8_bag, max_windows=args.int8_windows,
                                         method=args.int8_calibration, progress=True,
-                                        targets=("onnxruntime", "tensorrt")))
+                                        targets=("onnxruntime", "tensorrt"), image_topic=args.image_topic,
+                                        info_topic=args.camera_info_topic))
     if args.engine:
         from sfm_ros.backends.tensorrt_backend import TensorRTBackend, tensorrt_plan, trtexec_command
         from sfm_ros.bundle import onnx_path, read_metadata
@@ -158,7 +159,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
     _print_json(quantize_bundle(args.bundle, args.bag, max_windows=args.windows, method=args.calibration,
                                 polyphase=not args.keep_transposed_convs, progress=not args.quiet,
-                                targets=tuple(args.targets)))
+                                targets=tuple(args.targets), image_topic=args.image_topic,
+                                info_topic=args.camera_info_topic))
     return 0
 
 
@@ -172,7 +174,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
     print(f"backend: {pipeline.backend.description}")
     summary = replay_bag(args.bag, pipeline, args.output, realtime=args.realtime, gt_topic=args.gt_topic,
                          odom_frame=config.odom_frame, base_frame=config.base_frame,
-                         publish_mask=config.publish_mask, overwrite=args.overwrite, progress=not args.quiet)
+                         publish_mask=config.publish_mask, overwrite=args.overwrite, progress=not args.quiet,
+                         image_topic=args.image_topic, info_topic=args.camera_info_topic,
+                         intrinsics=None if config.use_camera_info else config.camera_matrix())
+    if summary.malformed:  # as the node's diagnostics: skipped, counted, said
+        print(f"skipped {sum(summary.malformed.values())} messages that could not be used: "
+              f"{dict(summary.malformed)}", file=sys.stderr)
     data = summary.as_dict()
     evaluation = data.pop("evaluation")
     data["events"] = data["events"][:20]
@@ -311,6 +318,14 @@ def learning_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def camera_topic_options(parser: argparse.ArgumentParser, whose: str) -> None:
+    """--image-topic and --camera-info-topic: which camera of a bag with several (default: the only one)."""
+    parser.add_argument("--image-topic", help=f"{whose} sensor_msgs Image or CompressedImage topic (default: the "
+                                              "only one, or the only raw one)")
+    parser.add_argument("--camera-info-topic", help=f"{whose} CameraInfo topic (default: camera_info beside the image "
+                                                    "topic, or the only one)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from sfm_ros.backends import BACKEND_CHOICES
     from sfm_ros.bundle import PRECISIONS
@@ -365,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--int8-calibration", default="minmax", choices=CALIBRATION_METHODS,
                         help="onnxruntime activation-range method")
     export.add_argument("--engine-cache", default="~/.cache/sfm_ros/engines")
+    camera_topic_options(export, "--int8-bag's")
     export.set_defaults(func=cmd_export)
 
     quantize = commands.add_parser(
@@ -380,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--for", dest="targets", nargs="+", default=["onnxruntime"], choices=list(QUANTIZE_TARGETS),
                           help="runtimes to quantise for (default onnxruntime)")
     quantize.add_argument("--quiet", action="store_true", help="no progress bars")
+    camera_topic_options(quantize, "the bag's")
     quantize.set_defaults(func=cmd_quantize)
 
     def node_options(sub: argparse.ArgumentParser) -> None:
@@ -396,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--gt-topic", help="ground-truth nav_msgs/Odometry topic (default: auto)")
     replay.add_argument("--overwrite", action="store_true")
     replay.add_argument("--quiet", action="store_true")
+    camera_topic_options(replay, "the bag's")
     node_options(replay)
     replay.set_defaults(func=cmd_replay)
 

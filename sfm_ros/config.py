@@ -342,6 +342,17 @@ class NodeConfig:
                              "between two frames (REP 105: odom -> base_link)")
         if not all(math.isfinite(v) for v in self.pipeline.T_base_camera):
             raise ValueError(f"pipeline.T_base_camera must be finite, got {list(self.pipeline.T_base_camera)}")
+        if not self.use_camera_info and (len(self.intrinsics) != 4 or not all(map(math.isfinite, self.intrinsics))
+                                         or min(self.intrinsics[:2]) <= 0):
+            raise ValueError(f"use_camera_info is false, so intrinsics must be fx fy cx cy with fx, fy > 0, got "
+                             f"{list(self.intrinsics)}")
+
+    def camera_matrix(self) -> Any:
+        """K [3,3] (numpy) from ``intrinsics`` (fx fy cx cy, pixels of the incoming image)."""
+        import numpy as np
+
+        fx, fy, cx, cy = self.intrinsics
+        return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -137,11 +137,8 @@ class SfmNode(Node):
             self.create_subscription(Image, "image", self._on_image, image_qos, qos_overriding_options=overrides)
         self.camera: CameraModel | None = None
         self.camera_info_errors: collections.Counter[str] = collections.Counter()
-        if config.use_camera_info:
+        if config.use_camera_info:  # else NodeConfig has checked the intrinsics
             self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos_profile_sensor_data)
-        elif len(config.intrinsics) != 4 or min(config.intrinsics[:2]) <= 0:
-            raise ConfigError(f"use_camera_info is false, so intrinsics must be fx fy cx cy > 0, got "
-                              f"{list(config.intrinsics)}")
         if config.speed_topic:
             speed_type = Odometry if config.speed_topic_type == "odometry" else TwistStamped
             self.create_subscription(speed_type, config.speed_topic, self._on_speed, 10)
@@ -230,9 +227,7 @@ class SfmNode(Node):
     def _camera_for(self, msg: Any, height: int, width: int) -> CameraModel:
         config = self.config
         if not config.use_camera_info:
-            fx, fy, cx, cy = config.intrinsics
-            return CameraModel(K=np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]]), height=height, width=width,
-                               frame_id=msg.header.frame_id)
+            return CameraModel(K=config.camera_matrix(), height=height, width=width, frame_id=msg.header.frame_id)
         if self.camera is None:
             raise ImageError("no CameraInfo received yet")
         return self.camera

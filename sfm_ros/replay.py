@@ -44,8 +44,15 @@ class ReplaySummary:
 def replay_bag(bag: str | Path, pipeline: Pipeline, output: str | Path, *, realtime: bool = False,
                gt_topic: str | None = None, odom_frame: str = "odom", base_frame: str = "base_link",
                publish_mask: bool = False, overwrite: bool = False, progress: bool = True,
-               evaluate: bool = True) -> ReplaySummary:
-    """Replay ``bag`` through ``pipeline``; write ``output``/replay.mcap-bag, trajectory.tum and report/."""
+               evaluate: bool = True, image_topic: str | None = None, info_topic: str | None = None,
+               intrinsics: np.ndarray | None = None) -> ReplaySummary:
+    """Replay ``bag`` through ``pipeline``; write ``output``/replay.mcap-bag, trajectory.tum and report/.
+
+    ``image_topic`` / ``info_topic`` pick the camera (None: auto-detected); ``intrinsics`` (K [3,3]) replaces the
+    CameraInfo topic (the node's ``use_camera_info: false``). Frames and CameraInfo messages that cannot be decoded
+    or used are skipped and counted in ``malformed`` by kind (CameraInfo ones as 'CameraInfo <kind>'), as the node
+    counts them in its diagnostics.
+    """
     from tqdm import tqdm
 
     from sfm_ros.evaluate import evaluate_pose, write_tum
@@ -59,7 +66,8 @@ def replay_bag(bag: str | Path, pipeline: Pipeline, output: str | Path, *, realt
     bar = tqdm(desc="replay", unit="frame", disable=not progress)
     with BagWriter(summary.output_bag, overwrite=overwrite) as writer:
         types = writer.types
-        for frame in read_camera_frames(bag, errors=summary.malformed):
+        for frame in read_camera_frames(bag, intrinsics=intrinsics, errors=summary.malformed, image_topic=image_topic,
+                                        info_topic=info_topic):
             summary.frames_in += 1
             bar.update(1)
             if realtime:
