@@ -192,9 +192,25 @@ class RecoveredReader:
         lost = "; ".join(info["lost"]) or "nothing lost"
         without_metadata = self.path.is_dir() and not (self.path / "metadata.yaml").is_file()
         why = "no metadata.yaml" if without_metadata else "damaged storage"
-        return (f"bag {self.path} is incomplete ({why}): recovered {info['messages']} messages from {share:.0%} of "
-                f"{info['bytes_total']:,} bytes; {lost}. The input is left as it is (`ros2 bag reindex` rebuilds "
-                "its metadata).")
+        recorded = self.recorded_message_count()
+        of_recorded = ""
+        if recorded is not None:
+            lost_count = max(recorded - info["messages"], 0)
+            of_recorded = f" ({lost_count} of the {recorded} messages metadata.yaml says were recorded are lost)"
+        return (f"bag {self.path} is incomplete ({why}): recovered {info['messages']} messages{of_recorded} from "
+                f"{share:.0%} of the {info['bytes_total']:,} bytes on disk; {lost}. The input is left as it is "
+                "(`ros2 bag reindex` rebuilds its metadata).")
+
+    def recorded_message_count(self) -> int | None:
+        """How many messages metadata.yaml says the recording holds (None without a readable one)."""
+        import yaml
+
+        path = self.path / "metadata.yaml" if self.path.is_dir() else self.path.parent / "metadata.yaml"
+        try:
+            count = yaml.safe_load(path.read_text())["rosbag2_bagfile_information"]["message_count"]
+        except (OSError, yaml.YAMLError, KeyError, TypeError):
+            return None
+        return int(count) if isinstance(count, int) else None
 
     def close(self) -> None:
         """Nothing is held open between reads."""

@@ -7,6 +7,7 @@ for the sub-commands that train), so the runtime package never depends on the tr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -103,19 +104,42 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = list(args.set or [])
     if args.output:
         overrides.append(f"run.output={args.output}")
-    config = config_from_checkpoint(args.resume) if args.resume and not args.config else load_train_config(
-        args.config, overrides)
-    cache = args.cache
-    if cache is None:
-        cache = Path(tempfile.mkdtemp(prefix="sfm_cache_")) / "cache"
-        prepare_cache(config.data, cache, progress=config.run.progress)
-    trainer = Trainer(config, cache)
-    if args.resume:
-        trainer.resume(args.resume)
-    summary = trainer.fit()
+    if args.resume and not args.config:
+        config = _resumed_config(config_from_checkpoint(args.resume), overrides)
+    else:
+        config = load_train_config(args.config, overrides)
+    with contextlib.ExitStack() as cleanup:
+        cache = args.cache
+        if cache is None:  # a temporary cache, removed when the run ends however it ends (short of SIGKILL)
+            cache = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="sfm_cache_"))) / "cache"
+            prepare_cache(config.data, cache, progress=config.run.progress)
+        trainer = Trainer(config, cache)
+        if args.resume:
+            trainer.resume(args.resume)
+        summary = trainer.fit()
     summary.pop("history")
     _print_json(summary)
     return 130 if summary["stopped_by"] else 0
+
+
+# Sections of a training config that a resumed run may change: how it runs and how long (the schedule), not what it
+# learns; model, data and loss shape the networks and the optimiser's state, so the checkpoint's are kept.
+RESUMABLE_SECTIONS = ("run", "optim")
+
+
+def _resumed_config(saved: Any, overrides: list[str]) -> Any:
+    """The checkpoint's training config with --set/--output overrides of the run and optim sections; others are a
+    ConfigError saying why."""
+    from sfm_ros.config import ConfigError, apply_overrides, from_dict, to_dict
+    from training.config import TrainConfig
+
+    frozen = [o for o in overrides if o.partition("=")[0].strip().split(".")[0] not in RESUMABLE_SECTIONS]
+    if frozen:
+        raise ConfigError(f"--resume without --config keeps the checkpoint's model, data and loss config (its networks "
+                          f"and optimiser state were trained with them), so {frozen} cannot apply; only "
+                          f"{', '.join(f'{s}.*' for s in RESUMABLE_SECTIONS)} and --output can. Start a new run "
+                          "with --config to change them")
+    return from_dict(TrainConfig, apply_overrides(to_dict(saved), overrides))
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -361,7 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config value")
     train.add_argument("--cache", help="a prepared cache (default: prepare the sources into a temporary one)")
     train.add_argument("--output", help="run folder (checkpoint, tensorboard, bundle)")
-    train.add_argument("--resume", help="checkpoint to continue from exactly")
+    train.add_argument("--resume", help="checkpoint to continue from exactly; without --config its own config, where "
+                                        "--set and --output may change run.* and optim.* only")
     train.set_defaults(func=cmd_train)
 
     export = commands.add_parser("export", help="export a bundle to ONNX (verified), optionally build engines")
@@ -499,7 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="the whole story on the bundled KITTI sample")
     demo.add_argument("--output", default="demo_output")
-    demo.add_argument("--steps", type=int, help="training steps (default: 150 on CPU, 2000 on a GPU)")
+    demo.add_argument("--steps", type=int, help="training steps (default: 600 on CPU, 3000 on a GPU)")
     demo.add_argument("--sample", default="test/data", help="the bundled sample folder")
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(func=cmd_demo)

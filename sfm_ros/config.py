@@ -315,10 +315,12 @@ class NodeConfig:
                                   read_only=True)
     intrinsics: tuple[float, ...] = param((0.0, 0.0, 0.0, 0.0), "fx fy cx cy in pixels when use_camera_info is "
                                                                "false", read_only=True)
-    odom_frame: str = param("odom", "odometry frame id (REP 105)")
+    odom_frame: str = param("sfm_odom", "odometry frame id (REP 105's odom); not 'odom', which a mobile base's "
+                                        "wheel odometry owns")
     base_frame: str = param("base_link", "robot body frame id (REP 105)")
     camera_frame: str = param("", "camera optical frame id; empty = the image header's frame_id")
-    publish_tf: bool = param(True, "broadcast odom -> base_link")
+    publish_tf: bool = param(False, "broadcast odom_frame -> base_frame; only where no other node publishes a "
+                                    "parent of base_frame (wheel odometry, robot_localization): a frame has one parent")
     publish_mask: bool = param(False, "publish the explainability mask as mono8 (needs a mask-exporting bundle)")
     lookup_extrinsic_from_tf: bool = param(True, "read base_link -> camera from TF when available "
                                                  "(else pipeline.T_base_camera); read-only: the TF listener is "

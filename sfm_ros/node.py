@@ -3,9 +3,12 @@
 Subscribes: ``image`` (sensor_msgs/Image, or ``image/compressed`` CompressedImage with image_transport
 compressed), ``camera_info`` (sensor_msgs/CameraInfo), optionally a speed topic (nav_msgs/Odometry or
 geometry_msgs/TwistStamped).
-Publishes: ``depth`` (32FC1 metres, the input header), ``depth/camera_info``, ``odom`` (nav_msgs/Odometry,
-non-zero covariance), TF odom -> base_link (``publish_tf``), ``explainability`` (mono8, ``publish_mask``),
-and ``/diagnostics``. Service: ``reset`` (std_srvs/Trigger).
+Publishes: ``depth/image`` (32FC1 metres, the input header) with ``depth/camera_info`` beside it (the names
+depth_image_proc and image_transport expect), ``sfm/odom`` (nav_msgs/Odometry, non-zero covariance), TF
+``odom_frame -> base_frame`` (sfm_odom -> base_link; only with ``publish_tf``), ``explainability`` (mono8,
+``publish_mask``), and ``/diagnostics``. Service: ``reset`` (std_srvs/Trigger). The defaults never contest a
+mobile base's wheel odometry (``/odom``, ``odom -> base_link``): the topic is namespaced, and nothing goes on TF
+unless asked, since base_link can have one parent only.
 
 Parameters are declared from the ``NodeConfig`` dataclass (description, range, choices, read-only) and validated
 before anything heavy loads. A writable parameter set at run time is validated the same way and then applied from
@@ -54,9 +57,12 @@ from sfm_ros.ros_io import (
 )
 from sfm_ros.worker import LatestFrameWorker, error_kind
 
-__all__ = ["SfmNode", "main", "validate_node_config"]
+__all__ = ["DEPTH_INFO_TOPIC", "DEPTH_TOPIC", "ODOM_TOPIC", "SfmNode", "main", "validate_node_config"]
 
 RESET_TIMEOUT_S = 2.0
+# Output topics, relative to the node's namespace: depth_image_proc's names for a depth image and its CameraInfo,
+# and an odometry topic that cannot be a mobile base's /odom.
+DEPTH_TOPIC, DEPTH_INFO_TOPIC, ODOM_TOPIC = "depth/image", "depth/camera_info", "sfm/odom"
 
 
 def _descriptor(spec: Any) -> ParameterDescriptor:
@@ -142,9 +148,9 @@ class SfmNode(Node):
         if config.speed_topic:
             speed_type = Odometry if config.speed_topic_type == "odometry" else TwistStamped
             self.create_subscription(speed_type, config.speed_topic, self._on_speed, 10)
-        self.depth_publisher = self.create_publisher(Image, "depth", 10)
-        self.info_publisher = self.create_publisher(CameraInfo, "depth/camera_info", 10)
-        self.odom_publisher = self.create_publisher(Odometry, "odom", 10)
+        self.depth_publisher = self.create_publisher(Image, DEPTH_TOPIC, 10)
+        self.info_publisher = self.create_publisher(CameraInfo, DEPTH_INFO_TOPIC, 10)
+        self.odom_publisher = self.create_publisher(Odometry, ODOM_TOPIC, 10)
         self.mask_publisher = None
         self.tf_broadcaster = None
         self._create_optional_publishers(config)

@@ -1,8 +1,9 @@
 """``sfm replay BAG``: the node's pipeline over a recorded bag, without ROS.
 
 Reads the camera topics with rosbags, runs ``Pipeline`` as fast as possible (or at recorded speed, dropping
-frames it cannot keep up with, as the node does), and writes an MCAP bag with depth (32FC1), its CameraInfo,
-Odometry, TF and optionally the explainability mask, each stamped like its input frame; a TUM trajectory;
+frames it cannot keep up with, as the node does), and writes an MCAP bag with what the node named ``sfm``
+publishes, each stamped like its input frame: ``/sfm/depth/image`` (32FC1) and ``/sfm/depth/camera_info``,
+``/sfm/odom``, ``/tf`` (always: the bag is its own world) and optionally ``/sfm/explainability``; a TUM trajectory;
 and, when the bag carries a ground-truth Odometry topic, the pose evaluation report.
 """
 
@@ -42,7 +43,7 @@ class ReplaySummary:
 
 
 def replay_bag(bag: str | Path, pipeline: Pipeline, output: str | Path, *, realtime: bool = False,
-               gt_topic: str | None = None, odom_frame: str = "odom", base_frame: str = "base_link",
+               gt_topic: str | None = None, odom_frame: str = "sfm_odom", base_frame: str = "base_link",
                publish_mask: bool = False, overwrite: bool = False, progress: bool = True,
                evaluate: bool = True, image_topic: str | None = None, info_topic: str | None = None,
                intrinsics: np.ndarray | None = None) -> ReplaySummary:
@@ -92,7 +93,7 @@ def replay_bag(bag: str | Path, pipeline: Pipeline, output: str | Path, *, realt
             header = make_header(types, frame.stamp_ns, frame.frame_id or "camera_optical_frame")
             # The node's own composition of its outputs, so what is recorded here is what the node publishes.
             messages = estimate_messages(types, estimate, header, odom_frame, base_frame, with_mask=publish_mask)
-            writer.write("/sfm/depth", messages.depth, frame.stamp_ns)
+            writer.write("/sfm/depth/image", messages.depth, frame.stamp_ns)
             writer.write("/sfm/depth/camera_info", messages.depth_info, frame.stamp_ns)
             writer.write("/sfm/odom", messages.odometry, frame.stamp_ns)
             writer.write("/tf", types.TFMessage(transforms=[messages.transform]), frame.stamp_ns)

@@ -76,7 +76,7 @@ def test_the_launch_file_starts_the_installed_node(installed: dict, small_bundle
     assert (prefix / "lib" / "sfm_ros" / "sfm_node").is_file() and launch_file.is_file()
     # The parameter file: the installed one with what this machine needs (no tf2_ros here) and a visible change.
     params = (prefix / "share" / "sfm_ros" / "config" / "sfm.yaml").read_text()
-    params = params.replace('odom_frame: "odom"', 'odom_frame: "odom_from_file"')
+    params = params.replace('odom_frame: "sfm_odom"', 'odom_frame: "odom_from_file"')
     params = params.replace("lookup_extrinsic_from_tf: true", "lookup_extrinsic_from_tf: false")
     params = params.replace('      source: "camera_height"', '      source: "none"')
     params_file = tmp_path / "params.yaml"
@@ -92,8 +92,8 @@ def test_the_launch_file_starts_the_installed_node(installed: dict, small_bundle
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(helper)
     depth, odometry = [], []
-    helper.create_subscription(Image, "/front/depth", depth.append, 10)
-    helper.create_subscription(Odometry, "/front/odom", odometry.append, 10)
+    helper.create_subscription(Image, "/front/depth/image", depth.append, 10)
+    helper.create_subscription(Odometry, "/front/sfm/odom", odometry.append, 10)
     images = helper.create_publisher(Image, "/test_camera/image", qos_profile_sensor_data)
     infos = helper.create_publisher(CameraInfo, "/test_camera/info", qos_profile_sensor_data)
     sequence = kitti.kitti_odometry_sequence(ODOMETRY_06)
@@ -181,7 +181,7 @@ def _parameters_of_launched_node(installed: dict, arguments: list[str], timeout_
 def test_launch_arguments_override_the_parameter_file_only_when_given(
         installed: dict, small_bundle: Path, tmp_path: Path) -> None:  # pragma: no cover - rclpy machines
     params = (Path(installed["prefix"]) / "share" / "sfm_ros" / "config" / "sfm.yaml").read_text()
-    for old, new in (('backend: "auto"', 'backend: "onnxruntime"'), ("publish_tf: true", "publish_tf: false"),
+    for old, new in (('backend: "auto"', 'backend: "onnxruntime"'),
                      ("lookup_extrinsic_from_tf: true", "lookup_extrinsic_from_tf: false"),
                      ('      source: "camera_height"', '      source: "none"'),
                      ('      bundle: ""', f'      bundle: "{small_bundle}"')):

@@ -21,7 +21,7 @@ BAD_VALUES = [
     ("pipeline.T_base_camera", [*OPTICAL[:6], math.inf], "T_base_camera must be finite"),
     ("odom_frame", "", "odom_frame is empty"),
     ("base_frame", " ", "base_frame is empty"),
-    ("base_frame", "odom", "odom_frame and base_frame are both 'odom'"),
+    ("base_frame", "sfm_odom", "odom_frame and base_frame are both 'sfm_odom'"),
 ]
 NO_MASK = "publish_mask is true but the bundle's pose model has no explainability mask output"
 
@@ -90,7 +90,7 @@ def test_bad_values_are_refused_live_with_the_reason(maskless_bundle: Path,
             result = node.set_parameters([Parameter(name, value=value)])[0]
             assert not result.successful and reason in result.reason, (name, value, result.reason)
             assert node.get_parameter(name).value == before
-        assert node.config.odom_frame == "odom" and node.config.base_frame == "base_link"
+        assert node.config.odom_frame == "sfm_odom" and node.config.base_frame == "base_link"
         assert node.mask_publisher is None  # nothing was created for the refused mask
         assert node.set_parameters([Parameter("base_frame", value="camera_rig")])[0].successful
     finally:
