@@ -18,6 +18,7 @@ TINY = ["data.height=32", "data.width=104", "optim.batch_size=2", "data.workers=
 
 @pytest.fixture(scope="module")
 def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("torch", reason="training needs torch (absent in the run-time test venv)")
     from training.config import load_train_config
     from training.data import prepare_cache
 
@@ -69,6 +70,7 @@ def test_a_cache_of_another_size_is_refused(tiny_cache: Path, tmp_path: Path) ->
 
 
 def test_train_without_a_cache_removes_its_temporary_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("torch", reason="training needs torch (absent in the run-time test venv)")
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
@@ -80,6 +82,7 @@ def test_train_without_a_cache_removes_its_temporary_cache(tmp_path: Path, monke
 
 
 def test_demo_help_states_the_step_counts_the_demo_uses(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("torch", reason="training.demo needs torch (absent in the run-time test venv)")
     from training.demo import CPU_STEPS, GPU_STEPS
 
     with pytest.raises(SystemExit):
