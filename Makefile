@@ -17,8 +17,18 @@ LAUNCH_DEPS ?= osrf-pycommon==2.0.2 lark==1.3.1 ros-jazzy-ament-index-python==1.
 	ros-jazzy-rosidl-generator-py==0.22.2 ros-jazzy-rosidl-generator-type-description==4.6.6
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The run-time tests (no torch) under Python 3.10, ROS 2 Humble's Python, with Humble's NumPy constraint
+# (constraints/humble.txt): a small venv with only what the node, replay and quantize need, and the bundle they run
+# on exported beforehand by $(VENV). `make test` runs them when a working python3.10 is found (PATH or pyenv).
+PY310 ?= $(shell for p in python3.10 $(HOME)/.pyenv/versions/3.10*/bin/python3.10; do \
+	$$p -c 'import sys; assert sys.version_info[:2] == (3, 10)' 2>/dev/null && echo $$p && break; done)
+VENV310 ?= .venv310
+RUNTIME_DEPS ?= numpy opencv-python-headless onnxruntime rosbags rosbags-image mcap pyyaml tqdm matplotlib evo pytest
+RUNTIME_TESTS ?= test/test_untrusted_bundle.py test/test_replay_topics.py test/test_entry_points.py \
+	test/test_recovery.py test/test_ros_io.py test/test_commands_say_what_they_do.py
+RUNTIME_BUNDLE := build/runtime_test_bundle
 
-.PHONY: venv test demo lint clean
+.PHONY: venv test test-py310 demo lint clean
 
 venv: $(STAMP)
 
@@ -37,6 +47,18 @@ $(STAMP): setup.py
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(if $(PY310),$(MAKE) test-py310,@echo "no python3.10 found: the Python 3.10 run-time tests were not run")
+
+$(VENV310)/.installed: constraints/humble.txt
+	$(PY310) -m venv $(VENV310)
+	$(VENV310)/bin/pip install --quiet -c constraints/humble.txt $(RUNTIME_DEPS)
+	touch $@
+
+test-py310: $(STAMP) $(VENV310)/.installed
+	rm -rf $(RUNTIME_BUNDLE)
+	$(BIN)/python -c "from test.conftest import make_small_bundle; make_small_bundle('$(RUNTIME_BUNDLE)')"
+	SFM_TEST_BUNDLE=$(abspath $(RUNTIME_BUNDLE)) PYTHONPATH=$(CURDIR) $(VENV310)/bin/python -m pytest -p no:cacheprovider \
+		-m "not rclpy" $(RUNTIME_TESTS)
 
 demo: $(STAMP)
 	$(BIN)/sfm demo --output demo_output
@@ -45,4 +67,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) demo_output runs build *.egg-info
+	rm -rf $(VENV) $(VENV310) demo_output runs build *.egg-info

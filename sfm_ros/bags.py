@@ -192,9 +192,25 @@ class RecoveredReader:
         lost = "; ".join(info["lost"]) or "nothing lost"
         without_metadata = self.path.is_dir() and not (self.path / "metadata.yaml").is_file()
         why = "no metadata.yaml" if without_metadata else "damaged storage"
-        return (f"bag {self.path} is incomplete ({why}): recovered {info['messages']} messages from {share:.0%} of "
-                f"{info['bytes_total']:,} bytes; {lost}. The input is left as it is (`ros2 bag reindex` rebuilds "
-                "its metadata).")
+        recorded = self.recorded_message_count()
+        of_recorded = ""
+        if recorded is not None:
+            lost_count = max(recorded - info["messages"], 0)
+            of_recorded = f" ({lost_count} of the {recorded} messages metadata.yaml says were recorded are lost)"
+        return (f"bag {self.path} is incomplete ({why}): recovered {info['messages']} messages{of_recorded} from "
+                f"{share:.0%} of the {info['bytes_total']:,} bytes on disk; {lost}. The input is left as it is "
+                "(`ros2 bag reindex` rebuilds its metadata).")
+
+    def recorded_message_count(self) -> int | None:
+        """How many messages metadata.yaml says the recording holds (None without a readable one)."""
+        import yaml
+
+        path = self.path / "metadata.yaml" if self.path.is_dir() else self.path.parent / "metadata.yaml"
+        try:
+            count = yaml.safe_load(path.read_text())["rosbag2_bagfile_information"]["message_count"]
+        except (OSError, yaml.YAMLError, KeyError, TypeError):
+            return None
+        return int(count) if isinstance(count, int) else None
 
     def close(self) -> None:
         """Nothing is held open between reads."""
@@ -268,7 +284,8 @@ def find_camera_topics(connections: list[Any], image_topic: str | None = None,
         raw = [t for t in images if by_topic[t] == IMAGE_TYPES[0]]
         pool = raw if len(raw) == 1 else images
         if len(pool) != 1:
-            raise BagError(f"several image topics, choose one with --image-topic: {images}")
+            raise BagError(f"several image topics, choose one with --image-topic (data.image_topic in a training "
+                           f"config): {images}")
         image_topic = pool[0]
     elif image_topic not in by_topic:
         raise BagError(f"image topic {image_topic!r} is not in the bag; image topics: {images}")
@@ -282,26 +299,31 @@ def find_camera_topics(connections: list[Any], image_topic: str | None = None,
         elif len(infos) == 1:
             info_topic = infos[0]
         elif not infos:
-            raise BagError("no sensor_msgs/CameraInfo topic in the bag: give the intrinsics (fx fy cx cy)")
+            raise BagError("no sensor_msgs/CameraInfo topic in the bag: give the intrinsics (sfm replay: --set "
+                           "use_camera_info=false --set intrinsics=[fx,fy,cx,cy]; training: data.intrinsics)")
         else:
-            raise BagError(f"several CameraInfo topics, choose one with --info-topic: {infos}")
+            raise BagError(f"several CameraInfo topics, choose one with --camera-info-topic (data.info_topic in a "
+                           f"training config): {infos}")
     elif info_topic is not None and by_topic.get(info_topic) != CAMERA_INFO_TYPE:
         raise BagError(f"CameraInfo topic {info_topic!r} is not in the bag; CameraInfo topics: {infos}")
     return CameraTopics(image=image_topic, image_type=by_topic[image_topic], camera_info=info_topic)
 
 
 def read_camera_frames(bag: Path | str, topics: CameraTopics | None = None, intrinsics: np.ndarray | None = None,
-                       typestore: Any = None, errors: dict[str, int] | None = None) -> Iterator[CameraFrame]:
+                       typestore: Any = None, errors: dict[str, int] | None = None, *, image_topic: str | None = None,
+                       info_topic: str | None = None) -> Iterator[CameraFrame]:
     """Decode the camera frames of a bag in recording order.
 
-    With ``intrinsics`` (K [3,3]) no CameraInfo is needed; otherwise frames before the first CameraInfo are
-    skipped. A frame that cannot be decoded raises ImageError naming topic and time, unless ``errors`` is a
-    dict, in which case it is counted there by kind of error and skipped.
+    ``topics``, else ``image_topic`` / ``info_topic`` (None: auto-detected), name the camera. With ``intrinsics``
+    (K [3,3]) no CameraInfo is needed; otherwise frames before the first usable CameraInfo are skipped. A frame or
+    CameraInfo that cannot be decoded raises ImageError naming topic and time, unless ``errors`` is a dict, in which
+    case it is counted there by kind of error (CameraInfo errors as 'CameraInfo <kind>', as the node counts them)
+    and skipped: frames keep the last usable CameraInfo.
     """
     typestore = typestore or open_typestore()
     with open_reader(bag) as reader:
         if topics is None:
-            topics = find_camera_topics(reader.connections, need_info=intrinsics is None)
+            topics = find_camera_topics(reader.connections, image_topic, info_topic, need_info=intrinsics is None)
         wanted = [c for c in reader.connections if c.topic in (topics.image, topics.camera_info)]
         if reader.message_count == 0:
             raise BagError(f"bag {bag} holds no messages")
@@ -309,7 +331,13 @@ def read_camera_frames(bag: Path | str, topics: CameraTopics | None = None, intr
         for connection, timestamp, raw in reader.messages(connections=wanted):
             msg = typestore.deserialize_cdr(raw, connection.msgtype)
             if connection.topic == topics.camera_info:
-                camera_info = camera_info_to_model(msg)
+                try:
+                    camera_info = camera_info_to_model(msg)
+                except ImageError as exc:
+                    if errors is None:
+                        raise ImageError(f"{topics.camera_info} at {timestamp} ns: {exc}") from None
+                    kind = f"CameraInfo {error_kind(exc)}"
+                    errors[kind] = errors.get(kind, 0) + 1
                 continue
             try:
                 rgb = image_to_rgb(msg) if connection.msgtype == IMAGE_TYPES[0] else compressed_to_rgb(msg)

@@ -3,16 +3,23 @@
 ``sfm.json`` is the one place for the input size, normalisation, network configuration, source count and
 training provenance. Weights are safetensors, so loading never unpickles arbitrary objects. Files are
 written atomically (temporary name, then rename) and ``sfm.json`` last, so a half-written bundle is
-recognisably incomplete rather than silently wrong.
+recognisably incomplete rather than silently wrong; they get the mode any file the user creates gets (0644 under
+the usual umask 022), so a node running as another user can read a bundle the robot's user trained.
+
+A bundle is untrusted input (it is copied between machines): ``sfm.json`` may name only bare file names inside the
+bundle, its input size and source count must lie within ``MAX_INPUT_SIDE`` / ``MAX_SOURCES``, and the backends
+compare them with the models' input shapes when they are built.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -28,11 +35,14 @@ __all__ = [
     "BUNDLE_FORMAT_VERSION",
     "IMAGE_MEAN",
     "IMAGE_STD",
+    "MAX_INPUT_SIDE",
+    "MAX_SOURCES",
     "ONNX_SUFFIXES",
     "PRECISIONS",
     "BundleError",
     "BundleMetadata",
     "atomic_write_bytes",
+    "bundle_file_name",
     "load_networks",
     "normalise_images",
     "onnx_key",
@@ -41,6 +51,7 @@ __all__ = [
     "save_networks",
     "sha256_file",
     "staged_bundle",
+    "stale_staging_folders",
     "write_metadata",
 ]
 
@@ -56,6 +67,15 @@ ONNX_SUFFIXES = {"fp32": "", "fp16": "_fp16", "int8": "_int8", "int8_qdq": "_int
 METADATA_FILE = "sfm.json"
 DEPTH_WEIGHTS = "depth.safetensors"
 POSE_WEIGHTS = "pose.safetensors"
+# Bounds of a bundle's input: larger than any network input a camera needs (the paper's is 128x416), small enough
+# that a crafted sfm.json cannot make each frame ask for a multi-GB resize.
+MAX_INPUT_SIDE = 4096
+# Source frames per snippet: the paper trains with 2 or 4; more than 16 is a corrupt or crafted sfm.json.
+MAX_SOURCES = 16
+# `sfm export` stages a copy in `.<bundle>.staged.<8 mkdtemp characters>` beside the bundle while holding
+# `.<bundle>.lock`; one left behind by a killed export is recognised by this name and removed by the next.
+STAGING_INFIX = ".staged."
+_MKDTEMP_SUFFIX = r"[a-z0-9_]{8}"
 
 
 class BundleError(RuntimeError):
@@ -78,16 +98,57 @@ class BundleMetadata:
     format_version: int = BUNDLE_FORMAT_VERSION
 
     def __post_init__(self) -> None:
-        if self.height % 8 or self.width % 8 or self.height <= 0 or self.width <= 0:
-            raise BundleError(f"bundle input size must be positive multiples of 8, got {self.height}x{self.width}")
+        for name in ("height", "width", "num_sources"):
+            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int):
+                raise BundleError(f"bundle {name} must be an integer, got {getattr(self, name)!r}")
+        if self.height % 8 or self.width % 8 or not (0 < self.height <= MAX_INPUT_SIDE) or \
+                not (0 < self.width <= MAX_INPUT_SIDE):
+            raise BundleError(f"bundle input size must be positive multiples of 8 up to {MAX_INPUT_SIDE}, got "
+                              f"{self.height}x{self.width}")
+        if not 1 <= self.num_sources <= MAX_SOURCES:
+            raise BundleError(f"bundle num_sources must be 1 to {MAX_SOURCES}, got {self.num_sources}")
+        if not isinstance(self.onnx, dict):
+            raise BundleError(f"bundle onnx section must be a mapping, got {self.onnx!r}")
+        for key, entry in self.onnx.items():
+            if not isinstance(entry, dict) or "file" not in entry or "sha256" not in entry:
+                raise BundleError(f"bundle onnx entry {key!r} must hold 'file' and 'sha256', got {entry!r}")
+            bundle_file_name(entry["file"], f"onnx.{key}.file")
+
+
+def bundle_file_name(name: Any, where: str = "file") -> str:
+    """``name`` if it is a bare file name inside the bundle folder, else a BundleError.
+
+    sfm.json is untrusted (bundles are copied between machines, and the sha256 beside a name is in the same file, so
+    it proves nothing): '../x', absolute paths and sub-folders would load files from outside the bundle.
+    """
+    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name \
+            or "\0" in name or Path(name).name != name:
+        raise BundleError(f"sfm.json: {where} must be a bare file name inside the bundle, got {name!r}")
+    return name
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (os.umask is a set-and-restore that
+    another thread could observe)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename."""
+    """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename; the file's mode
+    is 0666 less the umask, as ``open`` would create it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; a model file is as readable as any other file
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -205,25 +266,46 @@ def load_networks(folder: str | Path, device: str = "cpu", with_mask: bool | Non
     return depth_net.to(device).eval(), pose_net.to(device).eval(), metadata
 
 
+def stale_staging_folders(bundle: str | Path) -> list[Path]:
+    """The staging folders ``staged_bundle`` leaves beside ``bundle`` when killed: `.<name>.staged.<8 chars>`."""
+    folder = Path(bundle).expanduser()
+    pattern = re.compile(rf"^\.{re.escape(folder.name)}{re.escape(STAGING_INFIX)}{_MKDTEMP_SUFFIX}$")
+    if not folder.parent.is_dir():
+        return []
+    return sorted(p for p in folder.parent.iterdir() if pattern.match(p.name) and p.is_dir() and not p.is_symlink())
+
+
 @contextlib.contextmanager
 def staged_bundle(bundle: str | Path) -> Iterator[Path]:
     """Change a copy of ``bundle`` and put it in place only if the block succeeds: all or nothing.
 
     Yields the copy (in a hidden sibling folder). On success the original is swapped out by two renames and
-    removed; on any exception the copy is removed and the original is as it was.
+    removed; on any exception the copy is removed and the original is as it was. The whole change holds an
+    exclusive lock on `.<name>.lock` beside the bundle (released by the kernel even on SIGKILL), so two changes of
+    one bundle never interleave, and any staging folder found while holding it was left by a killed change: it is
+    removed first.
     """
     folder = Path(bundle).expanduser()
     if not (folder / METADATA_FILE).is_file():
         raise BundleError(f"model bundle {folder} does not exist (expected a folder with {METADATA_FILE})")
-    stage = Path(tempfile.mkdtemp(prefix=f".{folder.name}.staged.", dir=folder.parent))
-    copy = stage / folder.name
-    try:
-        shutil.copytree(folder, copy)
-        yield copy
-        os.replace(folder, stage / f"{folder.name}.previous")
-        os.replace(copy, folder)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+    lock_path = folder.parent / f".{folder.name}.lock"
+    with open(lock_path, "a") as lock:
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BundleError(f"{folder} is being changed by another process (it holds {lock_path}); wait for it "
+                              "to finish") from None
+        for stale in stale_staging_folders(folder):
+            shutil.rmtree(stale, ignore_errors=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{folder.name}{STAGING_INFIX}", dir=folder.parent))
+        copy = stage / folder.name
+        try:
+            shutil.copytree(folder, copy)
+            yield copy
+            os.replace(folder, stage / f"{folder.name}.previous")
+            os.replace(copy, folder)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
 
 
 def onnx_key(model: str, precision: str) -> str:
@@ -242,7 +324,7 @@ def onnx_path(bundle: str | Path, model: str, precision: str = "fp32", verify_ch
         how = {"int8": f"sfm export {bundle} --precision int8 --int8-bag BAG",
                "int8_qdq": f"sfm quantize {bundle} BAG --for tensorrt"}.get(precision, f"sfm export {bundle}")
         raise BundleError(f"{bundle} has no exported {key} model: run `{how}` first")
-    path = Path(bundle).expanduser() / entry["file"]
+    path = Path(bundle).expanduser() / bundle_file_name(entry["file"], f"onnx.{key}.file")
     if not path.is_file():
         raise BundleError(f"{path} is listed in sfm.json but missing")
     if verify_checksum and sha256_file(path) != entry["sha256"]:

@@ -7,6 +7,7 @@ for the sub-commands that train), so the runtime package never depends on the tr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -44,6 +45,16 @@ def _node_config(args: argparse.Namespace) -> Any:
                 "ros__parameters" in next(iter(data.values())):
             data = next(iter(data.values()))["ros__parameters"]
     return from_dict(NodeConfig, apply_overrides(data, overrides))
+
+
+def _pipeline(config: Any) -> Any:
+    """The run-time Pipeline of a NodeConfig; no bundle is an error saying how to give one."""
+    from sfm_ros.config import ConfigError
+    from sfm_ros.pipeline import Pipeline
+
+    if not config.pipeline.bundle:
+        raise ConfigError("no model bundle: give --bundle BUNDLE (or pipeline.bundle in --params or --set)")
+    return Pipeline(config.pipeline, config.scale)
 
 
 # ---- sub-commands -----------------------------------------------------------------------------------------
@@ -98,21 +109,44 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise SystemExit("--init-from starts a new run; --resume continues one (its weights come from the "
                              "checkpoint): give one of them")
         overrides.append(f"model.init_from={args.init_from}")
-    config = config_from_checkpoint(args.resume) if args.resume and not args.config else load_train_config(
-        args.config, overrides)
+    if args.resume and not args.config:
+        config = _resumed_config(config_from_checkpoint(args.resume), overrides)
+    else:
+        config = load_train_config(args.config, overrides)
     if config.model.init_from and not args.resume:
         check_init_bundle(config.model.init_from, config)  # before minutes of data preparation
-    cache = args.cache
-    if cache is None:
-        cache = Path(tempfile.mkdtemp(prefix="sfm_cache_")) / "cache"
-        prepare_cache(config.data, cache, progress=config.run.progress)
-    trainer = Trainer(config, cache)
-    if args.resume:
-        trainer.resume(args.resume)
-    summary = trainer.fit()
+    with contextlib.ExitStack() as cleanup:
+        cache = args.cache
+        if cache is None:  # a temporary cache, removed when the run ends however it ends (short of SIGKILL)
+            cache = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="sfm_cache_"))) / "cache"
+            prepare_cache(config.data, cache, progress=config.run.progress)
+        trainer = Trainer(config, cache)
+        if args.resume:
+            trainer.resume(args.resume)
+        summary = trainer.fit()
     summary.pop("history")
     _print_json(summary)
     return 130 if summary["stopped_by"] else 0
+
+
+# Sections of a training config that a resumed run may change: how it runs and how long (the schedule), not what it
+# learns; model, data and loss shape the networks and the optimiser's state, so the checkpoint's are kept.
+RESUMABLE_SECTIONS = ("run", "optim")
+
+
+def _resumed_config(saved: Any, overrides: list[str]) -> Any:
+    """The checkpoint's training config with --set/--output overrides of the run and optim sections; others are a
+    ConfigError saying why."""
+    from sfm_ros.config import ConfigError, apply_overrides, from_dict, to_dict
+    from training.config import TrainConfig
+
+    frozen = [o for o in overrides if o.partition("=")[0].strip().split(".")[0] not in RESUMABLE_SECTIONS]
+    if frozen:
+        raise ConfigError(f"--resume without --config keeps the checkpoint's model, data and loss config (its networks "
+                          f"and optimiser state were trained with them), so {frozen} cannot apply; only "
+                          f"{', '.join(f'{s}.*' for s in RESUMABLE_SECTIONS)} and --output can. Start a new run "
+                          "with --config to change them")
+    return from_dict(TrainConfig, apply_overrides(to_dict(saved), overrides))
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -135,7 +169,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             # INT8 for onnxruntime's CPU provider, and the Q/DQ models TensorRT builds INT8 engines from.
             _print_json(quantize_bundle(staged, args.int8_bag, max_windows=args.int8_windows,
                                         method=args.int8_calibration, progress=True,
-                                        targets=("onnxruntime", "tensorrt")))
+                                        targets=("onnxruntime", "tensorrt"), image_topic=args.image_topic,
+                                        info_topic=args.camera_info_topic))
     if args.engine:
         from sfm_ros.backends.tensorrt_backend import TensorRTBackend, tensorrt_plan, trtexec_command
         from sfm_ros.bundle import onnx_path, read_metadata
@@ -155,20 +190,27 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
     _print_json(quantize_bundle(args.bundle, args.bag, max_windows=args.windows, method=args.calibration,
                                 polyphase=not args.keep_transposed_convs, progress=not args.quiet,
-                                targets=tuple(args.targets)))
+                                targets=tuple(args.targets), image_topic=args.image_topic,
+                                info_topic=args.camera_info_topic))
     return 0
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from sfm_ros.pipeline import Pipeline
+    from sfm_ros.backends import check_mask_output
     from sfm_ros.replay import replay_bag
 
     config = _node_config(args)
-    pipeline = Pipeline(config.pipeline, config.scale)
+    pipeline = _pipeline(config)
+    check_mask_output(pipeline.backend, config.publish_mask)
     print(f"backend: {pipeline.backend.description}")
     summary = replay_bag(args.bag, pipeline, args.output, realtime=args.realtime, gt_topic=args.gt_topic,
                          odom_frame=config.odom_frame, base_frame=config.base_frame,
-                         publish_mask=config.publish_mask, overwrite=args.overwrite, progress=not args.quiet)
+                         publish_mask=config.publish_mask, overwrite=args.overwrite, progress=not args.quiet,
+                         image_topic=args.image_topic, info_topic=args.camera_info_topic,
+                         intrinsics=None if config.use_camera_info else config.camera_matrix())
+    if summary.malformed:  # as the node's diagnostics: skipped, counted, said
+        print(f"skipped {sum(summary.malformed.values())} messages that could not be used: "
+              f"{dict(summary.malformed)}", file=sys.stderr)
     data = summary.as_dict()
     evaluation = data.pop("evaluation")
     data["events"] = data["events"][:20]
@@ -222,10 +264,8 @@ def cmd_eval_pose(args: argparse.Namespace) -> int:
     else:
         if not (args.sequence and args.bundle):
             raise SystemExit("without --estimate, give --sequence and --bundle to run the model")
-        from sfm_ros.pipeline import Pipeline
-
         config = _node_config(args)
-        est_stamps, est_poses = run_sequence(Pipeline(config.pipeline, config.scale),
+        est_stamps, est_poses = run_sequence(_pipeline(config),
                                              kitti.kitti_odometry_sequence(args.sequence, args.camera),
                                              progress=not args.quiet)
     report = evaluate_pose(gt_stamps, gt_poses, est_stamps, est_poses, args.output,
@@ -320,6 +360,14 @@ def learning_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def camera_topic_options(parser: argparse.ArgumentParser, whose: str) -> None:
+    """--image-topic and --camera-info-topic: which camera of a bag with several (default: the only one)."""
+    parser.add_argument("--image-topic", help=f"{whose} sensor_msgs Image or CompressedImage topic (default: the "
+                                              "only one, or the only raw one)")
+    parser.add_argument("--camera-info-topic", help=f"{whose} CameraInfo topic (default: camera_info beside the image "
+                                                    "topic, or the only one)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from sfm_ros.backends import BACKEND_CHOICES
     from sfm_ros.bundle import PRECISIONS
@@ -355,7 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config value")
     train.add_argument("--cache", help="a prepared cache (default: prepare the sources into a temporary one)")
     train.add_argument("--output", help="run folder (checkpoint, tensorboard, bundle)")
-    train.add_argument("--resume", help="checkpoint to continue from exactly")
+    train.add_argument("--resume", help="checkpoint to continue from exactly; without --config its own config, where "
+                                        "--set and --output may change run.* and optim.* only")
     train.add_argument("--init-from", metavar="BUNDLE",
                        help="start both networks from a model bundle's weights and train on these sources with a "
                             "fresh optimiser (fine-tuning); the bundle's input size, source count and mask must be "
@@ -378,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--int8-calibration", default="minmax", choices=CALIBRATION_METHODS,
                         help="onnxruntime activation-range method")
     export.add_argument("--engine-cache", default="~/.cache/sfm_ros/engines")
+    camera_topic_options(export, "--int8-bag's")
     export.set_defaults(func=cmd_export)
 
     quantize = commands.add_parser(
@@ -393,6 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--for", dest="targets", nargs="+", default=["onnxruntime"], choices=list(QUANTIZE_TARGETS),
                           help="runtimes to quantise for (default onnxruntime)")
     quantize.add_argument("--quiet", action="store_true", help="no progress bars")
+    camera_topic_options(quantize, "the bag's")
     quantize.set_defaults(func=cmd_quantize)
 
     def node_options(sub: argparse.ArgumentParser) -> None:
@@ -409,6 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--gt-topic", help="ground-truth nav_msgs/Odometry topic (default: auto)")
     replay.add_argument("--overwrite", action="store_true")
     replay.add_argument("--quiet", action="store_true")
+    camera_topic_options(replay, "the bag's")
     node_options(replay)
     replay.set_defaults(func=cmd_replay)
 
@@ -536,7 +588,8 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     names = {"sfm_ros.backends": "BackendError", "sfm_ros.bundle": "BundleError", "sfm_ros.config": "ConfigError",
              "sfm_ros.kitti": "KittiError", "sfm_ros.ros_io": "ImageError", "sfm_ros.bags": "BagError",
              "sfm_ros.export": "ExportError", "sfm_ros.pipeline": "FrameError", "training.data": "DataError",
-             "sfm_ros.quantize": "QuantizeError", "training.trainer": "CheckpointError"}
+             "sfm_ros.quantize": "QuantizeError", "training.trainer": "CheckpointError",
+             "sfm_ros.evaluate": "EvaluationError"}
     found: list[type[BaseException]] = [FileNotFoundError]
     for module, name in names.items():
         try:

@@ -9,6 +9,7 @@ the node turns into ROS parameter descriptors.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -314,10 +315,12 @@ class NodeConfig:
                                   read_only=True)
     intrinsics: tuple[float, ...] = param((0.0, 0.0, 0.0, 0.0), "fx fy cx cy in pixels when use_camera_info is "
                                                                "false", read_only=True)
-    odom_frame: str = param("odom", "odometry frame id (REP 105)")
+    odom_frame: str = param("sfm_odom", "odometry frame id (REP 105's odom); not 'odom', which a mobile base's "
+                                        "wheel odometry owns")
     base_frame: str = param("base_link", "robot body frame id (REP 105)")
     camera_frame: str = param("", "camera optical frame id; empty = the image header's frame_id")
-    publish_tf: bool = param(True, "broadcast odom -> base_link")
+    publish_tf: bool = param(False, "broadcast odom_frame -> base_frame; only where no other node publishes a "
+                                    "parent of base_frame (wheel odometry, robot_localization): a frame has one parent")
     publish_mask: bool = param(False, "publish the explainability mask as mono8 (needs a mask-exporting bundle)")
     lookup_extrinsic_from_tf: bool = param(True, "read base_link -> camera from TF when available "
                                                  "(else pipeline.T_base_camera); read-only: the TF listener is "
@@ -331,6 +334,27 @@ class NodeConfig:
                                   read_only=True)
     pipeline: PipelineConfig = dataclasses.field(default_factory=PipelineConfig)
     scale: ScaleConfig = dataclasses.field(default_factory=ScaleConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("odom_frame", "base_frame"):
+            if not getattr(self, name).strip():
+                raise ValueError(f"{name} is empty: a frame id names the TF frame of the published odometry")
+        if self.odom_frame == self.base_frame:
+            raise ValueError(f"odom_frame and base_frame are both {self.odom_frame!r}: the odometry is the transform "
+                             "between two frames (REP 105: odom -> base_link)")
+        if not all(math.isfinite(v) for v in self.pipeline.T_base_camera):
+            raise ValueError(f"pipeline.T_base_camera must be finite, got {list(self.pipeline.T_base_camera)}")
+        if not self.use_camera_info and (len(self.intrinsics) != 4 or not all(map(math.isfinite, self.intrinsics))
+                                         or min(self.intrinsics[:2]) <= 0):
+            raise ValueError(f"use_camera_info is false, so intrinsics must be fx fy cx cy with fx, fy > 0, got "
+                             f"{list(self.intrinsics)}")
+
+    def camera_matrix(self) -> Any:
+        """K [3,3] (numpy) from ``intrinsics`` (fx fy cx cy, pixels of the incoming image)."""
+        import numpy as np
+
+        fx, fy, cx, cy = self.intrinsics
+        return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,9 +18,13 @@ from sfm_ros.backends import Backend, preprocess
 from sfm_ros.metrics import DEPTH_METRICS, eigen_depth_evaluation, kitti_segment_errors, snippet_ates, trajectory_errors
 from sfm_ros.report import plot_depth_grid, plot_frame_errors, plot_trajectory, write_report
 
-__all__ = ["DepthSample", "depth_samples_from_drive", "depth_samples_from_list", "evaluate_dense_depth",
-           "evaluate_depth",
-           "evaluate_pose", "predict_depth", "read_tum", "run_sequence", "write_tum"]
+__all__ = ["DepthSample", "EvaluationError", "depth_samples_from_drive", "depth_samples_from_list",
+           "evaluate_dense_depth", "evaluate_depth", "evaluate_pose", "predict_depth", "read_tum", "run_sequence",
+           "write_tum"]
+
+
+class EvaluationError(ValueError):
+    """An evaluation cannot produce a result from what it was given; the message says what to change."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +72,7 @@ def evaluate_depth(backend: Backend, samples: list[DepthSample], output: str | P
     from sfm_ros.scale import GroundPlaneScale, ScaleObservation
 
     if not samples:
-        raise ValueError("no depth samples to evaluate (no images with LiDAR scans found)")
+        raise EvaluationError("no depth samples to evaluate (no images with LiDAR scans found)")
     rows, ratios, grid, scale_failures = [], [], [], 0
     estimator = GroundPlaneScale(dataclasses.replace(metric_scale, smoothing=0.0)) if metric_scale else None
     if estimator is not None:
@@ -98,7 +102,8 @@ def evaluate_depth(backend: Backend, samples: list[DepthSample], output: str | P
         if i in pick:
             grid.append({"rgb": rgb, "pred": pred * result.scale_ratio, "gt": gt})
     if not rows:
-        raise ValueError(f"metric scale failed on all {len(samples)} images (no ground plane found)")
+        raise EvaluationError(f"metric scale failed on all {len(samples)} images (no ground plane found in the "
+                              "predicted depth): check --camera-height, or evaluate without --metric-scale")
     names = [*DEPTH_METRICS, "median_ratio"] if not median_scaling else DEPTH_METRICS
     summary = {name: float(np.mean([r[name] for r in rows])) for name in names}
     ratios_array = np.asarray(ratios)
@@ -199,7 +204,7 @@ def evaluate_pose(gt_stamps_ns: np.ndarray, gt_poses: np.ndarray, est_stamps_ns:
     gt_index, est_index = _associate(np.asarray(gt_stamps_ns), np.asarray(est_stamps_ns),
                                      int(max_time_diff_s * 1e9))
     if len(gt_index) < snippet_length:
-        raise ValueError(f"only {len(gt_index)} estimated poses match ground-truth stamps (within "
+        raise EvaluationError(f"only {len(gt_index)} estimated poses match ground-truth stamps (within "
                          f"{max_time_diff_s} s); need at least {snippet_length}")
     gt, est = gt_poses[gt_index], est_poses[est_index]
     gt = np.linalg.inv(gt[0]) @ gt

@@ -3,9 +3,12 @@
 Subscribes: ``image`` (sensor_msgs/Image, or ``image/compressed`` CompressedImage with image_transport
 compressed), ``camera_info`` (sensor_msgs/CameraInfo), optionally a speed topic (nav_msgs/Odometry or
 geometry_msgs/TwistStamped).
-Publishes: ``depth`` (32FC1 metres, the input header), ``depth/camera_info``, ``odom`` (nav_msgs/Odometry,
-non-zero covariance), TF odom -> base_link (``publish_tf``), ``explainability`` (mono8, ``publish_mask``),
-and ``/diagnostics``. Service: ``reset`` (std_srvs/Trigger).
+Publishes: ``depth/image`` (32FC1 metres, the input header) with ``depth/camera_info`` beside it (the names
+depth_image_proc and image_transport expect), ``sfm/odom`` (nav_msgs/Odometry, non-zero covariance), TF
+``odom_frame -> base_frame`` (sfm_odom -> base_link; only with ``publish_tf``), ``explainability`` (mono8,
+``publish_mask``), and ``/diagnostics``. Service: ``reset`` (std_srvs/Trigger). The defaults never contest a
+mobile base's wheel odometry (``/odom``, ``odom -> base_link``): the topic is namespaced, and nothing goes on TF
+unless asked, since base_link can have one parent only.
 
 Parameters are declared from the ``NodeConfig`` dataclass (description, range, choices, read-only) and validated
 before anything heavy loads. A writable parameter set at run time is validated the same way and then applied from
@@ -36,6 +39,8 @@ from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_srvs.srv import Trigger
 
+from sfm_ros.backends import BackendError, check_mask_output
+from sfm_ros.bundle import BundleError
 from sfm_ros.camera import CameraModel
 from sfm_ros.config import ConfigError, NodeConfig, from_dict, nest, parameter_table
 from sfm_ros.geometry import quaternion_to_rotation
@@ -52,9 +57,12 @@ from sfm_ros.ros_io import (
 )
 from sfm_ros.worker import LatestFrameWorker, error_kind
 
-__all__ = ["SfmNode", "main", "validate_node_config"]
+__all__ = ["DEPTH_INFO_TOPIC", "DEPTH_TOPIC", "ODOM_TOPIC", "SfmNode", "main", "validate_node_config"]
 
 RESET_TIMEOUT_S = 2.0
+# Output topics, relative to the node's namespace: depth_image_proc's names for a depth image and its CameraInfo,
+# and an odometry topic that cannot be a mobile base's /odom.
+DEPTH_TOPIC, DEPTH_INFO_TOPIC, ODOM_TOPIC = "depth/image", "depth/camera_info", "sfm/odom"
 
 
 def _descriptor(spec: Any) -> ParameterDescriptor:
@@ -82,6 +90,9 @@ def validate_node_config(values: dict[str, Any]) -> NodeConfig:
     """The node's configuration from flat parameter values: the dataclass checks, then what only the node knows
     (a speed topic for external speed, tf2_ros for TF). Raises ConfigError naming the problem."""
     config = from_dict(NodeConfig, nest(values))
+    if not config.pipeline.bundle:
+        raise ConfigError("pipeline.bundle is empty: give the model bundle folder (launch argument bundle:=, or "
+                          "-p pipeline.bundle:=/path/to/bundle)")
     if config.scale.source == "external_speed" and not config.speed_topic:
         raise ConfigError("scale.source external_speed needs speed_topic (set at start-up: the subscription is "
                           "created then)")
@@ -115,6 +126,7 @@ class SfmNode(Node):
         self.config: NodeConfig = validate_node_config(values)  # before loading models
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.pipeline = Pipeline(self.config.pipeline, self.config.scale)
+        check_mask_output(self.pipeline.backend, self.config.publish_mask)
         self.types = MessageTypes.from_rclpy()
         self.convert_image, converter = _choose_converter()
         self.get_logger().info(f"backend: {self.pipeline.backend.description}; image conversion: {converter}")
@@ -131,17 +143,14 @@ class SfmNode(Node):
             self.create_subscription(Image, "image", self._on_image, image_qos, qos_overriding_options=overrides)
         self.camera: CameraModel | None = None
         self.camera_info_errors: collections.Counter[str] = collections.Counter()
-        if config.use_camera_info:
+        if config.use_camera_info:  # else NodeConfig has checked the intrinsics
             self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos_profile_sensor_data)
-        elif len(config.intrinsics) != 4 or min(config.intrinsics[:2]) <= 0:
-            raise ConfigError(f"use_camera_info is false, so intrinsics must be fx fy cx cy > 0, got "
-                              f"{list(config.intrinsics)}")
         if config.speed_topic:
             speed_type = Odometry if config.speed_topic_type == "odometry" else TwistStamped
             self.create_subscription(speed_type, config.speed_topic, self._on_speed, 10)
-        self.depth_publisher = self.create_publisher(Image, "depth", 10)
-        self.info_publisher = self.create_publisher(CameraInfo, "depth/camera_info", 10)
-        self.odom_publisher = self.create_publisher(Odometry, "odom", 10)
+        self.depth_publisher = self.create_publisher(Image, DEPTH_TOPIC, 10)
+        self.info_publisher = self.create_publisher(CameraInfo, DEPTH_INFO_TOPIC, 10)
+        self.odom_publisher = self.create_publisher(Odometry, ODOM_TOPIC, 10)
         self.mask_publisher = None
         self.tf_broadcaster = None
         self._create_optional_publishers(config)
@@ -207,8 +216,9 @@ class SfmNode(Node):
         values.update({p.name: p.value for p in ours})
         try:
             config = validate_node_config(values)
+            check_mask_output(self.pipeline.backend, config.publish_mask)
             self._create_optional_publishers(config)
-        except ConfigError as exc:
+        except (ConfigError, BackendError) as exc:
             return SetParametersResult(successful=False, reason=str(exc))
         if config.pipeline != self.config.pipeline or config.scale != self.config.scale:
             self.worker.call(lambda: self.pipeline.configure(config.pipeline, config.scale))
@@ -223,9 +233,7 @@ class SfmNode(Node):
     def _camera_for(self, msg: Any, height: int, width: int) -> CameraModel:
         config = self.config
         if not config.use_camera_info:
-            fx, fy, cx, cy = config.intrinsics
-            return CameraModel(K=np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]]), height=height, width=width,
-                               frame_id=msg.header.frame_id)
+            return CameraModel(K=config.camera_matrix(), height=height, width=width, frame_id=msg.header.frame_id)
         if self.camera is None:
             raise ImageError("no CameraInfo received yet")
         return self.camera
@@ -309,6 +317,10 @@ def main(args: list[str] | None = None) -> None:
         pass
     except ConfigError as exc:
         rclpy.logging.get_logger("sfm").fatal(f"invalid configuration: {exc}")
+        raise SystemExit(2) from None
+    except (BundleError, BackendError) as exc:  # one line naming the problem and the fix, not a traceback
+        rclpy.logging.get_logger("sfm").fatal(f"cannot load the model bundle: {exc} (pipeline.bundle must be a "
+                                              "folder made by `sfm train` and exported with `sfm export`)")
         raise SystemExit(2) from None
     finally:
         if node is not None:

@@ -1,8 +1,9 @@
 """``sfm replay BAG``: the node's pipeline over a recorded bag, without ROS.
 
 Reads the camera topics with rosbags, runs ``Pipeline`` as fast as possible (or at recorded speed, dropping
-frames it cannot keep up with, as the node does), and writes an MCAP bag with depth (32FC1), its CameraInfo,
-Odometry, TF and optionally the explainability mask, each stamped like its input frame; a TUM trajectory;
+frames it cannot keep up with, as the node does), and writes an MCAP bag with what the node named ``sfm``
+publishes, each stamped like its input frame: ``/sfm/depth/image`` (32FC1) and ``/sfm/depth/camera_info``,
+``/sfm/odom``, ``/tf`` (always: the bag is its own world) and optionally ``/sfm/explainability``; a TUM trajectory;
 and, when the bag carries a ground-truth Odometry topic, the pose evaluation report.
 """
 
@@ -42,10 +43,17 @@ class ReplaySummary:
 
 
 def replay_bag(bag: str | Path, pipeline: Pipeline, output: str | Path, *, realtime: bool = False,
-               gt_topic: str | None = None, odom_frame: str = "odom", base_frame: str = "base_link",
+               gt_topic: str | None = None, odom_frame: str = "sfm_odom", base_frame: str = "base_link",
                publish_mask: bool = False, overwrite: bool = False, progress: bool = True,
-               evaluate: bool = True) -> ReplaySummary:
-    """Replay ``bag`` through ``pipeline``; write ``output``/replay.mcap-bag, trajectory.tum and report/."""
+               evaluate: bool = True, image_topic: str | None = None, info_topic: str | None = None,
+               intrinsics: np.ndarray | None = None) -> ReplaySummary:
+    """Replay ``bag`` through ``pipeline``; write ``output``/replay.mcap-bag, trajectory.tum and report/.
+
+    ``image_topic`` / ``info_topic`` pick the camera (None: auto-detected); ``intrinsics`` (K [3,3]) replaces the
+    CameraInfo topic (the node's ``use_camera_info: false``). Frames and CameraInfo messages that cannot be decoded
+    or used are skipped and counted in ``malformed`` by kind (CameraInfo ones as 'CameraInfo <kind>'), as the node
+    counts them in its diagnostics.
+    """
     from tqdm import tqdm
 
     from sfm_ros.evaluate import evaluate_pose, write_tum
@@ -59,7 +67,8 @@ def replay_bag(bag: str | Path, pipeline: Pipeline, output: str | Path, *, realt
     bar = tqdm(desc="replay", unit="frame", disable=not progress)
     with BagWriter(summary.output_bag, overwrite=overwrite) as writer:
         types = writer.types
-        for frame in read_camera_frames(bag, errors=summary.malformed):
+        for frame in read_camera_frames(bag, intrinsics=intrinsics, errors=summary.malformed, image_topic=image_topic,
+                                        info_topic=info_topic):
             summary.frames_in += 1
             bar.update(1)
             if realtime:
@@ -84,7 +93,7 @@ def replay_bag(bag: str | Path, pipeline: Pipeline, output: str | Path, *, realt
             header = make_header(types, frame.stamp_ns, frame.frame_id or "camera_optical_frame")
             # The node's own composition of its outputs, so what is recorded here is what the node publishes.
             messages = estimate_messages(types, estimate, header, odom_frame, base_frame, with_mask=publish_mask)
-            writer.write("/sfm/depth", messages.depth, frame.stamp_ns)
+            writer.write("/sfm/depth/image", messages.depth, frame.stamp_ns)
             writer.write("/sfm/depth/camera_info", messages.depth_info, frame.stamp_ns)
             writer.write("/sfm/odom", messages.odometry, frame.stamp_ns)
             writer.write("/tf", types.TFMessage(transforms=[messages.transform]), frame.stamp_ns)

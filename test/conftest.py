@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ ODOMETRY_06 = SAMPLE / "kitti_odometry" / "sequences" / "06"
 DRIVE_0060 = SAMPLE / "kitti_raw" / "2011_09_26" / "2011_09_26_drive_0060_sync"
 DRIVE_0001 = SAMPLE / "kitti_raw" / "2011_09_26" / "2011_09_26_drive_0001_sync"
 SHARED = REPO.parent / "shared" / "data"
+RUNTIME_BUNDLE_VARIABLE = "SFM_TEST_BUNDLE"  # an exported test bundle, for test runs without torch
 # Prepended to a subprocess script: any `import torch` in it fails, as on a robot without torch.
 BLOCK_TORCH = """
 import sys, importlib.abc
@@ -45,9 +48,8 @@ def view_synthesis_error(trainer, snippets: range = range(0, 48, 4)) -> float:
                      ["photometric"])
 
 
-@pytest.fixture(scope="session")
-def small_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A bundle of randomly initialised networks at 64x208 (3-frame, with mask), exported to ONNX."""
+def make_small_bundle(folder: str | Path) -> Path:
+    """A bundle of randomly initialised networks at 64x208 (3-frame, with mask), exported to ONNX, in ``folder``."""
     import torch
 
     from sfm_ros.bundle import BundleMetadata, save_networks
@@ -55,10 +57,22 @@ def small_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from sfm_ros.models import DispNet, PoseExpNet
 
     torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("bundle") / "bundle"
+    folder = Path(folder)
     save_networks(folder, DispNet(), PoseExpNet(2, with_mask=True), BundleMetadata(height=64, width=208))
     export_bundle(folder, fp16=False, with_mask=True)
     return folder
+
+
+@pytest.fixture(scope="session")
+def small_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``make_small_bundle``'s bundle; where torch is absent (the Python 3.10 run-time tests, `make test-py310`),
+    a copy of the one SFM_TEST_BUNDLE names, exported beforehand by a Python with torch."""
+    folder = tmp_path_factory.mktemp("bundle") / "bundle"
+    given = os.environ.get(RUNTIME_BUNDLE_VARIABLE)
+    if given:
+        shutil.copytree(given, folder)
+        return folder
+    return make_small_bundle(folder)
 
 
 @pytest.fixture(scope="session")

@@ -76,7 +76,7 @@ def test_the_launch_file_starts_the_installed_node(installed: dict, small_bundle
     assert (prefix / "lib" / "sfm_ros" / "sfm_node").is_file() and launch_file.is_file()
     # The parameter file: the installed one with what this machine needs (no tf2_ros here) and a visible change.
     params = (prefix / "share" / "sfm_ros" / "config" / "sfm.yaml").read_text()
-    params = params.replace('odom_frame: "odom"', 'odom_frame: "odom_from_file"')
+    params = params.replace('odom_frame: "sfm_odom"', 'odom_frame: "odom_from_file"')
     params = params.replace("lookup_extrinsic_from_tf: true", "lookup_extrinsic_from_tf: false")
     params = params.replace('      source: "camera_height"', '      source: "none"')
     params_file = tmp_path / "params.yaml"
@@ -92,8 +92,8 @@ def test_the_launch_file_starts_the_installed_node(installed: dict, small_bundle
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(helper)
     depth, odometry = [], []
-    helper.create_subscription(Image, "/front/depth", depth.append, 10)
-    helper.create_subscription(Odometry, "/front/odom", odometry.append, 10)
+    helper.create_subscription(Image, "/front/depth/image", depth.append, 10)
+    helper.create_subscription(Odometry, "/front/sfm/odom", odometry.append, 10)
     images = helper.create_publisher(Image, "/test_camera/image", qos_profile_sensor_data)
     infos = helper.create_publisher(CameraInfo, "/test_camera/info", qos_profile_sensor_data)
     sequence = kitti.kitti_odometry_sequence(ODOMETRY_06)
@@ -138,3 +138,71 @@ def _stop(launch: subprocess.Popen) -> str:  # pragma: no cover - rclpy machines
         except subprocess.TimeoutExpired:
             continue
     return launch.communicate()[0]
+
+
+def _parameters_of_launched_node(installed: dict, arguments: list[str], timeout_s: float = 90
+                                 ) -> tuple[dict | None, str]:  # pragma: no cover - rclpy machines
+    """Launch the installed launch file with ``arguments``; the values of the node's parameters that the launch
+    arguments may set (None when the node never answered) and the launch's output."""
+    import rclpy
+    from rcl_interfaces.srv import GetParameters
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.node import Node
+
+    launch_file = Path(installed["prefix"]) / "share" / "sfm_ros" / "launch" / "sfm.launch.py"
+    launch = subprocess.Popen([sys.executable, "-c", LAUNCH, str(launch_file), *arguments], env=installed["env"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    context = rclpy.context.Context()
+    rclpy.init(context=context)
+    helper = Node("launch_arguments_helper", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(helper)
+    names = ["pipeline.bundle", "pipeline.backend", "use_sim_time", "publish_tf"]
+    values = None
+    try:
+        client = helper.create_client(GetParameters, "/args/sfm/get_parameters")
+        deadline = time.monotonic() + timeout_s
+        while not client.service_is_ready() and time.monotonic() < deadline and launch.poll() is None:
+            executor.spin_once(timeout_sec=0.1)
+        if client.service_is_ready():
+            future = client.call_async(GetParameters.Request(names=names))
+            executor.spin_until_future_complete(future, timeout_sec=20)
+            if future.done():
+                got = future.result().values
+                values = {name: (value.string_value if value.type == 4 else value.bool_value)
+                          for name, value in zip(names, got, strict=True)}
+    finally:
+        output = _stop(launch)
+        helper.destroy_node()
+        rclpy.try_shutdown(context=context)
+    return values, output
+
+
+def test_launch_arguments_override_the_parameter_file_only_when_given(
+        installed: dict, small_bundle: Path, tmp_path: Path) -> None:  # pragma: no cover - rclpy machines
+    params = (Path(installed["prefix"]) / "share" / "sfm_ros" / "config" / "sfm.yaml").read_text()
+    for old, new in (('backend: "auto"', 'backend: "onnxruntime"'),
+                     ("lookup_extrinsic_from_tf: true", "lookup_extrinsic_from_tf: false"),
+                     ('      source: "camera_height"', '      source: "none"'),
+                     ('      bundle: ""', f'      bundle: "{small_bundle}"')):
+        assert old in params, old
+        params = params.replace(old, new)
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(params)
+    common = [f"params_file:={params_file}", "namespace:=args"]
+    # Not given: the file's backend, bundle and publish_tf hold; given as ROS users type them: applied.
+    values, output = _parameters_of_launched_node(installed, [*common, "use_sim_time:=True"])
+    assert values == {"pipeline.bundle": str(small_bundle), "pipeline.backend": "onnxruntime",
+                      "use_sim_time": True, "publish_tf": False}, output[-3000:]
+    values, output = _parameters_of_launched_node(installed, [*common, "use_sim_time:=1", "backend:=auto",
+                                                              "publish_tf:=FALSE"])
+    assert values == {"pipeline.bundle": str(small_bundle), "pipeline.backend": "auto", "use_sim_time": True,
+                      "publish_tf": False}, output[-3000:]
+    if importlib.util.find_spec("tf2_ros") is None:  # PyPI's ROS wheels: publish_tf true stops the node, saying why
+        values, output = _parameters_of_launched_node(installed, [*common, "publish_tf:=True"], timeout_s=60)
+        assert values is None and "need the ROS package tf2_ros" in output, output[-3000:]
+    else:
+        values, output = _parameters_of_launched_node(installed, [*common, "publish_tf:=True"])
+        assert values is not None and values["publish_tf"] is True, output[-3000:]
+    values, output = _parameters_of_launched_node(installed, [*common, "use_sim_time:=maybe"], timeout_s=30)
+    assert values is None and "launch argument use_sim_time:='maybe' must be one of true/false" in output

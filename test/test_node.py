@@ -69,9 +69,9 @@ def test_node_on_real_frames(small_bundle: Path, ros_context) -> None:  # pragma
 
     node, helper, executor = start_node(ros_context, small_bundle, tf=False)
     depth, depth_info, odometry, diagnostics = [], [], [], []
-    helper.create_subscription(Image, "depth", depth.append, 10)
+    helper.create_subscription(Image, "depth/image", depth.append, 10)
     helper.create_subscription(CameraInfo, "depth/camera_info", depth_info.append, 10)
-    helper.create_subscription(Odometry, "odom", odometry.append, 10)
+    helper.create_subscription(Odometry, "sfm/odom", odometry.append, 10)
     helper.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 10)
     image_publisher = helper.create_publisher(Image, "image", 10)
     info_publisher = helper.create_publisher(CameraInfo, "camera_info", 10)
@@ -106,7 +106,7 @@ def test_node_on_real_frames(small_bundle: Path, ros_context) -> None:  # pragma
         assert np.isfinite(values).any() and (values[np.isfinite(values)] > 0).all()
         assert (depth_info[0].height, depth_info[0].width) == (64, 208)
         assert depth_info[0].k[0] == pytest.approx(sequence.K[0, 0] * 208 / 1226)
-        assert odometry[0].header.frame_id == "odom" and odometry[0].child_frame_id == "base_link"
+        assert odometry[0].header.frame_id == "sfm_odom" and odometry[0].child_frame_id == "base_link"
         assert np.trace(np.reshape(odometry[-1].pose.covariance, (6, 6))) > 0
 
         client = helper.create_client(Trigger, "reset")
@@ -209,7 +209,7 @@ def test_node_broadcasts_tf_and_reads_the_extrinsic_from_tf(  # pragma: no cover
         helper.create_subscription(TFMessage, "/tf", lambda msg: sent.extend(
             t for t in msg.transforms if t.child_frame_id == "base_link"), 10)
     odometry = []
-    helper.create_subscription(Odometry, "odom", odometry.append, 10)
+    helper.create_subscription(Odometry, "sfm/odom", odometry.append, 10)
     image_publisher = helper.create_publisher(Image, "image", 10)
     info_publisher = helper.create_publisher(CameraInfo, "camera_info", 10)
     assert spin_until(executor, lambda: image_publisher.get_subscription_count() > 0)
@@ -233,7 +233,7 @@ def test_node_broadcasts_tf_and_reads_the_extrinsic_from_tf(  # pragma: no cover
         np.testing.assert_allclose(node.pipeline.T_base_camera, T_base_camera, atol=1e-12)
         assert spin_until(executor, lambda: len(sent) == 3, timeout_s=5)
         for transform, odom in zip(sent, odometry, strict=True):
-            assert (transform.header.frame_id, transform.child_frame_id) == ("odom", "base_link")
+            assert (transform.header.frame_id, transform.child_frame_id) == ("sfm_odom", "base_link")
             assert transform.header.stamp == odom.header.stamp
             t, q = transform.transform.translation, transform.transform.rotation
             p, o = odom.pose.pose.position, odom.pose.pose.orientation
@@ -265,8 +265,8 @@ def test_parameters_apply_live_or_are_refused_with_the_reason(small_bundle: Path
 
     node, helper, executor = start_node(ros_context, small_bundle, tf=False)
     depth, odometry = [], []
-    helper.create_subscription(Image, "depth", depth.append, 10)
-    helper.create_subscription(Odometry, "odom", odometry.append, 10)
+    helper.create_subscription(Image, "depth/image", depth.append, 10)
+    helper.create_subscription(Odometry, "sfm/odom", odometry.append, 10)
     image_publisher = helper.create_publisher(Image, "image", 10)
     info_publisher = helper.create_publisher(CameraInfo, "camera_info", 10)
     assert spin_until(executor, lambda: image_publisher.get_subscription_count() > 0)
@@ -281,7 +281,7 @@ def test_parameters_apply_live_or_are_refused_with_the_reason(small_bundle: Path
 
     try:
         send(0)
-        assert odometry[0].header.frame_id == "odom"
+        assert odometry[0].header.frame_id == "sfm_odom"
         assert np.isfinite(np.frombuffer(bytes(depth[0].data), "<f4")).any()
         accepted = node.set_parameters([Parameter("odom_frame", value="odom_camera"),
                                         Parameter("pipeline.max_depth_m", value=0.1)])
@@ -312,7 +312,7 @@ def test_resets_during_a_30_hz_stream(small_bundle: Path, ros_context) -> None: 
 
     node, helper, executor = start_node(ros_context, small_bundle, tf=False)
     odometry = []
-    helper.create_subscription(Odometry, "odom", odometry.append, 100)
+    helper.create_subscription(Odometry, "sfm/odom", odometry.append, 100)
     image_publisher = helper.create_publisher(Image, "image", 10)
     info_publisher = helper.create_publisher(CameraInfo, "camera_info", 10)
     client = helper.create_client(Trigger, "reset")
@@ -392,7 +392,7 @@ def test_malformed_message_storm_at_30_hz(small_bundle: Path, ros_context) -> No
 
     node, helper, executor = start_node(ros_context, small_bundle, tf=False)
     depth, diagnostics = [], []
-    helper.create_subscription(Image, "depth", depth.append, 10)
+    helper.create_subscription(Image, "depth/image", depth.append, 10)
     helper.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 10)
     image_publisher = helper.create_publisher(Image, "image", 10)
     info_publisher = helper.create_publisher(CameraInfo, "camera_info", 10)

@@ -40,9 +40,13 @@ def test_package_xml_declares_the_ros_dependencies() -> None:
     root = ET.parse(REPO / "package.xml").getroot()
     assert root.get("format") == "3" and root.findtext("name") == "sfm_ros"
     depends = {e.text for e in root if e.tag.endswith("depend")}
-    for needed in ("rclpy", "sensor_msgs", "nav_msgs", "geometry_msgs", "std_srvs", "tf2_ros", "cv_bridge",
-                   "diagnostic_msgs", "python3-numpy", "python3-opencv", "python3-yaml"):
+    # tf2_ros_py gives the Python module tf2_ros (Humble and later); python3-onnxruntime-pip is rosdistro's rosdep key
+    # (rosdep/python.yaml) for the default CPU backend; launch needs ament_index_python, the node rcl_interfaces.
+    for needed in ("rclpy", "rcl_interfaces", "sensor_msgs", "nav_msgs", "geometry_msgs", "std_srvs", "tf2_ros_py",
+                   "cv_bridge", "diagnostic_msgs", "python3-numpy", "python3-opencv", "python3-yaml",
+                   "python3-onnxruntime-pip", "launch", "launch_ros", "ament_index_python"):
         assert needed in depends, needed
+    assert "tf2_ros" not in depends  # the C++ library: no Python module on Humble
     assert root.find("export/build_type").text == "ament_python"
 
 

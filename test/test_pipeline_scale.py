@@ -321,7 +321,7 @@ def test_replay_writes_one_depth_per_input_frame(odometry_bag: Path, small_bundl
     input_stamps = [f.stamp_ns for f in read_camera_frames(odometry_bag)]
     with Reader(summary.output_bag) as reader:
         topics = {c.topic: c.msgcount for c in reader.connections}
-        depth_stamps = [t for c, t, _ in reader.messages() if c.topic == "/sfm/depth"]
+        depth_stamps = [t for c, t, _ in reader.messages() if c.topic == "/sfm/depth/image"]
     assert depth_stamps == input_stamps
     assert topics["/sfm/odom"] == topics["/tf"] == topics["/sfm/depth/camera_info"] == 51
     assert topics["/sfm/explainability"] == 49

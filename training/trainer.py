@@ -42,7 +42,7 @@ from sfm_ros.config import from_dict, to_dict
 from sfm_ros.metrics import DEPTH_METRICS, eigen_depth_evaluation
 from sfm_ros.models import DispNet, PoseExpNet
 from training.config import TrainConfig
-from training.data import SnippetDataset
+from training.data import DataError, SnippetDataset, load_cache_index
 from training.health import HealthMonitor, training_health
 from training.normalisation import to_unit_range
 from training.step import TrainStep, forward_objective, learning_rate_factor, make_optimizer
@@ -208,6 +208,12 @@ class Trainer:
                               amp=config.run.amp, channels_last=config.run.channels_last,
                               cuda_graph=config.run.cuda_graph,
                               compile_objective=config.run.compile and self.world_size == 1)
+        index = load_cache_index(cache_dir)
+        if (index["height"], index["width"]) != (config.data.height, config.data.width):
+            raise DataError(f"cache {cache_dir} was prepared at {index['height']}x{index['width']}, but this run "
+                            f"trains at {config.data.height}x{config.data.width} (data.height x data.width) and would "
+                            "write a bundle claiming that size: prepare a cache with this config, or set "
+                            f"data.height={index['height']} data.width={index['width']}")
         self.train_data = SnippetDataset(cache_dir, "train", config.data.sequence_length, config.data.augment,
                                          config.data.scale_crop_max, config.run.seed, flip=config.data.flip,
                                          frame_strides=config.data.frame_strides, flip_depth=config.data.flip_depth,

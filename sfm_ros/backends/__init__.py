@@ -22,7 +22,9 @@ import numpy as np
 
 from sfm_ros.bundle import BundleMetadata, normalise_images
 
-__all__ = ["BACKENDS", "BACKEND_CHOICES", "Backend", "BackendError", "check_input", "make_backend", "preprocess"]
+__all__ = ["BACKENDS", "BACKEND_CHOICES", "Backend", "BackendError", "check_input", "check_mask_output",
+           "check_model_inputs",
+           "make_backend", "model_input_shapes", "preprocess"]
 
 
 class BackendError(RuntimeError):
@@ -67,6 +69,38 @@ def check_input(name: str, array: np.ndarray, expected: tuple[int, ...]) -> None
     """Raise a BackendError naming both shapes when ``array`` does not have the model's input shape."""
     if tuple(array.shape) != tuple(expected):
         raise BackendError(f"input {name!r} has shape {tuple(array.shape)}, the model expects {tuple(expected)}")
+
+
+def model_input_shapes(metadata: BundleMetadata) -> dict[str, tuple[int, ...]]:
+    """The input shapes the bundle's sfm.json implies: image/target [1,3,H,W], sources [1,N,3,H,W]."""
+    height, width, sources = metadata.height, metadata.width, metadata.num_sources
+    return {"image": (1, 3, height, width), "target": (1, 3, height, width),
+            "sources": (1, sources, 3, height, width)}
+
+
+def check_model_inputs(found: dict[str, tuple], metadata: BundleMetadata, where: str) -> None:
+    """Raise a BackendError naming both sides when the models' input shapes (``found``, from the ONNX files or
+    engines in ``where``) disagree with the size and source count of the bundle's sfm.json.
+
+    sfm.json steers the preprocessing (each frame is resized to its height x width) and the pose window; a crafted
+    or stale one must not reach the first frame.
+    """
+    expected = model_input_shapes(metadata)
+    wrong = {name: shape for name, shape in expected.items() if tuple(found.get(name, ())) != shape}
+    if wrong:
+        described = ", ".join(f"{name} {list(found.get(name, []))}" for name in wrong)
+        raise BackendError(f"{where}: sfm.json says {metadata.height}x{metadata.width} with {metadata.num_sources} "
+                           f"sources (inputs {', '.join(f'{n} {list(s)}' for n, s in wrong.items())}), but the "
+                           f"models take {described}: re-export the bundle (`sfm export`) or restore its sfm.json")
+
+
+def check_mask_output(backend: Backend, wanted: bool, option: str = "publish_mask") -> None:
+    """A BackendError when the explainability mask is ``wanted`` (``option`` true) but the backend's pose model has
+    no mask output: publishing it would send nothing, silently."""
+    if wanted and not backend.has_mask:
+        raise BackendError(f"{option} is true but the bundle's pose model has no explainability mask output: "
+                           "re-export the bundle with `sfm export --mask` (from a model trained with the mask), or "
+                           f"set {option} to false")
 
 
 def _has_nvidia_gpu() -> bool:

@@ -7,8 +7,22 @@ from typing import Any
 
 import numpy as np
 
-from sfm_ros.backends import BackendError, check_input
+from sfm_ros.backends import BackendError, check_input, check_model_inputs
 from sfm_ros.bundle import BundleMetadata, onnx_path
+
+
+def _session(path: Path, options: Any, providers: list[str]) -> Any:
+    """An InferenceSession, or a BackendError naming the file when onnxruntime cannot load it."""
+    import onnxruntime as ort
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    load_errors = (state.Fail, state.InvalidArgument, state.InvalidGraph, state.InvalidProtobuf, state.NoModel,
+                   state.NoSuchFile, state.NotImplemented, state.RuntimeException)
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except load_errors as exc:
+        raise BackendError(f"onnxruntime cannot load {path} ({str(exc).strip()[:300]}): re-export the bundle with "
+                           "`sfm export`") from None
 
 
 class OnnxRuntimeBackend:
@@ -38,8 +52,8 @@ class OnnxRuntimeBackend:
         if threads:
             options.intra_op_num_threads = threads
         self.metadata = metadata
-        self.depth = ort.InferenceSession(str(onnx_path(bundle, "depth", precision)), options, providers=providers)
-        self.pose = ort.InferenceSession(str(onnx_path(bundle, "pose", precision)), options, providers=providers)
+        self.depth = _session(onnx_path(bundle, "depth", precision), options, providers)
+        self.pose = _session(onnx_path(bundle, "pose", precision), options, providers)
         outputs = [o.name for o in self.pose.get_outputs()]
         self.has_mask = "mask" in outputs
         if with_mask and not self.has_mask:
@@ -49,6 +63,7 @@ class OnnxRuntimeBackend:
         expected = {"image", "target", "sources"}
         if set(self._shapes) != expected:
             raise BackendError(f"ONNX inputs are {sorted(self._shapes)}, expected {sorted(expected)}")
+        check_model_inputs(self._shapes, metadata, f"{bundle}'s {precision} ONNX models")
         self.description = f"onnxruntime {ort.__version__} {providers[0]} {precision}"
 
     def infer_depth(self, image: np.ndarray) -> np.ndarray:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from sfm_ros.backends import BackendError, check_input
+from sfm_ros.backends import BackendError, check_input, check_model_inputs
 from sfm_ros.bundle import BundleMetadata, atomic_write_bytes, onnx_key, onnx_path
 
 __all__ = ["BuildPlan", "EngineCache", "EngineKey", "TensorRTBackend", "build_engine", "build_plan", "trtexec_command"]
@@ -199,6 +199,8 @@ class TensorRTBackend:
                 self._engines[model] = engine
                 self._contexts[model] = engine.create_execution_context()
                 self._buffers[model] = self._allocate(engine, self._contexts[model])
+            check_model_inputs({name: host.shape for model in self._buffers.values()
+                                for name, (host, _) in model["inputs"].items()}, metadata, f"{bundle}'s engines")
             outputs = self._buffers["pose"]["outputs"]
             self.has_mask = "mask" in outputs
             if with_mask and not self.has_mask:
