@@ -25,7 +25,7 @@ from sfm_ros import kitti
 from sfm_ros.bench import machine_description
 from sfm_ros.camera import CameraModel
 from sfm_ros.config import PipelineConfig, ScaleConfig
-from sfm_ros.pipeline import Pipeline
+from sfm_ros.odometry.pipeline import Pipeline
 from sfm_ros.worker import LatestFrameWorker
 
 

@@ -153,7 +153,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from sfm_ros.pipeline import Pipeline
+    from sfm_ros.odometry.pipeline import Pipeline
     from sfm_ros.replay import replay_bag
 
     config = _node_config(args)
@@ -215,7 +215,7 @@ def cmd_eval_pose(args: argparse.Namespace) -> int:
     else:
         if not (args.sequence and args.bundle):
             raise SystemExit("without --estimate, give --sequence and --bundle to run the model")
-        from sfm_ros.pipeline import Pipeline
+        from sfm_ros.odometry.pipeline import Pipeline
 
         config = _node_config(args)
         est_stamps, est_poses = run_sequence(Pipeline(config.pipeline, config.scale),
@@ -485,7 +485,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 
     names = {"sfm_ros.backends": "BackendError", "sfm_ros.bundle": "BundleError", "sfm_ros.config": "ConfigError",
              "sfm_ros.kitti": "KittiError", "sfm_ros.ros_io": "ImageError", "sfm_ros.bags": "BagError",
-             "sfm_ros.export": "ExportError", "sfm_ros.pipeline": "FrameError", "training.data": "DataError",
+             "sfm_ros.export": "ExportError", "sfm_ros.odometry.pipeline": "FrameError", "training.data": "DataError",
              "sfm_ros.quantize": "QuantizeError", "training.trainer": "CheckpointError"}
     found: list[type[BaseException]] = [FileNotFoundError]
     for module, name in names.items():

@@ -234,7 +234,7 @@ class ScaleConfig:
 
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
-    """The visual-odometry core (sfm_ros.pipeline)."""
+    """The visual-odometry core (sfm_ros.odometry.pipeline)."""
 
     bundle: str = param("", "model bundle folder (sfm.json + weights/ONNX)", read_only=True)
     backend: str = param("auto", "inference backend", choices=BACKEND_CHOICES, read_only=True)
@@ -254,8 +254,8 @@ class PipelineConfig:
                                             "(0.1 for a 10 Hz-trained model on a 30 Hz camera)", range=(0.0, 10.0))
     max_depth_m: float = param(80.0, "depth beyond this is published as +inf", range=(0.1, 1000.0))
     refine_pose: bool = param(False, "refine the pose net's frame-to-frame motion by aligning the two frames through "
-                                     "the previous frame's predicted depth (sfm_ros.refine); its Hessian gives the "
-                                     "step's covariance")
+                                     "the previous frame's predicted depth (sfm_ros.odometry.align); its Hessian gives "
+                                     "the step's covariance")
     keyframes: bool = param(True, "align each frame to the last keyframe's image and predicted depth (the "
                                   "refinement of refine_pose, against a keyframe instead of the previous frame): "
                                   "while the camera stands still or creeps, errors do not add up frame by frame; "
@@ -279,7 +279,7 @@ class PipelineConfig:
                                              "stays in view", range=(0.0, 1.0))
     keyframe_max_baseline: float = param(0.1, "a new keyframe when the camera is this far from the keyframe, as a "
                                               "fraction of the keyframe's median depth (parallax)", range=(0.0, 10.0))
-    # The odometry covariance (sfm_ros.pipeline): each step adds the variance of its own error, which grows with the
+    # The odometry covariance (sfm_ros.odometry): each step adds the variance of its own error, which grows with the
     # distance and rotation of that step and not with time, so a camera standing still keeps its uncertainty.
     translation_sigma: float = param(0.05, "translation std-dev of a step as a fraction of its length (healthy "
                                            "metric scale)", range=(1e-4, 10.0))

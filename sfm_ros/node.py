@@ -39,7 +39,7 @@ from std_srvs.srv import Trigger
 from sfm_ros.camera import CameraModel
 from sfm_ros.config import ConfigError, NodeConfig, from_dict, nest, parameter_table
 from sfm_ros.geometry import quaternion_to_rotation
-from sfm_ros.pipeline import Pipeline
+from sfm_ros.odometry.pipeline import Pipeline
 from sfm_ros.ros_io import (
     ImageError,
     MessageTypes,

@@ -11,7 +11,7 @@ import pytest
 from sfm_ros import kitti
 from sfm_ros.config import PipelineConfig, ScaleConfig
 from sfm_ros.geometry import R_BASE_OPTICAL, ground_normal_in_camera, ground_plane_depth
-from sfm_ros.refine import ground_translation, translation_parallax_px
+from sfm_ros.odometry.align import ground_translation, translation_parallax_px
 from sfm_ros.scale import ground_mask
 from test.conftest import ODOMETRY_06, REPO
 from test.test_refine import BiasedTruth
@@ -261,7 +261,7 @@ def test_the_pipelines_steps_take_the_grounds_length_behind_its_flag(keyframes: 
     right scale (the ground measures the steps, not the depth). With keyframes the alignment to the keyframe finds
     the true length from the exact depth by itself; the ground agrees with it."""
     from sfm_ros.camera import CameraModel
-    from sfm_ros.pipeline import Pipeline
+    from sfm_ros.odometry.pipeline import Pipeline
 
     split = load_street_split(SAMPLE / "val")
     paths = kitti.image_files(split.folders[0])
@@ -297,7 +297,7 @@ def test_the_pipeline_passes_its_parallax_limit_to_the_ground() -> None:
     """scale.ground_min_parallax_px reaches the measurement: a limit no ground point meets leaves every step to the
     recent ratio, each with its reason in the events; the default measures them."""
     from sfm_ros.camera import CameraModel
-    from sfm_ros.pipeline import Pipeline
+    from sfm_ros.odometry.pipeline import Pipeline
 
     split = load_street_split(SAMPLE / "val")
     paths = kitti.image_files(split.folders[0])
@@ -318,7 +318,7 @@ def test_the_pipeline_passes_its_object_margin_and_rotation_axes_to_the_ground(m
     runs, watched. On the first rendered street (exact depth), frames 24-31, the parked car ahead stands on the road:
     with a margin of 2 px no ground pixel handed over lies within 2 rows below a pixel 10 % in front of the plane, and
     without it some do; 'pitch_roll' frees the camera's x and z axes."""
-    import sfm_ros.pipeline as pipeline_module
+    import sfm_ros.odometry.pipeline as pipeline_module
     from sfm_ros.camera import CameraModel
 
     split = load_street_split(SAMPLE / "val")
@@ -478,7 +478,7 @@ def test_the_pipeline_tilts_a_miscalibrated_ground_to_the_travel_behind_its_flag
     depth with it (1 m per unit, the exact depth's) within 3 %; without it the normal stays the mounting's, 1 degree
     off, and the scale about 9 % off."""
     from sfm_ros.camera import CameraModel
-    from sfm_ros.pipeline import Pipeline
+    from sfm_ros.odometry.pipeline import Pipeline
 
     split = load_street_split(SAMPLE / "val")
     paths = kitti.image_files(split.folders[1])
@@ -509,7 +509,7 @@ def test_the_pipeline_starts_the_grounds_measurement_at_the_recent_ratio_behind_
     and the recent ratio of its lengths to the chain's settles near 1 / 1.3. With scale.ground_start_from_ratio (the
     default) the measurement starts at the chain's step times that ratio, about the true length; without it, at the
     chain's step, 1.3 times too long."""
-    import sfm_ros.pipeline as pipeline_module
+    import sfm_ros.odometry.pipeline as pipeline_module
     from sfm_ros.camera import CameraModel
 
     split = load_street_split(SAMPLE / "val")

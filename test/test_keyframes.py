@@ -9,7 +9,7 @@ from sfm_ros import kitti
 from sfm_ros.camera import CameraModel
 from sfm_ros.config import PipelineConfig, ScaleConfig
 from sfm_ros.geometry import orthonormalised
-from sfm_ros.pipeline import Pipeline
+from sfm_ros.odometry.pipeline import Pipeline
 from test.test_refine import SAMPLE, BiasedTruth, _in_odom
 from training.synth_streets import load_street_split
 

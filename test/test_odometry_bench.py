@@ -57,7 +57,7 @@ def test_metric_depth_is_scored_where_the_pipeline_says_too_far(tmp_path: Path) 
     """Depth beyond pipeline.max_depth_m is published as +inf; the benchmark scores it at the 80 m cap, not NaN."""
     from sfm_ros.bundle import BundleMetadata
     from sfm_ros.config import PipelineConfig, ScaleConfig
-    from sfm_ros.pipeline import Pipeline
+    from sfm_ros.odometry.pipeline import Pipeline
     from training.odometry_bench import run_sequence_metrics
     from training.synth_streets import load_street_split, street_sequence
 
@@ -89,8 +89,8 @@ def test_standing_still_reports_how_far_the_odometry_wanders() -> None:
     """A pose net off by a twist xi on every step: held still, each step is exp(-xi), so N still frames move the
     camera by exp(-N xi) (one screw motion, closed form) and turn it by N |w|; keyframes hold it."""
     from sfm_ros.config import PipelineConfig, ScaleConfig
-    from sfm_ros.pipeline import Pipeline
-    from sfm_ros.refine import se3_exp
+    from sfm_ros.odometry.align import se3_exp
+    from sfm_ros.odometry.pipeline import Pipeline
     from test.test_refine import BiasedTruth
     from training.odometry_bench import run_standstill
     from training.synth_streets import load_street_split, street_sequence

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from sfm_ros import kitti
-from sfm_ros.refine import depth_uncertainty_weights, refine_pose, se3_exp, side_slip
+from sfm_ros.odometry.align import depth_uncertainty_weights, refine_pose, se3_exp, side_slip
 from test.conftest import DRIVE_0060, REPO
 from training.synth_streets import load_street_split
 
@@ -131,7 +131,7 @@ def test_the_pipeline_refines_the_networks_pose_behind_its_flag() -> None:
     the odometry follows the truth, without it the error accumulates."""
     from sfm_ros.camera import CameraModel
     from sfm_ros.config import PipelineConfig, ScaleConfig
-    from sfm_ros.pipeline import Pipeline
+    from sfm_ros.odometry.pipeline import Pipeline
 
     split = load_street_split(SAMPLE / "val")
     paths = kitti.image_files(split.folders[0])
@@ -164,7 +164,7 @@ def test_the_pipeline_refines_the_networks_pose_behind_its_flag() -> None:
 def _in_odom(T_first_current: np.ndarray) -> np.ndarray:
     """A camera pose relative to the first camera, in the pipeline's odom frame (base_link axes, REP 103)."""
     from sfm_ros.config import PipelineConfig
-    from sfm_ros.pipeline import _base_camera_transform
+    from sfm_ros.odometry.pipeline import _base_camera_transform
 
     T_base_camera = _base_camera_transform(PipelineConfig().T_base_camera)
     return T_base_camera @ T_first_current
@@ -198,7 +198,7 @@ def test_a_direction_prior_keeps_the_direction_and_lets_the_image_fix_the_length
 
 def test_the_pipelines_direction_prior_by_hand() -> None:
     from sfm_ros.config import PipelineConfig, ScaleConfig
-    from sfm_ros.pipeline import Pipeline
+    from sfm_ros.odometry.pipeline import Pipeline
 
     split = load_street_split(SAMPLE / "val")
     T = np.eye(4)
@@ -289,7 +289,7 @@ def test_a_side_slip_prior_ties_the_yaw_to_the_direction_of_travel() -> None:
 
 def test_the_pipelines_side_slip_prior_by_hand() -> None:
     from sfm_ros.config import PipelineConfig, ScaleConfig
-    from sfm_ros.pipeline import Pipeline
+    from sfm_ros.odometry.pipeline import Pipeline
 
     split = load_street_split(SAMPLE / "val")
     T = np.eye(4)
@@ -319,7 +319,7 @@ def test_the_pipelines_side_slip_prior_keeps_the_heading_through_a_turn() -> Non
     pipeline.side_slip_sigma the heading at the end is within 3 degrees of the truth, without it off by more than 5."""
     from sfm_ros.camera import CameraModel
     from sfm_ros.config import PipelineConfig, ScaleConfig
-    from sfm_ros.pipeline import Pipeline
+    from sfm_ros.odometry.pipeline import Pipeline
 
     split = load_street_split(SAMPLE / "val")
     paths = kitti.image_files(split.folders[0])
@@ -351,7 +351,7 @@ def test_the_depths_uncertainty_keeps_the_heading_through_a_turn() -> None:
     the ground instead.)"""
     from sfm_ros.camera import CameraModel
     from sfm_ros.config import PipelineConfig, ScaleConfig
-    from sfm_ros.pipeline import Pipeline
+    from sfm_ros.odometry.pipeline import Pipeline
 
     split = load_street_split(SAMPLE / "val")
     paths = kitti.image_files(split.folders[0])
@@ -422,7 +422,7 @@ def test_the_acceptance_cost_weighs_the_residuals_it_is_given() -> None:
     """Two points seen unmoved (T = I) on a flat grey image, residuals 0.01 and 0.2 against their references: the
     Huber costs (threshold 0.05) are 0.01^2 = 1e-4 and 2 * 0.05 * 0.2 - 0.05^2 = 0.0175. Unweighted their mean is
     0.0088; weighted 1 and 0 it is the first alone; weighted 3 and 1 it is (3e-4 + 0.0175) / 4."""
-    from sfm_ros.refine import _huber_cost
+    from sfm_ros.odometry.align import _huber_cost
 
     K = np.array([[10.0, 0, 5], [0, 10.0, 5], [0, 0, 1]])
     image = np.full((11, 11), 0.5, np.float32)

@@ -24,7 +24,7 @@ import dataclasses
 import cv2
 import numpy as np
 
-from sfm_ros.geometry import backproject, ground_plane_depth, invert_transform
+from sfm_ros.geometry import backproject, ground_plane_depth, invert_transform, scale_intrinsics
 
 __all__ = ["GroundMotion", "RefineResult", "across_direction_information", "depth_uncertainty_weights",
            "ground_translation", "refine_pose", "se3_exp", "side_slip", "translation_parallax_px"]
@@ -77,9 +77,7 @@ def _pyramid(image: np.ndarray, depth: np.ndarray, K: np.ndarray, levels: int
     for _ in range(levels - 1):
         image, depth = cv2.pyrDown(image), depth[::2, ::2]
         image = image[: depth.shape[0], : depth.shape[1]]
-        K = K.copy()
-        K[0, 0], K[1, 1] = K[0, 0] / 2, K[1, 1] / 2
-        K[0, 2], K[1, 2] = (K[0, 2] + 0.5) / 2 - 0.5, (K[1, 2] + 0.5) / 2 - 0.5
+        K = scale_intrinsics(K, 0.5, 0.5)
         out.append((image, depth, K))
     return out
 
@@ -103,8 +101,7 @@ def _select_points(image: np.ndarray, depth: np.ndarray, K: np.ndarray, max_poin
     if len(v) > max_points:
         keep = np.argpartition(-magnitude[v, u], max_points - 1)[:max_points]
         v, u = v[keep], u[keep]
-    z = depth[v, u].astype(np.float64)
-    points = np.stack([(u - K[0, 2]) / K[0, 0] * z, (v - K[1, 2]) / K[1, 1] * z, z], axis=1)
+    points = backproject(np.where(valid, depth, 0.0), K)[v, u]
     return points, image[v, u].astype(np.float64)
 
 

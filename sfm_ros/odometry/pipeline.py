@@ -7,12 +7,12 @@ Monocular scale comes from ``sfm_ros.scale``: one factor scales depth and transl
 Tracking resets (first frame, time going backwards, a gap, a new image size, ``reset()``) restart the pose window
 and inflate the covariance; they never zero it, and each is reported in ``Estimate.events``.
 
-Two optional stages use the predicted depth (``sfm_ros.refine``): ``refine_pose`` aligns each frame to the previous
-one starting from the pose net's step; ``keyframes`` aligns it to the last keyframe instead, starting from the
+Two optional stages use the predicted depth (``sfm_ros.odometry.align``): ``refine_pose`` aligns each frame to the
+previous one starting from the pose net's step; ``keyframes`` aligns it to the last keyframe instead, starting from the
 keyframe's pose composed with the chain, so the pose and its covariance are the keyframe's plus one alignment and
 do not grow while the camera stands still.
 
-With ``scale.ground_motion`` each step's length is measured on the ground alone (``sfm_ros.refine.
+With ``scale.ground_motion`` each step's length is measured on the ground alone (``sfm_ros.odometry.align.
 ground_translation``: the ground's depth from the camera's height and mounting, not from the network), against the
 keyframe with keyframes, else against the previous frame; the steps it cannot measure get the recent ratio of
 measured to aligned lengths (``sfm_ros.scale.StepLengthCorrection``). The depth's shape, not only its scale, sets an
@@ -39,7 +39,7 @@ from sfm_ros.geometry import (
     quaternion_to_rotation,
     scale_intrinsics,
 )
-from sfm_ros.refine import across_direction_information, ground_translation, refine_pose
+from sfm_ros.odometry.align import across_direction_information, ground_translation, refine_pose
 from sfm_ros.scale import (
     GROUND_ROTATION_AXES,
     TRAVEL_ELEVATION_WINDOW,
