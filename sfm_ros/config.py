@@ -18,7 +18,7 @@ import yaml
 
 from sfm_ros.backends import BACKEND_CHOICES
 from sfm_ros.bundle import PRECISIONS
-from sfm_ros.scale import GROUND_ROTATION_AXES, TRAVEL_ELEVATION_WINDOW, ScaleSource
+from sfm_ros.scale import TRAVEL_ELEVATION_WINDOW, ScaleSource
 
 __all__ = ["ConfigError", "NodeConfig", "ParameterSpec", "PipelineConfig", "ScaleConfig", "apply_overrides",
            "from_dict", "load_config", "nest", "param", "parameter_table", "render_parameter_file", "to_dict"]
@@ -160,6 +160,10 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
 
 # ---- run-time configuration (pipeline, scale, node) -------------------------------------------------------
 
+# pipeline.odometry: how a frame's pose is found (sfm_ros.odometry.tracking).
+ODOMETRY_MODES = ("chain", "frame_to_frame", "keyframes")
+
+
 @dataclasses.dataclass(frozen=True)
 class ScaleConfig:
     """Metric scale recovery (sfm_ros.scale)."""
@@ -185,40 +189,12 @@ class ScaleConfig:
                                           "predicted depth where they agree; or 'fit': a plane of any tilt fitted "
                                           "to the predicted depth (RANSAC)", choices=("mounting", "fit"))
     ground_motion: bool = param(True, "with source camera_height: each step's length (against the keyframe with "
-                                      "pipeline.keyframes) measured from the image motion of the ground; steps it "
-                                      "cannot measure get the recent ratio of measured to aligned lengths; the "
-                                      "published depth keeps the ground plane's scale")
+                                      "pipeline.odometry keyframes) measured from the image motion of the ground; "
+                                      "steps it cannot measure get the recent ratio of measured to aligned lengths; "
+                                      "the published depth keeps the ground plane's scale")
     ground_tolerance: float = param(0.05, "a pixel is ground when its depth agrees with the mounting's plane "
                                           "within this share (ground_plane mounting, ground_motion)",
                                     range=(0.005, 0.5))
-    ground_max_lateral_m: float = param(3.0, "ground_plane mounting and ground_motion: only the ground ahead, within "
-                                             "this distance sideways of the camera (0 = no limit)",
-                                        range=(0.0, 100.0))
-    ground_min_step: float = param(0.02, "ground_motion: shortest step measured, as a share of the camera height "
-                                         "(shorter: the recent ratio applies)", range=(0.0, 10.0))
-    ground_min_parallax_px: float = param(1.0, "ground_motion: only the ground points that the step's translation "
-                                                "moves at least this far in the image count (nearer ones; 0 = all): "
-                                                "those that move less pull the length toward zero",
-                                          range=(0.0, 20.0))
-    ground_object_margin_px: int = param(0, "ground_motion: ground pixels this close to an object standing on the "
-                                                "ground (nearer than the plane) do not count: the object's lower "
-                                                "edge, which the depth joins to the road, moves like a wall; 0: all",
-                                         range=(0, 10))
-    ground_rotation: str = param("none", "ground_motion: the rotation axes (camera x: pitch, z: roll) measured "
-                                         "with the length on the ground, to keep the alignment's error in them "
-                                         "out of it (the pose keeps the alignment's rotation); 'none': held",
-                                 choices=tuple(GROUND_ROTATION_AXES))
-    ground_max_jump: float = param(1.5, "ground_motion: a measured length more than this factor off the recent "
-                                        "ratio to the aligned one is an outlier (the recent ratio applies)",
-                                   range=(1.01, 100.0))
-    ground_start_from_ratio: bool = param(True, "ground_motion: start the ground's measurement, a local search, at "
-                                                "the aligned step times the recent ratio of measured to aligned "
-                                                "lengths instead of at the aligned step (where a young model's depth "
-                                                "makes the steps 1.5x short, it settled 30-40 % short)")
-    ground_direction_sigma: float = param(0.03, "ground_motion: a prior holding the measured translation to the "
-                                               "alignment's direction (its std-dev across it, as a share of the "
-                                               "step, at least 5 mm), so the ground measures the length; 0: free",
-                                          range=(0.0, 10.0))
     ground_pitch_from_travel: int = param(10, "ground_motion: once this many straight aligned steps are in, tilt "
                                               "the mounting's ground plane by the median elevation of the last "
                                               f"{TRAVEL_ELEVATION_WINDOW} such steps' direction of travel above it "
@@ -253,17 +229,12 @@ class PipelineConfig:
     min_pose_interval_s: float = param(0.0, "feed a frame to the pose window only this long after the last one "
                                             "(0.1 for a 10 Hz-trained model on a 30 Hz camera)", range=(0.0, 10.0))
     max_depth_m: float = param(80.0, "depth beyond this is published as +inf", range=(0.1, 1000.0))
-    refine_pose: bool = param(False, "refine the pose net's frame-to-frame motion by aligning the two frames through "
-                                     "the previous frame's predicted depth (sfm_ros.odometry.align); its Hessian gives "
-                                     "the step's covariance")
-    keyframes: bool = param(True, "align each frame to the last keyframe's image and predicted depth (the "
-                                  "refinement of refine_pose, against a keyframe instead of the previous frame): "
-                                  "while the camera stands still or creeps, errors do not add up frame by frame; "
-                                  "false: the pose net's chain alone (the paper's odometry)")
-    alignment_direction_sigma: float = param(0.0, "std-dev of an alignment's translation across the direction "
-                                                  "the chain predicts, as a fraction of its length (at least 5 mm): "
-                                                  "the pose net's direction of travel is steadier than the image's, "
-                                                  "the image decides the length; 0: off", range=(0.0, 10.0))
+    odometry: str = param("keyframes", "how each frame's pose is found: 'chain', the pose net's steps alone (the "
+                                       "paper's odometry); 'frame_to_frame', each step refined by aligning the frame "
+                                       "to the previous one through that frame's predicted depth (its Hessian gives "
+                                       "the step's covariance); 'keyframes', each frame aligned to the last keyframe "
+                                       "instead, so errors do not add up while the camera stands still or creeps",
+                          choices=ODOMETRY_MODES)
     side_slip_sigma: float = param(0.001, "std-dev of the base's sideways motion off a circular arc during an "
                                           "alignment, as a fraction of its length (at least 1 mm): a car's or a "
                                           "differential-drive robot's base_link on its rear axle does not slip "

@@ -104,7 +104,7 @@ def test_standing_still_reports_how_far_the_odometry_wanders() -> None:
             return super().infer_depth(image)
 
     def standstill(keyframes: bool) -> dict:
-        pipeline = Pipeline(PipelineConfig(keyframes=keyframes), ScaleConfig(source="fixed"),
+        pipeline = Pipeline(PipelineConfig(odometry="keyframes" if keyframes else "chain"), ScaleConfig(source="fixed"),
                             backend=HeldAtFrame9(split, 0, xi))
         return run_standstill(pipeline, street_sequence(split, 0), still_frames=20)
 

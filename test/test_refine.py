@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from sfm_ros import kitti
-from sfm_ros.odometry.align import depth_uncertainty_weights, refine_pose, se3_exp, side_slip
+from sfm_ros.odometry.align import SideSlip, depth_uncertainty_weights, refine_pose, se3_exp, side_slip
 from test.conftest import DRIVE_0060, REPO
 from training.synth_streets import load_street_split
 
@@ -141,7 +141,7 @@ def test_the_pipeline_refines_the_networks_pose_behind_its_flag() -> None:
     def drift(refine: bool, depth_sigma: float = 0.0) -> float:
         backend = BiasedTruth(split, 0, [0.05, 0.0, 0.08, 0.0, 0.01, 0.0])
         # The refinement alone: the side-slip prior and the depth's uncertainty (on by default) have their own tests.
-        pipeline = Pipeline(PipelineConfig(refine_pose=refine, keyframes=False, side_slip_sigma=0.0,
+        pipeline = Pipeline(PipelineConfig(odometry="frame_to_frame" if refine else "chain", side_slip_sigma=0.0,
                                            alignment_depth_sigma=depth_sigma),
                             ScaleConfig(source="fixed"), backend=backend)
         camera = CameraModel(K=split.K, height=64, width=208)
@@ -168,48 +168,6 @@ def _in_odom(T_first_current: np.ndarray) -> np.ndarray:
 
     T_base_camera = _base_camera_transform(PipelineConfig().T_base_camera)
     return T_base_camera @ T_first_current
-
-
-def test_a_direction_prior_keeps_the_direction_and_lets_the_image_fix_the_length() -> None:
-    """Start 5 degrees off the true direction and 30 % short: alone the alignment finds the true direction; with a
-    tight prior across the start's direction it keeps that direction and still recovers the length."""
-    split = load_street_split(SAMPLE / "val")
-    paths = kitti.image_files(split.folders[0])
-    poses = split.T_world_cam[0]
-    frame = 30
-    truth = np.linalg.inv(poses[frame + 1]) @ poses[frame]
-    depth = split.depth[0, frame].astype(np.float32)
-    depth[depth <= 0] = np.inf
-    start = truth.copy()
-    start[:3, 3] = 0.7 * cv2.Rodrigues(np.array([0.0, np.radians(5), 0.0]))[0] @ truth[:3, 3]
-    u = start[:3, 3] / np.linalg.norm(start[:3, 3])
-
-    def angle_between_deg(a: np.ndarray, b: np.ndarray) -> float:
-        return float(np.degrees(np.arccos(np.clip(a @ b / np.linalg.norm(a) / np.linalg.norm(b), -1, 1))))
-
-    free = refine_pose(grey(paths[frame]), depth, grey(paths[frame + 1]), split.K, start)
-    assert free.accepted and angle_between_deg(free.T_current_previous[:3, 3], truth[:3, 3]) < 0.5
-    held = refine_pose(grey(paths[frame]), depth, grey(paths[frame + 1]), split.K, start,
-                       translation_prior_information=(np.eye(3) - np.outer(u, u)) / 1e-4**2)
-    t = held.T_current_previous[:3, 3]
-    assert held.accepted and angle_between_deg(t, start[:3, 3]) < 0.05
-    assert 0.9 < np.linalg.norm(t) / np.linalg.norm(truth[:3, 3]) < 1.1  # from 0.7
-
-
-def test_the_pipelines_direction_prior_by_hand() -> None:
-    from sfm_ros.config import PipelineConfig, ScaleConfig
-    from sfm_ros.odometry.pipeline import Pipeline
-
-    split = load_street_split(SAMPLE / "val")
-    T = np.eye(4)
-    T[:3, 3] = [0.0, 0.0, 2.0]
-    off = Pipeline(PipelineConfig(), ScaleConfig(source="fixed"), backend=BiasedTruth(split, 0, np.zeros(6)))
-    assert off._direction_prior(T) is None  # the default: off
-    on = Pipeline(PipelineConfig(alignment_direction_sigma=0.01), ScaleConfig(source="fixed"),
-                  backend=BiasedTruth(split, 0, np.zeros(6)))
-    np.testing.assert_allclose(on._direction_prior(T), np.diag([2500.0, 2500.0, 0.0]))  # sigma 2 cm across
-    T[:3, 3] = [0.0, 0.1, 0.0]
-    np.testing.assert_allclose(on._direction_prior(T), np.diag([40000.0, 0.0, 40000.0]))  # the 5 mm floor
 
 
 # base_link <- camera optical frame (x right, y down, z forward), 1.5 m ahead of the rear axle and 1.65 m up.
@@ -273,8 +231,7 @@ def test_a_side_slip_prior_ties_the_yaw_to_the_direction_of_travel() -> None:
         skewed = depth * np.linspace(1.4, 0.7, depth.shape[1], dtype=np.float32)[None, :]
         previous, current = grey(paths[frame]), grey(paths[frame + 1])
         free = refine_pose(previous, skewed, current, split.K, truth)
-        held = refine_pose(previous, skewed, current, split.K, truth, T_base_camera=street_mount,
-                           side_slip_sigma_m=0.001)
+        held = refine_pose(previous, skewed, current, split.K, truth, side_slip=SideSlip(street_mount, 0.001))
         assert free.accepted and held.accepted
         assert abs(side_slip(free.T_current_previous, street_mount)[0]) > 0.2
         assert abs(side_slip(held.T_current_previous, street_mount)[0]) < 0.005
@@ -282,7 +239,7 @@ def test_a_side_slip_prior_ties_the_yaw_to_the_direction_of_travel() -> None:
         held_yaw, held_translation = errors(held.T_current_previous, truth)
         assert held_yaw < 0.7 * free_yaw and held_translation < 0.7 * free_translation, (frame, free_yaw, held_yaw)
         exact = refine_pose(previous, depth, current, split.K, se3_exp(PERTURBATIONS[0]) @ truth,
-                            T_base_camera=street_mount, side_slip_sigma_m=0.001)
+                            side_slip=SideSlip(street_mount, 0.001))
         assert exact.accepted and errors(exact.T_current_previous, truth)[1] < 0.015
         assert errors(exact.T_current_previous, truth)[0] < 0.1
 
@@ -299,11 +256,11 @@ def test_the_pipelines_side_slip_prior_by_hand() -> None:
     assert off._side_slip_prior(T) == {}
     on = Pipeline(PipelineConfig(side_slip_sigma=0.01), ScaleConfig(source="fixed"),
                   backend=BiasedTruth(split, 0, np.zeros(6)))
-    prior = on._side_slip_prior(T)
-    assert prior["side_slip_sigma_m"] == pytest.approx(0.02)  # 1 % of 2 m
-    np.testing.assert_allclose(prior["T_base_camera"], on.T_base_camera)
+    prior = on._side_slip_prior(T)["side_slip"]
+    assert prior.sigma_m == pytest.approx(0.02)  # 1 % of 2 m
+    np.testing.assert_allclose(prior.T_base_camera, on.T_base_camera)
     T[:3, 3] = [0.0, 0.0, 0.05]
-    assert on._side_slip_prior(T)["side_slip_sigma_m"] == pytest.approx(0.001)  # the 1 mm floor
+    assert on._side_slip_prior(T)["side_slip"].sigma_m == pytest.approx(0.001)  # the 1 mm floor
 
 
 class SkewedTruth(BiasedTruth):
@@ -331,7 +288,8 @@ def test_the_pipelines_side_slip_prior_keeps_the_heading_through_a_turn() -> Non
     def heading_error_deg(sigma: float, depth_sigma: float = 0.0) -> float:
         backend = SkewedTruth(split, 0, np.zeros(6))
         # The prior alone here; the depth's uncertainty (on by default) is measured below.
-        pipeline = Pipeline(PipelineConfig(keyframes=True, side_slip_sigma=sigma, alignment_depth_sigma=depth_sigma),
+        pipeline = Pipeline(PipelineConfig(odometry="keyframes", side_slip_sigma=sigma,
+                                           alignment_depth_sigma=depth_sigma),
                             ScaleConfig(source="fixed"), backend=backend)
         camera = CameraModel(K=split.K, height=64, width=208)
         for i in frames:
@@ -360,7 +318,7 @@ def test_the_depths_uncertainty_keeps_the_heading_through_a_turn() -> None:
 
     def heading_error_deg(side_slip_sigma: float, depth_sigma: float) -> float:
         backend = SkewedTruth(split, 0, np.zeros(6))
-        pipeline = Pipeline(PipelineConfig(keyframes=True, side_slip_sigma=side_slip_sigma,
+        pipeline = Pipeline(PipelineConfig(odometry="keyframes", side_slip_sigma=side_slip_sigma,
                                            alignment_depth_sigma=depth_sigma), ScaleConfig(source="fixed"),
                             backend=backend)
         camera = CameraModel(K=split.K, height=64, width=208)

@@ -39,15 +39,15 @@ from sfm_ros.geometry import (
     quaternion_to_rotation,
     scale_intrinsics,
 )
-from sfm_ros.odometry.align import across_direction_information, ground_translation, refine_pose
+from sfm_ros.odometry.align import SideSlip, ground_translation, refine_pose
 from sfm_ros.scale import (
-    GROUND_ROTATION_AXES,
+    GROUND_MAX_JUMP,
+    GROUND_MAX_LATERAL_M,
     TRAVEL_ELEVATION_WINDOW,
     TRAVEL_MAX_STEP_YAW_RAD,
     ScaleEstimate,
     ScaleObservation,
     StepLengthCorrection,
-    ground_clear_of_objects,
     ground_mask,
     make_scale_estimator,
     normal_along_travel,
@@ -61,6 +61,17 @@ __all__ = ["Estimate", "FrameError", "Pipeline"]
 INITIAL_SIGMA_M, INITIAL_SIGMA_RAD = 1e-3, 1e-3
 # A twist that is not known (no motion estimate yet): zero velocity with this variance, which an EKF ignores.
 UNKNOWN_TWIST_VARIANCE = 1e6
+# The shortest step the ground measures, as a share of the camera's height (shorter: the recent ratio applies): 3.3 cm
+# at 1.65 m moves the ground 3-5 m ahead by 0.5-1.5 px at a 240 px focal length, too little to measure a length.
+GROUND_MIN_STEP = 0.02
+# Only the ground points that a step's translation moves at least this far (pixels) measure its length: those that move
+# less pull it toward zero (resampling a fine texture blurs it), which made slow steps 4-11 % short on the rendered
+# streets with the exact rotation and ground (RESULTS, "The ground's lengths from the points that move").
+GROUND_MIN_PARALLAX_PX = 1.0
+# The prior that holds the ground's translation to the alignment's direction: its std-dev across it, as a share of the
+# step (at least 5 mm). Free, the search traded length for direction where the ground mask holds more than road
+# (RESULTS, "The ground's lengths along the alignment").
+GROUND_DIRECTION_SIGMA = 0.03
 
 
 class FrameError(ValueError):
@@ -149,7 +160,7 @@ class Pipeline:
         self.metadata = backend.metadata
         self.window_length = self.metadata.num_sources + 1
         self.scale_estimator = make_scale_estimator(self.scale_config)
-        self.step_length = StepLengthCorrection(self.scale_config.smoothing, self.scale_config.ground_max_jump)
+        self.step_length = StepLengthCorrection(self.scale_config.smoothing, GROUND_MAX_JUMP)
         self._mounting_normal: np.ndarray | None = None
         self.T_base_camera = _base_camera_transform(config.T_base_camera)
         self.reset("start")
@@ -181,11 +192,11 @@ class Pipeline:
             self.T_base_camera = _base_camera_transform(config.T_base_camera)
         if scale_config != self.scale_config:
             self.scale_estimator = make_scale_estimator(scale_config)
-            self.step_length = StepLengthCorrection(scale_config.smoothing, scale_config.ground_max_jump)
+            self.step_length = StepLengthCorrection(scale_config.smoothing, GROUND_MAX_JUMP)
             self._ground_normal = self._mounting_normal  # the travel's tilt starts over too
             self._travel_elevations.clear()
             self.scale_config = scale_config
-        if config.keyframes != self.config.keyframes:
+        if config.odometry != self.config.odometry:
             self._keyframe = None  # a keyframe kept while they were off would be stale
         self.config = config
 
@@ -278,7 +289,7 @@ class Pipeline:
                 self._window_complete = True
                 dt_s = window_dt
         grey = None
-        uses_grey = self.config.refine_pose or self.config.keyframes or self.scale_config.uses_ground_motion
+        uses_grey = self.config.odometry != "chain" or self.scale_config.uses_ground_motion
         if uses_grey and entered_window:
             grey = self._grey(image)
         t_pose = time.perf_counter()
@@ -293,9 +304,7 @@ class Pipeline:
             config = self.scale_config
             if ground is None:
                 ground = ground_mask(depth_units, K_net, normal, config.camera_height_m, config.ground_region,
-                                     config.ground_tolerance, config.ground_max_lateral_m)[0]
-            ground = ground_clear_of_objects(ground, depth_units, K_net, normal, config.camera_height_m,
-                                             config.ground_tolerance, config.ground_object_margin_px)
+                                     config.ground_tolerance, GROUND_MAX_LATERAL_M)[0]
         if grey is not None:
             self._previous_view = (grey, depth_units, ground)
         carried = self._carried_step_factor()
@@ -315,20 +324,18 @@ class Pipeline:
             T_prev_current[:3, 3] *= scale.factor  # metres by the depth's scale
             step_covariance = self._step_covariance(T_prev_current, scale)
             T_world_current = self._T_world_camera @ _with_translation_scaled(T_prev_current, carried)
-            if self.config.keyframes and grey is not None and self._keyframe is not None:
+            if self.config.odometry == "keyframes" and grey is not None and self._keyframe is not None:
                 T_world_current, step_covariance, new_keyframe_reason = self._track_keyframe(
                     grey, K_net, T_world_current, step_covariance, scale, carried, events)
                 if new_keyframe_reason and new_keyframe_reason.startswith("alignment"):
                     events.append(f"keyframe {new_keyframe_reason}")
             elif grey is not None and previous_view is not None:
-                # The step to the previous frame: refined with pipeline.refine_pose (and with keyframes, before the
-                # first keyframe); its length measured on the ground with scale.ground_motion.
+                # The step to the previous frame: refined unless pipeline.odometry is chain (with keyframes, before
+                # the first keyframe); its length measured on the ground with scale.ground_motion.
                 T_current_previous = invert_transform(T_prev_current)
-                if self.config.refine_pose or self.config.keyframes:
+                if self.config.odometry != "chain":
                     refined = refine_pose(previous_view[0], previous_view[1] * scale.factor, grey, K_net,
-                                          T_current_previous,
-                                          translation_prior_information=self._direction_prior(T_current_previous),
-                                          **self._side_slip_prior(T_current_previous),
+                                          T_current_previous, **self._side_slip_prior(T_current_previous),
                                           relative_depth_sigma=self.config.alignment_depth_sigma)
                     if refined.accepted:
                         T_current_previous = refined.T_current_previous
@@ -343,13 +350,13 @@ class Pipeline:
             T_prev_current = invert_transform(self._T_world_camera) @ T_world_current
             t_refine = time.perf_counter()
             self._T_world_camera = T_world_current
-            if grey is not None and (self.config.refine_pose or self.config.keyframes):
+            if grey is not None and self.config.odometry != "chain":
                 self._follow_travel(T_prev_current, events)
             if new_keyframe_reason is None:  # aligned to the keyframe: its covariance plus the alignment's
                 self._covariance = self._keyframe.covariance + step_covariance
             else:
                 self._covariance = self._covariance + step_covariance
-            if self.config.keyframes and grey is not None and new_keyframe_reason:
+            if self.config.odometry == "keyframes" and grey is not None and new_keyframe_reason:
                 self._keyframe = _Keyframe(grey, depth_units * scale.factor,
                                            float(np.median(depth_units)) * scale.factor,
                                            self._T_world_camera.copy(), self._covariance.copy(),
@@ -386,7 +393,7 @@ class Pipeline:
         config = self.scale_config
         translation = T_prev_current[:3, 3]
         if (not config.uses_ground_motion or config.ground_pitch_from_travel <= 0
-                or np.linalg.norm(translation) < config.ground_min_step * config.camera_height_m):
+                or np.linalg.norm(translation) < GROUND_MIN_STEP * config.camera_height_m):
             return
         # Turning steps' elevations come out up to 2.5 degrees off even with exact depth and poses: straight only.
         yaw = abs(float(cv2.Rodrigues(T_prev_current[:3, :3])[0].ravel() @ self._mounting_normal))
@@ -437,18 +444,16 @@ class Pipeline:
         config = self.scale_config
         length = float(np.linalg.norm(T_current_reference[:3, 3]))
         if (not config.uses_ground_motion or reference_ground is None
-                or length < config.ground_min_step * config.camera_height_m):
+                or length < GROUND_MIN_STEP * config.camera_height_m):
             return carried
         tick = time.perf_counter()
         # A local search: started at the length the recent ratio predicts, it does not settle in a nearer minimum
         # on a road whose mask holds more than road.
-        start = (_with_translation_scaled(T_current_reference, carried) if config.ground_start_from_ratio
-                 else T_current_reference)
+        # (Where a young model's depth makes the steps 1.5x short, a start at the aligned step settled 30-40 % short.)
+        start = _with_translation_scaled(T_current_reference, carried)
         measured = ground_translation(reference_grey, grey, K, start, reference_ground,
                                       self._ground_normal, config.camera_height_m,
-                                      min_parallax_px=config.ground_min_parallax_px,
-                                      free_rotation_axes=GROUND_ROTATION_AXES[config.ground_rotation],
-                                      direction_sigma=config.ground_direction_sigma)
+                                      min_parallax_px=GROUND_MIN_PARALLAX_PX, direction_sigma=GROUND_DIRECTION_SIGMA)
         self._ground_ms += (time.perf_counter() - tick) * 1e3
         if not measured.accepted:
             events.append(f"ground motion not measured: {measured.reason}")
@@ -468,18 +473,14 @@ class Pipeline:
         keyframe = self._keyframe
         T_keyframe_current = invert_transform(keyframe.T_world_camera) @ T_world_current
         start = _with_translation_scaled(invert_transform(T_keyframe_current), 1.0 / carried)
-        aligned = refine_pose(keyframe.grey, keyframe.depth_m, grey, K, start,
-                              translation_prior_information=self._direction_prior(start),
-                              **self._side_slip_prior(start),
+        aligned = refine_pose(keyframe.grey, keyframe.depth_m, grey, K, start, **self._side_slip_prior(start),
                               relative_depth_sigma=self.config.alignment_depth_sigma)
         if not aligned.accepted:
             # From the previous frame's pose instead (no motion since): a pose net that reports motion while the
             # camera stands still can start the alignment too far off.
             still = _with_translation_scaled(
                 invert_transform(invert_transform(keyframe.T_world_camera) @ self._T_world_camera), 1.0 / carried)
-            retried = refine_pose(keyframe.grey, keyframe.depth_m, grey, K, still,
-                                  translation_prior_information=self._direction_prior(start),
-                                  **self._side_slip_prior(still),
+            retried = refine_pose(keyframe.grey, keyframe.depth_m, grey, K, still, **self._side_slip_prior(still),
                                   relative_depth_sigma=self.config.alignment_depth_sigma)
             aligned = retried if retried.accepted else aligned
         if not aligned.accepted:
@@ -487,7 +488,7 @@ class Pipeline:
         aligned_translation = invert_transform(aligned.T_current_previous)[:3, 3]
         last = self._last_on_keyframe
         if last is not None and (np.linalg.norm(aligned_translation - last[0])
-                                 < self.scale_config.ground_min_step * self.scale_config.camera_height_m):
+                                 < GROUND_MIN_STEP * self.scale_config.camera_height_m):
             # No step since the last frame long enough to measure: its length factor stands, so a camera standing
             # still one step from its keyframe does not jitter with each measurement's noise.
             factor = last[1]
@@ -506,18 +507,13 @@ class Pipeline:
             reason = f"baseline {baseline:.2f} m"
         return orthonormalised(keyframe.T_world_camera @ T_keyframe_current), alignment_covariance, reason
 
-    def _direction_prior(self, T_current_reference: np.ndarray) -> np.ndarray | None:
-        """Information [3,3] on an alignment's translation across the chain's direction (pipeline.
-        alignment_direction_sigma), or None when off or when the chain predicts no motion."""
-        return across_direction_information(T_current_reference[:3, 3], self.config.alignment_direction_sigma)
-
     def _side_slip_prior(self, T_current_reference: np.ndarray) -> dict:
         """refine_pose's side-slip arguments (pipeline.side_slip_sigma, at least 1 mm); none when off."""
         fraction = self.config.side_slip_sigma
         if fraction <= 0:
             return {}
         length = float(np.linalg.norm(T_current_reference[:3, 3]))
-        return {"T_base_camera": self.T_base_camera, "side_slip_sigma_m": max(fraction * length, 0.001)}
+        return {"side_slip": SideSlip(self.T_base_camera, max(fraction * length, 0.001))}
 
     def _step_covariance(self, T_step: np.ndarray, scale: ScaleEstimate) -> np.ndarray:
         """Covariance [6,6] of one step's error (camera axes): translation std ``translation_sigma`` x its length,
