@@ -485,7 +485,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 
     names = {"sfm_ros.backends": "BackendError", "sfm_ros.bundle": "BundleError", "sfm_ros.config": "ConfigError",
              "sfm_ros.kitti": "KittiError", "sfm_ros.ros_io": "ImageError", "sfm_ros.bags": "BagError",
-             "sfm_ros.export": "ExportError", "sfm_ros.odometry.pipeline": "FrameError", "training.data": "DataError",
+             "sfm_ros.export": "ExportError", "sfm_ros.odometry.estimate": "FrameError", "training.data": "DataError",
              "sfm_ros.quantize": "QuantizeError", "training.trainer": "CheckpointError"}
     found: list[type[BaseException]] = [FileNotFoundError]
     for module, name in names.items():

@@ -18,7 +18,7 @@ import yaml
 
 from sfm_ros.backends import BACKEND_CHOICES
 from sfm_ros.bundle import PRECISIONS
-from sfm_ros.scale import TRAVEL_ELEVATION_WINDOW, ScaleSource
+from sfm_ros.scale import ScaleSource
 
 __all__ = ["ConfigError", "NodeConfig", "ParameterSpec", "PipelineConfig", "ScaleConfig", "apply_overrides",
            "from_dict", "load_config", "nest", "param", "parameter_table", "render_parameter_file", "to_dict"]
@@ -196,8 +196,8 @@ class ScaleConfig:
                                           "within this share (ground_plane mounting, ground_motion)",
                                     range=(0.005, 0.5))
     ground_pitch_from_travel: int = param(10, "ground_motion: once this many straight aligned steps are in, tilt "
-                                              "the mounting's ground plane by the median elevation of the last "
-                                              f"{TRAVEL_ELEVATION_WINDOW} such steps' direction of travel above it "
+                                              "the mounting's ground plane by the median elevation of the latest "
+                                              "such steps' direction of travel (up to 100) above it "
                                               "where it stands out from their spread (a vehicle travels along its "
                                               "road; a camera's pitch is seldom calibrated); 0: the mounting as "
                                               "given", range=(0, 1000))

@@ -16,16 +16,12 @@ from sfm_ros.geometry import R_BASE_OPTICAL, ground_normal_in_camera, ground_pla
 from sfm_ros.odometry.align import GROUND_SOLVER, ground_translation, translation_parallax_px
 from sfm_ros.scale import ground_mask
 from test.conftest import ODOMETRY_06, REPO
-from test.test_refine import BiasedTruth
+from test.odometry_support import BiasedTruth, OvershootingTruth, grey
 from training.synth_streets import load_street_split
 
 SAMPLE = REPO / "test" / "data" / "synth_streets"
 LEVEL = np.array([0.0, 1.0, 0.0])
 K_HAND = np.array([[100.0, 0, 50], [0, 100.0, 40], [0, 0, 1]])
-
-
-def grey(path) -> np.ndarray:
-    return cv2.cvtColor(kitti.load_rgb(path), cv2.COLOR_RGB2GRAY).astype(np.float32) / 255
 
 
 def angle_between_deg(a: np.ndarray, b: np.ndarray) -> float:
@@ -193,20 +189,6 @@ def test_measures_the_step_on_real_kitti_frames() -> None:
     assert all(1.0 < ratio < 1.2 for ratio in ratios), ratios
 
 
-class OvershootingTruth(BiasedTruth):
-    """The exact depth of a rendered street and its true rotations, with every translation ``factor`` times too
-    long: a pose net whose steps disagree with its depth."""
-
-    def __init__(self, split, street: int, factor: float) -> None:
-        super().__init__(split, street, np.zeros(6))
-        self.factor = factor
-
-    def infer_pose(self, target: np.ndarray, sources: np.ndarray):
-        vectors, mask = super().infer_pose(target, sources)
-        vectors[:, :3] *= self.factor
-        return vectors, mask
-
-
 @pytest.mark.parametrize("keyframes", [False, True])
 def test_the_pipelines_steps_take_the_grounds_length_behind_its_flag(keyframes: bool) -> None:
     """The mounting's plane scales the exact depth right (1 m per unit). Alone, the pose net's 30 % overshoot passes
@@ -247,7 +229,7 @@ def test_the_pipelines_steps_take_the_grounds_length_behind_its_flag(keyframes: 
 
 
 def test_step_length_correction_by_hand() -> None:
-    from sfm_ros.scale import StepLengthCorrection
+    from sfm_ros.odometry.ground import StepLengthCorrection
 
     correction = StepLengthCorrection(smoothing=0.5, max_jump=1.5)
     assert correction.correct(None) == 1.0  # nothing measured yet: the aligned length stands
@@ -267,7 +249,7 @@ def test_step_length_correction_is_not_locked_by_a_wild_measurement() -> None:
     drive (seen on a rendered street with scale.ground_tolerance 0.03). Now the first reference is 1 (the aligned
     length is metric), and five outliers in a row that agree (all but one) replace a ratio gone wrong; a burst of
     three (seen on KITTI: a stretch of road the ground mask gets wrong) does not."""
-    from sfm_ros.scale import StepLengthCorrection
+    from sfm_ros.odometry.ground import StepLengthCorrection
 
     correction = StepLengthCorrection(smoothing=0.5, max_jump=1.5)
     assert correction.correct(6.0) == 1.0 and correction.ratio is None  # refused: the aligned length stands
@@ -323,7 +305,7 @@ def test_travel_elevation_and_the_plane_along_it_by_hand() -> None:
     cos 2): y points down) moves 2 degrees away from the mounting's plane. The road it travels along has the normal
     (0, cos 2, sin 2): perpendicular to the travel, and the normal of a mounting pitched 2 degrees down
     (``ground_normal_in_camera``, by hand above)."""
-    from sfm_ros.scale import normal_along_travel, travel_elevation
+    from sfm_ros.odometry.ground import normal_along_travel, travel_elevation
 
     angle = np.radians(2.0)
     travel = 1.3 * np.array([0.0, -np.sin(angle), np.cos(angle)])
@@ -342,7 +324,7 @@ def test_significant_travel_elevation_by_hand() -> None:
     """Elevations 0.1, -0.1, 0.3, -0.3, 0.2: median 0.1, deviations from it 0, 0.2, 0.2, 0.4, 0.1 (MAD 0.2), so the
     median's standard error is 1.858 x 0.2 / sqrt(5) = 0.166 and 0.1 is within 3 of them: 0, the mounting stands.
     The same spread around 1.1 stands out: 1.1. Without spread any median counts."""
-    from sfm_ros.scale import TRAVEL_SIGNIFICANCE, significant_travel_elevation
+    from sfm_ros.odometry.ground import TRAVEL_SIGNIFICANCE, significant_travel_elevation
 
     spread = np.array([0.1, -0.1, 0.3, -0.3, 0.2])
     assert TRAVEL_SIGNIFICANCE == 3.0
@@ -386,7 +368,7 @@ def test_the_pipeline_tilts_a_miscalibrated_ground_to_the_travel_behind_its_flag
             estimate = pipeline.process(i * 100_000_000, kitti.load_rgb(paths[i]), camera)
             factors.append(estimate.scale.factor)
             tilted += [event for event in estimate.events if event.startswith("ground plane tilted")]
-        off_level = angle_between_deg(pipeline._ground_normal, LEVEL)
+        off_level = angle_between_deg(pipeline.ground_normal, LEVEL)
         assert len(tilted) == (1 if steps else 0), tilted  # said once, when first applied
         if steps:
             assert off_level < 0.15 and np.median(factors[-5:]) == pytest.approx(1.0, abs=0.03), (off_level, factors)

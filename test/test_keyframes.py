@@ -10,7 +10,8 @@ from sfm_ros.camera import CameraModel
 from sfm_ros.config import PipelineConfig, ScaleConfig
 from sfm_ros.geometry import orthonormalised
 from sfm_ros.odometry.pipeline import Pipeline
-from test.test_refine import SAMPLE, BiasedTruth, _in_odom
+from test.odometry_support import STREETS as SAMPLE
+from test.odometry_support import BiasedTruth, in_odom
 from training.synth_streets import load_street_split
 
 # The pose net's error on every step: 9 cm and 0.6 degrees (a still camera's steps are this error alone).
@@ -101,7 +102,7 @@ def test_a_moving_camera_is_followed_and_gets_new_keyframes() -> None:
             rotation = estimate.T_odom_camera[:3, :3]
             np.testing.assert_allclose(rotation @ rotation.T, np.eye(3), atol=1e-9)  # stays rigid
         moved = np.linalg.inv(poses[frames[0]]) @ poses[frames[-1]]
-        return float(np.linalg.norm(estimate.T_odom_camera[:3, 3] - _in_odom(moved)[:3, 3])), keyframes
+        return float(np.linalg.norm(estimate.T_odom_camera[:3, 3] - in_odom(moved)[:3, 3])), keyframes
 
     error, keyframes = run(PipelineConfig(odometry="keyframes"))
     assert error < 0.3  # 19 steps of about 1 m; the network alone is off by more than 1 m here

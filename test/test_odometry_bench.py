@@ -91,7 +91,7 @@ def test_standing_still_reports_how_far_the_odometry_wanders() -> None:
     from sfm_ros.config import PipelineConfig, ScaleConfig
     from sfm_ros.odometry.align import se3_exp
     from sfm_ros.odometry.pipeline import Pipeline
-    from test.test_refine import BiasedTruth
+    from test.odometry_support import BiasedTruth
     from training.odometry_bench import run_standstill
     from training.synth_streets import load_street_split, street_sequence
 

@@ -1,6 +1,6 @@
 """Pose refinement with the predicted depth: it recovers known perturbations of the pose on rendered frames with
 exact depth and on real KITTI frames with LiDAR depth, falls back when it cannot do better, and the pipeline uses it
-behind pipeline.refine_pose."""
+behind pipeline.odometry."""
 
 from __future__ import annotations
 
@@ -10,19 +10,12 @@ import pytest
 
 from sfm_ros import kitti
 from sfm_ros.odometry.align import SideSlip, depth_uncertainty_weights, refine_pose, se3_exp, side_slip
-from test.conftest import DRIVE_0060, REPO
+from test.conftest import DRIVE_0060
+from test.odometry_support import STREETS as SAMPLE
+from test.odometry_support import BiasedTruth, angle_deg, grey, in_odom
 from training.synth_streets import load_street_split
 
-SAMPLE = REPO / "test" / "data" / "synth_streets"
 PERTURBATIONS = [np.array([0.1, -0.05, 0.2, 0.01, -0.02, 0.015]), np.array([-0.15, 0.05, -0.3, -0.02, 0.025, -0.01])]
-
-
-def grey(path) -> np.ndarray:
-    return cv2.cvtColor(kitti.load_rgb(path), cv2.COLOR_RGB2GRAY).astype(np.float32) / 255
-
-
-def angle_deg(T: np.ndarray) -> float:
-    return float(np.degrees(np.linalg.norm(cv2.Rodrigues(T[:3, :3])[0])))
 
 
 def test_se3_exp_matches_a_closed_form() -> None:
@@ -90,42 +83,6 @@ def test_falls_back_when_it_cannot_do_better() -> None:
     assert refine_pose(grey(paths[10]), no_depth, grey(paths[11]), split.K, truth).reason == "too few points with depth"
 
 
-class BiasedTruth:
-    """A backend that returns the exact depth of a rendered street and its true poses, each off by a known error
-    ``error_xi`` (a twist applied to every T_source_target, as a pose net's bias). ``show(index)`` says which of the
-    street's frames the pipeline is about to process; the pose window is the last three shown."""
-
-    name = description = "biased truth"
-    has_mask = False
-
-    def __init__(self, split, street: int, error_xi) -> None:
-        from sfm_ros.bundle import BundleMetadata
-
-        self.metadata = BundleMetadata(height=64, width=208)
-        self.split, self.street, self.error_xi = split, street, np.asarray(error_xi, dtype=np.float64)
-        self.shown: list[int] = []
-
-    def show(self, index: int) -> None:
-        self.shown.append(index)
-
-    def infer_depth(self, image: np.ndarray) -> np.ndarray:
-        depth = self.split.depth[self.street, self.shown[-1]].astype(np.float64)
-        return np.where(depth > 0, 1 / np.maximum(depth, 1e-6), 1e-3)[None, None].astype(np.float32)
-
-    def infer_pose(self, target: np.ndarray, sources: np.ndarray):
-        from sfm_ros.geometry import pose_vec_to_mat
-        from test.test_learning import euler_xyz
-
-        poses = self.split.T_world_cam[self.street]
-        before, centre, after = self.shown[-3:]
-        vectors = []
-        for source in (before, after):
-            T = se3_exp(self.error_xi) @ np.linalg.inv(poses[source]) @ poses[centre]
-            vectors.append(np.r_[T[:3, 3], euler_xyz(T[:3, :3])])
-            np.testing.assert_allclose(pose_vec_to_mat(vectors[-1]), T, atol=1e-9)
-        return np.asarray(vectors, np.float32), None
-
-
 def test_the_pipeline_refines_the_networks_pose_behind_its_flag() -> None:
     """With the exact depth of a rendered street and its true pose off by a known error: with pipeline.refine_pose
     the odometry follows the truth, without it the error accumulates."""
@@ -151,7 +108,7 @@ def test_the_pipeline_refines_the_networks_pose_behind_its_flag() -> None:
         if refine:
             assert estimate.timings_ms["refine"] > 0
         moved = np.linalg.inv(poses[frames[0]]) @ poses[frames[-1]]
-        return float(np.linalg.norm(estimate.T_odom_camera[:3, 3] - _in_odom(moved)[:3, 3]))
+        return float(np.linalg.norm(estimate.T_odom_camera[:3, 3] - in_odom(moved)[:3, 3]))
 
     unrefined = drift(refine=False)
     assert unrefined > 0.5  # ~9 cm and 0.6 degrees a step
@@ -159,15 +116,6 @@ def test_the_pipeline_refines_the_networks_pose_behind_its_flag() -> None:
     # Weighing the residuals by the depth's uncertainty trusts the near points less, which this exact depth did not
     # need: the translation's bias is corrected less, but still most of it (the pipeline's ground measures lengths).
     assert drift(refine=True, depth_sigma=0.8) < 0.5 * unrefined
-
-
-def _in_odom(T_first_current: np.ndarray) -> np.ndarray:
-    """A camera pose relative to the first camera, in the pipeline's odom frame (base_link axes, REP 103)."""
-    from sfm_ros.config import PipelineConfig
-    from sfm_ros.odometry.pipeline import _base_camera_transform
-
-    T_base_camera = _base_camera_transform(PipelineConfig().T_base_camera)
-    return T_base_camera @ T_first_current
 
 
 # base_link <- camera optical frame (x right, y down, z forward), 1.5 m ahead of the rear axle and 1.65 m up.
@@ -244,23 +192,22 @@ def test_a_side_slip_prior_ties_the_yaw_to_the_direction_of_travel() -> None:
         assert errors(exact.T_current_previous, truth)[0] < 0.1
 
 
-def test_the_pipelines_side_slip_prior_by_hand() -> None:
+def test_the_trackers_side_slip_prior_by_hand() -> None:
+    """pipeline.side_slip_sigma is a share of the step's length, with a 1 mm floor, on the camera's mounting."""
     from sfm_ros.config import PipelineConfig, ScaleConfig
-    from sfm_ros.odometry.pipeline import Pipeline
+    from sfm_ros.odometry.ground import StepLength
+    from sfm_ros.odometry.tracking import Tracker
 
-    split = load_street_split(SAMPLE / "val")
+    mounting = np.eye(4)
+    mounting[:3, 3] = [1.5, 0.0, 1.65]
     T = np.eye(4)
     T[:3, 3] = [0.0, 0.0, 2.0]
-    off = Pipeline(PipelineConfig(side_slip_sigma=0.0), ScaleConfig(source="fixed"),
-                   backend=BiasedTruth(split, 0, np.zeros(6)))
-    assert off._side_slip_prior(T) == {}
-    on = Pipeline(PipelineConfig(side_slip_sigma=0.01), ScaleConfig(source="fixed"),
-                  backend=BiasedTruth(split, 0, np.zeros(6)))
-    prior = on._side_slip_prior(T)["side_slip"]
-    assert prior.sigma_m == pytest.approx(0.02)  # 1 % of 2 m
-    np.testing.assert_allclose(prior.T_base_camera, on.T_base_camera)
+    assert Tracker(PipelineConfig(side_slip_sigma=0.0), mounting, StepLength(ScaleConfig())).side_slip(T) is None
+    on = Tracker(PipelineConfig(side_slip_sigma=0.01), mounting, StepLength(ScaleConfig()))
+    assert on.side_slip(T).sigma_m == pytest.approx(0.02)  # 1 % of 2 m
+    np.testing.assert_array_equal(on.side_slip(T).T_base_camera, mounting)
     T[:3, 3] = [0.0, 0.0, 0.05]
-    assert on._side_slip_prior(T)["side_slip"].sigma_m == pytest.approx(0.001)  # the 1 mm floor
+    assert on.side_slip(T).sigma_m == pytest.approx(0.001)  # the 1 mm floor
 
 
 class SkewedTruth(BiasedTruth):
@@ -295,7 +242,7 @@ def test_the_pipelines_side_slip_prior_keeps_the_heading_through_a_turn() -> Non
         for i in frames:
             backend.show(i)
             estimate = pipeline.process(i * 100_000_000, kitti.load_rgb(paths[i]), camera)
-        return angle_deg(np.linalg.inv(_in_odom(moved)) @ estimate.T_odom_camera)
+        return angle_deg(np.linalg.inv(in_odom(moved)) @ estimate.T_odom_camera)
 
     assert heading_error_deg(0.0) > 5.0
     assert heading_error_deg(0.001) < 3.0
@@ -325,7 +272,7 @@ def test_the_depths_uncertainty_keeps_the_heading_through_a_turn() -> None:
         for i in range(30):
             backend.show(i)
             estimate = pipeline.process(i * 100_000_000, kitti.load_rgb(paths[i]), camera)
-        return angle_deg(np.linalg.inv(_in_odom(moved)) @ estimate.T_odom_camera)
+        return angle_deg(np.linalg.inv(in_odom(moved)) @ estimate.T_odom_camera)
 
     assert heading_error_deg(0.0, 0.8) < 0.6 * heading_error_deg(0.0, 0.0)
     with_prior = heading_error_deg(0.001, 0.0)
