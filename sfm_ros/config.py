@@ -9,6 +9,7 @@ the node turns into ROS parameter descriptors.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import types
 import typing
 from pathlib import Path
@@ -18,10 +19,10 @@ import yaml
 
 from sfm_ros.backends import BACKEND_CHOICES
 from sfm_ros.bundle import PRECISIONS
-from sfm_ros.scale import ScaleSource
 
-__all__ = ["ConfigError", "NodeConfig", "ParameterSpec", "PipelineConfig", "ScaleConfig", "apply_overrides",
-           "from_dict", "load_config", "nest", "param", "parameter_table", "render_parameter_file", "to_dict"]
+__all__ = ["ODOMETRY_MODES", "ConfigError", "NodeConfig", "ParameterSpec", "PipelineConfig", "ScaleConfig",
+           "ScaleSource", "apply_overrides", "from_dict", "load_config", "nest", "param", "parameter_table",
+           "render_parameter_file", "to_dict"]
 
 T = TypeVar("T")
 
@@ -159,6 +160,15 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
 
 
 # ---- run-time configuration (pipeline, scale, node) -------------------------------------------------------
+
+class ScaleSource(str, enum.Enum):
+    """scale.source: where metric scale comes from (sfm_ros.scale has an estimator for each)."""
+
+    CAMERA_HEIGHT = "camera_height"
+    EXTERNAL_SPEED = "external_speed"
+    FIXED = "fixed"
+    NONE = "none"
+
 
 # pipeline.odometry: how a frame's pose is found (sfm_ros.odometry.tracking).
 ODOMETRY_MODES = ("chain", "frame_to_frame", "keyframes")

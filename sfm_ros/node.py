@@ -38,6 +38,7 @@ from std_srvs.srv import Trigger
 
 from sfm_ros.camera import CameraModel
 from sfm_ros.config import ConfigError, NodeConfig, from_dict, nest, parameter_table
+from sfm_ros.errors import error_kind
 from sfm_ros.geometry import quaternion_to_rotation
 from sfm_ros.odometry.pipeline import Pipeline
 from sfm_ros.ros_io import (
@@ -50,7 +51,7 @@ from sfm_ros.ros_io import (
     image_to_rgb,
     stamp_to_ns,
 )
-from sfm_ros.worker import LatestFrameWorker, error_kind
+from sfm_ros.worker import LatestFrameWorker
 
 __all__ = ["SfmNode", "main", "validate_node_config"]
 

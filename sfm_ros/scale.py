@@ -12,26 +12,16 @@ then flags through covariance and diagnostics; it never invents metres. ``SCALE_
 from __future__ import annotations
 
 import dataclasses
-import enum
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 
+from sfm_ros.config import ScaleConfig, ScaleSource
 from sfm_ros.geometry import backproject, crop_intrinsics, ground_plane_depth
-
-if TYPE_CHECKING:  # config derives its list of sources from ScaleSource here
-    from sfm_ros.config import ScaleConfig
 
 __all__ = ["SCALE_ESTIMATORS", "ExternalSpeedScale", "FixedScale", "GroundPlaneScale",
            "ScaleEstimate", "ScaleEstimator", "ScaleObservation", "ScaleSource",
            "fit_ground_plane", "ground_mask", "make_scale_estimator"]
-
-
-class ScaleSource(str, enum.Enum):
-    CAMERA_HEIGHT = "camera_height"
-    EXTERNAL_SPEED = "external_speed"
-    FIXED = "fixed"
-    NONE = "none"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,18 +5,14 @@ never by queueing without bound. ROS-free, so it is tested here and used by the 
 from __future__ import annotations
 
 import collections
-import re
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["LatestFrameWorker", "error_kind"]
+from sfm_ros.errors import error_kind
 
-
-def error_kind(exc: BaseException) -> str:
-    """A stable key for counting errors: the class and the message's shape, without sizes and counts."""
-    return f"{type(exc).__name__}: {re.sub(r'[0-9]+', 'N', str(exc).split(':')[0].split(';')[0])[:80]}"
+__all__ = ["LatestFrameWorker"]
 
 
 class LatestFrameWorker:
