@@ -3,7 +3,7 @@ running the pipeline, for several minutes. Reports latency percentiles, processe
 memory over time (it must stay flat). Prints JSON.
 
 Usage: python benchmarks/bench_node_load.py [--minutes 3] [--rate 30] [--backend onnxruntime] [--precision int8]
-       [--refine-pose] [--keyframes] [--ground-motion] [--ground-plane mounting|fit] [--side-slip-sigma S]
+       [--odometry chain|frame_to_frame|keyframes] [--ground-motion] [--ground-plane mounting|fit] [--side-slip-sigma S]
        [--alignment-depth-sigma S]
 """
 
@@ -24,8 +24,8 @@ from benchmarks._common import REPO, git_commit, random_bundle, with_int8
 from sfm_ros import kitti
 from sfm_ros.bench import machine_description
 from sfm_ros.camera import CameraModel
-from sfm_ros.config import PipelineConfig, ScaleConfig
-from sfm_ros.pipeline import Pipeline
+from sfm_ros.config import ODOMETRY_MODES, PipelineConfig, ScaleConfig
+from sfm_ros.odometry.pipeline import Pipeline
 from sfm_ros.worker import LatestFrameWorker
 
 
@@ -43,8 +43,8 @@ def main() -> None:
     parser.add_argument("--backend", default="onnxruntime")
     parser.add_argument("--precision", default="fp32", help="int8: quantise the bundle with the sample bag first")
     parser.add_argument("--bundle")
-    parser.add_argument("--refine-pose", action="store_true", help="with the pose refinement (pipeline.refine_pose)")
-    parser.add_argument("--keyframes", action="store_true", help="aligned to keyframes (pipeline.keyframes)")
+    parser.add_argument("--odometry", default="chain", choices=ODOMETRY_MODES,
+                        help="how a frame's pose is found (pipeline.odometry)")
     parser.add_argument("--ground-motion", action="store_true",
                         help="each step's length measured on the ground (scale.ground_motion)")
     parser.add_argument("--ground-plane", default="mounting", choices=("mounting", "fit"),
@@ -63,8 +63,8 @@ def main() -> None:
     frames = [kitti.load_rgb(p) for p in sequence.image_paths]
     camera = CameraModel(K=sequence.K, height=sequence.size[0], width=sequence.size[1])
     pipeline = Pipeline(PipelineConfig(bundle=str(bundle), backend=args.backend, precision=args.precision,
-                                       max_frame_gap_s=5.0, refine_pose=args.refine_pose,
-                                       keyframes=args.keyframes, side_slip_sigma=args.side_slip_sigma,
+                                       max_frame_gap_s=5.0, odometry=args.odometry,
+                                       side_slip_sigma=args.side_slip_sigma,
                                        alignment_depth_sigma=args.alignment_depth_sigma),
                         ScaleConfig(source="camera_height", ground_motion=args.ground_motion,
                                     ground_plane=args.ground_plane))
@@ -98,7 +98,7 @@ def main() -> None:
     half = len(memory) // 2
     print(json.dumps({
         "benchmark": "node load (worker + pipeline), KITTI 1226x370 frames", "commit": git_commit(),
-        "backend": pipeline.backend.description, "refine_pose": args.refine_pose, "keyframes": args.keyframes,
+        "backend": pipeline.backend.description, "odometry": args.odometry,
         "ground_motion": args.ground_motion, "ground_plane": args.ground_plane,
         "side_slip_sigma": args.side_slip_sigma,
         "alignment_depth_sigma": args.alignment_depth_sigma,

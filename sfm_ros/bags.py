@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from sfm_ros.errors import error_kind
 from sfm_ros.geometry import R_BASE_OPTICAL
 from sfm_ros.ros_io import (
     CameraModel,
@@ -38,7 +39,6 @@ from sfm_ros.ros_io import (
     rgb_to_image_msg,
     stamp_to_ns,
 )
-from sfm_ros.worker import error_kind
 
 __all__ = [
     "IMAGE_TYPES",

@@ -50,7 +50,7 @@ def _node_config(args: argparse.Namespace) -> Any:
 def _pipeline(config: Any) -> Any:
     """The run-time Pipeline of a NodeConfig; no bundle is an error saying how to give one."""
     from sfm_ros.config import ConfigError
-    from sfm_ros.pipeline import Pipeline
+    from sfm_ros.odometry.pipeline import Pipeline
 
     if not config.pipeline.bundle:
         raise ConfigError("no model bundle: give --bundle BUNDLE (or pipeline.bundle in --params or --set)")
@@ -587,7 +587,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 
     names = {"sfm_ros.backends": "BackendError", "sfm_ros.bundle": "BundleError", "sfm_ros.config": "ConfigError",
              "sfm_ros.kitti": "KittiError", "sfm_ros.ros_io": "ImageError", "sfm_ros.bags": "BagError",
-             "sfm_ros.export": "ExportError", "sfm_ros.pipeline": "FrameError", "training.data": "DataError",
+             "sfm_ros.export": "ExportError", "sfm_ros.odometry.estimate": "FrameError", "training.data": "DataError",
              "sfm_ros.quantize": "QuantizeError", "training.trainer": "CheckpointError",
              "sfm_ros.evaluate": "EvaluationError"}
     found: list[type[BaseException]] = [FileNotFoundError]

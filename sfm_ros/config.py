@@ -9,6 +9,7 @@ the node turns into ROS parameter descriptors.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 import types
 import typing
@@ -19,10 +20,10 @@ import yaml
 
 from sfm_ros.backends import BACKEND_CHOICES
 from sfm_ros.bundle import PRECISIONS
-from sfm_ros.scale import GROUND_ROTATION_AXES, TRAVEL_ELEVATION_WINDOW, ScaleSource
 
-__all__ = ["ConfigError", "NodeConfig", "ParameterSpec", "PipelineConfig", "ScaleConfig", "apply_overrides",
-           "from_dict", "load_config", "nest", "param", "parameter_table", "render_parameter_file", "to_dict"]
+__all__ = ["ODOMETRY_MODES", "ConfigError", "NodeConfig", "ParameterSpec", "PipelineConfig", "ScaleConfig",
+           "ScaleSource", "apply_overrides", "from_dict", "load_config", "nest", "param", "parameter_table",
+           "render_parameter_file", "to_dict"]
 
 T = TypeVar("T")
 
@@ -161,6 +162,19 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
 
 # ---- run-time configuration (pipeline, scale, node) -------------------------------------------------------
 
+class ScaleSource(str, enum.Enum):
+    """scale.source: where metric scale comes from (sfm_ros.scale has an estimator for each)."""
+
+    CAMERA_HEIGHT = "camera_height"
+    EXTERNAL_SPEED = "external_speed"
+    FIXED = "fixed"
+    NONE = "none"
+
+
+# pipeline.odometry: how a frame's pose is found (sfm_ros.odometry.tracking).
+ODOMETRY_MODES = ("chain", "frame_to_frame", "keyframes")
+
+
 @dataclasses.dataclass(frozen=True)
 class ScaleConfig:
     """Metric scale recovery (sfm_ros.scale)."""
@@ -186,43 +200,15 @@ class ScaleConfig:
                                           "predicted depth where they agree; or 'fit': a plane of any tilt fitted "
                                           "to the predicted depth (RANSAC)", choices=("mounting", "fit"))
     ground_motion: bool = param(True, "with source camera_height: each step's length (against the keyframe with "
-                                      "pipeline.keyframes) measured from the image motion of the ground; steps it "
-                                      "cannot measure get the recent ratio of measured to aligned lengths; the "
-                                      "published depth keeps the ground plane's scale")
+                                      "pipeline.odometry keyframes) measured from the image motion of the ground; "
+                                      "steps it cannot measure get the recent ratio of measured to aligned lengths; "
+                                      "the published depth keeps the ground plane's scale")
     ground_tolerance: float = param(0.05, "a pixel is ground when its depth agrees with the mounting's plane "
                                           "within this share (ground_plane mounting, ground_motion)",
                                     range=(0.005, 0.5))
-    ground_max_lateral_m: float = param(3.0, "ground_plane mounting and ground_motion: only the ground ahead, within "
-                                             "this distance sideways of the camera (0 = no limit)",
-                                        range=(0.0, 100.0))
-    ground_min_step: float = param(0.02, "ground_motion: shortest step measured, as a share of the camera height "
-                                         "(shorter: the recent ratio applies)", range=(0.0, 10.0))
-    ground_min_parallax_px: float = param(1.0, "ground_motion: only the ground points that the step's translation "
-                                                "moves at least this far in the image count (nearer ones; 0 = all): "
-                                                "those that move less pull the length toward zero",
-                                          range=(0.0, 20.0))
-    ground_object_margin_px: int = param(0, "ground_motion: ground pixels this close to an object standing on the "
-                                                "ground (nearer than the plane) do not count: the object's lower "
-                                                "edge, which the depth joins to the road, moves like a wall; 0: all",
-                                         range=(0, 10))
-    ground_rotation: str = param("none", "ground_motion: the rotation axes (camera x: pitch, z: roll) measured "
-                                         "with the length on the ground, to keep the alignment's error in them "
-                                         "out of it (the pose keeps the alignment's rotation); 'none': held",
-                                 choices=tuple(GROUND_ROTATION_AXES))
-    ground_max_jump: float = param(1.5, "ground_motion: a measured length more than this factor off the recent "
-                                        "ratio to the aligned one is an outlier (the recent ratio applies)",
-                                   range=(1.01, 100.0))
-    ground_start_from_ratio: bool = param(True, "ground_motion: start the ground's measurement, a local search, at "
-                                                "the aligned step times the recent ratio of measured to aligned "
-                                                "lengths instead of at the aligned step (where a young model's depth "
-                                                "makes the steps 1.5x short, it settled 30-40 % short)")
-    ground_direction_sigma: float = param(0.03, "ground_motion: a prior holding the measured translation to the "
-                                               "alignment's direction (its std-dev across it, as a share of the "
-                                               "step, at least 5 mm), so the ground measures the length; 0: free",
-                                          range=(0.0, 10.0))
     ground_pitch_from_travel: int = param(10, "ground_motion: once this many straight aligned steps are in, tilt "
-                                              "the mounting's ground plane by the median elevation of the last "
-                                              f"{TRAVEL_ELEVATION_WINDOW} such steps' direction of travel above it "
+                                              "the mounting's ground plane by the median elevation of the latest "
+                                              "such steps' direction of travel (up to 100) above it "
                                               "where it stands out from their spread (a vehicle travels along its "
                                               "road; a camera's pitch is seldom calibrated); 0: the mounting as "
                                               "given", range=(0, 1000))
@@ -235,7 +221,7 @@ class ScaleConfig:
 
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
-    """The visual-odometry core (sfm_ros.pipeline)."""
+    """The visual-odometry core (sfm_ros.odometry.pipeline)."""
 
     bundle: str = param("", "model bundle folder (sfm.json + weights/ONNX)", read_only=True)
     backend: str = param("auto", "inference backend", choices=BACKEND_CHOICES, read_only=True)
@@ -254,17 +240,12 @@ class PipelineConfig:
     min_pose_interval_s: float = param(0.0, "feed a frame to the pose window only this long after the last one "
                                             "(0.1 for a 10 Hz-trained model on a 30 Hz camera)", range=(0.0, 10.0))
     max_depth_m: float = param(80.0, "depth beyond this is published as +inf", range=(0.1, 1000.0))
-    refine_pose: bool = param(False, "refine the pose net's frame-to-frame motion by aligning the two frames through "
-                                     "the previous frame's predicted depth (sfm_ros.refine); its Hessian gives the "
-                                     "step's covariance")
-    keyframes: bool = param(True, "align each frame to the last keyframe's image and predicted depth (the "
-                                  "refinement of refine_pose, against a keyframe instead of the previous frame): "
-                                  "while the camera stands still or creeps, errors do not add up frame by frame; "
-                                  "false: the pose net's chain alone (the paper's odometry)")
-    alignment_direction_sigma: float = param(0.0, "std-dev of an alignment's translation across the direction "
-                                                  "the chain predicts, as a fraction of its length (at least 5 mm): "
-                                                  "the pose net's direction of travel is steadier than the image's, "
-                                                  "the image decides the length; 0: off", range=(0.0, 10.0))
+    odometry: str = param("keyframes", "how each frame's pose is found: 'chain', the pose net's steps alone (the "
+                                       "paper's odometry); 'frame_to_frame', each step refined by aligning the frame "
+                                       "to the previous one through that frame's predicted depth (its Hessian gives "
+                                       "the step's covariance); 'keyframes', each frame aligned to the last keyframe "
+                                       "instead, so errors do not add up while the camera stands still or creeps",
+                          choices=ODOMETRY_MODES)
     side_slip_sigma: float = param(0.001, "std-dev of the base's sideways motion off a circular arc during an "
                                           "alignment, as a fraction of its length (at least 1 mm): a car's or a "
                                           "differential-drive robot's base_link on its rear axle does not slip "
@@ -280,7 +261,7 @@ class PipelineConfig:
                                              "stays in view", range=(0.0, 1.0))
     keyframe_max_baseline: float = param(0.1, "a new keyframe when the camera is this far from the keyframe, as a "
                                               "fraction of the keyframe's median depth (parallax)", range=(0.0, 10.0))
-    # The odometry covariance (sfm_ros.pipeline): each step adds the variance of its own error, which grows with the
+    # The odometry covariance (sfm_ros.odometry): each step adds the variance of its own error, which grows with the
     # distance and rotation of that step and not with time, so a camera standing still keeps its uncertainty.
     translation_sigma: float = param(0.05, "translation std-dev of a step as a fraction of its length (healthy "
                                            "metric scale)", range=(1e-4, 10.0))

@@ -75,6 +75,23 @@ def compose(*transforms: np.ndarray) -> np.ndarray:
     return result
 
 
+def with_translation_scaled(T: np.ndarray, factor: float) -> np.ndarray:
+    """A copy of T [4,4] (float64) with its translation times ``factor``."""
+    scaled = np.array(T, dtype=np.float64)
+    scaled[:3, 3] *= factor
+    return scaled
+
+
+def transform_from_xyz_quaternion(values: tuple[float, ...]) -> np.ndarray:
+    """[4,4] from x y z qx qy qz qw (a ROS transform's translation and quaternion)."""
+    if len(values) != 7:
+        raise ValueError(f"a transform must be x y z qx qy qz qw, got {len(values)} values")
+    T = np.eye(4)
+    T[:3, :3] = quaternion_to_rotation(np.asarray(values[3:]))
+    T[:3, 3] = values[:3]
+    return T
+
+
 def scale_intrinsics(K: np.ndarray, scale_x: float, scale_y: float) -> np.ndarray:
     """Intrinsics [3,3] after resizing the image by (scale_x, scale_y).
 

@@ -43,8 +43,9 @@ from sfm_ros.backends import BackendError, check_mask_output
 from sfm_ros.bundle import BundleError
 from sfm_ros.camera import CameraModel
 from sfm_ros.config import ConfigError, NodeConfig, from_dict, nest, parameter_table
+from sfm_ros.errors import error_kind
 from sfm_ros.geometry import quaternion_to_rotation
-from sfm_ros.pipeline import Pipeline
+from sfm_ros.odometry.pipeline import Pipeline
 from sfm_ros.ros_io import (
     ImageError,
     MessageTypes,
@@ -55,7 +56,7 @@ from sfm_ros.ros_io import (
     image_to_rgb,
     stamp_to_ns,
 )
-from sfm_ros.worker import LatestFrameWorker, error_kind
+from sfm_ros.worker import LatestFrameWorker
 
 __all__ = ["DEPTH_INFO_TOPIC", "DEPTH_TOPIC", "ODOM_TOPIC", "SfmNode", "main", "validate_node_config"]
 

@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 
 from sfm_ros.bags import BagError, BagWriter, read_camera_frames, read_odometry
-from sfm_ros.pipeline import FrameError, Pipeline
+from sfm_ros.errors import error_kind
+from sfm_ros.odometry.estimate import FrameError
+from sfm_ros.odometry.pipeline import Pipeline
 from sfm_ros.ros_io import estimate_messages, make_header
-from sfm_ros.worker import error_kind
 
 __all__ = ["ReplaySummary", "replay_bag"]
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from sfm_ros.camera import CameraModel
 from sfm_ros.geometry import rotation_to_quaternion
-from sfm_ros.pipeline import UNKNOWN_TWIST_VARIANCE, Estimate
+from sfm_ros.odometry.estimate import UNKNOWN_TWIST_VARIANCE, Estimate
 
 __all__ = [
     "CameraModel",

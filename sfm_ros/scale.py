@@ -1,6 +1,5 @@
 """Metric scale for monocular depth and odometry: the camera's height over the ground (the plane of its mounting, or
-one fitted to the depth), external speed, a fixed factor, or none; and the step lengths the ground's motion measures
-(``StepLengthCorrection``).
+one fitted to the depth), external speed, a fixed factor, or none; and the ground's pixels (``ground_mask``).
 
 Every estimator has one interface (``ScaleEstimator``): ``update(observation)`` with what a frame offers
 (``ScaleObservation``) returns a ``ScaleEstimate``, the factor (metres per network unit) and its health, and
@@ -12,29 +11,17 @@ then flags through covariance and diagnostics; it never invents metres. ``SCALE_
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import enum
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-import cv2
 import numpy as np
 
+from sfm_ros.config import ScaleConfig, ScaleSource
 from sfm_ros.geometry import backproject, crop_intrinsics, ground_plane_depth
 
-if TYPE_CHECKING:  # config derives its list of sources from ScaleSource here
-    from sfm_ros.config import ScaleConfig
-
-__all__ = ["GROUND_ROTATION_AXES", "SCALE_ESTIMATORS", "ExternalSpeedScale", "FixedScale", "GroundPlaneScale",
-           "ScaleEstimate", "ScaleEstimator", "ScaleObservation", "ScaleSource", "StepLengthCorrection",
-           "fit_ground_plane", "ground_clear_of_objects", "ground_mask", "make_scale_estimator"]
-
-
-class ScaleSource(str, enum.Enum):
-    CAMERA_HEIGHT = "camera_height"
-    EXTERNAL_SPEED = "external_speed"
-    FIXED = "fixed"
-    NONE = "none"
+__all__ = ["SCALE_ESTIMATORS", "ExternalSpeedScale", "FixedScale", "GroundPlaneScale",
+           "ScaleEstimate", "ScaleEstimator", "ScaleObservation", "ScaleSource",
+           "fit_ground_plane", "ground_mask", "make_scale_estimator"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +98,11 @@ def fit_ground_plane(points: np.ndarray, rng: np.random.Generator, iterations: i
     return normal, height, best_count / len(points)
 
 
+# The ground ahead only, within this distance sideways of the optical axis (metres): of 2, 3 and 4 m and all the ground,
+# 3 m gave the default model the lowest KITTI ATE with the streets' close to the best (RESULTS, "Which ground").
+GROUND_MAX_LATERAL_M = 3.0
+
+
 def ground_mask(depth: np.ndarray, K: np.ndarray, normal: np.ndarray, camera_height_m: float, region: float,
                 tolerance: float, max_lateral_m: float = 0.0) -> tuple[np.ndarray, float | None, float]:
     """The pixels of a depth map [H,W] (any units; K [3,3] at its size) that lie on the ground of the camera's
@@ -139,106 +131,6 @@ def ground_mask(depth: np.ndarray, K: np.ndarray, normal: np.ndarray, camera_hei
     centre = float(np.median(ordered[first:first + counts[first]]))
     mask[candidates] = np.abs(log_ratio - centre) <= half_width
     return mask, float(np.exp(centre)), float(mask.sum() / candidates.sum())
-
-
-# scale.ground_rotation: the axes of the camera's rotation (x: pitch, z: roll) the ground measures with the length
-# (``refine.ground_translation``'s free_rotation_axes); the configuration's choices are its keys.
-GROUND_ROTATION_AXES: dict[str, tuple[int, ...]] = {"none": (), "pitch": (0,), "pitch_roll": (0, 2)}
-
-
-def ground_clear_of_objects(ground: np.ndarray, depth: np.ndarray, K: np.ndarray, normal: np.ndarray,
-                            camera_height_m: float, tolerance: float, margin_px: int) -> np.ndarray:
-    """The ground pixels [H,W] bool of ``ground_mask`` without those within ``margin_px`` of an object standing on the
-    ground: a pixel below the horizon whose depth [H,W] (any units; K [3,3] at its size), at the ground's own scale
-    (the median ratio of the plane's depth to it over ``ground``), is nearer than the plane's by more than
-    ``tolerance``. Where an object meets the road, the depth blurs the two together and the mask takes the object's
-    lower edge for road; that edge moves like a wall, not like the road, and lengthens the ground's steps."""
-    if margin_px <= 0 or not ground.any():
-        return ground
-    plane = ground_plane_depth(depth.shape, K, normal, camera_height_m)
-    metres_per_unit = float(np.median(plane[ground] / depth[ground]))
-    with np.errstate(invalid="ignore"):
-        standing = np.isfinite(plane) & np.isfinite(depth) & (depth * metres_per_unit < plane / (1.0 + tolerance))
-    size = 2 * int(margin_px) + 1
-    near_object = cv2.dilate(standing.astype(np.uint8), np.ones((size, size), np.uint8)).astype(bool)
-    return ground & ~near_object
-
-
-# The steps whose median elevation of travel tilts the ground (scale.ground_pitch_from_travel).
-TRAVEL_ELEVATION_WINDOW = 100
-# Only straight steps count: in a turn the aligned steps' elevations came out up to 2.5 degrees off on a rendered
-# street, even with exact depth and poses.
-TRAVEL_MAX_STEP_YAW_RAD = float(np.radians(0.25))
-# How many standard errors of their median the steps' elevations must stand from zero to tilt the ground: a model's
-# steps on a level rendered street gave medians up to 0.38 degrees from 16 steps (2.9 standard errors).
-TRAVEL_SIGNIFICANCE = 3.0
-
-
-def travel_elevation(translation: np.ndarray, normal: np.ndarray) -> float:
-    """The elevation (rad) of a step's direction of travel ``translation`` [3] (the camera's motion in its previous
-    optical frame) above the plane whose unit normal ``normal`` [3] points down: positive moving away from it."""
-    return float(np.arcsin(np.clip(-(normal @ translation) / np.linalg.norm(translation), -1.0, 1.0)))
-
-
-def significant_travel_elevation(elevations: np.ndarray) -> float:
-    """The median of steps' elevations [N] (rad) when it stands more than TRAVEL_SIGNIFICANCE standard errors of the
-    median from zero, else 0 (the mounting stands). The standard error is 1.858 MAD / sqrt(N): 1.253 sigma / sqrt(N)
-    with sigma = 1.4826 MAD, robust to the few steps whose alignment went wrong."""
-    median = float(np.median(elevations))
-    standard_error = 1.858 * float(np.median(np.abs(elevations - median))) / np.sqrt(len(elevations))
-    return median if abs(median) > TRAVEL_SIGNIFICANCE * standard_error else 0.0
-
-
-def normal_along_travel(normal: np.ndarray, elevation_rad: float) -> np.ndarray:
-    """The ground's unit normal [3] (optical frame, down) turned about the camera's x axis by ``elevation_rad``: the
-    plane along which a camera travels that moves at that elevation above the plane of ``normal``. A vehicle
-    travels along its road, so this is the road's plane for a camera whose pitch on it is not calibrated (its roll,
-    about the direction of travel, is not seen this way and stays the mounting's)."""
-    c, s = np.cos(elevation_rad), np.sin(elevation_rad)
-    return np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]]) @ normal
-
-
-class StepLengthCorrection:
-    """How much longer the ground's image motion says the steps are than the alignment made them (scale.ground_motion).
-
-    The depth's shape, not only its scale, sets an alignment's length: a young model's near wall seen too far makes
-    the steps short where the ground, whose depth the camera's height and mounting fix, says otherwise. Each measured
-    step takes the ground's length; the smoothed ratio of measured to aligned lengths carries to the steps the ground
-    cannot measure (standing still, a featureless road). A measurement more than ``max_jump`` times off that ratio is
-    an outlier (a wrong match on a repetitive road) and gets the ratio instead. Before the first accepted
-    measurement the reference is 1 (the aligned length is already metric), so one wild first measurement cannot set
-    the ratio; and ``recover_after`` outliers in a row, all but one of them within ``max_jump`` of their median,
-    replace a ratio that has gone wrong with that median, instead of being refused for the rest of the drive. Five,
-    because KITTI shows bursts of three wrong but agreeing measurements (a stretch of road the ground mask gets
-    wrong); all but one, because a wild one among them is common where the ratio is far from 1.
-    """
-
-    def __init__(self, smoothing: float, max_jump: float, recover_after: int = 5) -> None:
-        self.smoothing, self.max_jump, self.recover_after = smoothing, max_jump, recover_after
-        self.ratio: float | None = None  # None until the ground has measured a step
-        # The latest refused measurements since the last accepted one (bounded: a node runs for hours).
-        self._outliers: collections.deque[float] = collections.deque(maxlen=recover_after)
-
-    def correct(self, measured_ratio: float | None) -> float:
-        """The factor for this step's aligned length, given the ground's measured length over it (None: no usable
-        measurement)."""
-        reference = 1.0 if self.ratio is None else self.ratio
-        if measured_ratio is None or not np.isfinite(measured_ratio) or measured_ratio <= 0:
-            return reference
-        if reference / self.max_jump <= measured_ratio <= reference * self.max_jump:
-            self.ratio = (measured_ratio if self.ratio is None
-                          else self.smoothing * self.ratio + (1 - self.smoothing) * measured_ratio)
-            self._outliers.clear()
-            return measured_ratio
-        self._outliers.append(measured_ratio)
-        recent = np.asarray(self._outliers)
-        median = float(np.median(recent))
-        agreeing = (recent >= median / self.max_jump) & (recent <= median * self.max_jump)
-        if len(recent) == self.recover_after and agreeing.sum() >= len(recent) - 1:
-            self.ratio = median
-            self._outliers.clear()
-            return measured_ratio
-        return reference
 
 
 class _SmoothedScale:
@@ -286,7 +178,7 @@ class GroundPlaneScale(_SmoothedScale):
                 return self._failed("scale.ground_plane 'mounting' needs the camera's mounting (no ground normal)")
             ground, metres_per_unit, agreeing = ground_mask(depth, K, observation.ground_normal,
                                                             config.camera_height_m, config.ground_region,
-                                                            config.ground_tolerance, config.ground_max_lateral_m)
+                                                            config.ground_tolerance, GROUND_MAX_LATERAL_M)
             if metres_per_unit is None or agreeing < config.min_inlier_ratio:
                 return dataclasses.replace(self._failed(
                     f"{agreeing:.0%} of the lower image agrees with the ground plane of the camera's mounting and "

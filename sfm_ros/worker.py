@@ -5,23 +5,14 @@ never by queueing without bound. ROS-free, so it is tested here and used by the 
 from __future__ import annotations
 
 import collections
-import re
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["LatestFrameWorker", "error_kind"]
+from sfm_ros.errors import error_kind
 
-
-# A number standing alone (3, 0.5, 640x480, (480, 640, 3)), not digits inside a word (32FC1, mono16, rgb8).
-_NUMBER = re.compile(r"\b\d+(?:[.x]\d+)*\b")
-
-
-def error_kind(exc: BaseException) -> str:
-    """A stable key for counting errors: the class and the message's shape, its numbers (sizes, counts, stamps)
-    replaced by N; digits inside words stay, so an encoding such as 32FC1 is still readable."""
-    return f"{type(exc).__name__}: {_NUMBER.sub('N', str(exc).split(':')[0].split(';')[0])[:80]}"
+__all__ = ["LatestFrameWorker"]
 
 
 class LatestFrameWorker:

@@ -177,7 +177,7 @@ def test_runtime_imports_without_torch(small_bundle: Path) -> None:
     """The node's path (pipeline + onnxruntime + ros_io + replay) must work with `import torch` blocked."""
     script = BLOCK_TORCH + f"""
 import numpy as np
-from sfm_ros.pipeline import Pipeline
+from sfm_ros.odometry.pipeline import Pipeline
 from sfm_ros.config import PipelineConfig, ScaleConfig
 from sfm_ros.camera import CameraModel
 import sfm_ros.worker, sfm_ros.replay, sfm_ros.ros_io, sfm_ros.scale, sfm_ros.backends.onnxruntime_backend
@@ -197,7 +197,8 @@ def test_runtime_modules_do_not_import_torch_or_training() -> None:
     """Static check for the modules that need ROS (node, launch): no torch, no training imports."""
     import ast
 
-    runtime = ["sfm_ros/node.py", "sfm_ros/pipeline.py", "sfm_ros/ros_io.py", "sfm_ros/scale.py", "sfm_ros/replay.py",
+    odometry = sorted(str(p.relative_to(REPO)) for p in (REPO / "sfm_ros" / "odometry").glob("*.py"))
+    runtime = ["sfm_ros/node.py", *odometry, "sfm_ros/ros_io.py", "sfm_ros/scale.py", "sfm_ros/replay.py",
                "sfm_ros/worker.py", "sfm_ros/backends/__init__.py", "sfm_ros/backends/onnxruntime_backend.py",
                "sfm_ros/backends/tensorrt_backend.py", "sfm_ros/calibration.py", "sfm_ros/quantize.py",
                "launch/sfm.launch.py"]

@@ -4,6 +4,8 @@ true poses, and the pipeline's scale following it behind its flag."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import cv2
 import numpy as np
 import pytest
@@ -11,19 +13,15 @@ import pytest
 from sfm_ros import kitti
 from sfm_ros.config import PipelineConfig, ScaleConfig
 from sfm_ros.geometry import R_BASE_OPTICAL, ground_normal_in_camera, ground_plane_depth
-from sfm_ros.refine import ground_translation, translation_parallax_px
+from sfm_ros.odometry.align import GROUND_SOLVER, ground_translation, translation_parallax_px
 from sfm_ros.scale import ground_mask
 from test.conftest import ODOMETRY_06, REPO
-from test.test_refine import BiasedTruth
+from test.odometry_support import BiasedTruth, OvershootingTruth, grey
 from training.synth_streets import load_street_split
 
 SAMPLE = REPO / "test" / "data" / "synth_streets"
 LEVEL = np.array([0.0, 1.0, 0.0])
 K_HAND = np.array([[100.0, 0, 50], [0, 100.0, 40], [0, 0, 1]])
-
-
-def grey(path) -> np.ndarray:
-    return cv2.cvtColor(kitti.load_rgb(path), cv2.COLOR_RGB2GRAY).astype(np.float32) / 255
 
 
 def angle_between_deg(a: np.ndarray, b: np.ndarray) -> float:
@@ -65,33 +63,6 @@ def test_ground_mask_keeps_the_ground_and_drops_what_stands_on_it() -> None:
     np.testing.assert_array_equal(mask, expected)
     empty, none, _ = ground_mask(np.full((80, 100), np.inf), K_HAND, LEVEL, 1.65, region=0.5, tolerance=0.05)
     assert none is None and not empty.any()
-
-
-def test_ground_clear_of_objects_by_hand() -> None:
-    """A box stands on the road, its face 165 / 34 = 4.853 m away: the plane's depth at its bottom row 74 (row v
-    meets the ground 1.65 x 100 / (v - 40) m ahead). Its row 73 (plane 5.0 m) agrees with the plane within 5 %, so the
-    mask takes the box's two lowest rows for road, as a network's blurred depth does; from row 72 up (plane 5.156 m,
-    more than 5 % beyond the face) the box stands in front of the plane. A margin of 1 px drops the mask's pixels
-    next to those: row 59 and row 73 over columns 29-60, and columns 29 and 60 beside the box; 2 px also drops row 74
-    (the box's true bottom edge), row 58, and columns 28 and 61. In the network's units (4 m each) the same."""
-    from sfm_ros.scale import ground_clear_of_objects
-
-    plane = ground_plane_depth((80, 100), K_HAND, LEVEL, 1.65)
-    depth = np.where(np.isfinite(plane), plane, 30.0)
-    depth[60:75, 30:60] = 165 / 34
-    mask = ground_mask(depth, K_HAND, LEVEL, 1.65, region=0.5, tolerance=0.05)[0]
-    box_rows = np.zeros((80, 100), dtype=bool)
-    box_rows[60:73, 30:60] = True
-    np.testing.assert_array_equal(mask, (np.arange(80) > 40)[:, None] & ~box_rows)  # rows 73-74 taken for road
-    np.testing.assert_array_equal(ground_clear_of_objects(mask, depth, K_HAND, LEVEL, 1.65, 0.05, 0), mask)
-    for margin, (top, bottom, left, right) in ((1, (59, 73, 29, 60)), (2, (58, 74, 28, 61))):
-        expected = mask.copy()
-        expected[top:bottom + 1, left:right + 1] = False
-        cleared = ground_clear_of_objects(mask, depth, K_HAND, LEVEL, 1.65, 0.05, margin)
-        np.testing.assert_array_equal(cleared, expected)
-        in_units = ground_clear_of_objects(mask, depth / 4.0, K_HAND, LEVEL, 1.65, 0.05, margin)
-        np.testing.assert_array_equal(in_units, expected)
-    assert ground_clear_of_objects(mask, depth, K_HAND, LEVEL, 1.65, 0.05, 1)[74, 30:60].all()
 
 
 def test_ground_mask_keeps_only_the_ground_ahead_within_its_lateral_limit() -> None:
@@ -186,29 +157,6 @@ def test_ground_points_that_barely_move_make_a_slow_step_short() -> None:
             found.append(np.linalg.norm(result.translation) / np.linalg.norm(truth[:3, 3]))
     assert np.median(ratios[0.0]) < 0.93
     assert np.median(ratios[1.0]) == pytest.approx(1.0, abs=0.02)
-    assert ScaleConfig().ground_min_parallax_px == 1.0
-
-
-def test_the_ground_measures_pitch_and_roll_with_the_length_behind_its_flag() -> None:
-    """The second rendered street, frames 14-30, from a start whose rotation is pitched 0.1 degrees off the truth (what
-    an alignment with the depth's uncertainty gets wrong in a turn) and 10 % short. A pitch moves the whole ground up
-    or down, which the length alone can only answer by a wrong length: held, the steps come out about 2 % short
-    (+0.1 degrees about the camera's x axis) or 2.6 % long (-0.1). Measured with the length (``free_rotation_axes``
-    (0, 2): pitch and roll, the camera's x and z), within 1 %."""
-    for pitch_deg, held_off in ((0.1, -1), (-0.1, 1)):
-        ratios: dict[tuple[int, ...], list[float]] = {(): [], (0, 2): []}
-        for previous, current, K, truth, mask in slow_street_steps():
-            start = truth.copy()
-            start[:3, 3] *= 0.9
-            start[:3, :3] = cv2.Rodrigues(np.array([np.radians(pitch_deg), 0.0, 0.0]))[0] @ truth[:3, :3]
-            for axes, found in ratios.items():
-                result = ground_translation(previous, current, K, start, mask, LEVEL, 1.65, min_parallax_px=1.0,
-                                            free_rotation_axes=axes)
-                if result.accepted:
-                    found.append(np.linalg.norm(result.translation) / np.linalg.norm(truth[:3, 3]))
-        assert held_off * (np.median(ratios[()]) - 1.0) > 0.015, ratios[()]
-        assert np.median(ratios[(0, 2)]) == pytest.approx(1.0, abs=0.01)
-        assert len(ratios[(0, 2)]) >= 15
 
 
 def test_refuses_a_featureless_ground() -> None:
@@ -234,24 +182,11 @@ def test_measures_the_step_on_real_kitti_frames() -> None:
         start = truth.copy()
         start[:3, 3] *= 0.7
         result = ground_translation(grey(sequence.image_paths[frame]), grey(sequence.image_paths[frame + 1]),
-                                    sequence.K, start, road, LEVEL, 1.65, levels=4)
+                                    sequence.K, start, road, LEVEL, 1.65,
+                                    solver=dataclasses.replace(GROUND_SOLVER, levels=4))
         assert result.accepted and angle_between_deg(result.translation, truth[:3, 3]) < 2.0
         ratios.append(np.linalg.norm(result.translation) / np.linalg.norm(truth[:3, 3]))
     assert all(1.0 < ratio < 1.2 for ratio in ratios), ratios
-
-
-class OvershootingTruth(BiasedTruth):
-    """The exact depth of a rendered street and its true rotations, with every translation ``factor`` times too
-    long: a pose net whose steps disagree with its depth."""
-
-    def __init__(self, split, street: int, factor: float) -> None:
-        super().__init__(split, street, np.zeros(6))
-        self.factor = factor
-
-    def infer_pose(self, target: np.ndarray, sources: np.ndarray):
-        vectors, mask = super().infer_pose(target, sources)
-        vectors[:, :3] *= self.factor
-        return vectors, mask
 
 
 @pytest.mark.parametrize("keyframes", [False, True])
@@ -261,7 +196,7 @@ def test_the_pipelines_steps_take_the_grounds_length_behind_its_flag(keyframes: 
     right scale (the ground measures the steps, not the depth). With keyframes the alignment to the keyframe finds
     the true length from the exact depth by itself; the ground agrees with it."""
     from sfm_ros.camera import CameraModel
-    from sfm_ros.pipeline import Pipeline
+    from sfm_ros.odometry.pipeline import Pipeline
 
     split = load_street_split(SAMPLE / "val")
     paths = kitti.image_files(split.folders[0])
@@ -270,7 +205,7 @@ def test_the_pipelines_steps_take_the_grounds_length_behind_its_flag(keyframes: 
 
     def run(ground_motion: bool) -> tuple[list[float], list[float], Pipeline]:
         backend = OvershootingTruth(split, 0, 1.3)
-        pipeline = Pipeline(PipelineConfig(keyframes=keyframes),
+        pipeline = Pipeline(PipelineConfig(odometry="keyframes" if keyframes else "chain"),
                             ScaleConfig(smoothing=0.5, ground_motion=ground_motion), backend=backend)
         ratios, factors = [], []
         for i in range(5, 35):
@@ -293,69 +228,8 @@ def test_the_pipelines_steps_take_the_grounds_length_behind_its_flag(keyframes: 
     assert pipeline.step_length.ratio == pytest.approx(1.0 if keyframes else 1 / 1.3, abs=0.05)
 
 
-def test_the_pipeline_passes_its_parallax_limit_to_the_ground() -> None:
-    """scale.ground_min_parallax_px reaches the measurement: a limit no ground point meets leaves every step to the
-    recent ratio, each with its reason in the events; the default measures them."""
-    from sfm_ros.camera import CameraModel
-    from sfm_ros.pipeline import Pipeline
-
-    split = load_street_split(SAMPLE / "val")
-    paths = kitti.image_files(split.folders[0])
-    camera = CameraModel(K=split.K, height=64, width=208)
-    for limit, refused in ((1.0, False), (19.0, True)):
-        backend = BiasedTruth(split, 0, np.zeros(6))
-        pipeline = Pipeline(PipelineConfig(keyframes=False), ScaleConfig(ground_min_parallax_px=limit), backend=backend)
-        events = []
-        for i in range(5, 12):
-            backend.show(i)
-            events += pipeline.process(i * 100_000_000, kitti.load_rgb(paths[i]), camera).events
-        moved = [event for event in events if "moves 19 px or more" in event]
-        assert (len(moved) == 5) == refused and (not moved) == (not refused), events
-
-
-def test_the_pipeline_passes_its_object_margin_and_rotation_axes_to_the_ground(monkeypatch) -> None:
-    """scale.ground_object_margin_px and scale.ground_rotation reach the measurement: the real ``ground_translation``
-    runs, watched. On the first rendered street (exact depth), frames 24-31, the parked car ahead stands on the road:
-    with a margin of 2 px no ground pixel handed over lies within 2 rows below a pixel 10 % in front of the plane, and
-    without it some do; 'pitch_roll' frees the camera's x and z axes."""
-    import sfm_ros.pipeline as pipeline_module
-    from sfm_ros.camera import CameraModel
-
-    split = load_street_split(SAMPLE / "val")
-    paths = kitti.image_files(split.folders[0])
-    camera = CameraModel(K=split.K, height=64, width=208)
-    plane = ground_plane_depth((64, 208), split.K, LEVEL, 1.65)
-    measured = pipeline_module.ground_translation
-    for margin, rotation in ((0, "none"), (2, "pitch_roll")):
-        handed: list[tuple[np.ndarray, np.ndarray, tuple]] = []
-        backend = BiasedTruth(split, 0, np.zeros(6))
-
-        def watched(previous, current, K, T, mask, *args, handed=handed, backend=backend, **kwargs):
-            handed.append((mask, split.depth[0, backend.reference], kwargs["free_rotation_axes"]))
-            return measured(previous, current, K, T, mask, *args, **kwargs)
-
-        monkeypatch.setattr(pipeline_module, "ground_translation", watched)
-        pipeline = pipeline_module.Pipeline(PipelineConfig(keyframes=False),
-                                            ScaleConfig(ground_object_margin_px=margin, ground_rotation=rotation),
-                                            backend=backend)
-        for i in range(24, 32):
-            backend.show(i)
-            backend.reference = i - 1  # without keyframes the ground of the previous frame measures the step
-            pipeline.process(i * 100_000_000, kitti.load_rgb(paths[i]), camera)
-        assert len(handed) >= 5
-        near_object = 0
-        for mask, depth, axes in handed:
-            assert axes == ((0, 2) if rotation == "pitch_roll" else ())
-            standing = np.isfinite(plane) & (depth > 0) & (depth < plane / 1.1)  # clearly in front
-            below = np.zeros_like(standing)
-            below[1:] |= standing[:-1]
-            below[2:] |= standing[:-2]
-            near_object += int((mask & below).sum())
-        assert (near_object == 0) == (margin == 2), near_object
-
-
 def test_step_length_correction_by_hand() -> None:
-    from sfm_ros.scale import StepLengthCorrection
+    from sfm_ros.odometry.ground import StepLengthCorrection
 
     correction = StepLengthCorrection(smoothing=0.5, max_jump=1.5)
     assert correction.correct(None) == 1.0  # nothing measured yet: the aligned length stands
@@ -375,7 +249,7 @@ def test_step_length_correction_is_not_locked_by_a_wild_measurement() -> None:
     drive (seen on a rendered street with scale.ground_tolerance 0.03). Now the first reference is 1 (the aligned
     length is metric), and five outliers in a row that agree (all but one) replace a ratio gone wrong; a burst of
     three (seen on KITTI: a stretch of road the ground mask gets wrong) does not."""
-    from sfm_ros.scale import StepLengthCorrection
+    from sfm_ros.odometry.ground import StepLengthCorrection
 
     correction = StepLengthCorrection(smoothing=0.5, max_jump=1.5)
     assert correction.correct(6.0) == 1.0 and correction.ratio is None  # refused: the aligned length stands
@@ -431,7 +305,7 @@ def test_travel_elevation_and_the_plane_along_it_by_hand() -> None:
     cos 2): y points down) moves 2 degrees away from the mounting's plane. The road it travels along has the normal
     (0, cos 2, sin 2): perpendicular to the travel, and the normal of a mounting pitched 2 degrees down
     (``ground_normal_in_camera``, by hand above)."""
-    from sfm_ros.scale import normal_along_travel, travel_elevation
+    from sfm_ros.odometry.ground import normal_along_travel, travel_elevation
 
     angle = np.radians(2.0)
     travel = 1.3 * np.array([0.0, -np.sin(angle), np.cos(angle)])
@@ -450,7 +324,7 @@ def test_significant_travel_elevation_by_hand() -> None:
     """Elevations 0.1, -0.1, 0.3, -0.3, 0.2: median 0.1, deviations from it 0, 0.2, 0.2, 0.4, 0.1 (MAD 0.2), so the
     median's standard error is 1.858 x 0.2 / sqrt(5) = 0.166 and 0.1 is within 3 of them: 0, the mounting stands.
     The same spread around 1.1 stands out: 1.1. Without spread any median counts."""
-    from sfm_ros.scale import TRAVEL_SIGNIFICANCE, significant_travel_elevation
+    from sfm_ros.odometry.ground import TRAVEL_SIGNIFICANCE, significant_travel_elevation
 
     spread = np.array([0.1, -0.1, 0.3, -0.3, 0.2])
     assert TRAVEL_SIGNIFICANCE == 3.0
@@ -478,7 +352,7 @@ def test_the_pipeline_tilts_a_miscalibrated_ground_to_the_travel_behind_its_flag
     depth with it (1 m per unit, the exact depth's) within 3 %; without it the normal stays the mounting's, 1 degree
     off, and the scale about 9 % off."""
     from sfm_ros.camera import CameraModel
-    from sfm_ros.pipeline import Pipeline
+    from sfm_ros.odometry.pipeline import Pipeline
 
     split = load_street_split(SAMPLE / "val")
     paths = kitti.image_files(split.folders[1])
@@ -494,7 +368,7 @@ def test_the_pipeline_tilts_a_miscalibrated_ground_to_the_travel_behind_its_flag
             estimate = pipeline.process(i * 100_000_000, kitti.load_rgb(paths[i]), camera)
             factors.append(estimate.scale.factor)
             tilted += [event for event in estimate.events if event.startswith("ground plane tilted")]
-        off_level = angle_between_deg(pipeline._ground_normal, LEVEL)
+        off_level = angle_between_deg(pipeline.ground_normal, LEVEL)
         assert len(tilted) == (1 if steps else 0), tilted  # said once, when first applied
         if steps:
             assert off_level < 0.15 and np.median(factors[-5:]) == pytest.approx(1.0, abs=0.03), (off_level, factors)
@@ -504,37 +378,3 @@ def test_the_pipeline_tilts_a_miscalibrated_ground_to_the_travel_behind_its_flag
             assert abs(np.median(factors[-5:]) - 1.0) > 0.06, factors
 
 
-def test_the_pipeline_starts_the_grounds_measurement_at_the_recent_ratio_behind_its_flag(monkeypatch) -> None:
-    """The pose net's steps 1.3 times too long (exact depth, true rotations), no alignment: the ground measures them
-    and the recent ratio of its lengths to the chain's settles near 1 / 1.3. With scale.ground_start_from_ratio (the
-    default) the measurement starts at the chain's step times that ratio, about the true length; without it, at the
-    chain's step, 1.3 times too long."""
-    import sfm_ros.pipeline as pipeline_module
-    from sfm_ros.camera import CameraModel
-
-    split = load_street_split(SAMPLE / "val")
-    paths = kitti.image_files(split.folders[0])
-    poses = split.T_world_cam[0]
-    camera = CameraModel(K=split.K, height=64, width=208)
-    measured = pipeline_module.ground_translation
-    assert ScaleConfig().ground_start_from_ratio
-    for from_ratio, expected in ((True, 1.0), (False, 1.3)):
-        starts: list[float] = []
-        current = [0]
-
-        def watched(previous, grey_now, K, T, *args, starts=starts, current=current, **kwargs):
-            truth = np.linalg.inv(poses[current[0]]) @ poses[current[0] - 1]
-            starts.append(np.linalg.norm(T[:3, 3]) / np.linalg.norm(truth[:3, 3]))
-            return measured(previous, grey_now, K, T, *args, **kwargs)
-
-        monkeypatch.setattr(pipeline_module, "ground_translation", watched)
-        backend = OvershootingTruth(split, 0, 1.3)
-        pipeline = pipeline_module.Pipeline(PipelineConfig(keyframes=False),
-                                            ScaleConfig(smoothing=0.5, ground_start_from_ratio=from_ratio),
-                                            backend=backend)
-        for i in range(5, 25):
-            backend.show(i)
-            current[0] = i
-            pipeline.process(i * 100_000_000, kitti.load_rgb(paths[i]), camera)
-        assert len(starts) >= 15
-        assert np.median(starts[5:]) == pytest.approx(expected, abs=0.06), starts

@@ -9,8 +9,9 @@ from sfm_ros import kitti
 from sfm_ros.camera import CameraModel
 from sfm_ros.config import PipelineConfig, ScaleConfig
 from sfm_ros.geometry import orthonormalised
-from sfm_ros.pipeline import Pipeline
-from test.test_refine import SAMPLE, BiasedTruth, _in_odom
+from sfm_ros.odometry.pipeline import Pipeline
+from test.odometry_support import STREETS as SAMPLE
+from test.odometry_support import BiasedTruth, in_odom
 from training.synth_streets import load_street_split
 
 # The pose net's error on every step: 9 cm and 0.6 degrees (a still camera's steps are this error alone).
@@ -44,14 +45,13 @@ def stand_still(config: PipelineConfig, scale_config: ScaleConfig | None = None,
 
 
 def test_a_camera_standing_still_stays_put_with_keyframes() -> None:
-    assert PipelineConfig().keyframes, "keyframes are the node's default (chosen on the odometry benchmark)"
-    chain = stand_still(PipelineConfig(keyframes=False))
+    chain = stand_still(PipelineConfig(odometry="chain"))
     # Without the side-slip prior: noise makes each alignment trade yaw for sideways motion, and the prior (on by
     # default) removes most of that wander (below); these lines judge the alignment and its covariance alone.
-    refined = stand_still(PipelineConfig(keyframes=False, refine_pose=True, side_slip_sigma=0.0))
-    no_slip = stand_still(PipelineConfig(keyframes=False, refine_pose=True))
+    refined = stand_still(PipelineConfig(odometry="frame_to_frame", side_slip_sigma=0.0))
+    no_slip = stand_still(PipelineConfig(odometry="frame_to_frame"))
     assert no_slip["moved_m"] < refined["moved_m"] / 3
-    keyframed = stand_still(PipelineConfig(keyframes=True, side_slip_sigma=0.0))
+    keyframed = stand_still(PipelineConfig(odometry="keyframes", side_slip_sigma=0.0))
     # The network's error alone walks 9.4 cm a frame; aligning to the previous frame removes most of it, but each
     # noisy alignment's error is kept; aligning to one keyframe does not add them up.
     assert chain["moved_m"] > 0.09 * STILL_FRAMES * 0.9
@@ -102,13 +102,13 @@ def test_a_moving_camera_is_followed_and_gets_new_keyframes() -> None:
             rotation = estimate.T_odom_camera[:3, :3]
             np.testing.assert_allclose(rotation @ rotation.T, np.eye(3), atol=1e-9)  # stays rigid
         moved = np.linalg.inv(poses[frames[0]]) @ poses[frames[-1]]
-        return float(np.linalg.norm(estimate.T_odom_camera[:3, 3] - _in_odom(moved)[:3, 3])), keyframes
+        return float(np.linalg.norm(estimate.T_odom_camera[:3, 3] - in_odom(moved)[:3, 3])), keyframes
 
-    error, keyframes = run(PipelineConfig(keyframes=True))
+    error, keyframes = run(PipelineConfig(odometry="keyframes"))
     assert error < 0.3  # 19 steps of about 1 m; the network alone is off by more than 1 m here
     assert 2 <= keyframes < len(frames) - 2  # renewed as the view moves on, not on every frame
     # A baseline limit of 0 renews the keyframe on every frame after the first full window.
-    _, every_frame = run(PipelineConfig(keyframes=True, keyframe_max_baseline=0.0))
+    _, every_frame = run(PipelineConfig(odometry="keyframes", keyframe_max_baseline=0.0))
     assert every_frame == len(frames) - 2
 
 
@@ -139,13 +139,13 @@ def test_turning_keyframes_off_and_on_at_run_time_starts_a_new_keyframe() -> Non
     backend = BiasedTruth(split, 0, NETWORK_ERROR)
     scale = ScaleConfig(source="fixed")
     # Only a missing keyframe (or a failed alignment) makes a new one here.
-    config = PipelineConfig(keyframes=True, keyframe_max_baseline=10.0, keyframe_min_overlap=0.0)
+    config = PipelineConfig(odometry="keyframes", keyframe_max_baseline=10.0, keyframe_min_overlap=0.0)
     pipeline = Pipeline(config, scale, backend=backend)
     camera = CameraModel(K=split.K, height=64, width=208)
     flags = []
     for i in range(10, 20):
         if i == 15:
-            pipeline.configure(dataclasses.replace(config, keyframes=False), scale)
+            pipeline.configure(dataclasses.replace(config, odometry="chain"), scale)
         if i == 17:
             pipeline.configure(config, scale)
         backend.show(i)

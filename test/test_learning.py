@@ -13,6 +13,7 @@ import torch
 from sfm_ros.bundle import IMAGE_MEAN, IMAGE_STD
 from sfm_ros.geometry import pose_vec_to_mat
 from test.conftest import REPO
+from test.odometry_support import euler_xyz
 from training.config import load_train_config
 from training.data import load_cache_index, open_source, prepare_cache
 from training.health import HealthMonitor, HealthThresholds, training_health
@@ -32,11 +33,6 @@ def sample_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                       f"data.sources=[{', '.join(map(str, train.folders))}]",
                                       f"data.val_sources=[{', '.join(map(str, val.folders))}]"])
     return prepare_cache(config.data, tmp_path_factory.mktemp("learning") / "cache", progress=False)
-
-
-def euler_xyz(R: np.ndarray) -> np.ndarray:
-    """Angles (rx, ry, rz) of R = Rx Ry Rz, by the closed form of that product's entries."""
-    return np.array([math.atan2(-R[1, 2], R[2, 2]), math.asin(R[0, 2]), math.atan2(-R[0, 1], R[0, 0])])
 
 
 def test_the_sample_is_a_user_recording(sample_cache: Path) -> None:

@@ -57,7 +57,7 @@ def test_metric_depth_is_scored_where_the_pipeline_says_too_far(tmp_path: Path) 
     """Depth beyond pipeline.max_depth_m is published as +inf; the benchmark scores it at the 80 m cap, not NaN."""
     from sfm_ros.bundle import BundleMetadata
     from sfm_ros.config import PipelineConfig, ScaleConfig
-    from sfm_ros.pipeline import Pipeline
+    from sfm_ros.odometry.pipeline import Pipeline
     from training.odometry_bench import run_sequence_metrics
     from training.synth_streets import load_street_split, street_sequence
 
@@ -89,9 +89,9 @@ def test_standing_still_reports_how_far_the_odometry_wanders() -> None:
     """A pose net off by a twist xi on every step: held still, each step is exp(-xi), so N still frames move the
     camera by exp(-N xi) (one screw motion, closed form) and turn it by N |w|; keyframes hold it."""
     from sfm_ros.config import PipelineConfig, ScaleConfig
-    from sfm_ros.pipeline import Pipeline
-    from sfm_ros.refine import se3_exp
-    from test.test_refine import BiasedTruth
+    from sfm_ros.odometry.align import se3_exp
+    from sfm_ros.odometry.pipeline import Pipeline
+    from test.odometry_support import BiasedTruth
     from training.odometry_bench import run_standstill
     from training.synth_streets import load_street_split, street_sequence
 
@@ -104,7 +104,7 @@ def test_standing_still_reports_how_far_the_odometry_wanders() -> None:
             return super().infer_depth(image)
 
     def standstill(keyframes: bool) -> dict:
-        pipeline = Pipeline(PipelineConfig(keyframes=keyframes), ScaleConfig(source="fixed"),
+        pipeline = Pipeline(PipelineConfig(odometry="keyframes" if keyframes else "chain"), ScaleConfig(source="fixed"),
                             backend=HeldAtFrame9(split, 0, xi))
         return run_standstill(pipeline, street_sequence(split, 0), still_frames=20)
 

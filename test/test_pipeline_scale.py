@@ -13,7 +13,7 @@ from sfm_ros.bags import read_camera_frames, read_odometry
 from sfm_ros.camera import CameraModel
 from sfm_ros.config import PipelineConfig, ScaleConfig
 from sfm_ros.geometry import backproject, pose_vec_to_mat
-from sfm_ros.pipeline import FrameError, Pipeline
+from sfm_ros.odometry.pipeline import FrameError, Pipeline
 from sfm_ros.scale import ExternalSpeedScale, GroundPlaneScale, ScaleObservation, fit_ground_plane
 from sfm_ros.worker import LatestFrameWorker
 

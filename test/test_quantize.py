@@ -136,7 +136,7 @@ def test_int8_quantisation_and_pipeline_without_torch(small_bundle: Path, odomet
     script = BLOCK_TORCH + f"""
 import numpy as np
 from sfm_ros.cli import main
-from sfm_ros.pipeline import Pipeline
+from sfm_ros.odometry.pipeline import Pipeline
 from sfm_ros.config import PipelineConfig, ScaleConfig
 from sfm_ros.camera import CameraModel
 assert main(["quantize", {str(folder)!r}, {str(odometry_bag)!r}, "--windows", "16"]) == 0

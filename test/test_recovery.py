@@ -72,7 +72,7 @@ def test_nothing_recoverable_is_a_clear_error(tmp_path: Path, odometry_bag: Path
 def test_commands_read_a_recording_cut_short(odometry_bag: Path, small_bundle: Path, tmp_path: Path) -> None:
     pytest.importorskip("torch", reason="preparing a training cache needs torch (absent in the run-time test venv)")
     from sfm_ros.config import PipelineConfig, ScaleConfig
-    from sfm_ros.pipeline import Pipeline
+    from sfm_ros.odometry.pipeline import Pipeline
     from sfm_ros.replay import replay_bag
     from training.config import load_train_config
     from training.data import prepare_cache

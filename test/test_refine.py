@@ -1,6 +1,6 @@
 """Pose refinement with the predicted depth: it recovers known perturbations of the pose on rendered frames with
 exact depth and on real KITTI frames with LiDAR depth, falls back when it cannot do better, and the pipeline uses it
-behind pipeline.refine_pose."""
+behind pipeline.odometry."""
 
 from __future__ import annotations
 
@@ -9,20 +9,13 @@ import numpy as np
 import pytest
 
 from sfm_ros import kitti
-from sfm_ros.refine import depth_uncertainty_weights, refine_pose, se3_exp, side_slip
-from test.conftest import DRIVE_0060, REPO
+from sfm_ros.odometry.align import SideSlip, depth_uncertainty_weights, refine_pose, se3_exp, side_slip
+from test.conftest import DRIVE_0060
+from test.odometry_support import STREETS as SAMPLE
+from test.odometry_support import BiasedTruth, angle_deg, grey, in_odom
 from training.synth_streets import load_street_split
 
-SAMPLE = REPO / "test" / "data" / "synth_streets"
 PERTURBATIONS = [np.array([0.1, -0.05, 0.2, 0.01, -0.02, 0.015]), np.array([-0.15, 0.05, -0.3, -0.02, 0.025, -0.01])]
-
-
-def grey(path) -> np.ndarray:
-    return cv2.cvtColor(kitti.load_rgb(path), cv2.COLOR_RGB2GRAY).astype(np.float32) / 255
-
-
-def angle_deg(T: np.ndarray) -> float:
-    return float(np.degrees(np.linalg.norm(cv2.Rodrigues(T[:3, :3])[0])))
 
 
 def test_se3_exp_matches_a_closed_form() -> None:
@@ -90,48 +83,12 @@ def test_falls_back_when_it_cannot_do_better() -> None:
     assert refine_pose(grey(paths[10]), no_depth, grey(paths[11]), split.K, truth).reason == "too few points with depth"
 
 
-class BiasedTruth:
-    """A backend that returns the exact depth of a rendered street and its true poses, each off by a known error
-    ``error_xi`` (a twist applied to every T_source_target, as a pose net's bias). ``show(index)`` says which of the
-    street's frames the pipeline is about to process; the pose window is the last three shown."""
-
-    name = description = "biased truth"
-    has_mask = False
-
-    def __init__(self, split, street: int, error_xi) -> None:
-        from sfm_ros.bundle import BundleMetadata
-
-        self.metadata = BundleMetadata(height=64, width=208)
-        self.split, self.street, self.error_xi = split, street, np.asarray(error_xi, dtype=np.float64)
-        self.shown: list[int] = []
-
-    def show(self, index: int) -> None:
-        self.shown.append(index)
-
-    def infer_depth(self, image: np.ndarray) -> np.ndarray:
-        depth = self.split.depth[self.street, self.shown[-1]].astype(np.float64)
-        return np.where(depth > 0, 1 / np.maximum(depth, 1e-6), 1e-3)[None, None].astype(np.float32)
-
-    def infer_pose(self, target: np.ndarray, sources: np.ndarray):
-        from sfm_ros.geometry import pose_vec_to_mat
-        from test.test_learning import euler_xyz
-
-        poses = self.split.T_world_cam[self.street]
-        before, centre, after = self.shown[-3:]
-        vectors = []
-        for source in (before, after):
-            T = se3_exp(self.error_xi) @ np.linalg.inv(poses[source]) @ poses[centre]
-            vectors.append(np.r_[T[:3, 3], euler_xyz(T[:3, :3])])
-            np.testing.assert_allclose(pose_vec_to_mat(vectors[-1]), T, atol=1e-9)
-        return np.asarray(vectors, np.float32), None
-
-
 def test_the_pipeline_refines_the_networks_pose_behind_its_flag() -> None:
     """With the exact depth of a rendered street and its true pose off by a known error: with pipeline.refine_pose
     the odometry follows the truth, without it the error accumulates."""
     from sfm_ros.camera import CameraModel
     from sfm_ros.config import PipelineConfig, ScaleConfig
-    from sfm_ros.pipeline import Pipeline
+    from sfm_ros.odometry.pipeline import Pipeline
 
     split = load_street_split(SAMPLE / "val")
     paths = kitti.image_files(split.folders[0])
@@ -141,7 +98,7 @@ def test_the_pipeline_refines_the_networks_pose_behind_its_flag() -> None:
     def drift(refine: bool, depth_sigma: float = 0.0) -> float:
         backend = BiasedTruth(split, 0, [0.05, 0.0, 0.08, 0.0, 0.01, 0.0])
         # The refinement alone: the side-slip prior and the depth's uncertainty (on by default) have their own tests.
-        pipeline = Pipeline(PipelineConfig(refine_pose=refine, keyframes=False, side_slip_sigma=0.0,
+        pipeline = Pipeline(PipelineConfig(odometry="frame_to_frame" if refine else "chain", side_slip_sigma=0.0,
                                            alignment_depth_sigma=depth_sigma),
                             ScaleConfig(source="fixed"), backend=backend)
         camera = CameraModel(K=split.K, height=64, width=208)
@@ -151,7 +108,7 @@ def test_the_pipeline_refines_the_networks_pose_behind_its_flag() -> None:
         if refine:
             assert estimate.timings_ms["refine"] > 0
         moved = np.linalg.inv(poses[frames[0]]) @ poses[frames[-1]]
-        return float(np.linalg.norm(estimate.T_odom_camera[:3, 3] - _in_odom(moved)[:3, 3]))
+        return float(np.linalg.norm(estimate.T_odom_camera[:3, 3] - in_odom(moved)[:3, 3]))
 
     unrefined = drift(refine=False)
     assert unrefined > 0.5  # ~9 cm and 0.6 degrees a step
@@ -159,57 +116,6 @@ def test_the_pipeline_refines_the_networks_pose_behind_its_flag() -> None:
     # Weighing the residuals by the depth's uncertainty trusts the near points less, which this exact depth did not
     # need: the translation's bias is corrected less, but still most of it (the pipeline's ground measures lengths).
     assert drift(refine=True, depth_sigma=0.8) < 0.5 * unrefined
-
-
-def _in_odom(T_first_current: np.ndarray) -> np.ndarray:
-    """A camera pose relative to the first camera, in the pipeline's odom frame (base_link axes, REP 103)."""
-    from sfm_ros.config import PipelineConfig
-    from sfm_ros.pipeline import _base_camera_transform
-
-    T_base_camera = _base_camera_transform(PipelineConfig().T_base_camera)
-    return T_base_camera @ T_first_current
-
-
-def test_a_direction_prior_keeps_the_direction_and_lets_the_image_fix_the_length() -> None:
-    """Start 5 degrees off the true direction and 30 % short: alone the alignment finds the true direction; with a
-    tight prior across the start's direction it keeps that direction and still recovers the length."""
-    split = load_street_split(SAMPLE / "val")
-    paths = kitti.image_files(split.folders[0])
-    poses = split.T_world_cam[0]
-    frame = 30
-    truth = np.linalg.inv(poses[frame + 1]) @ poses[frame]
-    depth = split.depth[0, frame].astype(np.float32)
-    depth[depth <= 0] = np.inf
-    start = truth.copy()
-    start[:3, 3] = 0.7 * cv2.Rodrigues(np.array([0.0, np.radians(5), 0.0]))[0] @ truth[:3, 3]
-    u = start[:3, 3] / np.linalg.norm(start[:3, 3])
-
-    def angle_between_deg(a: np.ndarray, b: np.ndarray) -> float:
-        return float(np.degrees(np.arccos(np.clip(a @ b / np.linalg.norm(a) / np.linalg.norm(b), -1, 1))))
-
-    free = refine_pose(grey(paths[frame]), depth, grey(paths[frame + 1]), split.K, start)
-    assert free.accepted and angle_between_deg(free.T_current_previous[:3, 3], truth[:3, 3]) < 0.5
-    held = refine_pose(grey(paths[frame]), depth, grey(paths[frame + 1]), split.K, start,
-                       translation_prior_information=(np.eye(3) - np.outer(u, u)) / 1e-4**2)
-    t = held.T_current_previous[:3, 3]
-    assert held.accepted and angle_between_deg(t, start[:3, 3]) < 0.05
-    assert 0.9 < np.linalg.norm(t) / np.linalg.norm(truth[:3, 3]) < 1.1  # from 0.7
-
-
-def test_the_pipelines_direction_prior_by_hand() -> None:
-    from sfm_ros.config import PipelineConfig, ScaleConfig
-    from sfm_ros.pipeline import Pipeline
-
-    split = load_street_split(SAMPLE / "val")
-    T = np.eye(4)
-    T[:3, 3] = [0.0, 0.0, 2.0]
-    off = Pipeline(PipelineConfig(), ScaleConfig(source="fixed"), backend=BiasedTruth(split, 0, np.zeros(6)))
-    assert off._direction_prior(T) is None  # the default: off
-    on = Pipeline(PipelineConfig(alignment_direction_sigma=0.01), ScaleConfig(source="fixed"),
-                  backend=BiasedTruth(split, 0, np.zeros(6)))
-    np.testing.assert_allclose(on._direction_prior(T), np.diag([2500.0, 2500.0, 0.0]))  # sigma 2 cm across
-    T[:3, 3] = [0.0, 0.1, 0.0]
-    np.testing.assert_allclose(on._direction_prior(T), np.diag([40000.0, 0.0, 40000.0]))  # the 5 mm floor
 
 
 # base_link <- camera optical frame (x right, y down, z forward), 1.5 m ahead of the rear axle and 1.65 m up.
@@ -273,8 +179,7 @@ def test_a_side_slip_prior_ties_the_yaw_to_the_direction_of_travel() -> None:
         skewed = depth * np.linspace(1.4, 0.7, depth.shape[1], dtype=np.float32)[None, :]
         previous, current = grey(paths[frame]), grey(paths[frame + 1])
         free = refine_pose(previous, skewed, current, split.K, truth)
-        held = refine_pose(previous, skewed, current, split.K, truth, T_base_camera=street_mount,
-                           side_slip_sigma_m=0.001)
+        held = refine_pose(previous, skewed, current, split.K, truth, side_slip=SideSlip(street_mount, 0.001))
         assert free.accepted and held.accepted
         assert abs(side_slip(free.T_current_previous, street_mount)[0]) > 0.2
         assert abs(side_slip(held.T_current_previous, street_mount)[0]) < 0.005
@@ -282,28 +187,27 @@ def test_a_side_slip_prior_ties_the_yaw_to_the_direction_of_travel() -> None:
         held_yaw, held_translation = errors(held.T_current_previous, truth)
         assert held_yaw < 0.7 * free_yaw and held_translation < 0.7 * free_translation, (frame, free_yaw, held_yaw)
         exact = refine_pose(previous, depth, current, split.K, se3_exp(PERTURBATIONS[0]) @ truth,
-                            T_base_camera=street_mount, side_slip_sigma_m=0.001)
+                            side_slip=SideSlip(street_mount, 0.001))
         assert exact.accepted and errors(exact.T_current_previous, truth)[1] < 0.015
         assert errors(exact.T_current_previous, truth)[0] < 0.1
 
 
-def test_the_pipelines_side_slip_prior_by_hand() -> None:
+def test_the_trackers_side_slip_prior_by_hand() -> None:
+    """pipeline.side_slip_sigma is a share of the step's length, with a 1 mm floor, on the camera's mounting."""
     from sfm_ros.config import PipelineConfig, ScaleConfig
-    from sfm_ros.pipeline import Pipeline
+    from sfm_ros.odometry.ground import StepLength
+    from sfm_ros.odometry.tracking import Tracker
 
-    split = load_street_split(SAMPLE / "val")
+    mounting = np.eye(4)
+    mounting[:3, 3] = [1.5, 0.0, 1.65]
     T = np.eye(4)
     T[:3, 3] = [0.0, 0.0, 2.0]
-    off = Pipeline(PipelineConfig(side_slip_sigma=0.0), ScaleConfig(source="fixed"),
-                   backend=BiasedTruth(split, 0, np.zeros(6)))
-    assert off._side_slip_prior(T) == {}
-    on = Pipeline(PipelineConfig(side_slip_sigma=0.01), ScaleConfig(source="fixed"),
-                  backend=BiasedTruth(split, 0, np.zeros(6)))
-    prior = on._side_slip_prior(T)
-    assert prior["side_slip_sigma_m"] == pytest.approx(0.02)  # 1 % of 2 m
-    np.testing.assert_allclose(prior["T_base_camera"], on.T_base_camera)
+    assert Tracker(PipelineConfig(side_slip_sigma=0.0), mounting, StepLength(ScaleConfig())).side_slip(T) is None
+    on = Tracker(PipelineConfig(side_slip_sigma=0.01), mounting, StepLength(ScaleConfig()))
+    assert on.side_slip(T).sigma_m == pytest.approx(0.02)  # 1 % of 2 m
+    np.testing.assert_array_equal(on.side_slip(T).T_base_camera, mounting)
     T[:3, 3] = [0.0, 0.0, 0.05]
-    assert on._side_slip_prior(T)["side_slip_sigma_m"] == pytest.approx(0.001)  # the 1 mm floor
+    assert on.side_slip(T).sigma_m == pytest.approx(0.001)  # the 1 mm floor
 
 
 class SkewedTruth(BiasedTruth):
@@ -319,7 +223,7 @@ def test_the_pipelines_side_slip_prior_keeps_the_heading_through_a_turn() -> Non
     pipeline.side_slip_sigma the heading at the end is within 3 degrees of the truth, without it off by more than 5."""
     from sfm_ros.camera import CameraModel
     from sfm_ros.config import PipelineConfig, ScaleConfig
-    from sfm_ros.pipeline import Pipeline
+    from sfm_ros.odometry.pipeline import Pipeline
 
     split = load_street_split(SAMPLE / "val")
     paths = kitti.image_files(split.folders[0])
@@ -331,13 +235,14 @@ def test_the_pipelines_side_slip_prior_keeps_the_heading_through_a_turn() -> Non
     def heading_error_deg(sigma: float, depth_sigma: float = 0.0) -> float:
         backend = SkewedTruth(split, 0, np.zeros(6))
         # The prior alone here; the depth's uncertainty (on by default) is measured below.
-        pipeline = Pipeline(PipelineConfig(keyframes=True, side_slip_sigma=sigma, alignment_depth_sigma=depth_sigma),
+        pipeline = Pipeline(PipelineConfig(odometry="keyframes", side_slip_sigma=sigma,
+                                           alignment_depth_sigma=depth_sigma),
                             ScaleConfig(source="fixed"), backend=backend)
         camera = CameraModel(K=split.K, height=64, width=208)
         for i in frames:
             backend.show(i)
             estimate = pipeline.process(i * 100_000_000, kitti.load_rgb(paths[i]), camera)
-        return angle_deg(np.linalg.inv(_in_odom(moved)) @ estimate.T_odom_camera)
+        return angle_deg(np.linalg.inv(in_odom(moved)) @ estimate.T_odom_camera)
 
     assert heading_error_deg(0.0) > 5.0
     assert heading_error_deg(0.001) < 3.0
@@ -351,7 +256,7 @@ def test_the_depths_uncertainty_keeps_the_heading_through_a_turn() -> None:
     the ground instead.)"""
     from sfm_ros.camera import CameraModel
     from sfm_ros.config import PipelineConfig, ScaleConfig
-    from sfm_ros.pipeline import Pipeline
+    from sfm_ros.odometry.pipeline import Pipeline
 
     split = load_street_split(SAMPLE / "val")
     paths = kitti.image_files(split.folders[0])
@@ -360,14 +265,14 @@ def test_the_depths_uncertainty_keeps_the_heading_through_a_turn() -> None:
 
     def heading_error_deg(side_slip_sigma: float, depth_sigma: float) -> float:
         backend = SkewedTruth(split, 0, np.zeros(6))
-        pipeline = Pipeline(PipelineConfig(keyframes=True, side_slip_sigma=side_slip_sigma,
+        pipeline = Pipeline(PipelineConfig(odometry="keyframes", side_slip_sigma=side_slip_sigma,
                                            alignment_depth_sigma=depth_sigma), ScaleConfig(source="fixed"),
                             backend=backend)
         camera = CameraModel(K=split.K, height=64, width=208)
         for i in range(30):
             backend.show(i)
             estimate = pipeline.process(i * 100_000_000, kitti.load_rgb(paths[i]), camera)
-        return angle_deg(np.linalg.inv(_in_odom(moved)) @ estimate.T_odom_camera)
+        return angle_deg(np.linalg.inv(in_odom(moved)) @ estimate.T_odom_camera)
 
     assert heading_error_deg(0.0, 0.8) < 0.6 * heading_error_deg(0.0, 0.0)
     with_prior = heading_error_deg(0.001, 0.0)
@@ -422,7 +327,7 @@ def test_the_acceptance_cost_weighs_the_residuals_it_is_given() -> None:
     """Two points seen unmoved (T = I) on a flat grey image, residuals 0.01 and 0.2 against their references: the
     Huber costs (threshold 0.05) are 0.01^2 = 1e-4 and 2 * 0.05 * 0.2 - 0.05^2 = 0.0175. Unweighted their mean is
     0.0088; weighted 1 and 0 it is the first alone; weighted 3 and 1 it is (3e-4 + 0.0175) / 4."""
-    from sfm_ros.refine import _huber_cost
+    from sfm_ros.odometry.align import _huber_cost
 
     K = np.array([[10.0, 0, 5], [0, 10.0, 5], [0, 0, 1]])
     image = np.full((11, 11), 0.5, np.float32)

@@ -142,7 +142,7 @@ def test_odometry_and_transform_carry_pose_and_covariance() -> None:
 
 def test_an_estimate_becomes_the_messages_node_and_replay_share() -> None:
     from sfm_ros.camera import CameraModel
-    from sfm_ros.pipeline import Estimate
+    from sfm_ros.odometry.estimate import Estimate
     from sfm_ros.scale import ScaleEstimate, ScaleSource
 
     T = pose_vec_to_mat(np.array([1.0, 2.0, 3.0, 0.0, 0.0, 0.3]))

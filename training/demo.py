@@ -25,7 +25,7 @@ from sfm_ros.bags import kitti_to_bag
 from sfm_ros.config import PipelineConfig, ScaleConfig
 from sfm_ros.evaluate import depth_samples_from_drive, evaluate_dense_depth, evaluate_depth, evaluate_pose, run_sequence
 from sfm_ros.export import export_bundle
-from sfm_ros.pipeline import Pipeline
+from sfm_ros.odometry.pipeline import Pipeline
 from sfm_ros.replay import replay_bag
 from sfm_ros.report import write_report
 from training.config import load_train_config

@@ -29,7 +29,7 @@ import numpy as np
 from sfm_ros import kitti
 from sfm_ros.config import PipelineConfig, ScaleConfig
 from sfm_ros.metrics import MAX_DEPTH_M, eigen_depth_evaluation
-from sfm_ros.pipeline import Pipeline
+from sfm_ros.odometry.pipeline import Pipeline
 from training.synth_streets import street_folders, street_sequence
 
 __all__ = ["bench_odometry", "drift_curve", "run_sequence_metrics", "run_standstill"]

@@ -24,10 +24,43 @@ import dataclasses
 import cv2
 import numpy as np
 
-from sfm_ros.geometry import backproject, ground_plane_depth, invert_transform
+from sfm_ros.geometry import backproject, ground_plane_depth, invert_transform, scale_intrinsics
 
-__all__ = ["GroundMotion", "RefineResult", "across_direction_information", "depth_uncertainty_weights",
-           "ground_translation", "refine_pose", "se3_exp", "side_slip", "translation_parallax_px"]
+__all__ = ["ALIGNMENT_SOLVER", "GROUND_SOLVER", "GroundMotion", "RefineResult", "SideSlip", "Solver",
+           "across_direction_information", "depth_uncertainty_weights", "ground_translation", "refine_pose", "se3_exp",
+           "side_slip", "translation_parallax_px"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Solver:
+    """Gauss-Newton settings: pyramid levels (coarse to fine), iterations per level, the most points per level (those
+    with the strongest gradients), the Huber threshold on intensity residuals (grey levels in [0, 1]), and the
+    increment's norm below which a level has converged."""
+
+    levels: int
+    iterations: int
+    max_points: int
+    huber: float
+    tolerance: float
+
+
+# The photometric alignment of two frames over SE(3) (refine_pose).
+ALIGNMENT_SOLVER = Solver(levels=3, iterations=20, max_points=3000, huber=0.05, tolerance=1e-6)
+# The ground's translation alone (ground_translation): three unknowns, fewer points (the ground's), converged coarser.
+GROUND_SOLVER = Solver(levels=3, iterations=10, max_points=2000, huber=0.05, tolerance=1e-5)
+# The ground measures a step only with this many ground points that have texture: a featureless ground says nothing.
+GROUND_MIN_POINTS = 100
+# A ground point has texture when its intensity gradient is at least this (grey levels in [0, 1] per pixel).
+GROUND_MIN_GRADIENT = 0.01
+
+
+@dataclasses.dataclass(frozen=True)
+class SideSlip:
+    """refine_pose's prior that the base does not slip sideways off a circular arc (``side_slip``): the camera's
+    mounting T_base_camera [4,4] (base z up, x forward) and the std-dev of that sideways motion, metres."""
+
+    T_base_camera: np.ndarray
+    sigma_m: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,9 +110,7 @@ def _pyramid(image: np.ndarray, depth: np.ndarray, K: np.ndarray, levels: int
     for _ in range(levels - 1):
         image, depth = cv2.pyrDown(image), depth[::2, ::2]
         image = image[: depth.shape[0], : depth.shape[1]]
-        K = K.copy()
-        K[0, 0], K[1, 1] = K[0, 0] / 2, K[1, 1] / 2
-        K[0, 2], K[1, 2] = (K[0, 2] + 0.5) / 2 - 0.5, (K[1, 2] + 0.5) / 2 - 0.5
+        K = scale_intrinsics(K, 0.5, 0.5)
         out.append((image, depth, K))
     return out
 
@@ -103,8 +134,7 @@ def _select_points(image: np.ndarray, depth: np.ndarray, K: np.ndarray, max_poin
     if len(v) > max_points:
         keep = np.argpartition(-magnitude[v, u], max_points - 1)[:max_points]
         v, u = v[keep], u[keep]
-    z = depth[v, u].astype(np.float64)
-    points = np.stack([(u - K[0, 2]) / K[0, 0] * z, (v - K[1, 2]) / K[1, 1] * z, z], axis=1)
+    points = backproject(np.where(valid, depth, 0.0), K)[v, u]
     return points, image[v, u].astype(np.float64)
 
 
@@ -159,25 +189,18 @@ def across_direction_information(translation: np.ndarray, fraction: float) -> np
 
 
 def _with_translation_prior(H: np.ndarray, g: np.ndarray, T: np.ndarray, start: np.ndarray, information: np.ndarray,
-                            free: tuple[int, ...] = (0, 1, 2, 3, 4, 5), share: float = 1.0
-                            ) -> tuple[np.ndarray, np.ndarray]:
-    """Gauss-Newton terms over the increment's ``free`` components plus ``share`` times the prior
-    (t - t_start)^T information (t - t_start) on T's translation t; under a left increment (v, w), dt = v - [t]x w."""
-    t = T[:3, 3]
-    J = np.concatenate([np.eye(3), -_skew(t)], axis=1)[:, list(free)]
-    return H + share * J.T @ information @ J, g + share * J.T @ information @ (t - start[:3, 3])
+                            share: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss-Newton terms [3,3], [3] over the increment's translation v (the rotation held, so dt = v) plus ``share``
+    times those of the prior (t - t_start)^T information (t - t_start) on T's translation t."""
+    return H + share * information, g + share * information @ (T[:3, 3] - start[:3, 3])
 
 
-def _with_priors(H: np.ndarray, g: np.ndarray, T: np.ndarray, start: np.ndarray,
-                 translation_prior_information: np.ndarray | None, T_base_camera: np.ndarray | None,
-                 side_slip_sigma_m: float, share: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """Gauss-Newton terms [6,6], [6] plus ``share`` times those of refine_pose's priors at T."""
-    if translation_prior_information is not None:
-        H, g = _with_translation_prior(H, g, T, start, translation_prior_information, share=share)
-    if side_slip_sigma_m > 0:
-        slip, slip_gradient = side_slip(T, T_base_camera)
-        H = H + share * np.outer(slip_gradient, slip_gradient) / side_slip_sigma_m**2
-        g = g + share * slip_gradient * slip / side_slip_sigma_m**2
+def _with_side_slip(H: np.ndarray, g: np.ndarray, T: np.ndarray, prior: SideSlip, share: float = 1.0
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss-Newton terms [6,6], [6] plus ``share`` times those of the side-slip prior at T."""
+    slip, slip_gradient = side_slip(T, prior.T_base_camera)
+    H = H + share * np.outer(slip_gradient, slip_gradient) / prior.sigma_m**2
+    g = g + share * slip_gradient * slip / prior.sigma_m**2
     return H, g
 
 
@@ -205,29 +228,27 @@ def side_slip(T_current_previous: np.ndarray, T_base_camera: np.ndarray) -> tupl
 
 
 def refine_pose(previous: np.ndarray, previous_depth: np.ndarray, current: np.ndarray, K: np.ndarray,
-                T_current_previous: np.ndarray, *, levels: int = 3, iterations: int = 20, max_points: int = 3000,
-                huber: float = 0.05, max_translation_change: float = 2.0, max_rotation_change_rad: float = 0.2,
-                translation_prior_information: np.ndarray | None = None, T_base_camera: np.ndarray | None = None,
-                side_slip_sigma_m: float = 0.0, relative_depth_sigma: float = 0.0) -> RefineResult:
+                T_current_previous: np.ndarray, *, side_slip: SideSlip | None = None, relative_depth_sigma: float = 0.0,
+                max_translation_change: float = 2.0, max_rotation_change_rad: float = 0.2,
+                solver: Solver = ALIGNMENT_SOLVER) -> RefineResult:
     """Refine T_current_previous [4,4] (metres, the depth's units) by aligning ``current`` to ``previous``.
 
     previous, current: grey float32 [H,W] in [0, 1]; previous_depth: [H,W] metres (0, inf or NaN = none); K [3,3] at
-    H,W. huber: the Huber threshold on intensity residuals. max_translation_change: the largest change of the
-    translation accepted, as a fraction of its length (at least 5 cm; 2 by default: the depth may well say the pose
-    net's step is half or twice as long), max_rotation_change_rad likewise. translation_prior_information: [3,3]
-    inverse covariance of the translation of T_current_previous about the start's: adds
-    (t - t_start)^T Lambda (t - t_start) to the photometric cost, whose residuals are weighed as if their std were
-    the Huber threshold; e.g. large across the start's direction and small along it keeps the direction of travel
-    and lets the image decide the length. side_slip_sigma_m > 0 (with T_base_camera [4,4]): adds the base's sideways
-    motion off a circular arc (``side_slip``), with that std, to the same cost: a car does not slip sideways.
-    relative_depth_sigma > 0: the predicted depth's relative error (std); each residual counts less the more that
-    error moves it (``depth_uncertainty_weights``), so the rotation rests on the far points the depth's error does
-    not move, and near points count for the translation only as much as their depth is to be trusted.
+    H,W. side_slip: adds the base's sideways motion off a circular arc (``side_slip``), with its std, to the
+    photometric cost, whose residuals are weighed as if their std were the solver's Huber threshold: a car does not
+    slip sideways. relative_depth_sigma > 0: the predicted depth's relative error (std); each residual counts less
+    the more that error moves it (``depth_uncertainty_weights``), so the rotation rests on the far points the
+    depth's error does not move, and near points count for the translation only as much as their depth is to be
+    trusted.
+    max_translation_change: the largest change of the translation accepted, as a fraction of its length (at least
+    5 cm; 2 by default: the depth may well say the pose net's step is half or twice as long), max_rotation_change_rad
+    likewise.
     """
     start = np.asarray(T_current_previous, dtype=np.float64)
-    previous_levels = _pyramid(previous.astype(np.float32), previous_depth.astype(np.float32), K, levels)
-    current_levels = _pyramid(current.astype(np.float32), previous_depth.astype(np.float32), K, levels)
-    finest_points, finest_reference = _select_points(*previous_levels[0], max_points)
+    huber = solver.huber
+    previous_levels = _pyramid(previous.astype(np.float32), previous_depth.astype(np.float32), K, solver.levels)
+    current_levels = _pyramid(current.astype(np.float32), previous_depth.astype(np.float32), K, solver.levels)
+    finest_points, finest_reference = _select_points(*previous_levels[0], solver.max_points)
     if len(finest_points) < 50:
         return RefineResult(start, None, np.nan, np.nan, len(finest_points), False, "too few points with depth")
     gradients0 = _gradients(current_levels[0][0])
@@ -245,13 +266,11 @@ def refine_pose(previous: np.ndarray, previous_depth: np.ndarray, current: np.nd
 
     before = cost(start)
     priors = None
-    if translation_prior_information is not None or side_slip_sigma_m > 0:
+    if side_slip is not None:
         def priors(H: np.ndarray, g: np.ndarray, T: np.ndarray, share: float) -> tuple[np.ndarray, np.ndarray]:
-            return _with_priors(H, g, T, start, translation_prior_information, T_base_camera, side_slip_sigma_m,
-                                share)
-    T = _gauss_newton(start, previous_levels, current_levels, levels, iterations, max_points, huber,
-                      (finest_points, finest_reference, gradients0), priors=priors, tolerance=1e-6,
-                      relative_depth_sigma=relative_depth_sigma)
+            return _with_side_slip(H, g, T, side_slip, share)
+    T = _gauss_newton(start, previous_levels, current_levels, (finest_points, finest_reference, gradients0), solver,
+                      priors=priors, relative_depth_sigma=relative_depth_sigma)
     after = cost(T)
     change = T @ np.linalg.inv(start)
     translation_change = float(np.linalg.norm(change[:3, 3]))
@@ -270,8 +289,9 @@ def refine_pose(previous: np.ndarray, previous_depth: np.ndarray, current: np.nd
     weights = _residual_weights(r, J, finest_points[inside], T, huber, relative_depth_sigma)
     H = (J * weights[:, None]).T @ J
     sigma2 = float(np.sum(weights * r**2) / max(len(r) - 6, 1))
-    information, _ = _with_priors(H / max(sigma2, 1e-12), np.zeros(6), T, start, translation_prior_information,
-                                  T_base_camera, side_slip_sigma_m)
+    information = H / max(sigma2, 1e-12)
+    if side_slip is not None:
+        information, _ = _with_side_slip(information, np.zeros(6), T, side_slip)
     try:
         covariance = np.linalg.inv(information)
     except np.linalg.LinAlgError:
@@ -312,29 +332,23 @@ def translation_parallax_px(depth: np.ndarray, K: np.ndarray, T_current_previous
 
 
 def ground_translation(previous: np.ndarray, current: np.ndarray, K: np.ndarray, T_current_previous: np.ndarray,
-                       ground_mask: np.ndarray, normal: np.ndarray, camera_height_m: float, *, levels: int = 3,
-                       iterations: int = 10, max_points: int = 2000, huber: float = 0.05, min_points: int = 100,
-                       min_gradient: float = 0.01, min_parallax_px: float = 0.0,
-                       free_rotation_axes: tuple[int, ...] = (), direction_sigma: float = 0.0) -> GroundMotion:
+                       ground_mask: np.ndarray, normal: np.ndarray, camera_height_m: float, *,
+                       min_parallax_px: float = 0.0, direction_sigma: float = 0.0, solver: Solver = GROUND_SOLVER
+                       ) -> GroundMotion:
     """The translation of T_current_previous [4,4] in metres, measured on the ground of ``previous``.
 
     previous, current: grey float32 [H,W] in [0, 1]; ground_mask: bool [H,W], the previous frame's pixels on the
     ground plane (``scale.ground_mask``); normal [3] (unit, pointing down) and camera_height_m: the plane in the
     previous camera's optical frame; K [3,3] at H,W. The rotation is held (the network's or the refinement's: far
     points fix it better than the ground does); the translation is optimised by Gauss-Newton with Huber weights,
-    coarse to fine, from the start's. Not accepted when fewer than ``min_points`` ground points have texture (an
-    intensity gradient of at least ``min_gradient`` per pixel: a featureless ground says nothing about the step) or
-    the error goes up. With ``min_parallax_px`` > 0 only the ground points that the start's translation moves at
-    least that far (``translation_parallax_px``) count: points that move less than a pixel pull the step toward
-    zero (resampling a fine texture at a fraction of a pixel blurs it, and the blur costs least where the motion
-    rounds to none), which made slow steps 4 % short on a rendered street, with the exact rotation and ground.
-    ``free_rotation_axes`` (0: the camera's x, pitch; 2: its z, roll) are measured with the translation instead of
-    held: a pitch moves the whole ground up or down, which the translation alone can only answer with a wrong length
-    (an alignment 0.1 degrees off in pitch made a rendered street's steps 2 % short); the returned translation is
-    the one found with them, and the rotation is not returned. ``direction_sigma`` > 0 adds a prior holding the
-    translation to the start's direction, its std-dev across it that share of the start's length (at least 5 mm):
-    the ground then measures the length along the alignment's direction instead of re-deciding the direction, in which
-    a ground mask that holds more than road can pull the search toward a shorter step.
+    coarse to fine, from the start's. Not accepted when fewer than GROUND_MIN_POINTS ground points have texture
+    (GROUND_MIN_GRADIENT) or the error goes up. With ``min_parallax_px`` > 0 only the ground points that the start's
+    translation moves at least that far (``translation_parallax_px``) count: points that move less than a pixel
+    pull the step toward zero (resampling a fine texture at a fraction of a pixel blurs it, and the blur costs least
+    where the motion rounds to none). ``direction_sigma`` > 0 adds a prior holding the translation to the start's
+    direction, its std-dev across it that share of the start's length (at least 5 mm): the ground then measures the
+    length along the alignment's direction instead of re-deciding the direction, in which a ground mask that holds
+    more than road can pull the search toward a shorter step.
     """
     start = np.asarray(T_current_previous, dtype=np.float64)
     depth = ground_plane_depth(previous.shape, K, normal, camera_height_m)
@@ -342,37 +356,37 @@ def ground_translation(previous: np.ndarray, current: np.ndarray, K: np.ndarray,
     if min_parallax_px > 0:
         depth = np.where(translation_parallax_px(depth, K, start) >= min_parallax_px, depth, np.inf)
     depth = depth.astype(np.float32)
-    previous_levels = _pyramid(previous.astype(np.float32), depth, K, levels)
-    current_levels = _pyramid(current.astype(np.float32), depth, K, levels)
+    previous_levels = _pyramid(previous.astype(np.float32), depth, K, solver.levels)
+    current_levels = _pyramid(current.astype(np.float32), depth, K, solver.levels)
 
     def rejected(reason: str, points: int, before: float = np.nan, after: float = np.nan) -> GroundMotion:
         return GroundMotion(start[:3, 3].copy(), before, after, points, False, reason)
 
-    finest_points, finest_reference = _select_points(*previous_levels[0], max_points)
+    finest_points, finest_reference = _select_points(*previous_levels[0], solver.max_points)
     gradient_x, gradient_y = _gradients(previous_levels[0][0])
-    textured = int((np.hypot(gradient_x, gradient_y)[np.isfinite(depth)] >= min_gradient).sum())
-    if min(textured, len(finest_points)) < min_points:
+    textured = int((np.hypot(gradient_x, gradient_y)[np.isfinite(depth)] >= GROUND_MIN_GRADIENT).sum())
+    if min(textured, len(finest_points)) < GROUND_MIN_POINTS:
         moving = f" that the step moves {min_parallax_px:g} px or more" if min_parallax_px > 0 else ""
         return rejected(f"too few textured ground points{moving} ({min(textured, len(finest_points))})", textured)
     gradients0 = _gradients(current_levels[0][0])
 
     def cost(T: np.ndarray) -> float:
-        return _huber_cost(T, finest_points, finest_reference, current_levels[0][0], K, huber, min_points)
+        return _huber_cost(T, finest_points, finest_reference, current_levels[0][0], K, solver.huber,
+                           GROUND_MIN_POINTS)
 
     before = cost(start)
-    free = (0, 1, 2, *(3 + axis for axis in free_rotation_axes))
     information = across_direction_information(start[:3, 3], direction_sigma)
     priors = None
     if information is not None:
         def priors(H: np.ndarray, g: np.ndarray, T: np.ndarray, share: float) -> tuple[np.ndarray, np.ndarray]:
-            return _with_translation_prior(H, g, T, start, information, free, share)
-    T = _gauss_newton(start, previous_levels, current_levels, levels, iterations, max_points, huber,
-                      (finest_points, finest_reference, gradients0), free=free, priors=priors, tolerance=1e-5)
+            return _with_translation_prior(H, g, T, start, information, share)
+    finest = (finest_points, finest_reference, gradients0)
+    T = _gauss_newton(start, previous_levels, current_levels, finest, solver, translation_only=True, priors=priors)
     after = cost(T)
     if not np.isfinite(after) or after > before:
         # The coarse levels can lead a start that is already close astray: the finest level alone, from the start.
-        T = _gauss_newton(start, previous_levels, current_levels, 1, iterations, max_points, huber,
-                          (finest_points, finest_reference, gradients0), free=free, priors=priors, tolerance=1e-5)
+        T = _gauss_newton(start, previous_levels, current_levels, finest, dataclasses.replace(solver, levels=1),
+                          translation_only=True, priors=priors)
     after = cost(T)
     if not np.isfinite(after) or after > before:
         return rejected("the error went up", len(finest_points), before, after)
@@ -405,35 +419,33 @@ def _residual_weights(r: np.ndarray, J: np.ndarray, points: np.ndarray, T: np.nd
     return weights
 
 
-def _gauss_newton(start: np.ndarray, previous_levels: list, current_levels: list, levels: int, iterations: int,
-                  max_points: int, huber: float, finest: tuple, *, free: tuple[int, ...] = (0, 1, 2, 3, 4, 5),
-                  priors=None, tolerance: float = 1e-6, relative_depth_sigma: float = 0.0) -> np.ndarray:
-    """Gauss-Newton with Huber weights on a left increment of ``start`` [4,4] (v, w: translation then rotation; only
-    the components ``free`` indexes, the rest held), from pyramid level ``levels - 1`` down to the finest, whose
-    selected points, intensities and gradients ``finest`` holds. ``priors(H, g, T, share)`` adds prior terms to the
-    normal equations, whose photometric part it gets divided by huber^2; ``share``: this level's points over the
-    finest's. ``relative_depth_sigma`` > 0 also weighs each residual by ``depth_uncertainty_weights`` (noise: the Huber
-    threshold). A level stops when the increment is below ``tolerance``. Returns the transform."""
-    free = tuple(free)
-    columns = len(free)
-    leading = free == tuple(range(columns))  # picked by a slice (translation only: the first three)
-    translation_only = free == (0, 1, 2)  # a left increment (v, 0) moves every point by v
+def _gauss_newton(start: np.ndarray, previous_levels: list, current_levels: list, finest: tuple, solver: Solver, *,
+                  translation_only: bool = False, priors=None, relative_depth_sigma: float = 0.0) -> np.ndarray:
+    """Gauss-Newton with Huber weights on a left increment of ``start`` [4,4] (v, w: translation then rotation; with
+    ``translation_only`` v alone, the rotation held, so a step moves every point by v), from pyramid level
+    ``solver.levels - 1`` down to the finest, whose selected points, intensities and gradients ``finest`` holds.
+    ``priors(H, g, T, share)`` adds prior terms to the normal equations, whose photometric part it gets divided by
+    huber^2; ``share``: this level's points over the finest's. ``relative_depth_sigma`` > 0 also weighs each residual
+    by ``depth_uncertainty_weights`` (noise: the Huber threshold). A level stops when the increment is below the
+    solver's tolerance. Returns the transform."""
+    huber = solver.huber
+    columns = 3 if translation_only else 6
     T = np.array(start, dtype=np.float64)
-    for level in reversed(range(levels)):
+    for level in reversed(range(solver.levels)):
         image_previous, depth_previous, K_level = previous_levels[level]
         image_current = current_levels[level][0]
         if level == 0:  # selected and differentiated once, by the caller
             points, reference, gradients = finest
         else:
-            points, reference = _select_points(image_previous, depth_previous, K_level, max_points)
+            points, reference = _select_points(image_previous, depth_previous, K_level, solver.max_points)
             gradients = _gradients(image_current)
         if len(points) < 30:
             continue
-        for _ in range(iterations):
+        for _ in range(solver.iterations):
             residual, inside, J = _residuals(T, points, reference, image_current, gradients, K_level, True)
             if inside.sum() < 30:
                 break
-            r, J = residual[inside], (J[inside, :columns] if leading else J[inside][:, free])
+            r, J = residual[inside], J[inside, :columns]
             weights = _residual_weights(r, J, points[inside], T, huber, relative_depth_sigma)
             H = (J * weights[:, None]).T @ J
             g = (J * weights[:, None]).T @ r
@@ -447,9 +459,7 @@ def _gauss_newton(start: np.ndarray, previous_levels: list, current_levels: list
             if translation_only:
                 T[:3, 3] += step
             else:
-                increment = np.zeros(6)
-                increment[list(free)] = step
-                T = se3_exp(increment) @ T
-            if np.linalg.norm(step) < tolerance:  # converged at this level
+                T = se3_exp(step) @ T
+            if np.linalg.norm(step) < solver.tolerance:  # converged at this level
                 break
     return T

@@ -1,0 +1,86 @@
+"""The odometry's uncertainty: each step's covariance, the pose's at a (re)start, and the twist with its covariance.
+
+Each step adds the variance of its own error, which grows with the distance and rotation of that step and not with
+time, so a camera standing still keeps its uncertainty. An alignment's step has the covariance its Hessian gives.
+Steps whose scale is unhealthy or not metric count ``pipeline.unscaled_sigma_factor`` times less certain. Covariances
+here are in the camera's axes (as the odometry accumulates them) until ``in_base_axes`` turns them into base_link's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import cv2
+import numpy as np
+
+from sfm_ros.config import PipelineConfig
+from sfm_ros.geometry import invert_transform
+from sfm_ros.scale import ScaleEstimate
+
+__all__ = ["INITIAL_SIGMA_M", "INITIAL_SIGMA_RAD", "Twist", "alignment_covariance", "in_base_axes",
+           "initial_covariance", "step_covariance", "twist"]
+
+# The pose covariance at a (re)start: never zero, so no estimator divides by it.
+INITIAL_SIGMA_M, INITIAL_SIGMA_RAD = 1e-3, 1e-3
+
+
+def initial_covariance() -> np.ndarray:
+    """The pose's covariance [6,6] at a (re)start."""
+    return np.diag([INITIAL_SIGMA_M**2] * 3 + [INITIAL_SIGMA_RAD**2] * 3)
+
+
+def _inflation(scale: ScaleEstimate, config: PipelineConfig) -> float:
+    """1, or pipeline.unscaled_sigma_factor when the scale is unhealthy or not metric (a std-dev factor)."""
+    return 1.0 if scale.healthy and scale.metric else config.unscaled_sigma_factor
+
+
+def step_covariance(T_step: np.ndarray, scale: ScaleEstimate, config: PipelineConfig) -> np.ndarray:
+    """Covariance [6,6] of one step's error (camera axes): translation std ``translation_sigma`` x its length,
+    rotation std ``rotation_sigma_rad_per_m`` x its length + ``rotation_sigma`` x its angle; both times
+    ``unscaled_sigma_factor`` when the scale is unhealthy or not metric. A step of no motion adds nothing."""
+    length = float(np.linalg.norm(T_step[:3, 3]))
+    angle = float(np.linalg.norm(cv2.Rodrigues(T_step[:3, :3])[0]))
+    inflation = _inflation(scale, config)
+    sigma_t = config.translation_sigma * length * inflation
+    sigma_r = (config.rotation_sigma_rad_per_m * length + config.rotation_sigma * angle) * inflation
+    return np.diag([sigma_t**2] * 3 + [sigma_r**2] * 3)
+
+
+def alignment_covariance(increment_covariance: np.ndarray, T_step: np.ndarray, scale: ScaleEstimate,
+                         config: PipelineConfig) -> np.ndarray:
+    """The alignment's covariance of a step T_step [4,4] (its Hessian's sigma^2 H^-1 [6,6] for the increment in the
+    current camera's axes), in the previous camera's axes as the odometry accumulates it; inflated like any step
+    when the scale is unhealthy or not metric."""
+    rotation = np.zeros((6, 6))
+    rotation[:3, :3] = rotation[3:, 3:] = T_step[:3, :3]
+    return rotation @ increment_covariance @ rotation.T * _inflation(scale, config)**2
+
+
+def in_base_axes(covariance: np.ndarray, T_base_camera: np.ndarray) -> np.ndarray:
+    """A [6,6] covariance in camera axes, rotated into base_link axes (T_base_camera [4,4])."""
+    rotation = np.zeros((6, 6))
+    rotation[:3, :3] = rotation[3:, 3:] = T_base_camera[:3, :3]
+    return rotation @ covariance @ rotation.T
+
+
+@dataclasses.dataclass(frozen=True)
+class Twist:
+    """Velocity [6] of base_link in its own frame (vx vy vz wx wy wz) and its covariance [6,6]."""
+
+    velocity: np.ndarray
+    covariance: np.ndarray
+
+
+def twist(T_step_camera: np.ndarray, step_covariance: np.ndarray, dt_s: float, T_base_camera: np.ndarray,
+          config: PipelineConfig) -> Twist:
+    """Velocity of base_link in its own frame from the last step T_step_camera [4,4] (the camera's motion in the
+    previous camera's frame) over dt_s, and its covariance: the step's [6,6] (camera axes), over dt^2, with the
+    floors ``min_velocity_sigma_mps`` and ``min_angular_velocity_sigma_radps``."""
+    T_step = T_base_camera @ T_step_camera @ invert_transform(T_base_camera)
+    rotation = T_step[:3, :3]
+    linear = rotation.T @ T_step[:3, 3] / dt_s  # the step's displacement, in the frame it ends in
+    angular = cv2.Rodrigues(rotation)[0].ravel() / dt_s
+    covariance = in_base_axes(step_covariance, T_base_camera) / dt_s**2
+    floors = [config.min_velocity_sigma_mps**2] * 3 + [config.min_angular_velocity_sigma_radps**2] * 3
+    covariance[np.diag_indices(6)] = np.maximum(np.diag(covariance), floors)
+    return Twist(np.concatenate([linear, angular]), covariance)
