@@ -91,8 +91,8 @@ def test_demo_help_states_the_step_counts_the_demo_uses(capsys: pytest.CaptureFi
 
 
 def test_diagnostics_keys_keep_digits_inside_words() -> None:
-    from sfm_ros.ros_io import ImageError
     from sfm_ros.errors import error_kind
+    from sfm_ros.ros_io import ImageError
 
     assert error_kind(ImageError("unsupported encoding 32FC1 at 640x480, step 2560")) == \
         "ImageError: unsupported encoding 32FC1 at N, step N"
