@@ -6,9 +6,10 @@ Per frame pair, after libviso2's monocular mode (Geiger, Ziegler, Stiller, "Ster
    remain, on the whole image and on the road in front of the car (so that the ground is always sampled);
 2. the essential matrix with RANSAC and the relative pose it implies (``cv2.findEssentialMat``, ``recoverPose``);
 3. a least-squares polish of that pose on the inliers (Sampson error, 5 degrees of freedom);
-4. the step's metric length from the road: the inliers on the road are triangulated with a unit baseline, a
-   plane is fitted to them robustly, and the length is camera_height / the plane's distance from the camera. When
-   the fit is unreliable the last length is held (a car's speed changes little in 0.1 s).
+4. the step's metric length from the road: the inliers on the road ahead are triangulated with a unit baseline, the
+   road's normal is the mounting's "down" across the direction of travel, its distance the height most of those
+   points agree on, and the length is camera_height / that distance. When no reliable consensus exists the last
+   length is held (a car's speed changes little in 0.1 s).
 
 Frames: camera optical (x right, y down, z forward). ``T_b_a`` [4,4] maps points in camera a into camera b;
 ``R_b_a`` [3,3], ``t_b_a`` [3]. Pixels: [N,2] (u, v) at the image's own size, integer = pixel centre.
@@ -55,6 +56,7 @@ MIN_GROUND_PARALLAX_PX = 4.0
 GROUND_TOLERANCE = 0.05
 MIN_GROUND_POINTS = 12
 MIN_GROUND_SHARE = 0.3  # fewer: the consensus is a car's bonnet or a kerb, not the road
+
 
 @dataclasses.dataclass(frozen=True)
 class GroundPlane:
