@@ -120,9 +120,17 @@ def run_classical_vo(sequence: kitti.Sequence, camera_height_m: float, down: np.
     odometry = ClassicalVO(sequence.K, camera_height_m, down)
     for path in sequence.image_paths:
         odometry.process(cv2.cvtColor(kitti.load_rgb(path), cv2.COLOR_RGB2GRAY))
+    held = odometry.held_steps / max(len(odometry.steps), 1)
+    if held == 1.0:  # no road seen at all (an untextured road): no length, no trajectory to align
+        gt = np.asarray(sequence.poses)
+        distance = float(drift_curve(gt, gt)[0][-1])
+        nan = float("nan")
+        return {"sequence": sequence.name, "frames": len(sequence), "distance_m": distance, "ate_se3_m": nan,
+                "ate_sim3_m": nan, "end_point_drift_percent": nan, "step_length_ratio_median": nan,
+                "held_length_share": held}
     result = trajectory_figures(sequence, odometry.trajectory(), output,
                                 f"{sequence.name}: classical monocular VO vs the truth")
-    result["held_length_share"] = odometry.held_steps / max(len(odometry.steps), 1)
+    result["held_length_share"] = held
     return result
 
 
@@ -247,7 +255,7 @@ def _plot_top_view(path: Path, name: str, figures: dict[str, dict[str, Any]]) ->
 
     reference = figures["pipeline"]["reference_xyz"]
     estimates = {f"{METHODS[key]}: drift {row['end_point_drift_percent']:.1f} %, ATE {row['ate_se3_m']:.2f} m":
-                 row["aligned_xyz"] for key, row in figures.items()}
+                 row["aligned_xyz"] for key, row in figures.items() if "aligned_xyz" in row}
     return plot_trajectories(path, reference, estimates,
                              f"{name}, {reference.shape[0]} frames, {figures['pipeline']['distance_m']:.0f} m: "
                              "top view, SE(3)-aligned")
