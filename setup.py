@@ -12,7 +12,8 @@ PACKAGE = "sfm_ros"
 setup(
     name=PACKAGE,
     version="0.1.0",
-    packages=[PACKAGE, f"{PACKAGE}.models", f"{PACKAGE}.backends", f"{PACKAGE}.odometry", "training"],
+    packages=[PACKAGE, f"{PACKAGE}.models", f"{PACKAGE}.backends", f"{PACKAGE}.benchmarks", f"{PACKAGE}.odometry",
+              "training"],
     package_data={PACKAGE: ["data/*.txt"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),

@@ -313,7 +313,7 @@ def cmd_bench_real(args: argparse.Namespace) -> int:
 
 def cmd_bench_odometry(args: argparse.Namespace) -> int:
     from benchmarks._common import git_commit
-    from training.odometry_bench import bench_odometry
+    from training.odometry_bench import bench_odometry, format_table
 
     config = _node_config(args)
     streets = None if args.no_streets else (args.data or _default_streets())
@@ -321,6 +321,7 @@ def cmd_bench_odometry(args: argparse.Namespace) -> int:
                             progress=not args.quiet, standstill_frames=args.standstill_frames)
     result["commit"] = git_commit()
     _print_json(result)
+    print(format_table(result), file=sys.stderr)
     return 0
 
 
@@ -553,15 +554,22 @@ def build_parser() -> argparse.ArgumentParser:
     real.add_argument("--quiet", action="store_true", help="no progress bars")
     real.set_defaults(func=cmd_bench_real)
     odometry = bench_kinds.add_parser(
-        "odometry", help="the node's pipeline over held-out rendered streets and KITTI: metric ATE, drift, depth",
-        description="Run the run-time Pipeline (with its own metric scale) over every held-out rendered street and "
-                    "the given KITTI odometry sequences; report SE(3)/Sim(3) ATE, RPE, end-point drift, step-length "
-                    "ratio, metric depth abs_rel, healthy-scale share and per-stage latency, with plots.")
+        "odometry", help="the node's pipeline over held-out rendered streets and KITTI, beside the network chain and "
+                         "a classical VO: metric ATE, drift, depth",
+        description="Run the run-time Pipeline (with its own metric scale) over every held-out rendered street (val "
+                    "and, when the data has it, val_unseen) and the given KITTI odometry sequences; report SE(3)/"
+                    "Sim(3) ATE, RPE, end-point drift, step-length ratio, metric depth abs_rel, healthy-scale share "
+                    "and per-stage latency, with plots; beside it, on the same frames, the network chain alone and a "
+                    "classical monocular VO (tracked corners, essential matrix, scale from the road at the camera's "
+                    "height), with each sequence's top view of all three against the truth (NAME/top_view.png).")
     odometry.add_argument("--bundle", required=True, help="model bundle (exported for onnxruntime, or torch)")
     odometry.add_argument("--data", help="synth_streets folder (default: ../shared/data/synth_streets, else the "
                                          "repository's sample)")
     odometry.add_argument("--no-streets", action="store_true", help="only the KITTI sequences")
-    odometry.add_argument("--kitti", nargs="*", help="KITTI odometry sequence folders with poses")
+    odometry.add_argument("--kitti", nargs="*", metavar="DIR[:FIRST:LAST]",
+                          help="KITTI odometry sequence folders with poses; :FIRST:LAST scores only the frames so "
+                               "numbered, both included (sequences/00:150:199: frames a model trained on 0-149 "
+                               "did not see)")
     odometry.add_argument("--backend", choices=BACKEND_CHOICES, help="pipeline.backend")
     odometry.add_argument("--scale-source", choices=tuple(source.value for source in ScaleSource))
     odometry.add_argument("--params", help="node parameter file (default config/sfm.yaml when present)")

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["colorize_depth", "plot_depth_grid", "plot_depth_previews", "plot_frame_errors", "plot_trajectory",
-           "write_report"]
+__all__ = ["colorize_depth", "plot_depth_grid", "plot_depth_previews", "plot_frame_errors", "plot_trajectories",
+           "plot_trajectory", "write_report"]
 
 
 def _pyplot() -> Any:
@@ -178,3 +178,18 @@ def write_report(folder: str | Path, title: str, sections: list[dict[str, Any]],
     index = folder / "index.html"
     index.write_text("\n".join(page) + "\n")
     return index
+
+
+def plot_trajectories(path: Path, reference_xyz: np.ndarray, estimates: dict[str, np.ndarray], title: str) -> Path:
+    """Top view (x right, z forward: the camera optical frame of the first pose) of the truth [N,3] and several
+    estimates {label: [N,3]}."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(7, 7))
+    axis.plot(reference_xyz[:, 0], reference_xyz[:, 2], "k-", label="ground truth", linewidth=2.5)
+    for label, xyz in estimates.items():
+        axis.plot(xyz[:, 0], xyz[:, 2], "-", label=label, linewidth=1.5)
+    axis.plot(reference_xyz[0, 0], reference_xyz[0, 2], "go", label="start")
+    axis.set_xlabel("x [m]")
+    axis.set_ylabel("z (forward) [m]")
+    axis.set_aspect("equal", adjustable="datalim")
+    return _finish(plt, figure, axis, path, title)

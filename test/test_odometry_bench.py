@@ -32,7 +32,9 @@ def test_the_benchmark_runs_the_nodes_pipeline_on_every_sequence(small_bundle: P
                  str(tmp_path), "--quiet", "--params", str(REPO / "config" / "sfm.yaml")]) == 0
     street = json.loads((tmp_path / "street_00" / "report.json").read_text())
     assert street["num_poses"] == 60
-    for image in ("drift.png", "street_00/trajectory_se3.png", "odometry_06_0/trajectory_se3.png"):
+    for image in ("drift.png", "street_00/trajectory_se3.png", "odometry_06_0/trajectory_se3.png",
+                  "odometry_06_0/top_view.png", "odometry_06_0/classical_vo/trajectory_se3.png",
+                  "odometry_06_0/network_chain/trajectory_se3.png"):
         assert (tmp_path / image).stat().st_size > 10_000
 
 
@@ -41,16 +43,43 @@ def test_the_benchmark_reports_the_figures_the_issue_asks_for(small_bundle: Path
     from sfm_ros.cli import main
 
     assert main(["bench", "odometry", "--bundle", str(small_bundle), "--backend", "onnxruntime", "--no-streets",
-                 "--kitti", str(ODOMETRY_06), "--output", str(tmp_path), "--quiet", "--scale-source",
-                 "camera_height"]) == 0
-    result = json.loads(capsys.readouterr().out)
+                 "--kitti", f"{ODOMETRY_06}:10:40", "--output", str(tmp_path), "--quiet", "--scale-source",
+                 "camera_height", "--standstill-frames", "0"]) == 0
+    out, err = capsys.readouterr()
+    result = json.loads(out)
     (sequence,) = result["sequences"]
     for key in ("ate_se3_m", "ate_sim3_m", "rpe_trans_m_per_frame", "end_point_drift_percent",
                 "step_length_ratio_median", "healthy_scale_share", "latency_ms_median"):
         assert key in sequence, key
     assert set(sequence["latency_ms_median"]) == {"preprocess", "depth", "pose", "scale", "refine", "ground", "total"}
-    assert sequence["frames"] == 51 and 55 < sequence["distance_m"] < 65  # sequence 06 drives ~1.2 m a frame
+    # Frames 10-40 only: 31 frames, ~1.2 m a frame.
+    assert sequence["sequence"] == "odometry_06_0_10-40" and sequence["frames"] == 31
+    assert 33 < sequence["distance_m"] < 39
     assert "commit" in result and result["overall"]["ate_se3_m"] == sequence["ate_se3_m"]
+    # The baselines on the same frames, scored the same way, in the overall figures and in the printed table.
+    for method in ("network_chain", "classical_vo"):
+        figures = sequence[method]
+        assert figures["frames"] == 31 and figures["distance_m"] == sequence["distance_m"]
+        for key in ("ate_se3_m", "ate_sim3_m", "end_point_drift_percent", "step_length_ratio_median"):
+            assert np.isfinite(figures[key]) and result["overall"][method][key] == figures[key], (method, key)
+    assert 0 <= sequence["classical_vo"]["held_length_share"] <= 1
+    row = next(line for line in err.splitlines() if line.startswith("odometry_06_0_10-40"))
+    assert f"{sequence['classical_vo']['end_point_drift_percent']:.2f}" in row
+    assert f"{sequence['network_chain']['ate_se3_m']:.2f}" in row
+
+
+def test_a_frame_range_selects_frames_by_their_numbers() -> None:
+    from training.odometry_bench import kitti_frames
+
+    whole = kitti_frames(ODOMETRY_06)
+    part = kitti_frames(f"{ODOMETRY_06}:48:50")
+    assert [p.name for p in part.image_paths] == ["000048.jpg", "000049.jpg", "000050.jpg"]
+    np.testing.assert_array_equal(part.poses, whole.poses[48:])
+    np.testing.assert_array_equal(part.stamps_ns, whole.stamps_ns[48:])
+    with pytest.raises(ValueError, match="0 frames numbered 60-70"):
+        kitti_frames(f"{ODOMETRY_06}:60:70")
+    with pytest.raises(ValueError, match="DIR:FIRST:LAST"):
+        kitti_frames(f"{ODOMETRY_06}:a:b")
 
 
 def test_metric_depth_is_scored_where_the_pipeline_says_too_far(tmp_path: Path) -> None:

@@ -14,7 +14,13 @@ produces (no scale fitted unless said), and reports per sequence and overall:
 - standing still: after a few frames of driving, one frame held for a while at 30 Hz with sensor noise (the truth
   does not move): how far the odometry wanders and how much its covariance grows meanwhile.
 
-Plots: each sequence's top view (SE(3)-aligned) against the truth, and drift over distance.
+Beside the pipeline, in the same run on the same frames and scored the same way: the network chain (the pose net's
+frame-to-frame steps alone, ``pipeline.keyframes`` and ``refine_pose`` off, the paper's odometry) and a classical
+monocular VO (``sfm_ros.benchmarks.classical_vo``: tracked corners, essential matrix, scale from the road at the
+camera's height), the method a user would pick instead of a learned model.
+
+Plots: each sequence's top view (SE(3)-aligned) of the three against the truth (``top_view.png``), the pipeline's
+own report, and drift over distance.
 """
 
 from __future__ import annotations
@@ -32,7 +38,13 @@ from sfm_ros.metrics import MAX_DEPTH_M, eigen_depth_evaluation
 from sfm_ros.odometry.pipeline import Pipeline
 from training.synth_streets import street_folders, street_sequence
 
-__all__ = ["bench_odometry", "drift_curve", "run_sequence_metrics", "run_standstill"]
+__all__ = ["METHODS", "bench_odometry", "drift_curve", "format_table", "kitti_frames", "run_classical_vo",
+           "run_sequence_metrics", "run_standstill", "select_frames", "trajectory_figures"]
+
+# The three odometries the benchmark reports, by their key in the results.
+METHODS = {"pipeline": "the node's pipeline", "network_chain": "network chain", "classical_vo": "classical VO"}
+# The held-out street splits run when the data has them: new layouts (val) and new surfaces too (val_unseen).
+STREET_SPLITS = ("val", "val_unseen")
 
 # A held frame's sensor noise, grey levels (std): what a real camera adds to a scene that does not change.
 STANDSTILL_NOISE_LEVELS = 2.0
@@ -46,6 +58,82 @@ def drift_curve(gt_poses: np.ndarray, est_poses: np.ndarray) -> tuple[np.ndarray
     return distance, np.linalg.norm(est[:, :3, 3] - gt[:, :3, 3], axis=1)
 
 
+def kitti_frames(spec: str | Path) -> kitti.Sequence:
+    """A KITTI odometry sequence from ``DIR`` or ``DIR:FIRST:LAST`` (frame numbers of its image files, both
+    included), e.g. ``sequences/00:150:199`` for frames 150-199 of sequence 00 only."""
+    text = str(spec)
+    head, first, last = text.rsplit(":", 2) if text.count(":") >= 2 else (text, "", "")
+    if first.isdigit() and last.isdigit():
+        return select_frames(kitti.kitti_odometry_sequence(head), int(first), int(last))
+    if ":" in text and not Path(text).exists():
+        raise ValueError(f"{text!r}: expected DIR or DIR:FIRST:LAST with frame numbers")
+    return kitti.kitti_odometry_sequence(text)
+
+
+def select_frames(sequence: kitti.Sequence, first: int, last: int) -> kitti.Sequence:
+    """The frames of ``sequence`` whose file names number first..last (both included), named ``..._FIRST-LAST``."""
+    numbers = np.array([int(path.stem) for path in sequence.image_paths])
+    keep = np.flatnonzero((numbers >= first) & (numbers <= last))
+    if len(keep) < 2:
+        raise ValueError(f"{sequence.name} has {len(keep)} frames numbered {first}-{last} (it holds "
+                         f"{numbers.min()}-{numbers.max()}); need at least 2")
+    return dataclasses.replace(
+        sequence, name=f"{sequence.name}_{first}-{last}", image_paths=tuple(sequence.image_paths[i] for i in keep),
+        stamps_ns=sequence.stamps_ns[keep], poses=None if sequence.poses is None else sequence.poses[keep])
+
+
+def trajectory_figures(sequence: kitti.Sequence, est_poses: np.ndarray, output: Path | None, title: str
+                       ) -> dict[str, Any]:
+    """Score camera poses est_poses [N,4,4] (one per frame of ``sequence``, any world frame) against its truth:
+    SE(3)/Sim(3) ATE, RPE, end-point drift, step-length ratio, snippet ATE; the SE(3)-aligned positions [N,3] under
+    ``aligned_xyz`` and the drift curve for plots. Writes the evaluation report under ``output`` when given."""
+    from sfm_ros.evaluate import evaluate_pose
+    from sfm_ros.metrics import trajectory_errors
+
+    gt = np.asarray(sequence.poses)
+    report = evaluate_pose(sequence.stamps_ns, gt, sequence.stamps_ns, est_poses, output, title=title)
+    distance, error = drift_curve(gt, est_poses)
+    stamps_s = sequence.stamps_ns / 1e9
+    se3 = trajectory_errors(stamps_s, np.linalg.inv(gt[0]) @ gt, stamps_s,
+                            np.linalg.inv(est_poses[0]) @ est_poses, "se3")
+    return {
+        "sequence": sequence.name, "frames": len(sequence), "distance_m": float(distance[-1]),
+        "ate_se3_m": report["se3"]["ate_rmse_m"], "ate_sim3_m": report["sim3"]["ate_rmse_m"],
+        "sim3_scale": report["sim3"]["scale"], "rpe_trans_m_per_frame": report["se3"]["rpe_trans_rmse_m"],
+        "rpe_rot_deg_per_frame": report["se3"]["rpe_rot_rmse_deg"],
+        "end_point_drift_percent": float(100 * error[-1] / max(distance[-1], 1e-9)),
+        "step_length_ratio_median": report["translation_scale_ratio"]["median"],
+        "snippet_ate": report["snippet_ate"]["mean"],
+        "drift_curve": {"distance_m": distance.tolist(), "error_m": error.tolist()},
+        "aligned_xyz": np.asarray(se3["aligned_xyz"]), "reference_xyz": np.asarray(se3["reference_xyz"]),
+    }
+
+
+def run_classical_vo(sequence: kitti.Sequence, camera_height_m: float, down: np.ndarray,
+                     output: Path | None = None) -> dict[str, Any]:
+    """The classical monocular VO over ``sequence`` (at the images' own size), scored by ``trajectory_figures``;
+    adds the share of steps whose length was held (no reliable road in view)."""
+    import cv2
+
+    from sfm_ros.benchmarks.classical_vo import ClassicalVO
+
+    odometry = ClassicalVO(sequence.K, camera_height_m, down)
+    for path in sequence.image_paths:
+        odometry.process(cv2.cvtColor(kitti.load_rgb(path), cv2.COLOR_RGB2GRAY))
+    held = odometry.held_steps / max(len(odometry.steps), 1)
+    if held == 1.0:  # no road seen at all (an untextured road): no length, no trajectory to align
+        gt = np.asarray(sequence.poses)
+        distance = float(drift_curve(gt, gt)[0][-1])
+        nan = float("nan")
+        return {"sequence": sequence.name, "frames": len(sequence), "distance_m": distance, "ate_se3_m": nan,
+                "ate_sim3_m": nan, "end_point_drift_percent": nan, "step_length_ratio_median": nan,
+                "held_length_share": held}
+    result = trajectory_figures(sequence, odometry.trajectory(), output,
+                                f"{sequence.name}: classical monocular VO vs the truth")
+    result["held_length_share"] = held
+    return result
+
+
 def run_sequence_metrics(pipeline: Pipeline, sequence: kitti.Sequence, depth_truth: np.ndarray | None = None,
                          output: Path | None = None, progress: bool = False) -> dict[str, Any]:
     """Run ``pipeline`` over ``sequence`` (which must have ground-truth poses) and score it.
@@ -55,7 +143,6 @@ def run_sequence_metrics(pipeline: Pipeline, sequence: kitti.Sequence, depth_tru
     from tqdm import tqdm
 
     from sfm_ros.camera import CameraModel
-    from sfm_ros.evaluate import evaluate_pose
 
     if sequence.poses is None:
         raise ValueError(f"{sequence.name} has no ground-truth poses")
@@ -73,22 +160,10 @@ def run_sequence_metrics(pipeline: Pipeline, sequence: kitti.Sequence, depth_tru
             depth = np.nan_to_num(estimate.depth_m, posinf=MAX_DEPTH_M)
             metric_rows.append(eigen_depth_evaluation(depth, truth, median_scaling=False, garg_crop=False).metrics)
             scaled_rows.append(eigen_depth_evaluation(depth, truth, median_scaling=True, garg_crop=False).metrics)
-    est = np.asarray(poses)
-    gt = np.asarray(sequence.poses)
-    report = evaluate_pose(sequence.stamps_ns, gt, sequence.stamps_ns, est, output,
-                           title=f"{sequence.name}: the pipeline's odometry vs the truth")
-    distance, error = drift_curve(gt, est)
-    result = {
-        "sequence": sequence.name, "frames": len(sequence), "distance_m": float(distance[-1]),
-        "ate_se3_m": report["se3"]["ate_rmse_m"], "ate_sim3_m": report["sim3"]["ate_rmse_m"],
-        "sim3_scale": report["sim3"]["scale"], "rpe_trans_m_per_frame": report["se3"]["rpe_trans_rmse_m"],
-        "rpe_rot_deg_per_frame": report["se3"]["rpe_rot_rmse_deg"],
-        "end_point_drift_percent": float(100 * error[-1] / max(distance[-1], 1e-9)),
-        "step_length_ratio_median": report["translation_scale_ratio"]["median"],
-        "snippet_ate": report["snippet_ate"]["mean"], "healthy_scale_share": float(np.mean(healthy)),
-        "latency_ms_median": {stage: float(np.median([t[stage] for t in timings])) for stage in timings[0]},
-        "drift_curve": {"distance_m": distance.tolist(), "error_m": error.tolist()},
-    }
+    result = trajectory_figures(sequence, np.asarray(poses), output,
+                                f"{sequence.name}: the pipeline's odometry vs the truth")
+    result["healthy_scale_share"] = float(np.mean(healthy))
+    result["latency_ms_median"] = {stage: float(np.median([t[stage] for t in timings])) for stage in timings[0]}
     if metric_rows:
         result["metric_depth_abs_rel"] = float(np.mean([r["abs_rel"] for r in metric_rows]))
         result["median_scaled_depth_abs_rel"] = float(np.mean([r["abs_rel"] for r in scaled_rows]))
@@ -140,45 +215,114 @@ def _plot_drift(path: Path, results: list[dict[str, Any]]) -> Path:
     return _finish(plt, figure, axis, path, "drift over distance, the pipeline's own scale")
 
 
+def _network_chain(config: PipelineConfig) -> PipelineConfig:
+    """The pipeline reduced to the pose net's chain of frame-to-frame steps (the paper's odometry)."""
+    return dataclasses.replace(config, odometry="chain")
+
+
+def _jobs(streets: str | Path | None, kitti_sequences: list[str | Path], work: Path
+          ) -> list[tuple[kitti.Sequence, np.ndarray | None]]:
+    """(sequence, depth truth [N,h,w] or None) of every held-out street split the data has and every KITTI spec."""
+    jobs: list[tuple[kitti.Sequence, np.ndarray | None]] = []
+    for split_name in STREET_SPLITS if streets is not None else ():
+        try:
+            split = street_folders(streets, split_name, work / "streets")
+        except FileNotFoundError:
+            if split_name == "val":
+                raise
+            continue  # the repository's sample has no val_unseen
+        prefix = "" if split_name == "val" else f"{split_name}_"
+        for s in range(len(split.folders)):
+            sequence = street_sequence(split, s)
+            jobs.append((dataclasses.replace(sequence, name=prefix + sequence.name), split.depth[s]))
+    return jobs + [(kitti_frames(spec), None) for spec in kitti_sequences]
+
+
+def _mean_figures(rows: list[dict[str, Any]]) -> dict[str, float]:
+    keys = ("ate_se3_m", "ate_sim3_m", "rpe_trans_m_per_frame", "end_point_drift_percent", "step_length_ratio_median",
+            "snippet_ate", "healthy_scale_share", "metric_depth_abs_rel", "median_scaled_depth_abs_rel",
+            "held_length_share")
+    overall = {}
+    for key in keys:
+        values = [r[key] for r in rows if key in r and np.isfinite(r[key])]
+        if values:
+            overall[key] = float(np.mean(values))
+    return overall
+
+
+def _plot_top_view(path: Path, name: str, figures: dict[str, dict[str, Any]]) -> Path:
+    from sfm_ros.report import plot_trajectories
+
+    reference = figures["pipeline"]["reference_xyz"]
+    estimates = {f"{METHODS[key]}: drift {row['end_point_drift_percent']:.1f} %, ATE {row['ate_se3_m']:.2f} m":
+                 row["aligned_xyz"] for key, row in figures.items() if "aligned_xyz" in row}
+    return plot_trajectories(path, reference, estimates,
+                             f"{name}, {reference.shape[0]} frames, {figures['pipeline']['distance_m']:.0f} m: "
+                             "top view, SE(3)-aligned")
+
+
+def _public(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k not in ("drift_curve", "aligned_xyz", "reference_xyz")}
+
+
 def bench_odometry(bundle: str | Path, streets: str | Path | None, kitti_sequences: list[str | Path],
                    output: str | Path, pipeline_config: PipelineConfig | None = None,
                    scale_config: ScaleConfig | None = None, work_dir: str | Path | None = None,
                    progress: bool = True, standstill_frames: int = 90) -> dict[str, Any]:
-    """Every held-out street of ``streets`` (a synth_streets folder) and every KITTI sequence, each through a fresh
-    pipeline on ``bundle``, then (``standstill_frames`` > 0) each street standing still (``run_standstill``) through
-    another. Writes per-sequence reports and ``drift.png`` under ``output``; returns the figures."""
+    """Every held-out street of ``streets`` (a synth_streets folder: its val and, when present, val_unseen split)
+    and every KITTI sequence (``kitti_frames`` specs: ``DIR`` or ``DIR:FIRST:LAST``), each through a fresh pipeline
+    on ``bundle``, the network chain and the classical VO; then (``standstill_frames`` > 0) each street standing still
+    (``run_standstill``). Writes per-sequence reports (the pipeline's in ``output/NAME``, the others' in
+    ``output/NAME/network_chain`` and ``output/NAME/classical_vo``), ``output/NAME/top_view.png`` and ``drift.png``;
+    returns the figures: per sequence the pipeline's, with the others' under their METHODS key."""
     from sfm_ros.bench import machine_description
+    from sfm_ros.geometry import quaternion_to_rotation
 
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     pipeline_config = dataclasses.replace(pipeline_config or PipelineConfig(), bundle=str(bundle))
     scale_config = scale_config or ScaleConfig()
-    jobs: list[tuple[kitti.Sequence, np.ndarray | None]] = []
-    if streets is not None:
-        split = street_folders(streets, "val", Path(work_dir or output / "work") / "streets")
-        jobs += [(street_sequence(split, s), split.depth[s]) for s in range(len(split.folders))]
-    for sequence_dir in kitti_sequences:
-        jobs.append((kitti.kitti_odometry_sequence(sequence_dir), None))
+    jobs = _jobs(streets, kitti_sequences, Path(work_dir or output / "work"))
+    # The mounting's gravity direction in the camera frame, as the pipeline takes it: base_link's -z.
+    down = quaternion_to_rotation(np.asarray(pipeline_config.T_base_camera[3:])).T @ np.array([0.0, 0.0, -1.0])
     results, tick = [], time.perf_counter()
     backend = None
     for sequence, depth in jobs:
         pipeline = Pipeline(pipeline_config, scale_config, backend=backend)
         backend = pipeline.backend  # loaded once, fresh state per sequence
-        results.append(run_sequence_metrics(pipeline, sequence, depth, output / sequence.name, progress))
+        figures = {"pipeline": run_sequence_metrics(pipeline, sequence, depth, output / sequence.name, progress)}
+        chain = Pipeline(_network_chain(pipeline_config), scale_config, backend=backend)
+        figures["network_chain"] = run_sequence_metrics(chain, sequence, None, output / sequence.name /
+                                                        "network_chain", progress)
+        figures["classical_vo"] = run_classical_vo(sequence, scale_config.camera_height_m, down,
+                                                   output / sequence.name / "classical_vo")
+        _plot_top_view(output / sequence.name / "top_view.png", sequence.name, figures)
+        results.append({**figures["pipeline"], **{key: _public(figures[key]) for key in METHODS if key != "pipeline"}})
     standstill = []
     for sequence, depth in jobs:
         if standstill_frames > 0 and depth is not None:
             pipeline = Pipeline(pipeline_config, scale_config, backend=backend)
             standstill.append(run_standstill(pipeline, sequence, standstill_frames))
     _plot_drift(output / "drift.png", results)
-    keys = ("ate_se3_m", "ate_sim3_m", "rpe_trans_m_per_frame", "end_point_drift_percent", "step_length_ratio_median",
-            "snippet_ate", "healthy_scale_share", "metric_depth_abs_rel", "median_scaled_depth_abs_rel")
-    overall = {}
-    for key in keys:
-        values = [r[key] for r in results if key in r and np.isfinite(r[key])]
-        if values:
-            overall[key] = float(np.mean(values))
+    overall = _mean_figures(results)
+    for key in METHODS:
+        if key != "pipeline":
+            overall[key] = _mean_figures([r[key] for r in results])
     return {"benchmark": "odometry", "bundle": str(bundle), "backend": backend.description if backend else None,
             "pipeline": dataclasses.asdict(pipeline_config), "scale": dataclasses.asdict(scale_config),
-            "sequences": [{k: v for k, v in r.items() if k != "drift_curve"} for r in results], "overall": overall,
+            "sequences": [_public(r) for r in results], "overall": overall,
             "standstill": standstill, "seconds": time.perf_counter() - tick, "machine": machine_description()}
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The three odometries side by side per sequence: end-point drift %, SE(3) and Sim(3) ATE in metres."""
+    lines = [f"{'sequence':<26} {'m':>5}  " + "  ".join(f"{label:>24}" for label in METHODS.values()),
+             f"{'':<26} {'':>5}  " + "  ".join(f"{'drift %  SE3 m  Sim3 m':>24}" for _ in METHODS)]
+    for row in result["sequences"]:
+        cells = []
+        for key in METHODS:
+            figures = row if key == "pipeline" else row[key]
+            cells.append(f"{figures['end_point_drift_percent']:>8.2f} {figures['ate_se3_m']:>6.2f} "
+                         f"{figures['ate_sim3_m']:>7.2f}  ")
+        lines.append(f"{row['sequence']:<26} {row['distance_m']:>5.0f}  " + "".join(f"{c:>26}" for c in cells))
+    return "\n".join(lines)
