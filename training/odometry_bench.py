@@ -15,7 +15,7 @@ produces (no scale fitted unless said), and reports per sequence and overall:
   does not move): how far the odometry wanders and how much its covariance grows meanwhile.
 
 Beside the pipeline, in the same run on the same frames and scored the same way: the network chain (the pose net's
-frame-to-frame steps alone, ``pipeline.keyframes`` and ``refine_pose`` off, the paper's odometry) and a classical
+frame-to-frame steps alone, ``pipeline.odometry`` chain, the paper's odometry) and a classical
 monocular VO (``sfm_ros.benchmarks.classical_vo``: tracked corners, essential matrix, scale from the road at the
 camera's height), the method a user would pick instead of a learned model.
 
