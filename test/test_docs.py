@@ -167,13 +167,26 @@ def test_every_launch_argument_named_exists(page: Path) -> None:
 
 
 def _node_topics() -> set[str]:
-    """The topic and service names sfm_ros/node.py creates (string constants passed to create_*)."""
+    """The topic and service names sfm_ros/node.py creates: string constants passed to create_*, literally or through
+    module-level names (``ODOM_TOPIC = "sfm/odom"``, also unpacked from a tuple)."""
     tree = ast.parse((REPO / "sfm_ros" / "node.py").read_text())
+    constants: dict[str, str] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                pairs = (zip(target.elts, node.value.elts, strict=True) if isinstance(target, ast.Tuple)
+                         and isinstance(node.value, ast.Tuple) else [(target, node.value)])
+                constants |= {name.id: value.value for name, value in pairs if isinstance(name, ast.Name)
+                              and isinstance(value, ast.Constant) and isinstance(value.value, str)}
     names = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and getattr(node.func, "attr", "") in (
                 "create_publisher", "create_subscription", "create_service"):
-            names |= {arg.value for arg in node.args if isinstance(arg, ast.Constant) and isinstance(arg.value, str)}
+            for arg in node.args:
+                if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                    names.add(arg.value)
+                elif isinstance(arg, ast.Name) and arg.id in constants:
+                    names.add(constants[arg.id])
     return names
 
 
@@ -183,9 +196,9 @@ def test_readme_topics_are_the_nodes() -> None:
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
     named = {re.findall(r"`([^`]+)`", row.split("|")[2])[0] for row in rows if "`" in row.split("|")[2]}
     topics = _node_topics()
-    assert {"image", "camera_info", "depth", "odom", "reset"} <= topics
-    # The speed topic's name is a parameter (the row names it); TF's row names its frames, odom first.
-    assert named <= topics | {"speed_topic"}, sorted(named - topics)
+    assert {"image", "camera_info", "depth/image", "depth/camera_info", "sfm/odom", "reset"} <= topics
+    # The speed topic's name is a parameter (the row names it); TF goes to /tf through tf2_ros's broadcaster.
+    assert named <= topics | {"speed_topic", "/tf"}, sorted(named - topics)
     assert topics <= named | {"image/compressed"}, f"the README's topic table lacks {sorted(topics - named)}"
 
 
