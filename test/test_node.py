@@ -120,10 +120,14 @@ def test_node_on_real_frames(small_bundle: Path, ros_context) -> None:  # pragma
         read_only = node.set_parameters([Parameter("pipeline.backend", value="torch")])[0]
         assert not read_only.successful
 
-        assert spin_until(executor, lambda: any(s.name.endswith("pipeline") for d in diagnostics for s in d.status),
-                          timeout_s=5)
-        status = next(s for d in diagnostics for s in d.status if s.name.endswith("pipeline"))
-        keys = {kv.key: kv.value for kv in status.values}
+        def latest_pipeline_status() -> dict[str, str]:
+            statuses = [s for d in diagnostics for s in d.status if s.name.endswith("pipeline")]
+            return {kv.key: kv.value for kv in statuses[-1].values} if statuses else {}
+
+        # Diagnostics are periodic: one published while the frames were still arriving counts fewer; wait for the
+        # count of all six rather than taking the first report.
+        assert spin_until(executor, lambda: latest_pipeline_status().get("frames_processed") == "6", timeout_s=15)
+        keys = latest_pipeline_status()
         assert keys["frames_processed"] == "6" and "onnxruntime" in keys["backend"] and "ImageError" in keys["errors"]
         # rclpy's own parameters are not ours to validate (and sim time stops wall timers: set it last).
         assert node.set_parameters([Parameter("use_sim_time", value=True)])[0].successful
