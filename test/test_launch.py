@@ -116,7 +116,7 @@ def test_the_launch_file_starts_the_installed_node(installed: dict, small_bundle
             end = time.monotonic() + 0.5
             while time.monotonic() < end:
                 executor.spin_once(timeout_sec=0.05)
-        assert len(depth) >= 3, "no depth from the launched node"
+        assert len(depth) >= 3, f"no depth from the launched node; topics: {helper.get_topic_names_and_types()}"
         values = np.frombuffer(bytes(depth[0].data), "<f4")
         assert depth[0].encoding == "32FC1" and np.isfinite(values).any()
         assert odometry and odometry[0].header.frame_id == "odom_from_file"  # the parameter file is in force
