@@ -176,8 +176,9 @@ def test_a_failed_int8_export_leaves_the_bundle_as_it_was(small_bundle: Path, od
     assert sorted(p.name for p in tmp_path.iterdir()) == [".bundle.lock", "bundle"]
 
 
-@pytest.mark.xfail(reason="since this session's merges the depth Q/DQ model misses its 5 % tolerance (14.8 % on the "
-                   "sample bag's held-out windows); not yet diagnosed, see the session's closing note", strict=False)
+@pytest.mark.xfail(reason="with the stack a fresh venv installs now (onnxruntime 1.32.0) the depth Q/DQ model misses "
+                   "its 5 % tolerance (14.8 % on the sample bag's held-out windows), at 9a77283 too: not yet diagnosed",
+                   strict=False)
 def test_tensorrt_int8_is_explicit_quantization_with_its_own_ranges(small_bundle: Path, odometry_bag: Path,
                                                                     tmp_path: Path) -> None:
     """The Q/DQ models TensorRT builds INT8 engines from: symmetric int8 (zero points 0, as TensorRT requires),
