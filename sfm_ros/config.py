@@ -270,8 +270,7 @@ class PipelineConfig:
     rotation_sigma: float = param(0.05, "rotation std-dev of a step as a fraction of its rotation angle",
                                   range=(0.0, 10.0))
     unscaled_sigma_factor: float = param(10.0, "multiplies the standard deviations of steps whose scale is "
-                                               "unhealthy or not metric, and of the whole pose when tracking "
-                                               "restarts", range=(1.0, 1e6))
+                                               "unhealthy or not metric", range=(1.0, 1e6))
     min_velocity_sigma_mps: float = param(0.05, "floor of the twist's linear std-dev, m/s (a still camera's "
                                                 "velocity is not known exactly)", range=(1e-6, 100.0))
     min_angular_velocity_sigma_radps: float = param(0.01, "floor of the twist's angular std-dev, rad/s",

@@ -276,7 +276,7 @@ class SfmNode(Node):
         self._last_estimate = estimate
 
     def diagnostic_status(self) -> DiagnosticStatus:
-        """Rate, latency, dropped frames, errors, backend and scale health as one DiagnosticStatus."""
+        """Rate, latency, dropped frames, errors, tracking restarts, backend and scale health: one DiagnosticStatus."""
         worker, estimate = self.worker, self._last_estimate
         elapsed = max(time.monotonic() - self._started, 1e-9)
         level, message = DiagnosticStatus.OK, "tracking"
@@ -291,7 +291,8 @@ class SfmNode(Node):
         values = {"backend": self.pipeline.backend.description, "scale_source": self.config.scale.source,
                   "frames_processed": worker.processed, "frames_dropped": worker.dropped,
                   "rate_hz": f"{worker.processed / elapsed:.2f}", "latency_ms": f"{worker.last_latency_s * 1e3:.1f}",
-                  "errors": errors}
+                  "errors": errors, "tracking_restarts": sum(self.pipeline.restarts.values()),
+                  "restart_causes": {cause.value: n for cause, n in self.pipeline.restarts.items()}}
         if estimate is not None:
             values["scale_factor"] = f"{estimate.scale.factor:.4f}"
         key_values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]

@@ -34,6 +34,7 @@ class ReplaySummary:
     dropped: int = 0
     malformed: dict[str, int] = dataclasses.field(default_factory=dict)
     events: list[str] = dataclasses.field(default_factory=list)
+    restarts: dict[str, int] = dataclasses.field(default_factory=dict)  # tracking restarts by cause, as the node's
     latency_ms: dict[str, float] = dataclasses.field(default_factory=dict)
     output_bag: str = ""
     trajectory: str = ""
@@ -107,6 +108,7 @@ def replay_bag(bag: str | Path, pipeline: Pipeline, output: str | Path, *, realt
             stamps.append(frame.stamp_ns)
             poses.append(estimate.T_odom_camera)
         bar.close()
+        summary.restarts = {cause.value: count for cause, count in pipeline.restarts.items()}
         if not stamps:  # raised inside the writer, so no empty output bag is renamed into place
             raise BagError(f"no frame of {bag} could be processed (malformed: {summary.malformed})")
     poses_array = np.linalg.inv(poses[0]) @ np.asarray(poses)

@@ -307,6 +307,52 @@ def test_parameters_apply_live_or_are_refused_with_the_reason(small_bundle: Path
         helper.destroy_node()
 
 
+def test_bad_stamps_are_dropped_or_restart_and_the_diagnostics_count_them(
+        small_bundle: Path, ros_context) -> None:  # pragma: no cover - rclpy
+    """Over real DDS: a repeated stamp publishes nothing, time going backwards and a gap restart tracking with the
+    "lost" covariance, and /diagnostics counts each."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from nav_msgs.msg import Odometry
+    from sensor_msgs.msg import CameraInfo, Image
+
+    from sfm_ros.ros_io import MessageTypes, make_camera_info, make_header, rgb_to_image_msg
+
+    node, helper, executor = start_node(ros_context, small_bundle, tf=False)
+    odometry, diagnostics = [], []
+    helper.create_subscription(Odometry, "sfm/odom", odometry.append, 10)
+    helper.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 10)
+    image_publisher = helper.create_publisher(Image, "image", 10)
+    info_publisher = helper.create_publisher(CameraInfo, "camera_info", 10)
+    assert spin_until(executor, lambda: image_publisher.get_subscription_count() > 0)
+    types = MessageTypes.from_rclpy()
+    frames, camera = _frames_and_camera()
+    stamps_s = [1.0, 1.1, 1.1, 1.05, 9.0]  # a repeat, time going backwards, a gap of 7.95 s
+    try:
+        for i, stamp_s in enumerate(stamps_s):
+            header = make_header(types, int(stamp_s * 1e9), "camera")
+            info_publisher.publish(make_camera_info(types, camera, header))
+            image_publisher.publish(rgb_to_image_msg(types, frames[i], header))
+            # Each frame is taken (published or counted as an error) before the next is sent.
+            assert spin_until(executor, lambda taken=i + 1: node.worker.processed >= taken)
+        assert spin_until(executor, lambda: len(odometry) >= 4, timeout_s=5)
+        published = [m.header.stamp.sec + m.header.stamp.nanosec / 1e9 for m in odometry]
+        assert published == pytest.approx([1.0, 1.1, 1.05, 9.0])  # the repeat published nothing
+        for message in odometry[2:]:
+            np.testing.assert_allclose(np.diag(np.reshape(message.pose.covariance, (6, 6))),
+                                       [1e4] * 3 + [np.pi**2] * 3, rtol=1e-9)
+        diagnostics.clear()
+        assert spin_until(executor, lambda: bool(diagnostics), timeout_s=5)
+        status = next(s for s in diagnostics[-1].status if s.name.endswith("pipeline"))
+        values = {kv.key: kv.value for kv in status.values}
+        assert values["tracking_restarts"] == "2"
+        assert "time went backwards': 1" in values["restart_causes"], values["restart_causes"]
+        assert "gap between frames': 1" in values["restart_causes"], values["restart_causes"]
+        assert "FrameError: repeated stamp': 1" in values["errors"], values["errors"]
+    finally:
+        node.destroy_node()
+        helper.destroy_node()
+
+
 def test_resets_during_a_30_hz_stream(small_bundle: Path, ros_context) -> None:  # pragma: no cover - rclpy
     from nav_msgs.msg import Odometry
     from sensor_msgs.msg import CameraInfo, Image

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from sfm_ros.bags import read_camera_frames, read_odometry
 from sfm_ros.camera import CameraModel
 from sfm_ros.config import PipelineConfig, ScaleConfig
 from sfm_ros.geometry import backproject, pose_vec_to_mat
-from sfm_ros.odometry.pipeline import FrameError, Pipeline
+from sfm_ros.odometry.pipeline import FrameError, Pipeline, RestartCause
 from sfm_ros.scale import ExternalSpeedScale, GroundPlaneScale, ScaleObservation, fit_ground_plane
 from sfm_ros.worker import LatestFrameWorker
 
@@ -128,13 +129,11 @@ def test_covariance_is_the_sum_of_step_errors_that_grow_with_motion_not_time() -
     np.testing.assert_allclose(estimate.covariance, INITIAL, atol=1e-15)
 
 
-def test_unhealthy_scale_and_restarts_multiply_standard_deviations_alike() -> None:
+def test_unhealthy_scale_multiplies_standard_deviations() -> None:
     pipeline, _ = fake_pipeline(scale=ScaleConfig(source="none"))  # not metric: steps of 0.1 network units
     estimates = [pipeline.process(i * 100_000_000, frame(), CAMERA) for i in range(3)]
     # sigma = 0.05 x 0.1 x 10 (unscaled_sigma_factor) = 0.05 -> variance 2.5e-3 per step, two steps at frame 2.
     np.testing.assert_allclose(np.diag(estimates[2].covariance)[:3], 1e-6 + 2 * 2.5e-3, rtol=1e-6)
-    restarted = pipeline.process(0, frame(), CAMERA)  # time went backwards
-    np.testing.assert_allclose(restarted.covariance, estimates[2].covariance * 10**2, rtol=1e-6)
     pipeline.reset("test")
     after_reset = pipeline.process(10**9, frame(), CAMERA)
     np.testing.assert_allclose(after_reset.T_odom_base, np.eye(4), atol=1e-15)
@@ -347,6 +346,8 @@ def test_replay_with_no_usable_frame_leaves_no_output_bag(odometry_bag: Path, tm
     from sfm_ros.replay import replay_bag
 
     class Refusing:
+        restarts: ClassVar[dict] = {}
+
         def process(self, *_args: object) -> None:
             raise FrameError("camera intrinsics are unusable: K = [[0, 0, 0]]")
 
@@ -482,3 +483,95 @@ def test_five_frame_model_composes_the_pose_of_the_newest_frame() -> None:
     for i in (4, 5):
         moved = np.linalg.inv(estimates[0].T_odom_camera) @ estimates[i].T_odom_camera
         np.testing.assert_allclose(moved[:3, 3], [0, 0, i * step], atol=1e-6)
+
+
+LOST = np.diag([100.0**2] * 3 + [np.pi**2] * 3)  # the pose covariance after a restart: 100 m and pi rad
+
+
+def test_a_restart_sets_the_lost_covariance_and_restarts_never_compound() -> None:
+    pipeline, _ = fake_pipeline(max_frame_gap_s=0.5)
+    for i in range(4):
+        pipeline.process(i * 100_000_000, frame(), CAMERA)
+    backwards = pipeline.process(0, frame(), CAMERA)
+    assert any("time went backwards by 0.300 s" in e for e in backwards.events)
+    np.testing.assert_allclose(backwards.covariance, LOST, rtol=1e-12)
+    # A 1 Hz camera under a 0.5 s gap limit: every frame restarts; the covariance stays the lost value, the pose stays.
+    for i in range(1, 301):
+        estimate = pipeline.process(i * 1_000_000_000, frame(), CAMERA)
+    np.testing.assert_allclose(estimate.covariance, LOST, rtol=1e-12)
+    assert pipeline.restarts == {RestartCause.BACKWARDS: 1, RestartCause.GAP: 300}
+    # A long drive already less certain than "lost" keeps its own variances (a restart never lowers them).
+    large = np.diag([2e4, 5.0, 1.0, 20.0, 1.0, 1.0]) + 0.5  # with correlations, which a restart drops
+    from sfm_ros.odometry.uncertainty import lost_covariance
+
+    np.testing.assert_allclose(lost_covariance(large), np.diag([2e4 + 0.5] + [1e4] * 2 + [20.5] + [np.pi**2] * 2))
+
+
+def test_a_repeated_stamp_is_dropped_and_leaves_no_trace() -> None:
+    pipeline, backend = fake_pipeline()
+    pipeline.process(0, frame(), CAMERA)
+    second = pipeline.process(100_000_000, frame(), CAMERA)
+    with pytest.raises(FrameError, match="repeated stamp: 100000000 ns"):
+        pipeline.process(100_000_000, frame(), CAMERA)
+    third = pipeline.process(200_000_000, frame(), CAMERA)
+    assert not any("restarted" in e for e in third.events) and not pipeline.restarts and backend.calls == 1
+    # The window (0, 0.1, 0.2 s) is whole: the second frame is still at the start, the third adds the window's
+    # catch-up step and its own, 2 x 0.2 m.
+    np.testing.assert_allclose((np.linalg.inv(second.T_odom_base) @ third.T_odom_base)[:3, 3], [0.4, 0, 0],
+                               atol=1e-9)
+
+
+def test_a_non_finite_estimate_is_dropped_and_the_odometry_goes_on() -> None:
+    pipeline, backend = fake_pipeline(scale=ScaleConfig(source="camera_height"))
+    good = [pipeline.process(i * 100_000_000, frame(), CAMERA) for i in range(3)]
+    backend.pose = np.array([0, 0, np.nan, 0, 0, 0])
+    with pytest.raises(FrameError, match="non-finite estimate: the frame's pose, covariance, twist and twist "
+                                         "covariance not finite"):
+        pipeline.process(300_000_000, frame(), CAMERA)
+    backend.pose = np.array([0, 0, -0.1, 0, 0, 0.0])
+    backend.disparity = np.nan  # a model that gives NaN depth: the ground's scale cannot be measured
+    nan_depth = pipeline.process(400_000_000, frame(), CAMERA)
+    assert any("tracking restarted: the previous frame's pose, covariance, twist and twist covariance not finite" in e
+               for e in nan_depth.events)
+    backend.disparity = 0.1
+    after = [pipeline.process(i * 100_000_000, frame(), CAMERA) for i in range(5, 10)]
+    for estimate in [nan_depth, *after]:
+        assert np.isfinite(estimate.T_odom_base).all() and np.isfinite(estimate.covariance).all()
+        assert np.isfinite(estimate.twist_covariance).all()
+    # The odometry kept the last good pose through the dropped frame and moves on from it.
+    np.testing.assert_allclose(nan_depth.T_odom_base, good[-1].T_odom_base, atol=1e-12)
+    assert after[-1].T_odom_base[0, 3] > good[-1].T_odom_base[0, 3]
+    assert pipeline.restarts == {RestartCause.NOT_FINITE: 1}
+
+
+def test_a_fuzz_of_2000_stamps_ends_finite_with_every_break_counted() -> None:
+    """Repeated, backwards, 1 Hz-gapped and NaN-posed frames at random: every published estimate is finite and the
+    counts are the ones the stamp sequence implies, worked out here from the stamps alone. The chain's odometry keeps
+    2000 frames fast; the alignment's modes take the same admission and finite check (the test above)."""
+    rng = np.random.default_rng(3)
+    pipeline, backend = fake_pipeline(max_frame_gap_s=0.5, odometry="chain", scale=ScaleConfig(source="camera_height"))
+    stamp, last, expected = 10**12, None, {"backwards": 0, "gap": 0, "repeated": 0, "not_finite": 0}
+    for _ in range(2000):
+        kind = rng.choice(["step", "repeat", "back", "gap", "nan"], p=[0.8, 0.05, 0.05, 0.05, 0.05])
+        stamp = {"step": stamp + 100_000_000, "repeat": stamp, "back": stamp - int(rng.integers(1, 10**10)),
+                 "gap": stamp + 1_000_000_000, "nan": stamp + 100_000_000}[str(kind)]
+        backend.pose = np.array([0, 0, np.nan if kind == "nan" else -0.1, 0, 0, 0.0])
+        try:
+            estimate = pipeline.process(stamp, frame(), CAMERA)
+        except FrameError as exc:
+            key = "repeated" if "repeated stamp" in str(exc) else "not_finite"
+            expected[key] += 1
+        else:
+            assert np.isfinite(estimate.T_odom_base).all() and np.isfinite(estimate.covariance).all()
+            assert np.isfinite(estimate.twist_covariance).all() and np.all(np.diag(estimate.covariance) < 1.1e4)
+        if last is not None and stamp < last:
+            expected["backwards"] += 1
+        elif last is not None and stamp - last > 500_000_000:
+            expected["gap"] += 1
+        if stamp != last:
+            last = stamp
+    assert expected["repeated"] > 50 and expected["not_finite"] > 20  # the fuzz did reach each case
+    assert pipeline.restarts[RestartCause.BACKWARDS] == expected["backwards"]
+    assert pipeline.restarts[RestartCause.GAP] == expected["gap"]
+    # A NaN pose needs a full window: only those frames are dropped, each counted as a restart.
+    assert pipeline.restarts[RestartCause.NOT_FINITE] == expected["not_finite"]

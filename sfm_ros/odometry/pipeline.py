@@ -2,8 +2,9 @@
 
 ``Pipeline.process`` runs a frame through its stages, top to bottom:
 
-1. admission (``_admit``): a frame that breaks the stream (time going backwards, a gap, a new image size) restarts
-   tracking; the pose and a covariance inflated by pipeline.unscaled_sigma_factor are kept, never zeroed;
+1. admission (``_admit``): a frame with its predecessor's stamp is dropped (``FrameError``); one that breaks the
+   stream (time going backwards, a gap, a new image size) restarts tracking, which keeps the pose and sets its
+   covariance to at least the "lost" value (``uncertainty.lost_covariance``), so restarts never compound;
 2. the network's step (``_network_step``): the depth of the frame, and the pose net's motion over the window
    (t-2, t-1, t) with t-1 as target, which gives T(t-1 -> t) at once, so odometry has no frame of delay. The first
    full window after a (re)start also gives the motion between its older frames (t-2 -> t-1), added then, so the
@@ -13,19 +14,23 @@
 4. tracking (``tracking.Tracker``): the chain's step, or the photometric alignment to the keyframe or the previous
    frame (pipeline.odometry), each step's length the ground's (``ground.StepLength``);
 5. the ground plane's tilt from the direction of travel (``ground.GroundPlane``) and the keyframe's renewal;
-6. uncertainty (``uncertainty``): the pose's covariance and the twist.
+6. uncertainty (``uncertainty``): the pose's covariance and the twist;
+7. the finite check: a frame whose pose, covariance or twist is not finite is dropped (``FrameError``), the odometry
+   keeps the previous frame's pose and restarts tracking, so nothing non-finite is published or carried on.
 
 State: one camera's odometry lives in ``_CameraState``, which ``reset`` replaces whole; what tracking carries from
 frame to frame lives in its ``_TrackState``, which a tracking restart replaces whole. The scale estimate, the ground's
 step-length ratio and the ground plane follow the camera's scene and mounting, not the stream: a reset keeps them,
 a change of the scale settings (``configure``) or of the mounting starts them over. Tracking resets and warnings
-are reported in ``Estimate.events``.
+are reported in ``Estimate.events``; ``restarts`` counts the tracking restarts by cause since the pipeline was built
+(the node's diagnostics report it).
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import enum
 import time
 
 import cv2
@@ -48,7 +53,16 @@ from sfm_ros.odometry.ground import GroundPlane, StepLength
 from sfm_ros.odometry.tracking import Chain, Decision, Keyframe, OnKeyframe, PreviousView, Tracked, Tracker
 from sfm_ros.scale import GROUND_MAX_LATERAL_M, ScaleEstimate, ScaleObservation, ground_mask, make_scale_estimator
 
-__all__ = ["Estimate", "FrameError", "Pipeline"]
+__all__ = ["Estimate", "FrameError", "Pipeline", "RestartCause"]
+
+
+class RestartCause(str, enum.Enum):
+    """Why tracking restarted: the keys of ``Pipeline.restarts``."""
+
+    BACKWARDS = "time went backwards"
+    GAP = "gap between frames"
+    SIZE_CHANGED = "image size changed"
+    NOT_FINITE = "estimate not finite"
 
 
 @dataclasses.dataclass
@@ -115,6 +129,7 @@ class Pipeline:
         self.step_length = StepLength(self.scale_config)
         self._T_base_camera = transform_from_xyz_quaternion(config.T_base_camera)
         self._ground = GroundPlane(ground_normal_in_camera(self._T_base_camera))
+        self.restarts: collections.Counter[RestartCause] = collections.Counter()  # a reset does not clear it
         self.reset("start")
 
     # ---- state -----------------------------------------------------------------------------------------
@@ -166,21 +181,24 @@ class Pipeline:
         """Feed an external speed (m/s); only scale.source 'external_speed' uses it."""
         self.scale_estimator.observe_speed(speed_mps)
 
-    def _restart_tracking(self, reason: str) -> None:
-        """Keep the odometry pose, drop what tracking carries, and inflate the covariance (we lost continuity):
-        every standard deviation times ``unscaled_sigma_factor``."""
+    def _restart_tracking(self, cause: RestartCause, detail: str) -> None:
+        """Keep the odometry pose, drop what tracking carries, and raise the covariance to the "lost" value (where
+        the camera went while continuity was lost is unknown); count the restart by its cause."""
         state = self._state
         state.track = self._new_track()
-        state.covariance = state.covariance * self.config.unscaled_sigma_factor**2
-        state.pending_events.append(f"tracking restarted: {reason}")
+        state.covariance = uncertainty.lost_covariance(state.covariance)
+        self.restarts[cause] += 1
+        state.pending_events.append(f"tracking restarted: {detail}")
 
     # ---- per frame -------------------------------------------------------------------------------------
     def process(self, stamp_ns: int, rgb: np.ndarray, camera: CameraModel) -> Estimate:
-        """Run one frame. ``rgb`` uint8 [H,W,3] of ``camera``'s size; stamps in ns, increasing."""
+        """Run one frame. ``rgb`` uint8 [H,W,3] of ``camera``'s size; stamps in ns, increasing. Raises FrameError
+        for a frame it does not take (see ``FrameError``): nothing is to be published for it."""
         tick = time.perf_counter()
         _check_frame(rgb, camera)
         events, dt_s = self._admit(stamp_ns, camera)
         state = self._state
+        pose_before, covariance_before = state.T_world_camera.copy(), state.covariance.copy()
         previous = state.track.previous  # frame t-1, before this frame takes its place
         network, timings = self._network_step(stamp_ns, rgb, camera, dt_s)
         t_pose = time.perf_counter()
@@ -206,26 +224,47 @@ class Pipeline:
         ground_ms = tracked.ground_ms if tracked is not None else 0.0
         timings.update({"pose": (t_pose - timings.pop("_depth_end")) * 1e3, "scale": (t_scale - t_pose) * 1e3,
                         "refine": max((t_refine - t_scale) * 1e3 - ground_ms, 0.0), "ground": ground_ms})
-        return self._estimate(stamp_ns, camera, network, scale, T_prev_current, twist, made_keyframe, events,
-                              timings, tick)
+        estimate = self._estimate(stamp_ns, camera, network, scale, T_prev_current, twist, made_keyframe, events,
+                                  timings, tick)
+        self._check_finite(estimate, pose_before, covariance_before)
+        return estimate
+
+    def _check_finite(self, estimate: Estimate, pose_before: np.ndarray, covariance_before: np.ndarray) -> None:
+        """Raise FrameError when the estimate's pose, covariance or twist is not finite (a diverged alignment, a
+        model that gave NaN), after putting the odometry back at the previous frame's pose and restarting tracking."""
+        parts = {"pose": estimate.T_odom_base, "covariance": estimate.covariance,
+                 "twist": estimate.twist if estimate.twist is not None else np.zeros(6),
+                 "twist covariance": estimate.twist_covariance}
+        broken = [name for name, value in parts.items() if not np.isfinite(value).all()]
+        if not broken:
+            return
+        self._state.T_world_camera, self._state.covariance = pose_before, covariance_before
+        named = ", ".join(broken[:-1]) + " and " + broken[-1] if len(broken) > 1 else broken[0]
+        self._restart_tracking(RestartCause.NOT_FINITE, f"the previous frame's {named} not finite")
+        raise FrameError(f"non-finite estimate: the frame's {named} not finite; nothing is published for it, the "
+                         "odometry keeps the previous pose and restarts tracking")
 
     def _admit(self, stamp_ns: int, camera: CameraModel) -> tuple[list[str], float | None]:
-        """Restart tracking where the stream breaks: a new image size, time going backwards, a gap of more than
-        pipeline.max_frame_gap_s. Returns the events to report with this frame (the pending ones first) and the time
-        since the last frame (None after a (re)start)."""
+        """Drop a frame with the previous frame's stamp (FrameError); restart tracking where the stream breaks: a new
+        image size, time going backwards, a gap of more than pipeline.max_frame_gap_s. Returns the events to report
+        with this frame (the pending ones first) and the time since the last frame (None after a (re)start)."""
         state = self._state
+        if stamp_ns == state.last_stamp:  # before any state changes: the dropped frame leaves no trace
+            raise FrameError(f"repeated stamp: {stamp_ns} ns is the previous frame's; the frame is dropped (does the "
+                             "camera driver set header.stamp?)")
         events, state.pending_events = state.pending_events, []
         size = (camera.height, camera.width)
         if state.input_size is not None and size != state.input_size:
-            self._restart_tracking(f"image size changed from {state.input_size[1]}x{state.input_size[0]} to "
-                                   f"{size[1]}x{size[0]}")
+            self._restart_tracking(RestartCause.SIZE_CHANGED, f"image size changed from {state.input_size[1]}x"
+                                   f"{state.input_size[0]} to {size[1]}x{size[0]}")
         state.input_size = size
         if state.last_stamp is not None:
-            if stamp_ns <= state.last_stamp:
-                self._restart_tracking(f"time went backwards by {(state.last_stamp - stamp_ns) / 1e9:.3f} s "
-                                       "(bag loop or clock reset)")
+            if stamp_ns < state.last_stamp:
+                self._restart_tracking(RestartCause.BACKWARDS, f"time went backwards by "
+                                       f"{(state.last_stamp - stamp_ns) / 1e9:.3f} s (bag loop or clock reset)")
             elif (stamp_ns - state.last_stamp) / 1e9 > self.config.max_frame_gap_s:
-                self._restart_tracking(f"gap of {(stamp_ns - state.last_stamp) / 1e9:.3f} s between frames")
+                self._restart_tracking(RestartCause.GAP, f"gap of {(stamp_ns - state.last_stamp) / 1e9:.3f} s "
+                                       "between frames")
         events += state.pending_events
         state.pending_events = []
         dt_s = (stamp_ns - state.last_stamp) / 1e9 if state.last_stamp is not None and state.track.window else None

@@ -1,4 +1,5 @@
-"""The odometry's uncertainty: each step's covariance, the pose's at a (re)start, and the twist with its covariance.
+"""The odometry's uncertainty: each step's covariance, the pose's at a start and after a restart, and the twist with
+its covariance.
 
 Each step adds the variance of its own error, which grows with the distance and rotation of that step and not with
 time, so a camera standing still keeps its uncertainty. An alignment's step has the covariance its Hessian gives.
@@ -17,16 +18,28 @@ from sfm_ros.config import PipelineConfig
 from sfm_ros.geometry import invert_transform
 from sfm_ros.scale import ScaleEstimate
 
-__all__ = ["INITIAL_SIGMA_M", "INITIAL_SIGMA_RAD", "Twist", "alignment_covariance", "in_base_axes",
-           "initial_covariance", "step_covariance", "twist"]
+__all__ = ["INITIAL_SIGMA_M", "INITIAL_SIGMA_RAD", "LOST_SIGMA_M", "LOST_SIGMA_RAD", "Twist", "alignment_covariance",
+           "in_base_axes", "initial_covariance", "lost_covariance", "step_covariance", "twist"]
 
-# The pose covariance at a (re)start: never zero, so no estimator divides by it.
+# The pose covariance at a start or reset: never zero, so no estimator divides by it.
 INITIAL_SIGMA_M, INITIAL_SIGMA_RAD = 1e-3, 1e-3
+# After a tracking restart (a gap, time going backwards) where the camera went is unknown: a fixed value a filter
+# weighs as "no information" (metres beyond any gap a robot drives, a heading that can be anything), never a
+# multiple of the last one, so thousands of restarts stay finite.
+LOST_SIGMA_M, LOST_SIGMA_RAD = 100.0, np.pi
 
 
 def initial_covariance() -> np.ndarray:
-    """The pose's covariance [6,6] at a (re)start."""
+    """The pose's covariance [6,6] at a start or reset."""
     return np.diag([INITIAL_SIGMA_M**2] * 3 + [INITIAL_SIGMA_RAD**2] * 3)
+
+
+def lost_covariance(covariance: np.ndarray) -> np.ndarray:
+    """The pose's covariance [6,6] after a tracking restart: diagonal, each variance the larger of the lost value's
+    and ``covariance``'s own (a long drive may already be less certain than "lost"), so a restart never lowers the
+    uncertainty and repeated restarts do not compound."""
+    lost = np.array([LOST_SIGMA_M**2] * 3 + [LOST_SIGMA_RAD**2] * 3)
+    return np.diag(np.maximum(np.diag(covariance), lost))
 
 
 def _inflation(scale: ScaleEstimate, config: PipelineConfig) -> float:
