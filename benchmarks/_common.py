@@ -1,20 +1,14 @@
-"""Helpers for the benchmark scripts: a full-size random bundle and the git commit."""
+"""Helpers for the benchmark scripts: a full-size random bundle, its INT8 models, the sample bag."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
+from sfm_ros.bench import git_commit
+
+__all__ = ["REPO", "git_commit", "random_bundle", "sample_bag", "with_int8"]
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def git_commit() -> str:
-    try:
-        # --dirty flags a tree that differs from its commit (a copied working tree, uncommitted edits).
-        return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def random_bundle(folder: Path, height: int = 128, width: int = 416, fp16: bool = True, restructure: bool = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,17 @@ import numpy as np
 
 from sfm_ros.backends import make_backend
 
-__all__ = ["bench_inference", "machine_description"]
+__all__ = ["bench_inference", "git_commit", "machine_description"]
+
+
+def git_commit() -> str:
+    """The source tree's commit for RESULTS.md (``git describe --always --dirty``: --dirty flags uncommitted edits), or
+    'unknown' where the package is not in a git checkout (an installed wheel)."""
+    try:
+        return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=Path(__file__).resolve().parent,
+                              capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def machine_description() -> dict[str, Any]:

@@ -22,9 +22,7 @@ def _print_json(data: Any) -> None:
 
 def _node_config(args: argparse.Namespace) -> Any:
     """NodeConfig from a ROS parameter file (default config/sfm.yaml when present) plus command-line overrides."""
-    import yaml
-
-    from sfm_ros.config import ConfigError, NodeConfig, apply_overrides, from_dict
+    from sfm_ros.config import NodeConfig, load_config
 
     overrides = list(args.set or [])
     if getattr(args, "bundle", None):
@@ -34,17 +32,7 @@ def _node_config(args: argparse.Namespace) -> Any:
     if getattr(args, "scale_source", None):
         overrides.append(f"scale.source={args.scale_source}")
     path = args.params or ("config/sfm.yaml" if Path("config/sfm.yaml").is_file() else None)
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read parameter file {path}: {exc}") from None
-        # A ROS parameter file nests the values under <node>: ros__parameters:.
-        if len(data) == 1 and isinstance(next(iter(data.values())), dict) and \
-                "ros__parameters" in next(iter(data.values())):
-            data = next(iter(data.values()))["ros__parameters"]
-    return from_dict(NodeConfig, apply_overrides(data, overrides))
+    return load_config(NodeConfig, path, overrides)
 
 
 def _pipeline(config: Any) -> Any:
@@ -290,7 +278,7 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_learning(args: argparse.Namespace) -> int:
-    from benchmarks._common import git_commit
+    from sfm_ros.bench import git_commit
     from training.learning_bench import format_table, run_from_arguments
 
     result = run_from_arguments(args)
@@ -301,7 +289,7 @@ def cmd_bench_learning(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_real(args: argparse.Namespace) -> int:
-    from benchmarks._common import git_commit
+    from sfm_ros.bench import git_commit
     from training.real_bench import format_real_table, run_from_arguments
 
     result = run_from_arguments(args)
@@ -312,7 +300,7 @@ def cmd_bench_real(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_odometry(args: argparse.Namespace) -> int:
-    from benchmarks._common import git_commit
+    from sfm_ros.bench import git_commit
     from training.odometry_bench import bench_odometry, format_table
 
     config = _node_config(args)
@@ -369,16 +357,20 @@ def camera_topic_options(parser: argparse.ArgumentParser, whose: str) -> None:
                                                     "topic, or the only one)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def node_options(sub: argparse.ArgumentParser, bundle_required: bool = False) -> None:
+    """The node's configuration on a command that runs the pipeline: the parameter file, overrides, shortcuts."""
     from sfm_ros.backends import BACKEND_CHOICES
-    from sfm_ros.bundle import PRECISIONS
-    from sfm_ros.quantize import CALIBRATION_METHODS, QUANTIZE_TARGETS
     from sfm_ros.scale import ScaleSource
 
-    parser = argparse.ArgumentParser(prog="sfm", description="SfMLearner depth and visual odometry: train on "
-                                     "recorded drives, export to ONNX/TensorRT, replay bags, evaluate.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_argument("--bundle", required=bundle_required, help="model bundle (pipeline.bundle)")
+    sub.add_argument("--backend", choices=BACKEND_CHOICES, help="pipeline.backend")
+    sub.add_argument("--scale-source", choices=tuple(source.value for source in ScaleSource), help="scale.source")
+    sub.add_argument("--params", help="node parameter file (default config/sfm.yaml when present)")
+    sub.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. scale.camera_height_m=1.5")
 
+
+def _add_prepare(commands: Any) -> None:
+    """sfm prepare cache | kitti-to-bag."""
     prepare = commands.add_parser("prepare", help="build a training cache, or convert KITTI to a rosbag2")
     prepare_kinds = prepare.add_subparsers(dest="kind", required=True, metavar="KIND")
     cache = prepare_kinds.add_parser("cache", help="preprocess training sources into a memory-mapped cache")
@@ -399,6 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     to_bag.add_argument("--quiet", action="store_true")
     to_bag.set_defaults(func=cmd_kitti_to_bag)
 
+
+def _add_train(commands: Any) -> None:
+    """sfm train."""
     train = commands.add_parser("train", help="train depth and pose networks on unlabelled video")
     train.add_argument("--config", help="training preset (config/train_kitti.yaml, config/train_cpu_small.yaml)")
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config value")
@@ -411,6 +406,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "fresh optimiser (fine-tuning); the bundle's input size, source count and mask must be "
                             "the config's (model.init_from)")
     train.set_defaults(func=cmd_train)
+
+
+def _add_export(commands: Any) -> None:
+    """sfm export and sfm quantize."""
+    from sfm_ros.bundle import PRECISIONS
+    from sfm_ros.quantize import CALIBRATION_METHODS, QUANTIZE_TARGETS
 
     export = commands.add_parser("export", help="export a bundle to ONNX (verified), optionally build engines")
     export.add_argument("bundle")
@@ -431,6 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     camera_topic_options(export, "--int8-bag's")
     export.set_defaults(func=cmd_export)
 
+
     quantize = commands.add_parser(
         "quantize", help="INT8 models from an exported bundle, calibrated and checked on a bag (no torch needed): "
                          "onnxruntime's for CPUs, and/or the Q/DQ models TensorRT builds INT8 engines from")
@@ -447,12 +449,11 @@ def build_parser() -> argparse.ArgumentParser:
     camera_topic_options(quantize, "the bag's")
     quantize.set_defaults(func=cmd_quantize)
 
-    def node_options(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--bundle", help="model bundle (pipeline.bundle)")
-        sub.add_argument("--backend", choices=BACKEND_CHOICES)
-        sub.add_argument("--scale-source", choices=tuple(source.value for source in ScaleSource))
-        sub.add_argument("--params", help="node parameter file (default config/sfm.yaml when present)")
-        sub.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. scale.camera_height_m=1.5")
+
+def _add_replay_and_eval(commands: Any) -> None:
+    """sfm replay and sfm eval depth | pose."""
+    from sfm_ros.backends import BACKEND_CHOICES
+    from sfm_ros.bundle import PRECISIONS
 
     replay = commands.add_parser("replay", help="run the node's pipeline over a bag, write an output bag")
     replay.add_argument("bag")
@@ -464,6 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     camera_topic_options(replay, "the bag's")
     node_options(replay)
     replay.set_defaults(func=cmd_replay)
+
 
     evaluate = commands.add_parser("eval", help="evaluate depth (Eigen) or pose (ATE, RPE, KITTI)")
     eval_kinds = evaluate.add_subparsers(dest="kind", required=True, metavar="KIND")
@@ -496,6 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
     node_options(pose)
     pose.set_defaults(func=cmd_eval_pose)
 
+
+def _add_bench(commands: Any) -> None:
+    """sfm bench inference | train | learning | real | odometry."""
     bench = commands.add_parser("bench", help="measure inference latency, training throughput or whether a training "
                                               "recipe learns (prints JSON)")
     bench_kinds = bench.add_subparsers(dest="what", required=True, metavar="WHAT")
@@ -562,7 +567,6 @@ def build_parser() -> argparse.ArgumentParser:
                     "and per-stage latency, with plots; beside it, on the same frames, the network chain alone and a "
                     "classical monocular VO (tracked corners, essential matrix, scale from the road at the camera's "
                     "height), with each sequence's top view of all three against the truth (NAME/top_view.png).")
-    odometry.add_argument("--bundle", required=True, help="model bundle (exported for onnxruntime, or torch)")
     odometry.add_argument("--data", help="synth_streets folder (default: ../shared/data/synth_streets, else the "
                                          "repository's sample)")
     odometry.add_argument("--no-streets", action="store_true", help="only the KITTI sequences")
@@ -570,22 +574,30 @@ def build_parser() -> argparse.ArgumentParser:
                           help="KITTI odometry sequence folders with poses; :FIRST:LAST scores only the frames so "
                                "numbered, both included (sequences/00:150:199: frames a model trained on 0-149 "
                                "did not see)")
-    odometry.add_argument("--backend", choices=BACKEND_CHOICES, help="pipeline.backend")
-    odometry.add_argument("--scale-source", choices=tuple(source.value for source in ScaleSource))
-    odometry.add_argument("--params", help="node parameter file (default config/sfm.yaml when present)")
-    odometry.add_argument("--set", action="append", metavar="KEY=VALUE", help="node parameter override")
+    node_options(odometry, bundle_required=True)
     odometry.add_argument("--standstill-frames", type=int, default=90,
                           help="also hold each street still this many frames at 30 Hz with sensor noise (0: no)")
     odometry.add_argument("--output", default="runs/bench_odometry")
     odometry.add_argument("--quiet", action="store_true")
     odometry.set_defaults(func=cmd_bench_odometry)
 
+
+def _add_demo(commands: Any) -> None:
+    """sfm demo."""
     demo = commands.add_parser("demo", help="the whole story on the bundled rendered streets and KITTI sample")
     demo.add_argument("--output", default="demo_output")
     demo.add_argument("--steps", type=int, help="training steps (default: 600 on CPU, 3000 on a GPU)")
     demo.add_argument("--sample", default="test/data", help="the bundled sample folder")
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(func=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sfm", description="SfMLearner depth and visual odometry: train on "
+                                     "recorded drives, export to ONNX/TensorRT, replay bags, evaluate.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_prepare, _add_train, _add_export, _add_replay_and_eval, _add_bench, _add_demo):
+        add(commands)
     return parser
 
 

@@ -146,7 +146,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> T:
-    """Load ``cls`` from a YAML file (optional) plus overrides; the dataclass holds every default."""
+    """Load ``cls`` from a YAML file (optional) plus overrides; the dataclass holds every default. A ROS 2 parameter
+    file's values, nested under ``<node>: ros__parameters:``, are read from there."""
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -157,6 +158,9 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
             raise ConfigError(f"config {path} is not valid YAML: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config {path} must hold a mapping, got {type(data).__name__}")
+        nodes = list(data.values())
+        if len(nodes) == 1 and isinstance(nodes[0], dict) and "ros__parameters" in nodes[0]:
+            data = nodes[0]["ros__parameters"] or {}
     return from_dict(cls, apply_overrides(data, overrides))
 
 

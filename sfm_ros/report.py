@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["colorize_depth", "plot_depth_grid", "plot_depth_previews", "plot_frame_errors", "plot_trajectories",
-           "plot_trajectory", "write_report"]
+__all__ = ["colorize_depth", "plot_depth_grid", "plot_depth_previews", "plot_drift_curves", "plot_frame_errors",
+           "plot_trajectories", "plot_trajectory", "write_report"]
 
 
 def _pyplot() -> Any:
@@ -48,6 +48,16 @@ def _finish(plt: Any, figure: Any, axis: Any, path: Path, title: str) -> Path:
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+def plot_drift_curves(path: Path, curves: dict[str, tuple[Any, Any]], title: str) -> Path:
+    """Position error (m, no alignment) over distance travelled (m), one line per name in ``curves``."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for name, (distance_m, error_m) in curves.items():
+        axis.plot(distance_m, error_m, label=name)
+    axis.set(xlabel="distance travelled [m]", ylabel="position error [m] (no alignment)")
+    return _finish(plt, figure, axis, path, title)
 
 
 def plot_trajectory(path: Path, reference_xyz: np.ndarray, estimate_xyz: np.ndarray, title: str,

@@ -111,3 +111,12 @@ def test_choice_lists_come_from_the_registries() -> None:
         estimate = estimator.update(ScaleObservation(translation_units=0.5, dt_s=0.1, depth=np.full((8, 8), 2.0),
                                                      K=np.array([[8.0, 0, 3.5], [0, 8.0, 3.5], [0, 0, 1]])))
         assert estimate.source.value == source
+
+
+def test_a_ros_parameter_file_loads_from_under_its_node(tmp_path) -> None:
+    """The CLI reads the node's own parameter file: values nested under <node>: ros__parameters:."""
+    path = tmp_path / "params.yaml"
+    path.write_text("sfm:\n  ros__parameters:\n    odom_frame: odom_visual\n    pipeline:\n      bundle: /b\n")
+    config = load_config(NodeConfig, path, ["scale.source=none"])
+    assert (config.odom_frame, config.pipeline.bundle, config.scale.source) == ("odom_visual", "/b", "none")
+    assert load_config(NodeConfig, REPO / "config" / "sfm.yaml") == NodeConfig()

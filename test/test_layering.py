@@ -124,6 +124,24 @@ def test_import_statements_point_down_and_form_no_cycle() -> None:
             visit(module, [])
 
 
+def test_the_installed_packages_import_only_installed_packages() -> None:
+    """A wheel installs sfm_ros and training (setup.py), not benchmarks/ or test/: a command that imported those would
+    work in this checkout and fail for a user who installed the package."""
+    local = {path.parent.name for path in REPO.glob("*/__init__.py")}
+    installed = {"sfm_ros", "training"}
+    assert '"training"' in (REPO / "setup.py").read_text() and installed < local
+    wrong = []
+    for package in sorted(installed):
+        for path in sorted((REPO / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                         else [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+                         else [])
+                wrong += [f"{path.relative_to(REPO)} imports {name}" for name in names
+                          if name.split(".")[0] in local - installed]
+    assert not wrong, wrong
+
+
 PROBE = """
 import importlib, json, sys
 try:

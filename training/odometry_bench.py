@@ -204,15 +204,11 @@ def run_standstill(pipeline: Pipeline, sequence: kitti.Sequence, still_frames: i
 
 
 def _plot_drift(path: Path, results: list[dict[str, Any]]) -> Path:
-    from sfm_ros.report import _finish, _pyplot
+    from sfm_ros.report import plot_drift_curves
 
-    plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(7, 4))
-    for result in results:
-        curve = result["drift_curve"]
-        axis.plot(curve["distance_m"], curve["error_m"], label=result["sequence"])
-    axis.set(xlabel="distance travelled [m]", ylabel="position error [m] (no alignment)")
-    return _finish(plt, figure, axis, path, "drift over distance, the pipeline's own scale")
+    return plot_drift_curves(path, {result["sequence"]: (result["drift_curve"]["distance_m"],
+                                                         result["drift_curve"]["error_m"]) for result in results},
+                             "drift over distance, the pipeline's own scale")
 
 
 def _network_chain(config: PipelineConfig) -> PipelineConfig:
