@@ -320,6 +320,22 @@ def test_travel_elevation_and_the_plane_along_it_by_hand() -> None:
     np.testing.assert_allclose(normal, ground_normal_in_camera(pitched), atol=1e-12)
 
 
+def test_a_non_finite_step_leaves_the_plane_alone() -> None:
+    """A NaN step (a model or an alignment that failed; the pipeline drops that frame) is no elevation: ten straight
+    steps 2 degrees above the mounting's plane tilt it to (0, cos 2, sin 2) with or without NaN steps among them."""
+    from sfm_ros.odometry.ground import GroundPlane
+
+    angle, config = np.radians(2.0), ScaleConfig(ground_motion=True)
+    step, broken = np.eye(4), np.full((4, 4), np.nan)
+    step[:3, 3] = 1.3 * np.array([0.0, -np.sin(angle), np.cos(angle)])
+    plane = GroundPlane(LEVEL)
+    for _ in range(config.ground_pitch_from_travel):
+        plane.follow(broken, config)
+        plane.follow(step, config)
+    assert plane.tilted
+    np.testing.assert_allclose(plane.normal, [0.0, np.cos(angle), np.sin(angle)], atol=1e-9)
+
+
 def test_significant_travel_elevation_by_hand() -> None:
     """Elevations 0.1, -0.1, 0.3, -0.3, 0.2: median 0.1, deviations from it 0, 0.2, 0.2, 0.4, 0.1 (MAD 0.2), so the
     median's standard error is 1.858 x 0.2 / sqrt(5) = 0.166 and 0.1 is within 3 of them: 0, the mounting stands.

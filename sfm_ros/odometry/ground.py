@@ -197,6 +197,7 @@ class GroundPlane:
         an event the first time the plane tilts, else None."""
         translation = T_prev_current[:3, 3]
         if (not config.uses_ground_motion or config.ground_pitch_from_travel <= 0
+                or not np.isfinite(T_prev_current).all()  # a failed step: the pipeline drops its frame
                 or np.linalg.norm(translation) < GROUND_MIN_STEP * config.camera_height_m):
             return None
         # Turning steps' elevations come out up to 2.5 degrees off even with exact depth and poses: straight only.
