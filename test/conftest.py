@@ -83,3 +83,14 @@ def odometry_bag(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = tmp_path_factory.mktemp("bags") / "seq06"
     return kitti_to_bag(kitti.kitti_odometry_sequence(ODOMETRY_06), out, progress=False)
+
+
+@pytest.fixture
+def ros_context():  # pragma: no cover - rclpy machines
+    """An rclpy context of the test's own, shut down after it (tests that use it skip where rclpy is missing)."""
+    import rclpy
+
+    context = rclpy.context.Context()
+    rclpy.init(context=context)
+    yield context
+    rclpy.try_shutdown(context=context)

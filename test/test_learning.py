@@ -258,3 +258,11 @@ def test_the_default_recipe_learns_depth_on_the_bundled_streets(tmp_path: Path) 
     best = min(row["abs_rel"] for row in record["curve"][1:])
     assert best < GUARD_RATIO * constant, [round(row["abs_rel"], 3) for row in record["curve"]]
     assert record["curve"][-1]["disparity_variation"] > 0.1  # structure, not one value per image
+
+
+def test_seed_spread_by_hand() -> None:
+    from training.learning_bench import seed_spread
+
+    records = [{"final": {"abs_rel": 0.2, "a1": 0.7}}, {"final": {"abs_rel": 0.3, "a1": 0.5}}]
+    assert seed_spread(records, ["abs_rel"]) == pytest.approx({"abs_rel": 0.25, "abs_rel_min": 0.2,
+                                                               "abs_rel_max": 0.3})

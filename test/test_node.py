@@ -19,16 +19,6 @@ pytestmark = [pytest.mark.rclpy, pytest.mark.skipif(
     reason="rclpy is not installed (make test installs the ROS 2 Jazzy wheels; or source a ROS 2 installation)")]
 
 
-@pytest.fixture
-def ros_context():  # pragma: no cover - rclpy machines
-    import rclpy
-
-    context = rclpy.context.Context()
-    rclpy.init(context=context)
-    yield context
-    rclpy.try_shutdown(context=context)
-
-
 def spin_until(executor, condition, timeout_s: float = 20.0) -> bool:  # pragma: no cover
     deadline = time.monotonic() + timeout_s
     while not condition() and time.monotonic() < deadline:

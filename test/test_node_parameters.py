@@ -37,16 +37,6 @@ def maskless_bundle(small_bundle: Path, tmp_path_factory: pytest.TempPathFactory
     return copy
 
 
-@pytest.fixture
-def ros_context():  # pragma: no cover - rclpy machines
-    import rclpy
-
-    context = rclpy.context.Context()
-    rclpy.init(context=context)
-    yield context
-    rclpy.try_shutdown(context=context)
-
-
 def _node(ros_context, bundle: Path, *extra):  # pragma: no cover - rclpy machines
     from rclpy.parameter import Parameter
 

@@ -34,8 +34,8 @@ from training.health import training_health
 from training.normalisation import normalise
 from training.synth_streets import StreetSplit, has_split, street_folders
 
-__all__ = ["LearningEvaluator", "at_step", "chain_motions", "constant_forward_poses", "depth_scores",
-           "plot_learning_curves", "predicted_poses", "run_learning", "snippet_ate_mean", "summarise"]
+__all__ = ["LearningEvaluator", "at_step", "cache_for", "chain_motions", "constant_forward_poses", "depth_scores",
+           "plot_learning_curves", "predicted_poses", "run_learning", "seed_spread", "snippet_ate_mean", "summarise"]
 
 DEPTH_KEYS = ("abs_rel", "sq_rel", "rmse", "a1")
 # Held-out splits scored at every evaluation: "val" (new streets, surfaces train has seen) with unprefixed keys, and
@@ -151,7 +151,7 @@ class LearningEvaluator:
                 "saturated_fraction": stats["saturated_fraction"]}
 
 
-def _cache_for(config: TrainConfig, work_dir: Path, progress: bool) -> Path:
+def cache_for(config: TrainConfig, work_dir: Path, progress: bool) -> Path:
     """Prepare (or reuse) the cache of this data configuration."""
     key = hashlib.sha256(json.dumps(to_dict(config.data), sort_keys=True).encode()).hexdigest()[:12]
     cache = work_dir / f"cache_{config.data.height}x{config.data.width}_{key}"
@@ -184,7 +184,7 @@ def run_learning(source: str | Path, preset: str | Path | None, overrides: list[
         f"run.seed={seed}", f"run.progress={'true' if progress else 'false'}",
         # The benchmark's own evaluation replaces the per-epoch photometric validation.
         "run.val_every_epochs=100000"])
-    cache = _cache_for(config, work_dir, progress)
+    cache = cache_for(config, work_dir, progress)
     output = work_dir / "runs" / f"{run_name}_seed{seed}"
     evaluators = {HELD_OUT_SPLITS[name]: LearningEvaluator(split, config.data, max_depth_frames)
                   for name, split in held_out.items()}
@@ -270,14 +270,20 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"variant": name, "seeds": [r["seed"] for r in records],
                                "steps": records[0]["steps"], "collapsed": sum(r["collapsed"] for r in records)}
         keys = [prefix + key for prefix in HELD_OUT_SPLITS.values() for key in (*DEPTH_KEYS, "snippet_ate")]
-        for key in keys:
-            if not all(key in r["final"] for r in records):
-                continue
-            values = np.array([r["final"][key] for r in records])
-            row[key] = float(values.mean())
-            row[f"{key}_min"], row[f"{key}_max"] = float(values.min()), float(values.max())
+        row.update(seed_spread(records, [key for key in keys if all(key in r["final"] for r in records)]))
         rows.append(row)
     return rows
+
+
+def seed_spread(records: list[dict[str, Any]], keys: list[str]) -> dict[str, float]:
+    """Each key's mean over the seeds' final scores (``records[i]["final"]``) as ``key``, and its spread as
+    ``key_min`` and ``key_max``."""
+    spread: dict[str, float] = {}
+    for key in keys:
+        values = np.array([r["final"][key] for r in records])
+        spread[key] = float(values.mean())
+        spread[f"{key}_min"], spread[f"{key}_max"] = float(values.min()), float(values.max())
+    return spread
 
 
 def at_step(record: dict[str, Any], step: int) -> dict[str, Any]:

@@ -38,9 +38,10 @@ from training.config import DataConfig, load_train_config
 from training.data import network_frames, resize_to_network
 from training.learning_bench import (
     DEPTH_KEYS,
-    _cache_for,
+    cache_for,
     constant_forward_poses,
     predicted_poses,
+    seed_spread,
     snippet_ate_mean,
 )
 from training.normalisation import normalise
@@ -218,7 +219,7 @@ def _train_start(start: str, config_overrides: list[str], preset: str | None, bu
         "data.val_sources=[]", f"optim.max_steps={steps}", f"run.seed={seed}",
         f"run.progress={'true' if progress else 'false'}", "run.val_every_epochs=100000",
         *([f"model.init_from={bundle}"] if start == "finetune" else [])])
-    cache = _cache_for(config, work_dir, progress)
+    cache = cache_for(config, work_dir, progress)
     trainer = Trainer(config, cache, work_dir / "runs" / f"{start}_seed{seed}")
     curve: list[dict[str, float]] = []
 
@@ -316,12 +317,7 @@ def _summarise(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     rows = []
     for start, records in runs.items():
         row: dict[str, Any] = {"start": start, "seeds": [r["seed"] for r in records], "steps": records[0]["steps"]}
-        for key in records[0]["final"]:
-            if key in ("step", "eval_s"):
-                continue
-            values = np.array([r["final"][key] for r in records])
-            row[key] = float(values.mean())
-            row[f"{key}_min"], row[f"{key}_max"] = float(values.min()), float(values.max())
+        row.update(seed_spread(records, [key for key in records[0]["final"] if key not in ("step", "eval_s")]))
         rows.append(row)
     return rows
 
