@@ -15,7 +15,7 @@ from sfm_ros.bundle import BundleError, BundleMetadata, load_networks, read_meta
 from sfm_ros.metrics import garg_crop_mask
 from sfm_ros.models import DispNet, PoseExpNet
 from test.conftest import shared_path
-from test.test_learning import euler_xyz
+from test.odometry_support import euler_xyz
 from training.config import load_train_config
 from training.data import network_frames, open_source, prepare_cache
 from training.normalisation import normalise
