@@ -21,7 +21,7 @@ from sfm_ros.geometry import backproject, crop_intrinsics, ground_plane_depth
 
 __all__ = ["SCALE_ESTIMATORS", "ExternalSpeedScale", "FixedScale", "GroundPlaneScale",
            "ScaleEstimate", "ScaleEstimator", "ScaleObservation", "ScaleSource",
-           "fit_ground_plane", "ground_mask", "ground_region", "make_scale_estimator"]
+           "fit_ground_plane", "ground_mask", "make_scale_estimator"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,33 +103,22 @@ def fit_ground_plane(points: np.ndarray, rng: np.random.Generator, iterations: i
 GROUND_MAX_LATERAL_M = 3.0
 
 
-def ground_region(shape: tuple[int, int], K: np.ndarray, normal: np.ndarray, camera_height_m: float, region: float,
-                  max_lateral_m: float = 0.0) -> np.ndarray:
-    """The pixels [H,W] bool of an image of ``shape`` (K [3,3] at its size) where the camera's mounting puts the
-    ground ahead: in the lower ``region`` of the image, below the horizon of the plane (``normal``, unit and pointing
-    down, at ``camera_height_m``), and with max_lateral_m > 0 where the plane's point lies within max_lateral_m of the
-    optical axis, sideways. Geometry alone, no depth: the road ahead of a vehicle, whatever a depth net says of it."""
-    plane = ground_plane_depth(shape, K, normal, camera_height_m)
-    inside = np.zeros(shape, dtype=bool)
-    inside[int(shape[0] * (1.0 - region)):] = True
-    inside &= np.isfinite(plane)
-    if max_lateral_m > 0:
-        u = np.arange(shape[1], dtype=np.float64)[None, :]
-        inside &= np.abs((u - K[0, 2]) / K[0, 0] * np.where(np.isfinite(plane), plane, 0.0)) <= max_lateral_m
-    return inside
-
-
 def ground_mask(depth: np.ndarray, K: np.ndarray, normal: np.ndarray, camera_height_m: float, region: float,
                 tolerance: float, max_lateral_m: float = 0.0) -> tuple[np.ndarray, float | None, float]:
     """The pixels of a depth map [H,W] (any units; K [3,3] at its size) that lie on the ground of the camera's
-    mounting: in its ``ground_region``, with a depth whose ratio to the plane's (``normal``, unit and pointing down,
-    at ``camera_height_m``) is within ``tolerance`` (relative) of the ratio that most of them share. Objects on the
-    ground and walls break the ratio and drop out. Returns (mask [H,W] bool, that shared ratio: metres per depth
-    unit, or None when no pixel can be ground, and the share of the pixels that could be ground which agree: a wall
-    filling the view agrees with the plane along a few rows only)."""
+    mounting: in the lower ``region`` of the image, below the horizon, with a depth whose ratio to the plane's
+    (``normal``, unit and pointing down, at ``camera_height_m``) is within ``tolerance`` (relative) of the ratio that
+    most of them share. Objects on the ground and walls break the ratio and drop out. Returns (mask [H,W] bool, that
+    shared ratio: metres per depth unit, or None when no pixel can be ground, and the share of the pixels that could
+    be ground which agree: a wall filling the view agrees with the plane along a few rows only)."""
     plane = ground_plane_depth(depth.shape, K, normal, camera_height_m)
-    candidates = ground_region(depth.shape, K, normal, camera_height_m, region, max_lateral_m)
-    candidates &= np.isfinite(depth) & (depth > 0)
+    candidates = np.zeros(depth.shape, dtype=bool)
+    candidates[int(depth.shape[0] * (1.0 - region)):] = True
+    candidates &= np.isfinite(plane) & np.isfinite(depth) & (depth > 0)
+    if max_lateral_m > 0:
+        # Only the ground ahead: where the plane's point lies within max_lateral_m of the optical axis, sideways.
+        u = np.arange(depth.shape[1], dtype=np.float64)[None, :]
+        candidates &= np.abs((u - K[0, 2]) / K[0, 0] * np.where(np.isfinite(plane), plane, 0.0)) <= max_lateral_m
     mask = np.zeros(depth.shape, dtype=bool)
     if candidates.sum() < 3:
         return mask, None, 0.0
