@@ -86,7 +86,8 @@ def test_pose_from_the_window_has_no_frame_of_delay_and_is_scaled() -> None:
 
 
 def test_rotation_composes_in_the_camera_frame() -> None:
-    pipeline, backend = fake_pipeline()
+    # The chain's odometry: the fake's frames are featureless, and what an alignment makes of them is not the point.
+    pipeline, backend = fake_pipeline(odometry="chain")
     backend.pose = np.array([0, 0, 0, 0, 0.05, 0])  # a yaw about the optical y axis, no translation
     estimates = [pipeline.process(i * 100_000_000, frame(), CAMERA) for i in range(5)]
     # Four relative poses of inverse(R_y(0.05)) each (frames 0 -> 4), in the first camera's frame.
@@ -141,7 +142,7 @@ def test_unhealthy_scale_multiplies_standard_deviations() -> None:
 
 
 def test_twist_is_the_body_velocity_of_the_last_step() -> None:
-    pipeline, backend = fake_pipeline()
+    pipeline, backend = fake_pipeline(odometry="chain")  # featureless frames: the chain's steps, exactly
     estimates = [pipeline.process(i * 100_000_000, frame(), CAMERA) for i in range(3)]
     assert estimates[1].twist is None and np.all(np.diag(estimates[1].twist_covariance) >= 1e6)
     # 0.2 m forward in 0.1 s: 2 m/s along base_link x; std 0.01 m / 0.1 s = 0.1 m/s (above the 0.05 floor),
@@ -150,7 +151,7 @@ def test_twist_is_the_body_velocity_of_the_last_step() -> None:
     np.testing.assert_allclose(np.diag(estimates[2].twist_covariance), [1e-2] * 3 + [1e-4] * 3, rtol=1e-6)
     assert estimates[2].dt_s == pytest.approx(0.1)
     # A yaw of 0.05 rad a frame about the optical y axis (down) is a left turn about base_link z: +0.5 rad/s.
-    turning, backend = fake_pipeline()
+    turning, backend = fake_pipeline(odometry="chain")
     backend.pose = np.array([0, 0, 0, 0, 0.05, 0])
     estimates = [turning.process(i * 100_000_000, frame(), CAMERA) for i in range(3)]
     np.testing.assert_allclose(estimates[2].twist, [0, 0, 0, 0, 0, 0.5], atol=1e-9)
