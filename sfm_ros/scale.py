@@ -21,7 +21,7 @@ from sfm_ros.geometry import backproject, crop_intrinsics, ground_plane_depth
 
 __all__ = ["SCALE_ESTIMATORS", "ExternalSpeedScale", "FixedScale", "GroundPlaneScale",
            "ScaleEstimate", "ScaleEstimator", "ScaleObservation", "ScaleSource",
-           "fit_ground_plane", "ground_mask", "ground_region", "make_scale_estimator", "road_ground"]
+           "fit_ground_plane", "ground_mask", "make_scale_estimator"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,40 +103,22 @@ def fit_ground_plane(points: np.ndarray, rng: np.random.Generator, iterations: i
 GROUND_MAX_LATERAL_M = 3.0
 
 
-# A lane pixel is kept as ground for the step lengths unless its depth, at the ground's shared scale, is this much
-# (relative) shorter than the plane's: a point that much nearer stands at least this share of the camera's height
-# above the road (a car, a wall), while a depth net's error on a road it never saw moves road pixels by tens of
-# percent both ways, which the 5 % agreement of ``ground_mask`` turned into 18-30 % of the lane (RESULTS, issue 32).
-GROUND_ABOVE_PLANE_MARGIN = 0.2
-
-
-def ground_region(shape: tuple[int, int], K: np.ndarray, normal: np.ndarray, camera_height_m: float, region: float,
-                  max_lateral_m: float = 0.0) -> np.ndarray:
-    """The pixels [H,W] bool of an image of ``shape`` (K [3,3] at its size) where the camera's mounting puts the
-    ground ahead: in the lower ``region`` of the image, below the horizon of the plane (``normal``, unit and pointing
-    down, at ``camera_height_m``), and with max_lateral_m > 0 where the plane's point lies within max_lateral_m of the
-    optical axis, sideways. Geometry alone, no depth."""
-    plane = ground_plane_depth(shape, K, normal, camera_height_m)
-    inside = np.zeros(shape, dtype=bool)
-    inside[int(shape[0] * (1.0 - region)):] = True
-    inside &= np.isfinite(plane)
-    if max_lateral_m > 0:
-        u = np.arange(shape[1], dtype=np.float64)[None, :]
-        inside &= np.abs((u - K[0, 2]) / K[0, 0] * np.where(np.isfinite(plane), plane, 0.0)) <= max_lateral_m
-    return inside
-
-
 def ground_mask(depth: np.ndarray, K: np.ndarray, normal: np.ndarray, camera_height_m: float, region: float,
                 tolerance: float, max_lateral_m: float = 0.0) -> tuple[np.ndarray, float | None, float]:
     """The pixels of a depth map [H,W] (any units; K [3,3] at its size) that lie on the ground of the camera's
-    mounting: in its ``ground_region``, with a depth whose ratio to the plane's (``normal``, unit and pointing down,
-    at ``camera_height_m``) is within ``tolerance`` (relative) of the ratio that most of them share. Objects on the
-    ground and walls break the ratio and drop out. Returns (mask [H,W] bool, that shared ratio: metres per depth
-    unit, or None when no pixel can be ground, and the share of the pixels that could be ground which agree: a wall
-    filling the view agrees with the plane along a few rows only)."""
+    mounting: in the lower ``region`` of the image, below the horizon, with a depth whose ratio to the plane's
+    (``normal``, unit and pointing down, at ``camera_height_m``) is within ``tolerance`` (relative) of the ratio that
+    most of them share. Objects on the ground and walls break the ratio and drop out. Returns (mask [H,W] bool, that
+    shared ratio: metres per depth unit, or None when no pixel can be ground, and the share of the pixels that could
+    be ground which agree: a wall filling the view agrees with the plane along a few rows only)."""
     plane = ground_plane_depth(depth.shape, K, normal, camera_height_m)
-    candidates = ground_region(depth.shape, K, normal, camera_height_m, region, max_lateral_m)
-    candidates &= np.isfinite(depth) & (depth > 0)
+    candidates = np.zeros(depth.shape, dtype=bool)
+    candidates[int(depth.shape[0] * (1.0 - region)):] = True
+    candidates &= np.isfinite(plane) & np.isfinite(depth) & (depth > 0)
+    if max_lateral_m > 0:
+        # Only the ground ahead: where the plane's point lies within max_lateral_m of the optical axis, sideways.
+        u = np.arange(depth.shape[1], dtype=np.float64)[None, :]
+        candidates &= np.abs((u - K[0, 2]) / K[0, 0] * np.where(np.isfinite(plane), plane, 0.0)) <= max_lateral_m
     mask = np.zeros(depth.shape, dtype=bool)
     if candidates.sum() < 3:
         return mask, None, 0.0
@@ -149,23 +131,6 @@ def ground_mask(depth: np.ndarray, K: np.ndarray, normal: np.ndarray, camera_hei
     centre = float(np.median(ordered[first:first + counts[first]]))
     mask[candidates] = np.abs(log_ratio - centre) <= half_width
     return mask, float(np.exp(centre)), float(mask.sum() / candidates.sum())
-
-
-def road_ground(depth: np.ndarray, K: np.ndarray, normal: np.ndarray, camera_height_m: float, region: float,
-                tolerance: float, max_lateral_m: float = 0.0) -> np.ndarray:
-    """The pixels [H,W] bool the ground's step lengths are measured on: the ``ground_region`` ahead less the pixels
-    whose depth (any units), at the scale the ground shares (``ground_mask``'s ratio, found with ``tolerance``), is
-    more than GROUND_ABOVE_PLANE_MARGIN shorter than the plane's: what stands on or beside the road. Nearer is the
-    only way out: a depth net's errors on the road itself keep it in. With no shared scale (no pixel with depth), the
-    region's pixels that have a depth."""
-    _, metres_per_unit, _ = ground_mask(depth, K, normal, camera_height_m, region, tolerance, max_lateral_m)
-    inside = ground_region(depth.shape, K, normal, camera_height_m, region, max_lateral_m)
-    inside &= np.isfinite(depth) & (depth > 0)
-    if metres_per_unit is None:
-        return inside
-    plane = ground_plane_depth(depth.shape, K, normal, camera_height_m)
-    with np.errstate(invalid="ignore"):
-        return inside & (depth * metres_per_unit >= (1.0 - GROUND_ABOVE_PLANE_MARGIN) * plane)
 
 
 class _SmoothedScale:

@@ -51,7 +51,7 @@ from sfm_ros.odometry import uncertainty
 from sfm_ros.odometry.estimate import UNKNOWN_TWIST_VARIANCE, Estimate, FrameError
 from sfm_ros.odometry.ground import GroundPlane, StepLength
 from sfm_ros.odometry.tracking import Chain, Decision, Keyframe, OnKeyframe, PreviousView, Tracked, Tracker
-from sfm_ros.scale import GROUND_MAX_LATERAL_M, ScaleEstimate, ScaleObservation, make_scale_estimator, road_ground
+from sfm_ros.scale import GROUND_MAX_LATERAL_M, ScaleEstimate, ScaleObservation, ground_mask, make_scale_estimator
 
 __all__ = ["Estimate", "FrameError", "Pipeline", "RestartCause"]
 
@@ -326,8 +326,8 @@ class Pipeline:
 
     def _scale(self, network: _NetworkStep) -> tuple[ScaleEstimate, np.ndarray | None]:
         """This frame's scale, from its depth and the ground plane (and the network's step for external_speed), and
-        with scale.ground_motion its ground pixels [h,w] bool (``scale.road_ground``; else None), which the next
-        frames measure their steps on: kept with its grey as the previous view."""
+        with scale.ground_motion its ground pixels [h,w] bool (else None), which the next frames measure their steps
+        on: kept with its grey as the previous view."""
         translation_units = (float(np.linalg.norm(network.T_prev_current[:3, 3]))
                              if network.T_prev_current is not None else None)
         normal = self._ground.normal
@@ -336,11 +336,10 @@ class Pipeline:
                                                              ground_normal=normal))
         config, ground = self.scale_config, None
         if config.uses_ground_motion:
-            # The road ahead as the mounting places it less what the depth puts clearly above it, not only the pixels
-            # whose depth agrees with the plane: a depth net that never saw the road agrees on a fifth of it, picked
-            # by its errors (RESULTS, issue 32's diagnosis); the depth still keeps cars and walls out.
-            ground = road_ground(network.depth_units, network.K, normal, config.camera_height_m,
-                                 config.ground_region, config.ground_tolerance, GROUND_MAX_LATERAL_M)
+            ground = scale.ground  # the pixels on the mounting's ground plane the scale measured, if it did
+            if ground is None:
+                ground = ground_mask(network.depth_units, network.K, normal, config.camera_height_m,
+                                     config.ground_region, config.ground_tolerance, GROUND_MAX_LATERAL_M)[0]
         if network.grey is not None:
             self._state.track.previous = PreviousView(network.grey, network.depth_units, ground)
         return scale, ground
