@@ -81,9 +81,13 @@ def learning_rate_factor(steps_done: int, total_steps: int, decay_start: float, 
 
 def make_optimizer(parameters: Iterable[nn.Parameter], device: torch.device, *, lr: float, betas: tuple[float, float],
                    weight_decay: float = 0.0, cuda_graph: bool = False) -> torch.optim.Adam:
-    """Adam; on CUDA the fused kernel (one launch for all parameters), capturable when the step is a graph."""
+    """Adam with the fused kernel, capturable when the step is a CUDA graph.
+
+    Fused on every device: on CUDA one launch for all parameters; on a CPU one vectorised pass instead of a
+    dozen, which is a quarter of a small-image step for these 35 M parameters. The same update up to float
+    rounding (about 1e-8 a step)."""
     on_cuda = device.type == "cuda"
-    return torch.optim.Adam(parameters, lr=lr, betas=betas, weight_decay=weight_decay, fused=on_cuda or None,
+    return torch.optim.Adam(parameters, lr=lr, betas=betas, weight_decay=weight_decay, fused=True,
                             capturable=on_cuda and cuda_graph)
 
 
