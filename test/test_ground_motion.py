@@ -226,6 +226,10 @@ def test_the_pipelines_steps_take_the_grounds_length_behind_its_flag(keyframes: 
     assert np.median(ground_factors) == pytest.approx(1.0, abs=0.03)
     # The ratio of the ground's lengths to the aligned ones: the chain's steps were 1.3 times too long.
     assert pipeline.step_length.ratio == pytest.approx(1.0 if keyframes else 1 / 1.3, abs=0.05)
+    # The speed that gates the measurements is the camera's (frames 0.1 s apart; with keyframes each step is the
+    # difference of two positions measured against the keyframe).
+    true_speeds = [np.linalg.norm((np.linalg.inv(poses[i - 1]) @ poses[i])[:3, 3]) / 0.1 for i in range(31, 35)]
+    assert pipeline.step_length.correction.speed_mps == pytest.approx(np.mean(true_speeds), rel=0.05)
 
 
 def test_step_length_correction_by_hand() -> None:
