@@ -226,6 +226,10 @@ def test_the_pipelines_steps_take_the_grounds_length_behind_its_flag(keyframes: 
     assert np.median(ground_factors) == pytest.approx(1.0, abs=0.03)
     # The ratio of the ground's lengths to the aligned ones: the chain's steps were 1.3 times too long.
     assert pipeline.step_length.ratio == pytest.approx(1.0 if keyframes else 1 / 1.3, abs=0.05)
+    # The speed that gates the measurements is the camera's (frames 0.1 s apart; with keyframes each step is the
+    # difference of two positions measured against the keyframe).
+    true_speeds = [np.linalg.norm((np.linalg.inv(poses[i - 1]) @ poses[i])[:3, 3]) / 0.1 for i in range(31, 35)]
+    assert pipeline.step_length.correction.speed_mps == pytest.approx(np.mean(true_speeds), rel=0.05)
 
 
 def test_step_length_correction_by_hand() -> None:
@@ -266,6 +270,30 @@ def test_step_length_correction_is_not_locked_by_a_wild_measurement() -> None:
     far = StepLengthCorrection(smoothing=0.5, max_jump=1.5)
     assert [far.correct(r) for r in (1.6, 1.8, 3.8, 1.9)] == [1.0] * 4
     assert far.correct(1.65) == 1.65 and far.ratio == pytest.approx(1.8)
+
+
+def test_step_length_correction_gates_by_speed_once_it_has_one() -> None:
+    """A measurement is gated by its step's speed (m/s), not by its ratio to the aligned length: the ratio changes with
+    each keyframe's depth (KITTI 00 150-199: seven right measurements refused by the ratio), a car's speed does not."""
+    from sfm_ros.odometry.ground import SPEED_SMOOTHING, StepLengthCorrection
+
+    correction = StepLengthCorrection(smoothing=0.5, max_jump=1.5)
+    assert correction.correct(1.2, 10.0) == 1.2  # the first: within 1.5x of 1 (no speed yet)
+    assert correction.ratio == 1.2 and correction.speed_mps == 10.0
+    # A new keyframe's depth halves the ratio; the speed agrees (9 within 10 / 1.5 .. 10 * 1.5): accepted.
+    assert correction.correct(0.5, 9.0) == 0.5
+    assert correction.ratio == pytest.approx(0.85)  # 0.5 * 1.2 + 0.5 * 0.5
+    assert correction.speed_mps == pytest.approx(SPEED_SMOOTHING * 10.0 + (1 - SPEED_SMOOTHING) * 9.0)
+    speed = correction.speed_mps
+    # A ratio that agrees but a speed that does not (3 m/s below 9.5 / 1.5): refused, the ratio applies.
+    assert correction.correct(0.9, 3.0) == pytest.approx(0.85) and correction.speed_mps == speed
+    # A step whose time is unknown is gated by the ratio: 1.0 lies within 1.5x of 0.85.
+    assert correction.correct(1.0, None) == 1.0 and correction.speed_mps == speed
+    # Five refused speeds that agree (the vehicle did speed up, or the recent speed was wrong) take over, ratio too.
+    assert [correction.correct(r, v) for r, v in ((2.0, 20.0), (2.2, 21.0), (1.9, 19.0), (2.1, 22.0))] == [
+        pytest.approx(0.925)] * 4
+    assert correction.correct(2.05, 20.5) == 2.05
+    assert correction.speed_mps == pytest.approx(20.5) and correction.ratio == pytest.approx(2.05)
 
 
 def test_ground_motion_refines_only_the_camera_height_scale() -> None:

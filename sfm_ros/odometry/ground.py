@@ -21,10 +21,10 @@ import cv2
 import numpy as np
 
 from sfm_ros.config import ScaleConfig
-from sfm_ros.geometry import with_translation_scaled
+from sfm_ros.geometry import invert_transform, with_translation_scaled
 from sfm_ros.odometry.align import ground_translation
 
-__all__ = ["GROUND_DIRECTION_SIGMA", "GROUND_MAX_JUMP", "GROUND_MIN_PARALLAX_PX", "GROUND_MIN_STEP",
+__all__ = ["GROUND_DIRECTION_SIGMA", "GROUND_MAX_JUMP", "GROUND_MIN_PARALLAX_PX", "GROUND_MIN_STEP", "SPEED_SMOOTHING",
            "TRAVEL_ELEVATION_WINDOW", "TRAVEL_MAX_STEP_YAW_RAD", "TRAVEL_SIGNIFICANCE", "GroundPlane", "LengthFactor",
            "StepLength", "StepLengthCorrection", "normal_along_travel", "significant_travel_elevation",
            "travel_elevation"]
@@ -75,9 +75,17 @@ def normal_along_travel(normal: np.ndarray, elevation_rad: float) -> np.ndarray:
     return np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]]) @ normal
 
 
-# A ground-measured length more than this factor off the recent ratio to the aligned one is an outlier (a wrong
-# match on a repetitive road, the road's edge taken for road); the recent ratio applies instead.
+# A ground-measured length more than this factor off the recent ratio to the aligned one, or its step's speed more than
+# this factor off the recent speed, is an outlier (a wrong match on a repetitive road, the road's edge taken for road);
+# the recent ratio applies instead.
 GROUND_MAX_JUMP = 1.5
+# The smoothing of the recent speed that gates the ground's lengths: a vehicle's speed changes little from one frame to
+# the next (2 m/s^2 is 2 % of 10 m/s in 0.1 s) but by a fifth over a second, which 0.5 a frame still follows.
+SPEED_SMOOTHING = 0.5
+
+
+def _within(value: float, reference: float, factor: float) -> bool:
+    return reference / factor <= value <= reference * factor
 
 
 class StepLengthCorrection:
@@ -86,41 +94,60 @@ class StepLengthCorrection:
     The depth's shape, not only its scale, sets an alignment's length: a young model's near wall seen too far makes
     the steps short where the ground, whose depth the camera's height and mounting fix, says otherwise. Each measured
     step takes the ground's length; the smoothed ratio of measured to aligned lengths carries to the steps the ground
-    cannot measure (standing still, a featureless road). A measurement more than ``max_jump`` times off that ratio is
-    an outlier (a wrong match on a repetitive road) and gets the ratio instead. Before the first accepted
-    measurement the reference is 1 (the aligned length is already metric), so one wild first measurement cannot set
-    the ratio; and ``recover_after`` outliers in a row, all but one of them within ``max_jump`` of their median,
-    replace a ratio that has gone wrong with that median, instead of being refused for the rest of the drive. Five,
-    because KITTI shows bursts of three wrong but agreeing measurements (a stretch of road the ground mask gets
-    wrong); all but one, because a wild one among them is common where the ratio is far from 1.
+    cannot measure (standing still, a featureless road).
+
+    A measurement is gated in metres: the speed of its step (the camera's motion since the previous frame, m/s) more
+    than ``max_jump`` times off the recent speed makes it an outlier (a wrong match on a repetitive road, the road's
+    edge taken for road), which gets the ratio instead. A vehicle's speed changes little between frames, whereas the
+    ratio to the aligned length changes with each keyframe's depth. Before the first accepted measurement, or for a
+    step whose time is not known, the gate is the ratio instead, against 1 before the first (the aligned length is
+    already metric), so one wild first measurement cannot set the ratio. ``recover_after`` outliers in a row, all but
+    one of them within ``max_jump`` of their median, replace a speed and ratio that have gone wrong with their
+    medians, instead of being refused for the rest of the drive. Five, because KITTI shows bursts of three wrong but
+    agreeing measurements (a stretch of road the ground mask gets wrong); all but one, because a wild one among them
+    is common where the ratio is far from 1.
     """
 
     def __init__(self, smoothing: float, max_jump: float, recover_after: int = 5) -> None:
         self.smoothing, self.max_jump, self.recover_after = smoothing, max_jump, recover_after
         self.ratio: float | None = None  # None until the ground has measured a step
-        # The latest refused measurements since the last accepted one (bounded: a node runs for hours).
-        self._outliers: collections.deque[float] = collections.deque(maxlen=recover_after)
+        self.speed_mps: float | None = None  # the recent accepted steps' speed, None until one had a time
+        # The latest refused measurements (ratio, speed) since the last accepted one (bounded: a node runs for hours).
+        self._outliers: collections.deque[tuple[float, float | None]] = collections.deque(maxlen=recover_after)
 
-    def correct(self, measured_ratio: float | None) -> float:
+    def correct(self, measured_ratio: float | None, speed_mps: float | None = None) -> float:
         """The factor for this step's aligned length, given the ground's measured length over it (None: no usable
-        measurement)."""
+        measurement) and the speed of the step it implies (m/s; None when the step's time is not known)."""
         reference = 1.0 if self.ratio is None else self.ratio
         if measured_ratio is None or not np.isfinite(measured_ratio) or measured_ratio <= 0:
             return reference
-        if reference / self.max_jump <= measured_ratio <= reference * self.max_jump:
-            self.ratio = (measured_ratio if self.ratio is None
-                          else self.smoothing * self.ratio + (1 - self.smoothing) * measured_ratio)
-            self._outliers.clear()
+        if speed_mps is not None and not (np.isfinite(speed_mps) and speed_mps >= 0):
+            speed_mps = None
+        by_speed = speed_mps is not None and self.speed_mps is not None
+        if (_within(speed_mps, self.speed_mps, self.max_jump) if by_speed
+                else _within(measured_ratio, reference, self.max_jump)):
+            self._accept(measured_ratio, speed_mps)
             return measured_ratio
-        self._outliers.append(measured_ratio)
-        recent = np.asarray(self._outliers)
-        median = float(np.median(recent))
-        agreeing = (recent >= median / self.max_jump) & (recent <= median * self.max_jump)
-        if len(recent) == self.recover_after and agreeing.sum() >= len(recent) - 1:
-            self.ratio = median
-            self._outliers.clear()
-            return measured_ratio
+        self._outliers.append((measured_ratio, speed_mps))
+        if len(self._outliers) == self.recover_after:
+            ratios = np.array([ratio for ratio, _ in self._outliers])
+            speeds = np.array([speed for _, speed in self._outliers if speed is not None])
+            gated = speeds if by_speed and len(speeds) == len(ratios) else ratios
+            median = float(np.median(gated))
+            if sum(_within(value, median, self.max_jump) for value in gated) >= len(gated) - 1:
+                self.ratio = float(np.median(ratios))
+                self.speed_mps = float(np.median(speeds)) if len(speeds) else self.speed_mps
+                self._outliers.clear()
+                return measured_ratio
         return reference
+
+    def _accept(self, measured_ratio: float, speed_mps: float | None) -> None:
+        self.ratio = (measured_ratio if self.ratio is None
+                      else self.smoothing * self.ratio + (1 - self.smoothing) * measured_ratio)
+        if speed_mps is not None:
+            self.speed_mps = (speed_mps if self.speed_mps is None
+                              else SPEED_SMOOTHING * self.speed_mps + (1 - SPEED_SMOOTHING) * speed_mps)
+        self._outliers.clear()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,10 +185,13 @@ class StepLength:
         return self.correction.correct(None) if self.config.uses_ground_motion else 1.0
 
     def measure(self, reference_grey: np.ndarray, reference_ground: np.ndarray | None, grey: np.ndarray,
-                K: np.ndarray, T_current_reference: np.ndarray, carried: float, normal: np.ndarray) -> LengthFactor:
+                K: np.ndarray, T_current_reference: np.ndarray, carried: float, normal: np.ndarray,
+                previous_position_m: np.ndarray | None = None, dt_s: float | None = None) -> LengthFactor:
         """The factor that gives T_current_reference [4,4] (metres by the depth's scale) the length the reference
         frame's ground (pixels [H,W] of reference_grey [H,W]; the plane of ``normal`` [3], the camera's height below)
-        measures for it, or ``carried`` when the ground cannot measure it."""
+        measures for it, or ``carried`` when the ground cannot measure it. previous_position_m [3]: the previous
+        frame's position in the reference camera, metres (None: the reference frame is the previous one); dt_s: the
+        time since the previous frame (None: unknown); with both the measurement is gated by its step's speed."""
         config = self.config
         length = float(np.linalg.norm(T_current_reference[:3, 3]))
         if not config.uses_ground_motion or reference_ground is None or length < self.min_step_m:
@@ -176,7 +206,13 @@ class StepLength:
         ms = (time.perf_counter() - tick) * 1e3
         if not measured.accepted:
             return LengthFactor(carried, f"ground motion not measured: {measured.reason}", ms)
-        return LengthFactor(self.correction.correct(float(np.linalg.norm(measured.translation)) / length), None, ms)
+        ratio = float(np.linalg.norm(measured.translation)) / length
+        speed = None
+        if dt_s:
+            position = invert_transform(T_current_reference)[:3, 3] * ratio
+            previous = np.zeros(3) if previous_position_m is None else previous_position_m
+            speed = float(np.linalg.norm(position - previous)) / dt_s
+        return LengthFactor(self.correction.correct(ratio, speed), None, ms)
 
 
 class GroundPlane:

@@ -351,7 +351,7 @@ class Pipeline:
         state = self._state
         T_prev_current = with_translation_scaled(network.T_prev_current, scale.factor)  # metres by the depth's scale
         chain = Chain(state.T_world_camera, state.T_world_camera @ with_translation_scaled(T_prev_current, carried),
-                      uncertainty.step_covariance(T_prev_current, scale, self.config), carried)
+                      uncertainty.step_covariance(T_prev_current, scale, self.config), carried, network.dt_s)
         tracker = Tracker(self.config, self.T_base_camera, self.step_length)
         grey, keyframe = network.grey, state.track.keyframe
         if self.config.odometry == "keyframes" and grey is not None and keyframe is not None:

@@ -82,13 +82,15 @@ class OnKeyframe:
 @dataclasses.dataclass(frozen=True)
 class Chain:
     """The chain's prediction of a frame: the previous frame's pose T_world_previous [4,4], the frame's pose from it
-    and the network's step (its length times ``carried``) T_world_current [4,4], that step's covariance [6,6], and
-    ``carried``, the recent ratio of the ground's lengths to the aligned ones (1 without scale.ground_motion)."""
+    and the network's step (its length times ``carried``) T_world_current [4,4], that step's covariance [6,6],
+    ``carried``, the recent ratio of the ground's lengths to the aligned ones (1 without scale.ground_motion), and the
+    time since the previous frame, s (None: unknown)."""
 
     T_world_previous: np.ndarray
     T_world_current: np.ndarray
     covariance: np.ndarray
     carried: float
+    dt_s: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,8 +157,9 @@ class Tracker:
             # still one step from its keyframe does not jitter with each measurement's noise.
             length = LengthFactor(last.factor)
         else:
+            previous_position = last.translation * last.factor if last is not None else None
             length = self.step_length.measure(keyframe.grey, keyframe.ground, grey, K, aligned.T_current_previous,
-                                              chain.carried, normal)
+                                              chain.carried, normal, previous_position, chain.dt_s)
         T_keyframe_current = invert_transform(with_translation_scaled(aligned.T_current_previous, length.factor))
         if aligned.covariance is not None:
             covariance = uncertainty.alignment_covariance(aligned.covariance, T_keyframe_current, scale, self.config)
@@ -190,7 +193,7 @@ class Tracker:
             else:
                 events.append(f"pose refinement not used: {refined.reason}")
         length = self.step_length.measure(previous.grey, previous.ground, grey, K, T_current_previous, chain.carried,
-                                          normal)
+                                          normal, None, chain.dt_s)
         events += [length.note] if length.note else []
         T_current_previous = with_translation_scaled(T_current_previous, length.factor)
         return Tracked(chain.T_world_previous @ invert_transform(T_current_previous), covariance,
