@@ -277,40 +277,39 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     return 1 if any("error" in row for row in result["results"]) else 0
 
 
-def cmd_bench_learning(args: argparse.Namespace) -> int:
+def _report_bench(result: dict, table: str, leave_out: str | None = None) -> int:
+    """A benchmark's result as JSON on stdout (with the commit; ``leave_out``: a bulky key kept to the files) and its
+    table on stderr."""
     from sfm_ros.bench import git_commit
+
+    result["commit"] = git_commit()
+    _print_json({key: value for key, value in result.items() if key != leave_out})
+    print(table, file=sys.stderr)
+    return 0
+
+
+def cmd_bench_learning(args: argparse.Namespace) -> int:
     from training.learning_bench import format_table, run_from_arguments
 
     result = run_from_arguments(args)
-    result["commit"] = git_commit()
-    _print_json({k: v for k, v in result.items() if k != "variants"})
-    print(format_table(result), file=sys.stderr)
-    return 0
+    return _report_bench(result, format_table(result), leave_out="variants")
 
 
 def cmd_bench_real(args: argparse.Namespace) -> int:
-    from sfm_ros.bench import git_commit
     from training.real_bench import format_real_table, run_from_arguments
 
     result = run_from_arguments(args)
-    result["commit"] = git_commit()
-    _print_json({k: v for k, v in result.items() if k != "starts"})
-    print(format_real_table(result), file=sys.stderr)
-    return 0
+    return _report_bench(result, format_real_table(result), leave_out="starts")
 
 
 def cmd_bench_odometry(args: argparse.Namespace) -> int:
-    from sfm_ros.bench import git_commit
     from training.odometry_bench import bench_odometry, format_table
 
     config = _node_config(args)
     streets = None if args.no_streets else (args.data or _default_streets())
     result = bench_odometry(args.bundle, streets, args.kitti or [], args.output, config.pipeline, config.scale,
                             progress=not args.quiet, standstill_frames=args.standstill_frames)
-    result["commit"] = git_commit()
-    _print_json(result)
-    print(format_table(result), file=sys.stderr)
-    return 0
+    return _report_bench(result, format_table(result))
 
 
 def _default_streets() -> str:

@@ -46,6 +46,16 @@ def start_node(ros_context, bundle: Path, *, tf: bool):  # pragma: no cover - rc
     return node, helper, executor
 
 
+def camera_publishers(helper, executor):  # pragma: no cover - rclpy machines
+    """The camera's Image and CameraInfo publishers on the helper node, once the node under test subscribes."""
+    from sensor_msgs.msg import CameraInfo, Image
+
+    image_publisher = helper.create_publisher(Image, "image", 10)
+    info_publisher = helper.create_publisher(CameraInfo, "camera_info", 10)
+    assert spin_until(executor, lambda: image_publisher.get_subscription_count() > 0)
+    return image_publisher, info_publisher
+
+
 def test_node_on_real_frames(small_bundle: Path, ros_context) -> None:  # pragma: no cover - rclpy machines
     from diagnostic_msgs.msg import DiagnosticArray
     from nav_msgs.msg import Odometry
@@ -63,9 +73,7 @@ def test_node_on_real_frames(small_bundle: Path, ros_context) -> None:  # pragma
     helper.create_subscription(CameraInfo, "depth/camera_info", depth_info.append, 10)
     helper.create_subscription(Odometry, "sfm/odom", odometry.append, 10)
     helper.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 10)
-    image_publisher = helper.create_publisher(Image, "image", 10)
-    info_publisher = helper.create_publisher(CameraInfo, "camera_info", 10)
-    assert spin_until(executor, lambda: image_publisher.get_subscription_count() > 0)
+    image_publisher, info_publisher = camera_publishers(helper, executor)
     types = MessageTypes.from_rclpy()
     sequence = kitti.kitti_odometry_sequence(ODOMETRY_06)
     camera = CameraModel(K=sequence.K, height=sequence.size[0], width=sequence.size[1], frame_id="camera")
@@ -177,7 +185,6 @@ def test_node_broadcasts_tf_and_reads_the_extrinsic_from_tf(  # pragma: no cover
     import sys
 
     from nav_msgs.msg import Odometry
-    from sensor_msgs.msg import CameraInfo, Image
 
     from sfm_ros import kitti
     from sfm_ros.camera import CameraModel
@@ -204,9 +211,7 @@ def test_node_broadcasts_tf_and_reads_the_extrinsic_from_tf(  # pragma: no cover
             t for t in msg.transforms if t.child_frame_id == "base_link"), 10)
     odometry = []
     helper.create_subscription(Odometry, "sfm/odom", odometry.append, 10)
-    image_publisher = helper.create_publisher(Image, "image", 10)
-    info_publisher = helper.create_publisher(CameraInfo, "camera_info", 10)
-    assert spin_until(executor, lambda: image_publisher.get_subscription_count() > 0)
+    image_publisher, info_publisher = camera_publishers(helper, executor)
     sequence = kitti.kitti_odometry_sequence(ODOMETRY_06)
     camera = CameraModel(K=sequence.K, height=sequence.size[0], width=sequence.size[1], frame_id="camera")
     default_extrinsic = node.pipeline.T_base_camera.copy()
@@ -253,7 +258,7 @@ def test_parameters_apply_live_or_are_refused_with_the_reason(small_bundle: Path
                                                              ros_context) -> None:  # pragma: no cover - rclpy
     from nav_msgs.msg import Odometry
     from rclpy.parameter import Parameter
-    from sensor_msgs.msg import CameraInfo, Image
+    from sensor_msgs.msg import Image
 
     from sfm_ros.ros_io import MessageTypes, make_camera_info, make_header, rgb_to_image_msg
 
@@ -261,9 +266,7 @@ def test_parameters_apply_live_or_are_refused_with_the_reason(small_bundle: Path
     depth, odometry = [], []
     helper.create_subscription(Image, "depth/image", depth.append, 10)
     helper.create_subscription(Odometry, "sfm/odom", odometry.append, 10)
-    image_publisher = helper.create_publisher(Image, "image", 10)
-    info_publisher = helper.create_publisher(CameraInfo, "camera_info", 10)
-    assert spin_until(executor, lambda: image_publisher.get_subscription_count() > 0)
+    image_publisher, info_publisher = camera_publishers(helper, executor)
     types = MessageTypes.from_rclpy()
     frames, camera = _frames_and_camera()
 
@@ -303,7 +306,6 @@ def test_bad_stamps_are_dropped_or_restart_and_the_diagnostics_count_them(
     "lost" covariance, and /diagnostics counts each."""
     from diagnostic_msgs.msg import DiagnosticArray
     from nav_msgs.msg import Odometry
-    from sensor_msgs.msg import CameraInfo, Image
 
     from sfm_ros.ros_io import MessageTypes, make_camera_info, make_header, rgb_to_image_msg
 
@@ -311,9 +313,7 @@ def test_bad_stamps_are_dropped_or_restart_and_the_diagnostics_count_them(
     odometry, diagnostics = [], []
     helper.create_subscription(Odometry, "sfm/odom", odometry.append, 10)
     helper.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 10)
-    image_publisher = helper.create_publisher(Image, "image", 10)
-    info_publisher = helper.create_publisher(CameraInfo, "camera_info", 10)
-    assert spin_until(executor, lambda: image_publisher.get_subscription_count() > 0)
+    image_publisher, info_publisher = camera_publishers(helper, executor)
     types = MessageTypes.from_rclpy()
     frames, camera = _frames_and_camera()
     stamps_s = [1.0, 1.1, 1.1, 1.05, 9.0]  # a repeat, time going backwards, a gap of 7.95 s
@@ -345,7 +345,6 @@ def test_bad_stamps_are_dropped_or_restart_and_the_diagnostics_count_them(
 
 def test_resets_during_a_30_hz_stream(small_bundle: Path, ros_context) -> None:  # pragma: no cover - rclpy
     from nav_msgs.msg import Odometry
-    from sensor_msgs.msg import CameraInfo, Image
     from std_srvs.srv import Trigger
 
     from sfm_ros.ros_io import MessageTypes, make_camera_info, make_header, rgb_to_image_msg
@@ -353,10 +352,8 @@ def test_resets_during_a_30_hz_stream(small_bundle: Path, ros_context) -> None: 
     node, helper, executor = start_node(ros_context, small_bundle, tf=False)
     odometry = []
     helper.create_subscription(Odometry, "sfm/odom", odometry.append, 100)
-    image_publisher = helper.create_publisher(Image, "image", 10)
-    info_publisher = helper.create_publisher(CameraInfo, "camera_info", 10)
+    image_publisher, info_publisher = camera_publishers(helper, executor)
     client = helper.create_client(Trigger, "reset")
-    assert spin_until(executor, lambda: image_publisher.get_subscription_count() > 0)
     assert client.wait_for_service(timeout_sec=5)
     types = MessageTypes.from_rclpy()
     frames, camera = _frames_and_camera()
@@ -434,9 +431,7 @@ def test_malformed_message_storm_at_30_hz(small_bundle: Path, ros_context) -> No
     depth, diagnostics = [], []
     helper.create_subscription(Image, "depth/image", depth.append, 10)
     helper.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 10)
-    image_publisher = helper.create_publisher(Image, "image", 10)
-    info_publisher = helper.create_publisher(CameraInfo, "camera_info", 10)
-    assert spin_until(executor, lambda: image_publisher.get_subscription_count() > 0)
+    image_publisher, info_publisher = camera_publishers(helper, executor)
     types = MessageTypes.from_rclpy()
     frames, camera = _frames_and_camera()
     rng = np.random.default_rng(7)
