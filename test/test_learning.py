@@ -22,7 +22,7 @@ from training.normalisation import normalise, to_unit_range
 from training.synth_streets import load_street_split, street_folders, write_street_split
 
 SAMPLE = REPO / "test" / "data" / "synth_streets"
-GUARD_STEPS, GUARD_EVERY, GUARD_RATIO = 700, 100, 0.8
+GUARD_STEPS, GUARD_EVERY, GUARD_RATIO = 700, 50, 0.8
 
 
 @pytest.fixture(scope="module")
@@ -247,11 +247,11 @@ def test_the_trainer_reports_health_in_log_bar_and_summary(sample_cache: Path, c
 @pytest.mark.slow
 def test_the_default_recipe_learns_depth_on_the_bundled_streets(tmp_path: Path) -> None:
     """The regression guard: a short run of the default recipe on the repository's rendered streets must beat a
-    constant depth clearly on the held-out ones (the paper's recipe, which collapses, stays at the constant's
-    0.42). The best of the checkpoints, because a short run on 320 frames wobbles. In a 700-step run it first clears
-    the bar at step 500 (0.330 against 0.336; 0.390 at 200) and reaches 0.309 at 700, 8 % inside it. The suite's
-    longest test, about 6 minutes on 2 cores: a step costs what the full-size networks' backward pass costs (35 M
-    parameters), not what the 32x104 images do."""
+    constant depth clearly (by a fifth) on the held-out ones; the paper's recipe, which collapses, stays at the
+    constant's 0.42. The best of the checkpoints, every 50 steps, because a short run on 320 frames wobbles by up to
+    0.08 from one checkpoint to the next; its curves (two threads and one, 700 steps) are in RESULTS ("Fused Adam on
+    the CPU"). `make test` runs it on one core beside the rest of the suite, about 9 minutes: a step costs what the
+    full-size networks' backward pass costs (35 M parameters), not what the 32x104 images do."""
     from training.learning_bench import run_learning
 
     record = run_learning(SAMPLE, None, ["data.workers=0"], steps=GUARD_STEPS, eval_every=GUARD_EVERY, seed=0,
