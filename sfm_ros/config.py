@@ -191,12 +191,6 @@ class ScaleConfig:
     smoothing: float = param(0.9, "exponential smoothing of the scale over frames (0 = none)", range=(0.0, 0.999))
     ground_region: float = param(0.4, "bottom fraction of the image searched for the ground plane",
                                  range=(0.1, 0.9))
-    ransac_iterations: int = param(100, "RANSAC iterations for the ground plane", range=(10, 2000))
-    inlier_threshold: float = param(0.05, "RANSAC inlier distance, relative to the median depth of the region",
-                                    range=(0.001, 1.0))
-    min_inlier_ratio: float = param(0.3, "minimum inlier share for a healthy ground fit", range=(0.01, 1.0))
-    max_ground_tilt_deg: float = param(30.0, "reject planes whose normal is further than this from the camera's "
-                                             "down axis", range=(1.0, 89.0))
     min_speed_mps: float = param(0.3, "below this external speed the scale is not updated (standstill)",
                                  range=(0.0, 100.0))
     ground_plane: str = param("mounting", "source camera_height: the ground plane the camera's mounting "
@@ -207,9 +201,6 @@ class ScaleConfig:
                                       "pipeline.odometry keyframes) measured from the image motion of the ground; "
                                       "steps it cannot measure get the recent ratio of measured to aligned lengths; "
                                       "the published depth keeps the ground plane's scale")
-    ground_tolerance: float = param(0.05, "a pixel is ground when its depth agrees with the mounting's plane "
-                                          "within this share (ground_plane mounting, ground_motion)",
-                                    range=(0.005, 0.5))
     ground_pitch_from_travel: int = param(10, "ground_motion: once this many straight aligned steps are in, tilt "
                                               "the mounting's ground plane by the median elevation of the latest "
                                               "such steps' direction of travel (up to 100) above it "

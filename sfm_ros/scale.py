@@ -101,6 +101,18 @@ def fit_ground_plane(points: np.ndarray, rng: np.random.Generator, iterations: i
 # The ground ahead only, within this distance sideways of the optical axis (metres): of 2, 3 and 4 m and all the ground,
 # 3 m gave the default model the lowest KITTI ATE with the streets' close to the best (RESULTS, "Which ground").
 GROUND_MAX_LATERAL_M = 3.0
+# A pixel is the mounting's ground when its depth's ratio to the plane's is within this share of the common ratio: the
+# predicted depth of a road is about this smooth, a car's or a kerb's is not.
+GROUND_TOLERANCE = 0.05
+# The scale is healthy only where at least this share of the lower image is ground (or inliers of the fitted plane):
+# below it the "ground" is mostly cars and walls, whose depth says nothing about the camera's height.
+MIN_GROUND_SHARE = 0.3
+# scale.ground_plane 'fit': RANSAC over at most 2000 back-projected points finds a plane holding 30 % in far fewer
+# than 100 draws; inliers within 5 % of the region's median depth; planes tilted more than 30 degrees off the camera's
+# down axis are walls, not ground.
+RANSAC_ITERATIONS = 100
+RANSAC_INLIER_SHARE_OF_DEPTH = 0.05
+MAX_GROUND_TILT_DEG = 30.0
 
 
 def ground_mask(depth: np.ndarray, K: np.ndarray, normal: np.ndarray, camera_height_m: float, region: float,
@@ -178,11 +190,11 @@ class GroundPlaneScale(_SmoothedScale):
                 return self._failed("scale.ground_plane 'mounting' needs the camera's mounting (no ground normal)")
             ground, metres_per_unit, agreeing = ground_mask(depth, K, observation.ground_normal,
                                                             config.camera_height_m, config.ground_region,
-                                                            config.ground_tolerance, GROUND_MAX_LATERAL_M)
-            if metres_per_unit is None or agreeing < config.min_inlier_ratio:
+                                                            GROUND_TOLERANCE, GROUND_MAX_LATERAL_M)
+            if metres_per_unit is None or agreeing < MIN_GROUND_SHARE:
                 return dataclasses.replace(self._failed(
                     f"{agreeing:.0%} of the lower image agrees with the ground plane of the camera's mounting and "
-                    f"height (less than {config.min_inlier_ratio:.0%})"), ground=ground)
+                    f"height (less than {MIN_GROUND_SHARE:.0%})"), ground=ground)
             return dataclasses.replace(self._accept(metres_per_unit), ground=ground)
         height = depth.shape[0]
         top = int(height * (1.0 - config.ground_region))
@@ -192,12 +204,12 @@ class GroundPlaneScale(_SmoothedScale):
         if len(points) > max_points:
             points = points[self.rng.choice(len(points), max_points, replace=False)]
         median_depth = float(np.median(points[:, 2])) if len(points) else 0.0
-        fit = fit_ground_plane(points, self.rng, config.ransac_iterations,
-                               config.inlier_threshold * max(median_depth, 1e-6), config.max_ground_tilt_deg)
+        fit = fit_ground_plane(points, self.rng, RANSAC_ITERATIONS,
+                               RANSAC_INLIER_SHARE_OF_DEPTH * max(median_depth, 1e-6), MAX_GROUND_TILT_DEG)
         if fit is None:
             return self._failed("no ground plane found in the lower image")
         _, camera_height, inlier_ratio = fit
-        if inlier_ratio < config.min_inlier_ratio or camera_height <= 1e-6:
+        if inlier_ratio < MIN_GROUND_SHARE or camera_height <= 1e-6:
             return self._failed(f"ground fit too weak (inliers {inlier_ratio:.0%})")
         return self._accept(config.camera_height_m / camera_height)
 

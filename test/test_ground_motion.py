@@ -250,7 +250,7 @@ def test_step_length_correction_by_hand() -> None:
 def test_step_length_correction_is_not_locked_by_a_wild_measurement() -> None:
     """A first measurement 6x off (a wrong match, or the road's edge taken for the road) used to set the ratio, and
     every right measurement after it was refused as an outlier: the steps came out 5x too long for the rest of the
-    drive (seen on a rendered street with scale.ground_tolerance 0.03). Now the first reference is 1 (the aligned
+    drive (seen on a rendered street with a ground tolerance of 3 %). Now the first reference is 1 (the aligned
     length is metric), and five outliers in a row that agree (all but one) replace a ratio gone wrong; a burst of
     three (seen on KITTI: a stretch of road the ground mask gets wrong) does not."""
     from sfm_ros.odometry.ground import StepLengthCorrection

@@ -51,7 +51,14 @@ from sfm_ros.odometry import uncertainty
 from sfm_ros.odometry.estimate import UNKNOWN_TWIST_VARIANCE, Estimate, FrameError
 from sfm_ros.odometry.ground import GroundPlane, StepLength
 from sfm_ros.odometry.tracking import Chain, Decision, Keyframe, OnKeyframe, PreviousView, Tracked, Tracker
-from sfm_ros.scale import GROUND_MAX_LATERAL_M, ScaleEstimate, ScaleObservation, ground_mask, make_scale_estimator
+from sfm_ros.scale import (
+    GROUND_MAX_LATERAL_M,
+    GROUND_TOLERANCE,
+    ScaleEstimate,
+    ScaleObservation,
+    ground_mask,
+    make_scale_estimator,
+)
 
 __all__ = ["Estimate", "FrameError", "Pipeline", "RestartCause"]
 
@@ -339,7 +346,7 @@ class Pipeline:
             ground = scale.ground  # the pixels on the mounting's ground plane the scale measured, if it did
             if ground is None:
                 ground = ground_mask(network.depth_units, network.K, normal, config.camera_height_m,
-                                     config.ground_region, config.ground_tolerance, GROUND_MAX_LATERAL_M)[0]
+                                     config.ground_region, GROUND_TOLERANCE, GROUND_MAX_LATERAL_M)[0]
         if network.grey is not None:
             self._state.track.previous = PreviousView(network.grey, network.depth_units, ground)
         return scale, ground
