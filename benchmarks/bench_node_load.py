@@ -3,8 +3,8 @@ running the pipeline, for several minutes. Reports latency percentiles, processe
 memory over time (it must stay flat). Prints JSON.
 
 Usage: python benchmarks/bench_node_load.py [--minutes 3] [--rate 30] [--backend onnxruntime] [--precision int8]
-       [--odometry chain|frame_to_frame|keyframes] [--ground-motion] [--ground-plane mounting|fit] [--side-slip-sigma S]
-       [--alignment-depth-sigma S]
+       [--odometry chain|frame_to_frame|keyframes] [--no-ground-motion] [--ground-plane mounting|fit]
+       [--side-slip-sigma S] [--alignment-depth-sigma S] [--bundle B]; the odometry's defaults are the node's.
 """
 
 from __future__ import annotations
@@ -43,12 +43,12 @@ def main() -> None:
     parser.add_argument("--backend", default="onnxruntime")
     parser.add_argument("--precision", default="fp32", help="int8: quantise the bundle with the sample bag first")
     parser.add_argument("--bundle")
-    parser.add_argument("--odometry", default="chain", choices=ODOMETRY_MODES,
-                        help="how a frame's pose is found (pipeline.odometry)")
-    parser.add_argument("--ground-motion", action="store_true",
-                        help="each step's length measured on the ground (scale.ground_motion)")
-    parser.add_argument("--ground-plane", default="mounting", choices=("mounting", "fit"),
-                        help="the camera-height scale's ground plane (scale.ground_plane)")
+    parser.add_argument("--odometry", default=PipelineConfig().odometry, choices=ODOMETRY_MODES,
+                        help="how a frame's pose is found (pipeline.odometry; default: the node's)")
+    parser.add_argument("--ground-motion", action=argparse.BooleanOptionalAction, default=ScaleConfig().ground_motion,
+                        help="each step's length measured on the ground (scale.ground_motion; default: the node's)")
+    parser.add_argument("--ground-plane", default=ScaleConfig().ground_plane, choices=("mounting", "fit"),
+                        help="the camera-height scale's ground plane (scale.ground_plane; default: the node's)")
     parser.add_argument("--side-slip-sigma", type=float, default=PipelineConfig().side_slip_sigma,
                         help="the alignments' side-slip prior (pipeline.side_slip_sigma; 0: off)")
     parser.add_argument("--alignment-depth-sigma", type=float, default=PipelineConfig().alignment_depth_sigma,
