@@ -7,13 +7,25 @@ snippet ATE, whole-trajectory ATE/RPE via evo, and the KITTI odometry segment er
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import cv2
 import numpy as np
 
-__all__ = ["DEPTH_METRICS", "DepthResult", "align_trajectory", "depth_errors",
-           "eigen_depth_evaluation", "garg_crop_mask", "kitti_segment_errors", "snippet_ate", "snippet_ates",
-           "trajectory_errors"]
+__all__ = [
+    "DEPTH_METRICS",
+    "STEP_PARTS",
+    "DepthResult",
+    "align_trajectory",
+    "depth_errors",
+    "eigen_depth_evaluation",
+    "garg_crop_mask",
+    "kitti_segment_errors",
+    "recompose_steps",
+    "snippet_ate",
+    "snippet_ates",
+    "trajectory_errors",
+]
 
 DEPTH_METRICS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")
 MIN_DEPTH_M, MAX_DEPTH_M = 1e-3, 80.0
@@ -102,6 +114,38 @@ def snippet_ates(gt_poses: np.ndarray, pred_poses: np.ndarray, snippet_length: i
         pred_rel = np.linalg.inv(pred_poses[start]) @ pred_poses[window]
         errors.append(snippet_ate(gt_rel[:, :3, 3], pred_rel[:, :3, 3]))
     return np.asarray(errors)
+
+
+STEP_PARTS = ("rotation", "direction", "length")
+
+
+def recompose_steps(gt_poses: np.ndarray, est_poses: np.ndarray, from_estimate: str) -> tuple[np.ndarray, np.ndarray]:
+    """The truth's trajectory with one part of every step taken from the estimate instead: its rotation, the
+    direction of its translation or the translation's length (``from_estimate``, one of STEP_PARTS). What the
+    trajectory's error would be if only that part were estimated: the error budget of an odometry.
+
+    gt_poses, est_poses: [N,4,4] camera-to-world poses of the same frames. A frame whose estimated pose equals the
+    previous one exactly (no estimate of its own, such as the frame before a pose window fills) is merged into the
+    next step, on both sides. Returns the kept frames' indices [M] and the recomposed poses [M,4,4], starting at the
+    truth's first pose."""
+    if from_estimate not in STEP_PARTS:
+        raise ValueError(f"from_estimate must be one of {STEP_PARTS}, got {from_estimate!r}")
+    gt_poses, est_poses = np.asarray(gt_poses, dtype=np.float64), np.asarray(est_poses, dtype=np.float64)
+    kept = [0] + [i for i in range(1, len(est_poses)) if not np.array_equal(est_poses[i], est_poses[i - 1])]
+    poses = [gt_poses[0]]
+    for previous, current in itertools.pairwise(kept):
+        truth = np.linalg.inv(gt_poses[previous]) @ gt_poses[current]
+        estimate = np.linalg.inv(est_poses[previous]) @ est_poses[current]
+        step = truth.copy()
+        true_length, estimated_length = np.linalg.norm(truth[:3, 3]), np.linalg.norm(estimate[:3, 3])
+        if from_estimate == "rotation":
+            step[:3, :3] = estimate[:3, :3]
+        elif from_estimate == "direction":
+            step[:3, 3] = estimate[:3, 3] / estimated_length * true_length if estimated_length > 0 else 0.0
+        else:
+            step[:3, 3] = truth[:3, 3] / true_length * estimated_length if true_length > 0 else estimate[:3, 3]
+        poses.append(poses[-1] @ step)
+    return np.asarray(kept), np.asarray(poses)
 
 
 def _evo_trajectory(stamps_s: np.ndarray, poses: np.ndarray):

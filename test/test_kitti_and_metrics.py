@@ -174,3 +174,40 @@ def test_oxts_poses_move_forward_at_plausible_speed() -> None:
     assert 5 < np.median(speed) < 20  # a city drive, m/s
     # The camera looks along the motion: forward (z) dominates the displacement in the first camera frame.
     assert poses[-1, 2, 3] > 5 * abs(poses[-1, 0, 3])
+
+
+def _pose(x: float, y: float, z: float, yaw_deg: float = 0.0) -> np.ndarray:
+    """A camera-to-world pose at (x, y, z), turned yaw_deg about the camera's y axis (the optical frame's down)."""
+    angle = np.radians(yaw_deg)
+    T = np.eye(4)
+    T[:3, :3] = [[np.cos(angle), 0, np.sin(angle)], [0, 1, 0], [-np.sin(angle), 0, np.cos(angle)]]
+    T[:3, 3] = x, y, z
+    return T
+
+
+def test_recompose_steps_takes_one_part_of_each_step_from_the_estimate() -> None:
+    # The truth drives straight ahead 1 m a frame. The estimate's steps are 2 m long, the second one sideways, and
+    # the third turns 90 degrees (about y: the camera's z axis becomes the world's x).
+    truth = np.array([_pose(0, 0, z) for z in range(5)])
+    estimate = np.array([_pose(0, 0, 0), _pose(0, 0, 2), _pose(2, 0, 2), _pose(2, 0, 4, 90), _pose(4, 0, 4, 90)])
+    positions = {part: metrics.recompose_steps(truth, estimate, part)[1][:, :3, 3]
+                 for part in metrics.STEP_PARTS}
+    # Lengths: the truth's straight line with 2 m steps.
+    np.testing.assert_allclose(positions["length"], [[0, 0, z] for z in (0, 2, 4, 6, 8)], atol=1e-12)
+    # Directions: 1 m steps along the estimate's directions, in the truth's (unturned) frames.
+    np.testing.assert_allclose(positions["direction"], [[0, 0, 0], [0, 0, 1], [1, 0, 1], [1, 0, 2], [1, 0, 3]],
+                               atol=1e-12)
+    # Rotations: the truth's 1 m forward steps, the last one taken after the estimate's 90-degree turn: along x.
+    np.testing.assert_allclose(positions["rotation"], [[0, 0, 0], [0, 0, 1], [0, 0, 2], [0, 0, 3], [1, 0, 3]],
+                               atol=1e-12)
+    with pytest.raises(ValueError, match="from_estimate"):
+        metrics.recompose_steps(truth, estimate, "scale")
+
+
+def test_recompose_steps_merges_a_frame_without_an_estimate_of_its_own() -> None:
+    # Frame 1 repeats frame 0 (the pose window had not filled); frame 2 carries both steps.
+    truth = np.array([_pose(0, 0, z) for z in range(4)])
+    estimate = np.array([_pose(0, 0, 0), _pose(0, 0, 0), _pose(0, 0, 2), _pose(0, 0, 3)])
+    kept, poses = metrics.recompose_steps(truth, estimate, "length")
+    assert kept.tolist() == [0, 2, 3]
+    np.testing.assert_allclose(poses[:, :3, 3], [[0, 0, 0], [0, 0, 2], [0, 0, 3]], atol=1e-12)

@@ -63,6 +63,9 @@ def test_the_benchmark_reports_the_figures_the_issue_asks_for(small_bundle: Path
         for key in ("ate_se3_m", "ate_sim3_m", "end_point_drift_percent", "step_length_ratio_median"):
             assert np.isfinite(figures[key]) and result["overall"][method][key] == figures[key], (method, key)
     assert 0 <= sequence["classical_vo"]["held_length_share"] <= 1
+    # The error budget: the drift and ATE with only the rotations, the directions or the lengths estimated.
+    assert set(sequence["error_budget"]) == {"rotation", "direction", "length"}
+    assert all(np.isfinite(list(part.values())).all() for part in sequence["error_budget"].values())
     row = next(line for line in err.splitlines() if line.startswith("odometry_06_0_10-40"))
     assert f"{sequence['classical_vo']['end_point_drift_percent']:.2f}" in row
     assert f"{sequence['network_chain']['ate_se3_m']:.2f}" in row

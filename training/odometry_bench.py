@@ -106,7 +106,26 @@ def trajectory_figures(sequence: kitti.Sequence, est_poses: np.ndarray, output: 
         "snippet_ate": report["snippet_ate"]["mean"],
         "drift_curve": {"distance_m": distance.tolist(), "error_m": error.tolist()},
         "aligned_xyz": np.asarray(se3["aligned_xyz"]), "reference_xyz": np.asarray(se3["reference_xyz"]),
+        "error_budget": error_budget(gt, est_poses, stamps_s),
     }
+
+
+def error_budget(gt_poses: np.ndarray, est_poses: np.ndarray, stamps_s: np.ndarray) -> dict[str, dict[str, float]]:
+    """Where a trajectory's error comes from: for each part of a step (STEP_PARTS: rotation, direction of travel,
+    length), the end-point drift % and SE(3) ATE m of the truth with only that part of every step estimated
+    (``recompose_steps``). gt_poses, est_poses: [N,4,4]; stamps_s: [N]."""
+    from sfm_ros.metrics import STEP_PARTS, recompose_steps, trajectory_errors
+
+    budget = {}
+    for part in STEP_PARTS:
+        kept, poses = recompose_steps(gt_poses, est_poses, part)
+        truth = gt_poses[kept]
+        distance, error = drift_curve(truth, poses)
+        ate = trajectory_errors(stamps_s[kept], np.linalg.inv(truth[0]) @ truth, stamps_s[kept],
+                                np.linalg.inv(poses[0]) @ poses, "se3")["ate_rmse_m"]
+        budget[part] = {"end_point_drift_percent": float(100 * error[-1] / max(distance[-1], 1e-9)),
+                        "ate_se3_m": float(ate)}
+    return budget
 
 
 def run_classical_vo(sequence: kitti.Sequence, camera_height_m: float, down: np.ndarray,
