@@ -26,7 +26,7 @@ def git_commit() -> str:
 
 
 def machine_description() -> dict[str, Any]:
-    """CPU, core count and (when torch sees one) the GPU, for RESULTS.md."""
+    """CPU, core count, the CPU kernels torch uses and (when torch sees one) the GPU, for RESULTS.md."""
     import os
 
     info: dict[str, Any] = {"machine": platform.machine(), "processor": platform.processor() or "unknown",
@@ -40,6 +40,9 @@ def machine_description() -> dict[str, Any]:
     try:
         import torch
 
+        # The CPU kernels torch dispatches to (AVX2, AVX512...): they set the rounding, so a training run repeats
+        # to the last digit only where this and the thread count are the same.
+        info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
         if torch.cuda.is_available():
             info["gpu"] = torch.cuda.get_device_name(0)
     except ImportError:

@@ -56,6 +56,10 @@ def test_the_benchmark_reports_the_figures_the_issue_asks_for(small_bundle: Path
     assert sequence["sequence"] == "odometry_06_0_10-40" and sequence["frames"] == 31
     assert 33 < sequence["distance_m"] < 39
     assert "commit" in result and result["overall"]["ate_se3_m"] == sequence["ate_se3_m"]
+    # The machine, with the CPU kernels torch runs on: a training figure repeats only on the same ones.
+    import torch
+
+    assert result["machine"]["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     # The baselines on the same frames, scored the same way, in the overall figures and in the printed table.
     for method in ("network_chain", "classical_vo"):
         figures = sequence[method]
