@@ -29,6 +29,7 @@ from test.conftest import REPO
 from training.config import TrainConfig
 
 README = REPO / "README.md"
+PARAMETERS = REPO / "docs" / "parameters.md"
 DOCS = sorted((REPO / "docs").glob("*.md"))
 PAGES = [README, *DOCS]
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
@@ -51,11 +52,18 @@ def _page_id(path: Path) -> str:
     return str(path.relative_to(REPO))
 
 
-def test_readme_parameter_table_is_generated_from_the_code() -> None:
-    text = README.read_text()
-    assert MARKDOWN_BEGIN in text and MARKDOWN_END in text, "README.md lost the parameter table's markers"
+def test_the_parameter_reference_is_generated_from_the_code() -> None:
+    text = PARAMETERS.read_text()
+    assert MARKDOWN_BEGIN in text and MARKDOWN_END in text, "docs/parameters.md lost the parameter table's markers"
     expected = replace_marked_section(text, render_parameter_markdown())
-    assert text == expected, "README.md's parameter table is stale: run `python -m sfm_ros.config --markdown README.md`"
+    assert text == expected, ("docs/parameters.md is stale: run `python -m sfm_ros.config --markdown "
+                              "docs/parameters.md`")
+
+
+def test_the_readme_links_the_parameter_reference_from_its_parameters_section() -> None:
+    section = README.read_text().split("## Parameters", 1)[1].split("\n## ", 1)[0]
+    assert "(docs/parameters.md)" in section
+    assert "`scale.camera_height_m`" in section, "the one parameter every user sets"
 
 
 def test_the_table_lists_every_parameter_with_its_default_and_when_it_applies() -> None:
@@ -257,6 +265,6 @@ def test_every_relative_link_points_to_a_file_and_anchor_that_exist(page: Path) 
 
 def test_docs_exist_and_the_readme_links_each() -> None:
     names = {path.name for path in DOCS}
-    assert {"method.md", "training.md", "odometry.md", "deployment.md", "design.md"} <= names
+    assert {"method.md", "training.md", "odometry.md", "deployment.md", "design.md", "parameters.md"} <= names
     text = README.read_text()
     assert all(f"(docs/{name})" in text for name in names), "the README should link every page of docs/"
