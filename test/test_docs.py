@@ -48,6 +48,12 @@ def _code(text: str) -> list[str]:
     return blocks + re.findall(r"`([^`\n]+)`", prose)
 
 
+def _section(text: str, heading: str) -> str:
+    """The text under a level-2 ``heading`` of a markdown page, up to the next level-2 heading."""
+    assert f"## {heading}" in text, f"no '## {heading}' section"
+    return text.split(f"## {heading}", 1)[1].split("\n## ", 1)[0]
+
+
 def _page_id(path: Path) -> str:
     return str(path.relative_to(REPO))
 
@@ -61,7 +67,7 @@ def test_the_parameter_reference_is_generated_from_the_code() -> None:
 
 
 def test_the_readme_links_the_parameter_reference_from_its_parameters_section() -> None:
-    section = README.read_text().split("## Parameters", 1)[1].split("\n## ", 1)[0]
+    section = _section(README.read_text(), "Parameters")
     assert "(docs/parameters.md)" in section
     assert "`scale.camera_height_m`" in section, "the one parameter every user sets"
 
@@ -199,8 +205,7 @@ def _node_topics() -> set[str]:
 
 
 def test_readme_topics_are_the_nodes() -> None:
-    text = README.read_text()
-    table = text.split("## Topics", 1)[1].split("\n## ", 1)[0]
+    table = _section(README.read_text(), "Topics")
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
     named = {re.findall(r"`([^`]+)`", row.split("|")[2])[0] for row in rows if "`" in row.split("|")[2]}
     topics = _node_topics()
