@@ -4,11 +4,13 @@ known error), and the frames' helpers the odometry tests share."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 
 import cv2
 import numpy as np
 
 from sfm_ros import kitti
+from sfm_ros.camera import CameraModel
 from sfm_ros.config import PipelineConfig
 from sfm_ros.geometry import transform_from_xyz_quaternion
 from sfm_ros.odometry.align import se3_exp
@@ -36,6 +38,17 @@ def in_odom(T_first_current: np.ndarray) -> np.ndarray:
     """A camera pose relative to the first camera, in the pipeline's odom frame (base_link axes, REP 103) with the
     default mounting."""
     return transform_from_xyz_quaternion(PipelineConfig().T_base_camera) @ T_first_current
+
+
+def drive_street(pipeline, backend, split, street: int, frames: Iterable[int]) -> Iterator[tuple[int, object]]:
+    """Frames ``frames`` of a rendered street (``split``, a StreetSplit) through ``pipeline`` at 10 Hz, its stand-in
+    ``backend`` shown each frame first: yields (frame index, the pipeline's estimate)."""
+    paths = kitti.image_files(split.folders[street])
+    height, width = split.depth.shape[-2:]
+    camera = CameraModel(K=split.K, height=height, width=width)
+    for i in frames:
+        backend.show(i)
+        yield i, pipeline.process(i * 100_000_000, kitti.load_rgb(paths[i]), camera)
 
 
 class BiasedTruth:

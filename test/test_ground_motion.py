@@ -16,7 +16,7 @@ from sfm_ros.geometry import R_BASE_OPTICAL, ground_normal_in_camera, ground_pla
 from sfm_ros.odometry.align import GROUND_SOLVER, ground_translation, translation_parallax_px
 from sfm_ros.scale import ground_mask
 from test.conftest import ODOMETRY_06, REPO
-from test.odometry_support import BiasedTruth, OvershootingTruth, grey
+from test.odometry_support import BiasedTruth, OvershootingTruth, drive_street, grey
 from training.synth_streets import load_street_split
 
 SAMPLE = REPO / "test" / "data" / "synth_streets"
@@ -195,22 +195,17 @@ def test_the_pipelines_steps_take_the_grounds_length_behind_its_flag(keyframes: 
     to the chained odometry; with scale.ground_motion the steps come out the true length, while the depth keeps its
     right scale (the ground measures the steps, not the depth). With keyframes the alignment to the keyframe finds
     the true length from the exact depth by itself; the ground agrees with it."""
-    from sfm_ros.camera import CameraModel
     from sfm_ros.odometry.pipeline import Pipeline
 
     split = load_street_split(SAMPLE / "val")
-    paths = kitti.image_files(split.folders[0])
     poses = split.T_world_cam[0]
-    camera = CameraModel(K=split.K, height=64, width=208)
 
     def run(ground_motion: bool) -> tuple[list[float], list[float], Pipeline]:
         backend = OvershootingTruth(split, 0, 1.3)
         pipeline = Pipeline(PipelineConfig(odometry="keyframes" if keyframes else "chain"),
                             ScaleConfig(smoothing=0.5, ground_motion=ground_motion), backend=backend)
         ratios, factors = [], []
-        for i in range(5, 35):
-            backend.show(i)
-            estimate = pipeline.process(i * 100_000_000, kitti.load_rgb(paths[i]), camera)
+        for i, estimate in drive_street(pipeline, backend, split, 0, range(5, 35)):
             if estimate.T_prev_current is not None and i >= 20:
                 truth = np.linalg.inv(poses[i - 1]) @ poses[i]
                 ratios.append(np.linalg.norm(estimate.T_prev_current[:3, 3]) / np.linalg.norm(truth[:3, 3]))
@@ -395,21 +390,16 @@ def test_the_pipeline_tilts_a_miscalibrated_ground_to_the_travel_behind_its_flag
     the ground's normal comes within 0.15 degrees of the level one after 20 steps, and the metric scale of the
     depth with it (1 m per unit, the exact depth's) within 3 %; without it the normal stays the mounting's, 1 degree
     off, and the scale about 9 % off."""
-    from sfm_ros.camera import CameraModel
     from sfm_ros.odometry.pipeline import Pipeline
 
     split = load_street_split(SAMPLE / "val")
-    paths = kitti.image_files(split.folders[1])
-    camera = CameraModel(K=split.K, height=64, width=208)
     for steps in (0, 10):
         backend = BiasedTruth(split, 1, np.zeros(6))
         pipeline = Pipeline(PipelineConfig(T_base_camera=_mounting_pitched(1.0)),
                             ScaleConfig(smoothing=0.5, ground_pitch_from_travel=steps), backend=backend)
         assert ScaleConfig().ground_pitch_from_travel == 10  # the default
         factors, tilted = [], []
-        for i in range(5, 28):
-            backend.show(i)
-            estimate = pipeline.process(i * 100_000_000, kitti.load_rgb(paths[i]), camera)
+        for _, estimate in drive_street(pipeline, backend, split, 1, range(5, 28)):
             factors.append(estimate.scale.factor)
             tilted += [event for event in estimate.events if event.startswith("ground plane tilted")]
         off_level = angle_between_deg(pipeline.ground_normal, LEVEL)

@@ -11,7 +11,7 @@ from sfm_ros.config import PipelineConfig, ScaleConfig
 from sfm_ros.geometry import orthonormalised
 from sfm_ros.odometry.pipeline import Pipeline
 from test.odometry_support import STREETS as SAMPLE
-from test.odometry_support import BiasedTruth, in_odom
+from test.odometry_support import BiasedTruth, drive_street, in_odom
 from training.synth_streets import load_street_split
 
 # The pose net's error on every step: 9 cm and 0.6 degrees (a still camera's steps are this error alone).
@@ -86,18 +86,14 @@ def test_an_alignment_that_fails_from_the_chain_is_retried_from_the_previous_fra
 
 def test_a_moving_camera_is_followed_and_gets_new_keyframes() -> None:
     split = load_street_split(SAMPLE / "val")
-    paths = kitti.image_files(split.folders[0])
     poses = split.T_world_cam[0]
     frames = range(10, 30)
 
     def run(config: PipelineConfig) -> tuple[float, int]:
         backend = BiasedTruth(split, 0, NETWORK_ERROR)
         pipeline = Pipeline(config, ScaleConfig(source="fixed"), backend=backend)
-        camera = CameraModel(K=split.K, height=64, width=208)
         keyframes = 0
-        for i in frames:
-            backend.show(i)
-            estimate = pipeline.process(i * 100_000_000, kitti.load_rgb(paths[i]), camera)
+        for _, estimate in drive_street(pipeline, backend, split, 0, frames):
             keyframes += int(estimate.keyframe)
             rotation = estimate.T_odom_camera[:3, :3]
             np.testing.assert_allclose(rotation @ rotation.T, np.eye(3), atol=1e-9)  # stays rigid

@@ -12,7 +12,7 @@ from sfm_ros import kitti
 from sfm_ros.odometry.align import SideSlip, depth_uncertainty_weights, refine_pose, se3_exp, side_slip
 from test.conftest import DRIVE_0060
 from test.odometry_support import STREETS as SAMPLE
-from test.odometry_support import BiasedTruth, angle_deg, grey, in_odom
+from test.odometry_support import BiasedTruth, angle_deg, drive_street, grey, in_odom
 from training.synth_streets import load_street_split
 
 PERTURBATIONS = [np.array([0.1, -0.05, 0.2, 0.01, -0.02, 0.015]), np.array([-0.15, 0.05, -0.3, -0.02, 0.025, -0.01])]
@@ -86,12 +86,10 @@ def test_falls_back_when_it_cannot_do_better() -> None:
 def test_the_pipeline_refines_the_networks_pose_behind_its_flag() -> None:
     """With the exact depth of a rendered street and its true pose off by a known error: with pipeline.refine_pose
     the odometry follows the truth, without it the error accumulates."""
-    from sfm_ros.camera import CameraModel
     from sfm_ros.config import PipelineConfig, ScaleConfig
     from sfm_ros.odometry.pipeline import Pipeline
 
     split = load_street_split(SAMPLE / "val")
-    paths = kitti.image_files(split.folders[0])
     poses = split.T_world_cam[0]
     frames = range(10, 20)
 
@@ -101,10 +99,7 @@ def test_the_pipeline_refines_the_networks_pose_behind_its_flag() -> None:
         pipeline = Pipeline(PipelineConfig(odometry="frame_to_frame" if refine else "chain", side_slip_sigma=0.0,
                                            alignment_depth_sigma=depth_sigma),
                             ScaleConfig(source="fixed"), backend=backend)
-        camera = CameraModel(K=split.K, height=64, width=208)
-        for i in frames:
-            backend.show(i)
-            estimate = pipeline.process(i * 100_000_000, kitti.load_rgb(paths[i]), camera)
+        *_, (_, estimate) = drive_street(pipeline, backend, split, 0, frames)
         if refine:
             assert estimate.timings_ms["refine"] > 0
         moved = np.linalg.inv(poses[frames[0]]) @ poses[frames[-1]]
@@ -221,12 +216,10 @@ class SkewedTruth(BiasedTruth):
 def test_the_pipelines_side_slip_prior_keeps_the_heading_through_a_turn() -> None:
     """Keyframe odometry through the sample street's 37-degree turn (frames 0-29) on the skewed depth: with
     pipeline.side_slip_sigma the heading at the end is within 3 degrees of the truth, without it off by more than 5."""
-    from sfm_ros.camera import CameraModel
     from sfm_ros.config import PipelineConfig, ScaleConfig
     from sfm_ros.odometry.pipeline import Pipeline
 
     split = load_street_split(SAMPLE / "val")
-    paths = kitti.image_files(split.folders[0])
     poses = split.T_world_cam[0]
     frames = range(0, 30)
     moved = np.linalg.inv(poses[frames[0]]) @ poses[frames[-1]]
@@ -238,10 +231,7 @@ def test_the_pipelines_side_slip_prior_keeps_the_heading_through_a_turn() -> Non
         pipeline = Pipeline(PipelineConfig(odometry="keyframes", side_slip_sigma=sigma,
                                            alignment_depth_sigma=depth_sigma),
                             ScaleConfig(source="fixed"), backend=backend)
-        camera = CameraModel(K=split.K, height=64, width=208)
-        for i in frames:
-            backend.show(i)
-            estimate = pipeline.process(i * 100_000_000, kitti.load_rgb(paths[i]), camera)
+        *_, (_, estimate) = drive_street(pipeline, backend, split, 0, frames)
         return angle_deg(np.linalg.inv(in_odom(moved)) @ estimate.T_odom_camera)
 
     assert heading_error_deg(0.0) > 5.0
@@ -254,12 +244,10 @@ def test_the_depths_uncertainty_keeps_the_heading_through_a_turn() -> None:
     prior; with the default 1.6: 2.9 and 1.3 degrees. (With a fixed scale the position gets worse, 1.0 -> 1.6 m: the
     lengths now come from farther points, which this skew makes too long; the pipeline's default measures lengths on
     the ground instead.)"""
-    from sfm_ros.camera import CameraModel
     from sfm_ros.config import PipelineConfig, ScaleConfig
     from sfm_ros.odometry.pipeline import Pipeline
 
     split = load_street_split(SAMPLE / "val")
-    paths = kitti.image_files(split.folders[0])
     poses = split.T_world_cam[0]
     moved = np.linalg.inv(poses[0]) @ poses[29]
 
@@ -268,10 +256,7 @@ def test_the_depths_uncertainty_keeps_the_heading_through_a_turn() -> None:
         pipeline = Pipeline(PipelineConfig(odometry="keyframes", side_slip_sigma=side_slip_sigma,
                                            alignment_depth_sigma=depth_sigma), ScaleConfig(source="fixed"),
                             backend=backend)
-        camera = CameraModel(K=split.K, height=64, width=208)
-        for i in range(30):
-            backend.show(i)
-            estimate = pipeline.process(i * 100_000_000, kitti.load_rgb(paths[i]), camera)
+        *_, (_, estimate) = drive_street(pipeline, backend, split, 0, range(30))
         return angle_deg(np.linalg.inv(in_odom(moved)) @ estimate.T_odom_camera)
 
     assert heading_error_deg(0.0, 0.8) < 0.6 * heading_error_deg(0.0, 0.0)
