@@ -14,7 +14,9 @@ from sfm_ros.camera import CameraModel
 from sfm_ros.config import PipelineConfig
 from sfm_ros.geometry import transform_from_xyz_quaternion
 from sfm_ros.odometry.align import se3_exp
+from sfm_ros.odometry.pipeline import Estimate, Pipeline
 from test.conftest import SAMPLE
+from training.synth_streets import StreetSplit
 
 STREETS = SAMPLE / "synth_streets"
 
@@ -40,9 +42,10 @@ def in_odom(T_first_current: np.ndarray) -> np.ndarray:
     return transform_from_xyz_quaternion(PipelineConfig().T_base_camera) @ T_first_current
 
 
-def drive_street(pipeline, backend, split, street: int, frames: Iterable[int]) -> Iterator[tuple[int, object]]:
-    """Frames ``frames`` of a rendered street (``split``, a StreetSplit) through ``pipeline`` at 10 Hz, its stand-in
-    ``backend`` shown each frame first: yields (frame index, the pipeline's estimate)."""
+def drive_street(pipeline: Pipeline, backend: BiasedTruth, split: StreetSplit, street: int, frames: Iterable[int]
+                 ) -> Iterator[tuple[int, Estimate]]:
+    """Frames ``frames`` of a rendered street through ``pipeline`` at 10 Hz, its stand-in ``backend`` shown each frame
+    first: yields (frame index, the pipeline's estimate)."""
     paths = kitti.image_files(split.folders[street])
     height, width = split.depth.shape[-2:]
     camera = CameraModel(K=split.K, height=height, width=width)
