@@ -1,5 +1,6 @@
-"""Keyframes (pipeline.keyframes): each frame aligned to the last keyframe, so a camera standing still neither
-wanders nor grows less certain, while a moving camera is followed and gets new keyframes as the view moves on."""
+"""Keyframes (`pipeline.odometry: keyframes`): each frame aligned to the last keyframe, so a camera standing still
+neither wanders nor grows less certain, while a moving camera is followed and gets new keyframes as the view moves
+on."""
 
 from __future__ import annotations
 
@@ -28,9 +29,7 @@ def stand_still(config: PipelineConfig, scale_config: ScaleConfig | None = None,
     backend = BiasedTruth(split, 0, network_error)
     pipeline = Pipeline(config, scale_config or ScaleConfig(source="fixed"), backend=backend)
     camera = CameraModel(K=split.K, height=64, width=208)
-    for i in range(10, 15):
-        backend.show(i)
-        estimate = pipeline.process(i * 100_000_000, kitti.load_rgb(paths[i]), camera)
+    *_, (_, estimate) = drive_street(pipeline, backend, split, 0, range(10, 15))
     held = kitti.load_rgb(paths[14]).astype(np.float32)
     rng = np.random.default_rng(0)
     start, sigmas, keyframes = estimate.T_odom_camera, [], []

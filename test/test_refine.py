@@ -83,9 +83,9 @@ def test_falls_back_when_it_cannot_do_better() -> None:
     assert refine_pose(grey(paths[10]), no_depth, grey(paths[11]), split.K, truth).reason == "too few points with depth"
 
 
-def test_the_pipeline_refines_the_networks_pose_behind_its_flag() -> None:
-    """With the exact depth of a rendered street and its true pose off by a known error: with pipeline.refine_pose
-    the odometry follows the truth, without it the error accumulates."""
+def test_the_pipeline_refines_the_networks_pose_unless_it_only_chains() -> None:
+    """With the exact depth of a rendered street and its true pose off by a known error: aligned frame to frame
+    (`pipeline.odometry: frame_to_frame`) the odometry follows the truth; chained, the error accumulates."""
     from sfm_ros.config import PipelineConfig, ScaleConfig
     from sfm_ros.odometry.pipeline import Pipeline
 
