@@ -485,7 +485,7 @@ def test_malformed_message_storm_at_30_hz(small_bundle: Path, ros_context) -> No
                          "camera model is", "non-finite intrinsics", "no usable intrinsics"):
             assert expected.split()[0] in errors, (expected, errors)
         assert "CameraInfo" in errors and status.level == DiagnosticStatus.WARN  # messages were skipped
-        assert node.worker._thread.is_alive()
+        assert node.worker.call(lambda: "alive", timeout_s=5.0) == "alive"  # its thread still runs commands
     finally:
         node.destroy_node()
         helper.destroy_node()
