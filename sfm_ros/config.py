@@ -248,7 +248,7 @@ class PipelineConfig:
                                           "robot that strafes, a drone, a hand-held camera)", range=(0.0, 10.0))
     # 1.6 by measurement (RESULTS, Odometry): with the ground's lengths unbiased (ground.GROUND_MIN_PARALLAX_PX), 1.6
     # gave the lowest streets' ATE and drift on three models and beat the network's chain on KITTI on all three;
-    # 0.8 (before) lost to the chain on KITTI on one, 2.4 raised the streets' ATE on two.
+    # 0.8 lost to the chain on KITTI on one, 2.4 raised the streets' ATE on two.
     alignment_depth_sigma: float = param(1.6, "the predicted depth's relative error (std) in an alignment: each "
                                               "residual counts less the more that error moves it, so the rotation "
                                               "rests on far points; 0: off", range=(0.0, 10.0))

@@ -35,8 +35,8 @@ class DataConfig:
     augment: bool = param(True, "the paper's random scale (1 to scale_crop_max) and crop, intrinsics updated")
     scale_crop_max: float = param(1.15, "largest random zoom of the scale-crop augmentation", range=(1.0, 2.0))
     flip: bool = param(False, "mirror whole snippets left-right at random (cx mirrored), as the PyTorch reference does")
-    # On by default: every path of the learning benchmark ends at or below 0.25 after 3000 steps with it (README,
-    # "Which recipe learns"); mirroring whole snippets (flip) helped depth too but cost the motion.
+    # On by default: every path of the learning benchmark ends at or below 0.25 after 3000 steps with it
+    # (docs/training.md, "Each default"); mirroring whole snippets (flip) helped depth too but cost the motion.
     flip_depth: bool = param(True, "show the depth net its target mirrored left-right at random (its disparity "
                              "mirrored back); the pose net and the view synthesis see the snippet as recorded")
     colour_augment: bool = param(False, "change brightness, contrast, saturation and hue of half the snippets at "
@@ -67,8 +67,8 @@ class ModelConfig:
     disparity_alpha: float = 10.0
     disparity_beta: float = 0.01
     # Where the disparity heads start (0: the paper's zero bias, alpha/2 + beta = 5.01). 0.3 by default: started near
-    # the top of its range the disparity saturates there before the pose net's motion grows, and collapses (README,
-    # "Which recipe learns").
+    # the top of its range the disparity saturates there before the pose net's motion grows, and collapses
+    # (docs/training.md, "Why the paper's recipe collapses").
     initial_disparity: float = 0.3
     pose_scale: float = 0.01
     with_mask: bool = True  # the explainability decoder; off also turns the mask terms off

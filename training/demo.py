@@ -131,8 +131,8 @@ def run_demo(output: Path, steps: int | None = None, sample: Path = Path("test/d
             f"{steps} training steps on {len(train_streets.folders)} rendered streets "
             f"and {len(sequence)} KITTI frames. On held-out rendered streets, whose depth and motion are known "
             "exactly, the depth is learnt (compare with a constant depth below); on the 51-frame KITTI sample it "
-            "is not: real roads need the full KITTI Eigen split and ~200k steps on a GPU (README: Reproducing the "
-            "paper, where the paper reports Eigen abs_rel 0.208 and 5-frame ATE 0.021).")},
+            "is not: real roads need the full KITTI Eigen split and ~200k steps on a GPU (docs/training.md: "
+            "Reproducing the paper, where the paper reports Eigen abs_rel 0.208 and 5-frame ATE 0.021).")},
         {"heading": "Training", "table": {"steps": summary["steps"], "first loss": history[0]["total"],
                                           "last loss": history[-1]["total"],
                                           "health warnings": len(summary["health_warnings"]),

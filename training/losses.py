@@ -29,7 +29,7 @@ class LossConfig:
 
     num_scales: int = 4
     # lambda_s (paper 0.5); scale s uses lambda_s / smooth_decay^s. 0.1 by default: at 0.5 the smoothness term
-    # flattens the disparity faster than view synthesis can shape it (README, "Which recipe learns").
+    # flattens the disparity faster than view synthesis can shape it (docs/training.md, "Each default").
     smooth_weight: float = 0.1
     smooth_decay: float = 2.0  # paper 2; the PyTorch reference implementation uses 2.3
     smoothness: str = "second_order"  # "second_order" (paper) | "edge_aware" (first order, image-weighted)
