@@ -21,9 +21,9 @@ import yaml
 from sfm_ros.backends import BACKEND_CHOICES
 from sfm_ros.bundle import PRECISIONS
 
-__all__ = ["ODOMETRY_MODES", "ConfigError", "NodeConfig", "ParameterSpec", "PipelineConfig", "ScaleConfig",
-           "ScaleSource", "apply_overrides", "from_dict", "load_config", "nest", "param", "parameter_table",
-           "render_parameter_file", "to_dict"]
+__all__ = ["ODOMETRY_MODES", "ConfigError", "NodeConfig", "OdometryMode", "ParameterSpec", "PipelineConfig",
+           "ScaleConfig", "ScaleSource", "apply_overrides", "from_dict", "load_config", "nest", "param",
+           "parameter_table", "render_parameter_file", "to_dict"]
 
 T = TypeVar("T")
 
@@ -175,8 +175,15 @@ class ScaleSource(str, enum.Enum):
     NONE = "none"
 
 
-# pipeline.odometry: how a frame's pose is found (sfm_ros.odometry.tracking).
-ODOMETRY_MODES = ("chain", "frame_to_frame", "keyframes")
+class OdometryMode(str, enum.Enum):
+    """pipeline.odometry: how a frame's pose is found (sfm_ros.odometry.tracking)."""
+
+    CHAIN = "chain"
+    FRAME_TO_FRAME = "frame_to_frame"
+    KEYFRAMES = "keyframes"
+
+
+ODOMETRY_MODES = tuple(mode.value for mode in OdometryMode)
 
 
 @dataclasses.dataclass(frozen=True)

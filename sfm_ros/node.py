@@ -42,7 +42,7 @@ from std_srvs.srv import Trigger
 from sfm_ros.backends import BackendError, check_mask_output
 from sfm_ros.bundle import BundleError
 from sfm_ros.camera import CameraModel
-from sfm_ros.config import ConfigError, NodeConfig, from_dict, nest, parameter_table
+from sfm_ros.config import ConfigError, NodeConfig, ScaleSource, from_dict, nest, parameter_table
 from sfm_ros.errors import error_kind
 from sfm_ros.geometry import quaternion_to_rotation
 from sfm_ros.odometry.pipeline import Pipeline
@@ -94,7 +94,7 @@ def validate_node_config(values: dict[str, Any]) -> NodeConfig:
     if not config.pipeline.bundle:
         raise ConfigError("pipeline.bundle is empty: give the model bundle folder (launch argument bundle:=, or "
                           "-p pipeline.bundle:=/path/to/bundle)")
-    if config.scale.source == "external_speed" and not config.speed_topic:
+    if config.scale.source == ScaleSource.EXTERNAL_SPEED and not config.speed_topic:
         raise ConfigError("scale.source external_speed needs speed_topic (set at start-up: the subscription is "
                           "created then)")
     if config.publish_tf or config.lookup_extrinsic_from_tf:

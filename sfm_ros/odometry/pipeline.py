@@ -38,7 +38,7 @@ import numpy as np
 
 from sfm_ros.backends import Backend, make_backend, preprocess
 from sfm_ros.camera import CameraModel
-from sfm_ros.config import PipelineConfig, ScaleConfig
+from sfm_ros.config import OdometryMode, PipelineConfig, ScaleConfig
 from sfm_ros.geometry import (
     ground_normal_in_camera,
     invert_transform,
@@ -300,7 +300,7 @@ class Pipeline:
                 T_prev_current, T_catch_up, mask = self._relative_pose(first=not track.window_complete)
                 track.window_complete = True
                 dt_s = window_dt
-            if self.config.odometry != "chain" or self.scale_config.uses_ground_motion:
+            if self.config.odometry != OdometryMode.CHAIN or self.scale_config.uses_ground_motion:
                 grey = self._grey(image)
         timings = {"preprocess": (t_pre - tick) * 1e3, "depth": (t_depth - t_pre) * 1e3, "_depth_end": t_depth}
         return _NetworkStep(image, K, depth_units, T_prev_current, T_catch_up, mask, grey, dt_s), timings
@@ -361,7 +361,7 @@ class Pipeline:
                       uncertainty.step_covariance(T_prev_current, scale, self.config), carried, network.dt_s)
         tracker = Tracker(self.config, self.T_base_camera, self.step_length)
         grey, keyframe = network.grey, state.track.keyframe
-        if self.config.odometry == "keyframes" and grey is not None and keyframe is not None:
+        if self.config.odometry == OdometryMode.KEYFRAMES and grey is not None and keyframe is not None:
             return tracker.to_keyframe(keyframe, state.track.on_keyframe, grey, network.K, chain, scale,
                                        self._ground.normal)
         if grey is not None and previous is not None:
@@ -375,7 +375,7 @@ class Pipeline:
         frame's ground pixels). Returns whether the frame became the keyframe."""
         state = self._state
         state.T_world_camera = tracked.T_world_camera
-        if network.grey is not None and self.config.odometry != "chain":
+        if network.grey is not None and self.config.odometry != OdometryMode.CHAIN:
             tilted = self._ground.follow(T_prev_current, self.scale_config)
             events += [tilted] if tilted else []
         if tracked.decision is Decision.KEEP:
@@ -383,7 +383,7 @@ class Pipeline:
         else:
             state.covariance = state.covariance + tracked.step_covariance
         state.track.on_keyframe = tracked.on_keyframe
-        if self.config.odometry != "keyframes" or network.grey is None or not tracked.decision.new_keyframe:
+        if self.config.odometry != OdometryMode.KEYFRAMES or network.grey is None or not tracked.decision.new_keyframe:
             return False
         state.track.keyframe = Keyframe(network.grey, network.depth_units * scale.factor,
                                         float(np.median(network.depth_units)) * scale.factor,

@@ -17,7 +17,7 @@ import enum
 
 import numpy as np
 
-from sfm_ros.config import PipelineConfig
+from sfm_ros.config import OdometryMode, PipelineConfig
 from sfm_ros.geometry import invert_transform, orthonormalised, with_translation_scaled
 from sfm_ros.odometry import uncertainty
 from sfm_ros.odometry.align import RefineResult, SideSlip, refine_pose
@@ -183,7 +183,7 @@ class Tracker:
         events = []
         covariance = chain.covariance
         T_current_previous = invert_transform(T_prev_current)
-        if self.config.odometry != "chain":
+        if self.config.odometry != OdometryMode.CHAIN:
             refined = self.align(previous.grey, previous.depth_units * scale.factor, grey, K, T_current_previous)
             if refined.accepted:
                 T_current_previous = refined.T_current_previous
