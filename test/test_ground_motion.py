@@ -12,9 +12,8 @@ import pytest
 
 from sfm_ros import kitti
 from sfm_ros.config import PipelineConfig, ScaleConfig
-from sfm_ros.geometry import R_BASE_OPTICAL, backproject, ground_normal_in_camera, ground_plane_depth, scale_intrinsics
+from sfm_ros.geometry import R_BASE_OPTICAL, ground_normal_in_camera, ground_plane_depth
 from sfm_ros.odometry.align import GROUND_SOLVER, ground_translation, translation_parallax_px
-from sfm_ros.odometry.ground import GROUND_RESOLUTION, StepLength, ground_grey
 from sfm_ros.scale import ground_mask
 from test.conftest import ODOMETRY_06, REPO
 from test.odometry_support import BiasedTruth, OvershootingTruth, drive_street, grey
@@ -413,38 +412,3 @@ def test_the_pipeline_tilts_a_miscalibrated_ground_to_the_travel_behind_its_flag
             assert abs(np.median(factors[-5:]) - 1.0) > 0.06, factors
 
 
-
-
-def test_ground_grey_by_hand() -> None:
-    """The ground's frames: GROUND_RESOLUTION times the network's size where the input has the pixels, the input's
-    size where it has fewer, never below the network's; grey is the mean of the channels in [0, 1]."""
-    rgb = np.empty((376, 1241, 3), np.uint8)
-    rgb[...] = (30, 60, 90)  # mean 60: 60 / 255 everywhere, whatever the resize
-    finer = ground_grey(rgb, (64, 208))
-    assert finer.shape == (round(64 * GROUND_RESOLUTION), round(208 * GROUND_RESOLUTION)) and finer.dtype == np.float32
-    np.testing.assert_allclose(finer, 60 / 255, rtol=1e-6)
-    assert ground_grey(rgb[:128, :416], (64, 208)).shape == (128, 416)  # the input's own pixels, not more
-    assert ground_grey(rgb[:32, :104], (64, 208)).shape == (64, 208)  # never below the network's size
-
-
-def test_step_length_measures_on_finer_frames_with_the_networks_ground_mask() -> None:
-    """KITTI 06 with its true poses, the frames at the ground's resolution and the ground mask at the network's size
-    (64x208; the road ahead, from the level plane 1.65 m down): the mask and K follow the finer frames, so the factor
-    that a step 10 % short takes comes out near the true length's, long by the small pitch the level plane misses
-    (1.07-1.14 for 80 % of the 50 steps of 06 at 2x with the true direction, 1.05-1.18 at the network's size)."""
-    sequence = kitti.kitti_odometry_sequence(ODOMETRY_06)
-    height, width = sequence.size
-    K = scale_intrinsics(sequence.K, 208 / width, 64 / height)
-    plane = ground_plane_depth((64, 208), K, LEVEL, 1.65)
-    lateral = backproject(np.where(np.isfinite(plane), plane, 0.0), K)[..., 0]
-    road = np.isfinite(plane) & (plane > 4) & (plane < 20) & (np.abs(lateral) < 2)
-    for frame in (5, 25, 45):
-        truth = np.linalg.inv(sequence.poses[frame + 1]) @ sequence.poses[frame]
-        short = truth.copy()
-        short[:3, 3] *= 0.9
-        previous, current = (ground_grey(kitti.load_rgb(sequence.image_paths[i]), (64, 208))
-                             for i in (frame, frame + 1))
-        assert previous.shape == (round(64 * GROUND_RESOLUTION), round(208 * GROUND_RESOLUTION))
-        length = StepLength(ScaleConfig()).measure(previous, road, current, K, short, 1.0, LEVEL)
-        assert length.note is None, length.note  # measured
-        assert 1.0 < length.factor * 0.9 < 1.25

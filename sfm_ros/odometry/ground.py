@@ -21,18 +21,14 @@ import cv2
 import numpy as np
 
 from sfm_ros.config import ScaleConfig
-from sfm_ros.geometry import invert_transform, scale_intrinsics, with_translation_scaled
+from sfm_ros.geometry import invert_transform, with_translation_scaled
 from sfm_ros.odometry.align import ground_translation
 
-__all__ = ["GROUND_DIRECTION_SIGMA", "GROUND_MAX_JUMP", "GROUND_MIN_PARALLAX_PX", "GROUND_MIN_STEP",
-           "GROUND_RESOLUTION", "SPEED_SMOOTHING", "TRAVEL_ELEVATION_WINDOW", "TRAVEL_MAX_STEP_YAW_RAD",
-           "TRAVEL_SIGNIFICANCE", "GroundPlane", "LengthFactor", "StepLength", "StepLengthCorrection", "ground_grey",
-           "normal_along_travel", "significant_travel_elevation", "travel_elevation"]
+__all__ = ["GROUND_DIRECTION_SIGMA", "GROUND_MAX_JUMP", "GROUND_MIN_PARALLAX_PX", "GROUND_MIN_STEP", "SPEED_SMOOTHING",
+           "TRAVEL_ELEVATION_WINDOW", "TRAVEL_MAX_STEP_YAW_RAD", "TRAVEL_SIGNIFICANCE", "GroundPlane", "LengthFactor",
+           "StepLength", "StepLengthCorrection", "normal_along_travel", "significant_travel_elevation",
+           "travel_elevation"]
 
-# The ground measures its lengths on the frame at this many times the network's size (at most the input's): the road's
-# fine texture, which the network's size blurs away, fixes a length better (RESULTS, "The ground's lengths at a finer
-# resolution").
-GROUND_RESOLUTION = 2.0
 # The shortest step the ground measures, as a share of the camera's height (shorter: the recent ratio applies): 3.3 cm
 # at 1.65 m moves the ground 3-5 m ahead by 0.5-1.5 px at a 240 px focal length, too little to measure a length.
 GROUND_MIN_STEP = 0.02
@@ -86,17 +82,6 @@ GROUND_MAX_JUMP = 1.5
 # The smoothing of the recent speed that gates the ground's lengths: a vehicle's speed changes little from one frame to
 # the next (2 m/s^2 is 2 % of 10 m/s in 0.1 s) but by a fifth over a second, which 0.5 a frame still follows.
 SPEED_SMOOTHING = 0.5
-
-
-def ground_grey(rgb: np.ndarray, network_size: tuple[int, int]) -> np.ndarray:
-    """The frame rgb uint8 [H,W,3] as grey float32 [h',w'] in [0, 1] for the ground's lengths: GROUND_RESOLUTION times
-    the network's size (h, w), at most the input's, and never below the network's."""
-    height, width = network_size
-    factor = max(1.0, min(GROUND_RESOLUTION, rgb.shape[0] / height, rgb.shape[1] / width))
-    size = (round(width * factor), round(height * factor))
-    if size != (rgb.shape[1], rgb.shape[0]):
-        rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
-    return (rgb.astype(np.float32).mean(axis=2) / np.float32(255.0)).astype(np.float32)
 
 
 def _within(value: float, reference: float, factor: float) -> bool:
@@ -203,9 +188,8 @@ class StepLength:
                 K: np.ndarray, T_current_reference: np.ndarray, carried: float, normal: np.ndarray,
                 previous_position_m: np.ndarray | None = None, dt_s: float | None = None) -> LengthFactor:
         """The factor that gives T_current_reference [4,4] (metres by the depth's scale) the length the reference
-        frame's ground (pixels [h,w] at K's size; the plane of ``normal`` [3], the camera's height below) measures
-        for it between reference_grey and grey [H,W] (that size or finer, ``ground_grey``), or ``carried`` when the
-        ground cannot measure it. previous_position_m [3]: the previous
+        frame's ground (pixels [H,W] of reference_grey [H,W]; the plane of ``normal`` [3], the camera's height below)
+        measures for it, or ``carried`` when the ground cannot measure it. previous_position_m [3]: the previous
         frame's position in the reference camera, metres (None: the reference frame is the previous one); dt_s: the
         time since the previous frame (None: unknown); with both the measurement is gated by its step's speed."""
         config = self.config
@@ -217,13 +201,7 @@ class StepLength:
         # road whose mask holds more than road (from the aligned step, where a young model's depth makes the steps
         # 1.5x short, it settled 30-40 % short).
         start = with_translation_scaled(T_current_reference, carried)
-        ground, ground_K = reference_ground, K
-        if grey.shape != reference_ground.shape:  # the frames at a finer resolution than the network's (the mask's)
-            height, width = grey.shape
-            ground = cv2.resize(reference_ground.astype(np.uint8), (width, height),
-                                interpolation=cv2.INTER_NEAREST).astype(bool)
-            ground_K = scale_intrinsics(K, width / reference_ground.shape[1], height / reference_ground.shape[0])
-        measured = ground_translation(reference_grey, grey, ground_K, start, ground, normal, config.camera_height_m,
+        measured = ground_translation(reference_grey, grey, K, start, reference_ground, normal, config.camera_height_m,
                                       min_parallax_px=GROUND_MIN_PARALLAX_PX, direction_sigma=GROUND_DIRECTION_SIGMA)
         ms = (time.perf_counter() - tick) * 1e3
         if not measured.accepted:

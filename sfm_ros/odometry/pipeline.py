@@ -49,7 +49,7 @@ from sfm_ros.geometry import (
 )
 from sfm_ros.odometry import uncertainty
 from sfm_ros.odometry.estimate import UNKNOWN_TWIST_VARIANCE, Estimate, FrameError
-from sfm_ros.odometry.ground import GroundPlane, StepLength, ground_grey
+from sfm_ros.odometry.ground import GroundPlane, StepLength
 from sfm_ros.odometry.tracking import Chain, Decision, Keyframe, OnKeyframe, PreviousView, Tracked, Tracker
 from sfm_ros.scale import (
     GROUND_MAX_LATERAL_M,
@@ -104,9 +104,8 @@ class _NetworkStep:
     """The network's part of a frame: the preprocessed frame [1,3,h,w], K [3,3] at the network size, depth [h,w] in
     network units; the motion of frame t in frame t-1's camera [4,4] (network units; None without a full window),
     on the first full window also frame t-1's in the oldest frame's camera (else None), frame t's mask [h,w] or None;
-    grey [h,w] for the alignments and the ground (None when unused or the frame did not enter the window), and the
-    finer one the ground measures on (``ground.ground_grey``; None without scale.ground_motion); the time of the step
-    (None without one)."""
+    grey [h,w] for the alignments and the ground (None when unused or the frame did not enter the window); the time of
+    the step (None without one)."""
 
     image: np.ndarray
     K: np.ndarray
@@ -116,7 +115,6 @@ class _NetworkStep:
     mask: np.ndarray | None
     grey: np.ndarray | None
     dt_s: float | None
-    ground_grey: np.ndarray | None = None
 
 
 class Pipeline:
@@ -294,7 +292,7 @@ class Pipeline:
         disparity = self.backend.infer_depth(image)[0, 0]
         t_depth = time.perf_counter()
         depth_units = 1.0 / np.maximum(disparity, 1e-6)
-        T_prev_current, T_catch_up, mask, grey, finer_grey = None, None, None, None, None
+        T_prev_current, T_catch_up, mask, grey = None, None, None, None
         window_dt = (stamp_ns - track.window[-1][0]) / 1e9 if track.window else None
         if not track.window or window_dt >= self.config.min_pose_interval_s:
             track.window.append((stamp_ns, image))
@@ -304,10 +302,8 @@ class Pipeline:
                 dt_s = window_dt
             if self.config.odometry != OdometryMode.CHAIN or self.scale_config.uses_ground_motion:
                 grey = self._grey(image)
-            if self.scale_config.uses_ground_motion:
-                finer_grey = ground_grey(rgb, (height, width))
         timings = {"preprocess": (t_pre - tick) * 1e3, "depth": (t_depth - t_pre) * 1e3, "_depth_end": t_depth}
-        return _NetworkStep(image, K, depth_units, T_prev_current, T_catch_up, mask, grey, dt_s, finer_grey), timings
+        return _NetworkStep(image, K, depth_units, T_prev_current, T_catch_up, mask, grey, dt_s), timings
 
     def _relative_pose(self, first: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """Poses from the window (network units): frame t in frame t-1's camera; on the ``first`` full window also
@@ -352,7 +348,7 @@ class Pipeline:
                 ground = ground_mask(network.depth_units, network.K, normal, config.camera_height_m,
                                      config.ground_region, GROUND_TOLERANCE, GROUND_MAX_LATERAL_M)[0]
         if network.grey is not None:
-            self._state.track.previous = PreviousView(network.grey, network.depth_units, ground, network.ground_grey)
+            self._state.track.previous = PreviousView(network.grey, network.depth_units, ground)
         return scale, ground
 
     def _track(self, network: _NetworkStep, previous: PreviousView | None, scale: ScaleEstimate, carried: float
@@ -367,10 +363,9 @@ class Pipeline:
         grey, keyframe = network.grey, state.track.keyframe
         if self.config.odometry == OdometryMode.KEYFRAMES and grey is not None and keyframe is not None:
             return tracker.to_keyframe(keyframe, state.track.on_keyframe, grey, network.K, chain, scale,
-                                       self._ground.normal, network.ground_grey)
+                                       self._ground.normal)
         if grey is not None and previous is not None:
-            return tracker.to_previous(previous, grey, network.K, chain, T_prev_current, scale, self._ground.normal,
-                                       network.ground_grey)
+            return tracker.to_previous(previous, grey, network.K, chain, T_prev_current, scale, self._ground.normal)
         return Tracked(chain.T_world_current, chain.covariance, Decision.NO_KEYFRAME)
 
     def _advance(self, network: _NetworkStep, tracked: Tracked, T_prev_current: np.ndarray, scale: ScaleEstimate,
@@ -392,8 +387,7 @@ class Pipeline:
             return False
         state.track.keyframe = Keyframe(network.grey, network.depth_units * scale.factor,
                                         float(np.median(network.depth_units)) * scale.factor,
-                                        state.T_world_camera.copy(), state.covariance.copy(), ground,
-                                        network.ground_grey)
+                                        state.T_world_camera.copy(), state.covariance.copy(), ground)
         state.track.on_keyframe = None
         return True
 

@@ -49,9 +49,8 @@ class Decision(enum.Enum):
 @dataclasses.dataclass(frozen=True)
 class Keyframe:
     """A frame that later frames are aligned to: grey [H,W], depth [H,W] in metres at its scale and its median, its
-    pose T_world_camera [4,4] and covariance [6,6] (camera axes, as the odometry accumulates them), its ground
-    pixels [H,W] bool and the grey the ground measures on (``ground.ground_grey``; both None without
-    scale.ground_motion)."""
+    pose T_world_camera [4,4] and covariance [6,6] (camera axes, as the odometry accumulates them), and its ground
+    pixels [H,W] bool (None without scale.ground_motion)."""
 
     grey: np.ndarray
     depth_m: np.ndarray
@@ -59,18 +58,16 @@ class Keyframe:
     T_world_camera: np.ndarray
     covariance: np.ndarray
     ground: np.ndarray | None = None
-    ground_grey: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class PreviousView:
-    """The previous frame as the next one is aligned to it: grey [H,W], network depth [H,W] (network units), its
-    ground pixels [H,W] bool and the grey the ground measures on (both None without them)."""
+    """The previous frame as the next one is aligned to it: grey [H,W], network depth [H,W] (network units), and its
+    ground pixels [H,W] bool (None without them)."""
 
     grey: np.ndarray
     depth_units: np.ndarray
     ground: np.ndarray | None
-    ground_grey: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,12 +133,11 @@ class Tracker:
                            relative_depth_sigma=self.config.alignment_depth_sigma)
 
     def to_keyframe(self, keyframe: Keyframe, last: OnKeyframe | None, grey: np.ndarray, K: np.ndarray, chain: Chain,
-                    scale: ScaleEstimate, normal: np.ndarray, ground_grey: np.ndarray | None = None) -> Tracked:
+                    scale: ScaleEstimate, normal: np.ndarray) -> Tracked:
         """Align the frame (grey [H,W], K [3,3]) to the keyframe, starting from the chain's pose. The frame's pose is
         the keyframe's and the alignment (kept rigid: composed through the keyframe's inverse, frame after frame),
-        its length measured on the keyframe's ground (plane ``normal``; between the finer greys ``ground_grey`` where
-        both frames have one). Without an accepted alignment the chain's pose stands and the frame becomes the next
-        keyframe."""
+        its length measured on the keyframe's ground (plane ``normal``). Without an accepted alignment the chain's
+        pose stands and the frame becomes the next keyframe."""
         T_keyframe_current = invert_transform(keyframe.T_world_camera) @ chain.T_world_current
         start = with_translation_scaled(invert_transform(T_keyframe_current), 1.0 / chain.carried)
         aligned = self.align(keyframe.grey, keyframe.depth_m, grey, K, start)
@@ -162,10 +158,8 @@ class Tracker:
             length = LengthFactor(last.factor)
         else:
             previous_position = last.translation * last.factor if last is not None else None
-            reference_grey, current_grey = _ground_greys(keyframe.grey, keyframe.ground_grey, grey, ground_grey)
-            length = self.step_length.measure(reference_grey, keyframe.ground, current_grey, K,
-                                              aligned.T_current_previous, chain.carried, normal, previous_position,
-                                              chain.dt_s)
+            length = self.step_length.measure(keyframe.grey, keyframe.ground, grey, K, aligned.T_current_previous,
+                                              chain.carried, normal, previous_position, chain.dt_s)
         T_keyframe_current = invert_transform(with_translation_scaled(aligned.T_current_previous, length.factor))
         if aligned.covariance is not None:
             covariance = uncertainty.alignment_covariance(aligned.covariance, T_keyframe_current, scale, self.config)
@@ -182,11 +176,10 @@ class Tracker:
                        OnKeyframe(aligned_translation, length.factor), length.ms)
 
     def to_previous(self, previous: PreviousView, grey: np.ndarray, K: np.ndarray, chain: Chain,
-                    T_prev_current: np.ndarray, scale: ScaleEstimate, normal: np.ndarray,
-                    ground_grey: np.ndarray | None = None) -> Tracked:
+                    T_prev_current: np.ndarray, scale: ScaleEstimate, normal: np.ndarray) -> Tracked:
         """The step from the previous frame: the network's T_prev_current [4,4] (metres by the depth's scale), aligned
         to the previous frame through its depth unless pipeline.odometry is 'chain', its length measured on the
-        previous frame's ground (plane ``normal``; between the finer greys ``ground_grey`` where both have one)."""
+        previous frame's ground (plane ``normal``)."""
         events = []
         covariance = chain.covariance
         T_current_previous = invert_transform(T_prev_current)
@@ -199,20 +192,9 @@ class Tracker:
                         refined.covariance, invert_transform(T_current_previous), scale, self.config)
             else:
                 events.append(f"pose refinement not used: {refined.reason}")
-        reference_grey, current_grey = _ground_greys(previous.grey, previous.ground_grey, grey, ground_grey)
-        length = self.step_length.measure(reference_grey, previous.ground, current_grey, K, T_current_previous,
-                                          chain.carried, normal, None, chain.dt_s)
+        length = self.step_length.measure(previous.grey, previous.ground, grey, K, T_current_previous, chain.carried,
+                                          normal, None, chain.dt_s)
         events += [length.note] if length.note else []
         T_current_previous = with_translation_scaled(T_current_previous, length.factor)
         return Tracked(chain.T_world_previous @ invert_transform(T_current_previous), covariance,
                        Decision.NO_KEYFRAME, tuple(events), ground_ms=length.ms)
-
-
-def _ground_greys(reference_grey: np.ndarray, reference_ground_grey: np.ndarray | None, grey: np.ndarray,
-                  current_ground_grey: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """The two frames the ground measures a step between: their finer greys when both have one of one size, else the
-    alignment's greys."""
-    if (reference_ground_grey is not None and current_ground_grey is not None
-            and reference_ground_grey.shape == current_ground_grey.shape):
-        return reference_ground_grey, current_ground_grey
-    return reference_grey, grey
