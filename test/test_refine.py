@@ -312,14 +312,14 @@ def test_the_acceptance_cost_weighs_the_residuals_it_is_given() -> None:
     """Two points seen unmoved (T = I) on a flat grey image, residuals 0.01 and 0.2 against their references: the
     Huber costs (threshold 0.05) are 0.01^2 = 1e-4 and 2 * 0.05 * 0.2 - 0.05^2 = 0.0175. Unweighted their mean is
     0.0088; weighted 1 and 0 it is the first alone; weighted 3 and 1 it is (3e-4 + 0.0175) / 4."""
-    from sfm_ros.odometry.align import _huber_cost
+    from sfm_ros.odometry.align import huber_cost
 
     K = np.array([[10.0, 0, 5], [0, 10.0, 5], [0, 0, 1]])
     image = np.full((11, 11), 0.5, np.float32)
     points = np.array([[0.0, 0.0, 2.0], [0.2, -0.2, 2.0]])  # pixels (5, 5) and (6, 4)
     reference = np.array([0.49, 0.3])
     huber = 0.05
-    assert _huber_cost(np.eye(4), points, reference, image, K, huber, 1) == pytest.approx((1e-4 + 0.0175) / 2)
-    assert _huber_cost(np.eye(4), points, reference, image, K, huber, 1, np.array([1.0, 0.0])) == pytest.approx(1e-4)
-    assert _huber_cost(np.eye(4), points, reference, image, K, huber, 1,
+    assert huber_cost(np.eye(4), points, reference, image, K, huber, 1) == pytest.approx((1e-4 + 0.0175) / 2)
+    assert huber_cost(np.eye(4), points, reference, image, K, huber, 1, np.array([1.0, 0.0])) == pytest.approx(1e-4)
+    assert huber_cost(np.eye(4), points, reference, image, K, huber, 1,
                        np.array([3.0, 1.0])) == pytest.approx((3e-4 + 0.0175) / 4)

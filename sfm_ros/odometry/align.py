@@ -27,8 +27,8 @@ import numpy as np
 from sfm_ros.geometry import backproject, ground_plane_depth, invert_transform, scale_intrinsics
 
 __all__ = ["ALIGNMENT_SOLVER", "GROUND_SOLVER", "GroundMotion", "RefineResult", "SideSlip", "Solver",
-           "across_direction_information", "depth_uncertainty_weights", "ground_translation", "refine_pose", "se3_exp",
-           "side_slip", "translation_parallax_px"]
+           "across_direction_information", "depth_uncertainty_weights", "ground_translation", "huber_cost",
+           "refine_pose", "se3_exp", "side_slip", "translation_parallax_px"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,10 +165,12 @@ def _residuals(T: np.ndarray, points: np.ndarray, reference: np.ndarray, image: 
     return residual, inside, np.concatenate([dI_dX, dI_dw], axis=1)
 
 
-def _huber_cost(T: np.ndarray, points: np.ndarray, reference: np.ndarray, image: np.ndarray, K: np.ndarray,
+def huber_cost(T: np.ndarray, points: np.ndarray, reference: np.ndarray, image: np.ndarray, K: np.ndarray,
                 huber: float, min_inside: int, weights: np.ndarray | None = None) -> float:
-    """Mean Huber cost of the residuals of the warp by T over the points that stay in view (weighted by ``weights``
-    [N] when given); inf when fewer than ``min_inside`` do."""
+    """Mean Huber cost (threshold ``huber``) of the residuals of the previous camera's points [N,3] warped by
+    T_current_previous ``T`` [4,4] into ``image`` [H,W] (K [3,3]) against their intensities ``reference`` [N], over
+    the points that stay in view (weighted by ``weights`` [N] when given); inf when fewer than ``min_inside`` do. The
+    alignments accept a result only when it lowers this."""
     residual, inside, _ = _residuals(T, points, reference, image, (), K, False)
     if inside.sum() < min_inside:
         return np.inf
@@ -262,7 +264,7 @@ def refine_pose(previous: np.ndarray, previous_depth: np.ndarray, current: np.nd
                                                   relative_depth_sigma, huber)
 
     def cost(T: np.ndarray) -> float:
-        return _huber_cost(T, finest_points, finest_reference, current_levels[0][0], K, huber, 50, depth_weights)
+        return huber_cost(T, finest_points, finest_reference, current_levels[0][0], K, huber, 50, depth_weights)
 
     before = cost(start)
     priors = None
@@ -371,7 +373,7 @@ def ground_translation(previous: np.ndarray, current: np.ndarray, K: np.ndarray,
     gradients0 = _gradients(current_levels[0][0])
 
     def cost(T: np.ndarray) -> float:
-        return _huber_cost(T, finest_points, finest_reference, current_levels[0][0], K, solver.huber,
+        return huber_cost(T, finest_points, finest_reference, current_levels[0][0], K, solver.huber,
                            GROUND_MIN_POINTS)
 
     before = cost(start)
