@@ -313,10 +313,10 @@ def cmd_bench_odometry(args: argparse.Namespace) -> int:
 
 
 def _default_streets() -> str:
-    """../shared/data/synth_streets beside the repository, else the repository's sample."""
-    repo = Path(__file__).resolve().parents[1]
-    shared = repo.parent / "shared" / "data" / "synth_streets"
-    return str(shared if shared.is_dir() else repo / "test" / "data" / "synth_streets")
+    """../shared/data/synth_streets beside the repository, else the repository's sample (said on stderr)."""
+    from training.synth_streets import default_streets
+
+    return str(default_streets())
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -19,7 +19,13 @@ from training.data import load_cache_index, open_source, prepare_cache
 from training.health import HealthMonitor, HealthThresholds, training_health
 from training.learning_bench import LearningEvaluator, chain_motions, depth_scores, snippet_ate_mean
 from training.normalisation import normalise, to_unit_range
-from training.synth_streets import load_street_split, street_folders, write_street_split
+from training.synth_streets import (
+    SAMPLE_STREETS,
+    default_streets,
+    load_street_split,
+    street_folders,
+    write_street_split,
+)
 
 SAMPLE = REPO / "test" / "data" / "synth_streets"
 GUARD_STEPS, GUARD_EVERY, GUARD_RATIO = 700, 50, 0.8
@@ -270,3 +276,11 @@ def test_seed_spread_by_hand() -> None:
     records = [{"final": {"abs_rel": 0.2, "a1": 0.7}}, {"final": {"abs_rel": 0.3, "a1": 0.5}}]
     assert seed_spread(records, ["abs_rel"]) == pytest.approx({"abs_rel": 0.25, "abs_rel_min": 0.2,
                                                                "abs_rel_max": 0.3})
+
+
+def test_the_benchmarks_say_when_they_fall_back_to_the_sample_streets(tmp_path: Path, capsys) -> None:
+    """Without ../shared/data/synth_streets the benchmarks take the repository's sample, and say so: its figures are
+    not those of RESULTS, and a run that silently scored the sample once passed for a real one."""
+    assert default_streets(tmp_path) == tmp_path and capsys.readouterr().err == ""
+    assert default_streets(tmp_path / "missing") == SAMPLE_STREETS
+    assert "not comparable" in capsys.readouterr().err and (SAMPLE_STREETS / "val").is_dir()

@@ -32,7 +32,7 @@ from training.config import DataConfig, TrainConfig, load_train_config
 from training.data import network_frames, prepare_cache
 from training.health import training_health
 from training.normalisation import normalise
-from training.synth_streets import StreetSplit, has_split, street_folders
+from training.synth_streets import StreetSplit, default_streets, has_split, street_folders
 
 __all__ = ["LearningEvaluator", "at_step", "cache_for", "chain_motions", "constant_forward_poses", "depth_scores",
            "plot_learning_curves", "predicted_poses", "run_learning", "seed_spread", "snippet_ate_mean", "summarise"]
@@ -388,10 +388,8 @@ def run_from_arguments(args: Any) -> dict[str, Any]:
     """Resolve defaults (size by device, workers by cores) and run ``bench_learning``."""
     import os
 
-    repo = Path(__file__).resolve().parents[1]
     if args.data is None:
-        shared = repo.parent / "shared" / "data" / "synth_streets"
-        args.data = str(shared if shared.is_dir() else repo / "test" / "data" / "synth_streets")
+        args.data = str(default_streets())
     cuda = torch.cuda.is_available()
     height = args.height or (128 if cuda else 64)
     width = args.width or (416 if cuda else 208)

@@ -14,6 +14,7 @@ source/cache path as a recorded drive.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,14 @@ import yaml
 
 from training.staging import staged_directory
 
-__all__ = ["GROUND_TRUTH_FILE", "StreetSplit", "has_split", "load_street_split", "street_folders", "street_sequence",
-           "write_street_split"]
+__all__ = ["GROUND_TRUTH_FILE", "SAMPLE_STREETS", "SHARED_STREETS", "StreetSplit", "default_streets", "has_split",
+           "load_street_split", "street_folders", "street_sequence", "write_street_split"]
 
 GROUND_TRUTH_FILE = "ground_truth.npz"
+REPOSITORY = Path(__file__).resolve().parents[1]
+# The full rendered streets beside the repository (CI and developer machines), and the repository's small sample.
+SHARED_STREETS = REPOSITORY.parent / "shared" / "data" / "synth_streets"
+SAMPLE_STREETS = REPOSITORY / "test" / "data" / "synth_streets"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +80,16 @@ def write_street_split(out_dir: str | Path, images: np.ndarray, depth: np.ndarra
         np.savez_compressed(tmp / GROUND_TRUTH_FILE, depth=depth, T_world_cam=T_world_cam, K=K_depth,
                             names=np.asarray(names))
     return out_dir
+
+
+def default_streets(shared: Path = SHARED_STREETS) -> Path:
+    """The benchmarks' rendered streets: ``shared`` where it exists, else the repository's sample, said on stderr (the
+    sample's figures are not those of benchmarks/RESULTS.md, and it has no val_unseen)."""
+    if shared.is_dir():
+        return shared
+    print(f"note: {shared} not found: using the repository's sample {SAMPLE_STREETS} (fewer streets, no "
+          "val_unseen); its figures are not comparable with benchmarks/RESULTS.md", file=sys.stderr)
+    return SAMPLE_STREETS
 
 
 def load_street_split(folder: str | Path) -> StreetSplit:
