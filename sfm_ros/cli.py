@@ -304,19 +304,13 @@ def cmd_bench_real(args: argparse.Namespace) -> int:
 
 def cmd_bench_odometry(args: argparse.Namespace) -> int:
     from training.odometry_bench import bench_odometry, format_table
+    from training.synth_streets import default_streets
 
     config = _node_config(args)
-    streets = None if args.no_streets else (args.data or _default_streets())
+    streets = None if args.no_streets else (args.data or str(default_streets()))
     result = bench_odometry(args.bundle, streets, args.kitti or [], args.output, config.pipeline, config.scale,
                             progress=not args.quiet, standstill_frames=args.standstill_frames)
     return _report_bench(result, format_table(result))
-
-
-def _default_streets() -> str:
-    """../shared/data/synth_streets beside the repository, else the repository's sample (said on stderr)."""
-    from training.synth_streets import default_streets
-
-    return str(default_streets())
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -27,7 +27,7 @@ from training.synth_streets import (
     write_street_split,
 )
 
-SAMPLE = REPO / "test" / "data" / "synth_streets"
+SAMPLE = SAMPLE_STREETS
 GUARD_STEPS, GUARD_EVERY, GUARD_RATIO = 700, 50, 0.8
 
 

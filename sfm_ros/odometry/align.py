@@ -166,7 +166,7 @@ def _residuals(T: np.ndarray, points: np.ndarray, reference: np.ndarray, image: 
 
 
 def huber_cost(T: np.ndarray, points: np.ndarray, reference: np.ndarray, image: np.ndarray, K: np.ndarray,
-                huber: float, min_inside: int, weights: np.ndarray | None = None) -> float:
+               huber: float, min_inside: int, weights: np.ndarray | None = None) -> float:
     """Mean Huber cost (threshold ``huber``) of the residuals of the previous camera's points [N,3] warped by
     T_current_previous ``T`` [4,4] into ``image`` [H,W] (K [3,3]) against their intensities ``reference`` [N], over
     the points that stay in view (weighted by ``weights`` [N] when given); inf when fewer than ``min_inside`` do. The
@@ -374,7 +374,7 @@ def ground_translation(previous: np.ndarray, current: np.ndarray, K: np.ndarray,
 
     def cost(T: np.ndarray) -> float:
         return huber_cost(T, finest_points, finest_reference, current_levels[0][0], K, solver.huber,
-                           GROUND_MIN_POINTS)
+                          GROUND_MIN_POINTS)
 
     before = cost(start)
     information = across_direction_information(start[:3, 3], direction_sigma)
