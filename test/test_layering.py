@@ -36,7 +36,7 @@ LAYERS: dict[str, set[str]] = {
     "results": {"sfm_ros.odometry", "sfm_ros.odometry.estimate"},
     # the run-time core
     "core": {"sfm_ros.scale", "sfm_ros.odometry.align", "sfm_ros.odometry.ground", "sfm_ros.odometry.tracking",
-             "sfm_ros.odometry.uncertainty", "sfm_ros.odometry.pipeline"},
+             "sfm_ros.odometry.uncertainty", "sfm_ros.odometry.network", "sfm_ros.odometry.pipeline"},
     # data in and out: messages, bags, data sets, plots, the frame worker
     "io": {"sfm_ros.ros_io", "sfm_ros.bags", "sfm_ros.kitti", "sfm_ros.report", "sfm_ros.worker"},
     # entry points and tools: the node, the command line, replay, evaluation, export and quantisation, benchmarks

@@ -2,7 +2,7 @@
 
 ``pipeline.Pipeline`` runs one camera's frames through the stages below, in this order:
 
-- the network's step (``pipeline``): the depth of the frame and the pose net's motion over the window;
+- the network's step (``network``): the depth of the frame and the pose net's motion over the window;
 - scale (``sfm_ros.scale``): metres per network unit from the camera's height over the ground;
 - tracking (``tracking``): the photometric alignment (``align``) of the frame to the keyframe or to the previous
   frame, the keyframe's renewal, and the retry from standstill;

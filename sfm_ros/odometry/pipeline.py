@@ -5,7 +5,7 @@
 1. admission (``_admit``): a frame with its predecessor's stamp is dropped (``FrameError``); one that breaks the
    stream (time going backwards, a gap, a new image size) restarts tracking, which keeps the pose and sets its
    covariance to at least the "lost" value (``uncertainty.lost_covariance``), so restarts never compound;
-2. the network's step (``_network_step``): the depth of the frame, and the pose net's motion over the window
+2. the network's step (``network.network_step``): the depth of the frame, and the pose net's motion over the window
    (t-2, t-1, t) with t-1 as target, which gives T(t-1 -> t) at once, so odometry has no frame of delay. The first
    full window after a (re)start also gives the motion between its older frames (t-2 -> t-1), added then, so the
    trajectory does not lag by a step;
@@ -36,20 +36,19 @@ import time
 import cv2
 import numpy as np
 
-from sfm_ros.backends import Backend, make_backend, preprocess
+from sfm_ros.backends import Backend, make_backend
 from sfm_ros.camera import CameraModel
 from sfm_ros.config import OdometryMode, PipelineConfig, ScaleConfig
 from sfm_ros.geometry import (
     ground_normal_in_camera,
     invert_transform,
-    pose_vec_to_mat,
-    scale_intrinsics,
     transform_from_xyz_quaternion,
     with_translation_scaled,
 )
 from sfm_ros.odometry import uncertainty
 from sfm_ros.odometry.estimate import UNKNOWN_TWIST_VARIANCE, Estimate, FrameError
 from sfm_ros.odometry.ground import GroundPlane, StepLength
+from sfm_ros.odometry.network import NetworkStep, PoseWindow, network_step
 from sfm_ros.odometry.tracking import Chain, Decision, Keyframe, OnKeyframe, PreviousView, Tracked, Tracker
 from sfm_ros.scale import (
     GROUND_MAX_LATERAL_M,
@@ -74,12 +73,10 @@ class RestartCause(str, enum.Enum):
 
 @dataclasses.dataclass
 class _TrackState:
-    """What tracking carries from frame to frame; a tracking restart replaces it whole. window: (stamp ns, the
-    preprocessed frame [1,3,H,W]) of the pose net's window; window_complete: a full window has been used since the
-    (re)start; previous: frame t-1 as the next frame is aligned to it; keyframe and the last frame on it."""
+    """What tracking carries from frame to frame; a tracking restart replaces it whole. window: the pose net's frames;
+    previous: frame t-1 as the next frame is aligned to it; keyframe and the last frame on it."""
 
-    window: collections.deque[tuple[int, np.ndarray]]
-    window_complete: bool = False
+    window: PoseWindow
     previous: PreviousView | None = None
     keyframe: Keyframe | None = None
     on_keyframe: OnKeyframe | None = None
@@ -97,24 +94,6 @@ class _CameraState:
     last_stamp: int | None = None
     input_size: tuple[int, int] | None = None
     pending_events: list[str] = dataclasses.field(default_factory=list)
-
-
-@dataclasses.dataclass(frozen=True)
-class _NetworkStep:
-    """The network's part of a frame: the preprocessed frame [1,3,h,w], K [3,3] at the network size, depth [h,w] in
-    network units; the motion of frame t in frame t-1's camera [4,4] (network units; None without a full window),
-    on the first full window also frame t-1's in the oldest frame's camera (else None), frame t's mask [h,w] or None;
-    grey [h,w] for the alignments and the ground (None when unused or the frame did not enter the window); the time of
-    the step (None without one)."""
-
-    image: np.ndarray
-    K: np.ndarray
-    depth_units: np.ndarray
-    T_prev_current: np.ndarray | None
-    T_catch_up: np.ndarray | None
-    mask: np.ndarray | None
-    grey: np.ndarray | None
-    dt_s: float | None
 
 
 class Pipeline:
@@ -145,7 +124,7 @@ class Pipeline:
         self._state = _CameraState(self._new_track(), pending_events=[f"reset: {reason}"])
 
     def _new_track(self) -> _TrackState:
-        return _TrackState(collections.deque(maxlen=self.window_length))
+        return _TrackState(PoseWindow(self.window_length))
 
     def configure(self, config: PipelineConfig, scale_config: ScaleConfig) -> None:
         """Apply changed settings from the next frame on. What loads the backend (bundle, backend, device,
@@ -207,7 +186,9 @@ class Pipeline:
         state = self._state
         pose_before, covariance_before = state.T_world_camera.copy(), state.covariance.copy()
         previous = state.track.previous  # frame t-1, before this frame takes its place
-        network, timings = self._network_step(stamp_ns, rgb, camera, dt_s)
+        needs_grey = self.config.odometry != OdometryMode.CHAIN or self.scale_config.uses_ground_motion
+        network, timings = network_step(self.backend, state.track.window, stamp_ns, rgb, camera, dt_s,
+                                        self.config.min_pose_interval_s, needs_grey)
         t_pose = time.perf_counter()
         scale, ground = self._scale(network)
         carried = self.step_length.carried()
@@ -274,64 +255,12 @@ class Pipeline:
                                        "between frames")
         events += state.pending_events
         state.pending_events = []
-        dt_s = (stamp_ns - state.last_stamp) / 1e9 if state.last_stamp is not None and state.track.window else None
+        started = state.last_stamp is not None and state.track.window.frames
+        dt_s = (stamp_ns - state.last_stamp) / 1e9 if started else None
         state.last_stamp = stamp_ns
         return events, dt_s
 
-    def _network_step(self, stamp_ns: int, rgb: np.ndarray, camera: CameraModel, dt_s: float | None
-                      ) -> tuple[_NetworkStep, dict[str, float]]:
-        """The depth net on the frame, and the pose net on the window once the frame completes it (a frame enters
-        the window only pipeline.min_pose_interval_s after the last one). Returns the step and the preprocess and
-        depth timings (ms; '_depth_end' holds the depth's end for the pose's timing)."""
-        tick = time.perf_counter()
-        track = self._state.track
-        height, width = self.metadata.height, self.metadata.width
-        K = scale_intrinsics(camera.K, width / camera.width, height / camera.height)
-        image = preprocess(rgb, self.metadata)
-        t_pre = time.perf_counter()
-        disparity = self.backend.infer_depth(image)[0, 0]
-        t_depth = time.perf_counter()
-        depth_units = 1.0 / np.maximum(disparity, 1e-6)
-        T_prev_current, T_catch_up, mask, grey = None, None, None, None
-        window_dt = (stamp_ns - track.window[-1][0]) / 1e9 if track.window else None
-        if not track.window or window_dt >= self.config.min_pose_interval_s:
-            track.window.append((stamp_ns, image))
-            if len(track.window) == self.window_length:
-                T_prev_current, T_catch_up, mask = self._relative_pose(first=not track.window_complete)
-                track.window_complete = True
-                dt_s = window_dt
-            if self.config.odometry != OdometryMode.CHAIN or self.scale_config.uses_ground_motion:
-                grey = self._grey(image)
-        timings = {"preprocess": (t_pre - tick) * 1e3, "depth": (t_depth - t_pre) * 1e3, "_depth_end": t_depth}
-        return _NetworkStep(image, K, depth_units, T_prev_current, T_catch_up, mask, grey, dt_s), timings
-
-    def _relative_pose(self, first: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """Poses from the window (network units): frame t in frame t-1's camera; on the ``first`` full window also
-        frame t-1 in the oldest frame's camera (the steps before the newest one), else None; frame t's mask."""
-        frames = [image for _, image in self._state.track.window]
-        center = self.window_length // 2
-        target = frames[center]
-        sources = np.stack([f[0] for i, f in enumerate(frames) if i != center])[None]
-        poses, masks = self.backend.infer_pose(target, sources)
-        # poses[i] = T_source_target for source i; sources are the window without its centre, in order.
-        source_frames = [i for i in range(self.window_length) if i != center]
-        T_source_target = {frame: pose_vec_to_mat(poses[k]) for k, frame in enumerate(source_frames)}
-        T_source_target[center] = np.eye(4)
-        last, previous = self.window_length - 1, self.window_length - 2
-        # Points of frame t-1 into frame t: T_t_target @ T_target_(t-1); the pose of t in t-1 is its inverse.
-        T_current_prev = T_source_target[last] @ invert_transform(T_source_target[previous])
-        # Frame k in frame j's camera: T_j<-c @ inv(T_k<-c), with c the target.
-        T_catch_up = T_source_target[0] @ invert_transform(T_source_target[previous]) if first else None
-        mask = masks[source_frames.index(last)] if masks is not None else None
-        return invert_transform(T_current_prev), T_catch_up, mask
-
-    def _grey(self, image: np.ndarray) -> np.ndarray:
-        """The preprocessed [1,3,H,W] frame as grey float32 [H,W] in [0, 1] (the alignment's input)."""
-        mean = np.asarray(self.metadata.mean, dtype=np.float32)[:, None, None]
-        std = np.asarray(self.metadata.std, dtype=np.float32)[:, None, None]
-        return np.ascontiguousarray((image[0] * std + mean).mean(axis=0), dtype=np.float32)
-
-    def _scale(self, network: _NetworkStep) -> tuple[ScaleEstimate, np.ndarray | None]:
+    def _scale(self, network: NetworkStep) -> tuple[ScaleEstimate, np.ndarray | None]:
         """This frame's scale, from its depth and the ground plane (and the network's step for external_speed), and
         with scale.ground_motion its ground pixels [h,w] bool (else None), which the next frames measure their steps
         on: kept with its grey as the previous view."""
@@ -351,7 +280,7 @@ class Pipeline:
             self._state.track.previous = PreviousView(network.grey, network.depth_units, ground)
         return scale, ground
 
-    def _track(self, network: _NetworkStep, previous: PreviousView | None, scale: ScaleEstimate, carried: float
+    def _track(self, network: NetworkStep, previous: PreviousView | None, scale: ScaleEstimate, carried: float
                ) -> Tracked:
         """Where the frame is: the chain's prediction (the network's step, metres by the depth's scale, its length
         times the recent ratio ``carried``), aligned to the keyframe or the previous frame (pipeline.odometry)."""
@@ -368,7 +297,7 @@ class Pipeline:
             return tracker.to_previous(previous, grey, network.K, chain, T_prev_current, scale, self._ground.normal)
         return Tracked(chain.T_world_current, chain.covariance, Decision.NO_KEYFRAME)
 
-    def _advance(self, network: _NetworkStep, tracked: Tracked, T_prev_current: np.ndarray, scale: ScaleEstimate,
+    def _advance(self, network: NetworkStep, tracked: Tracked, T_prev_current: np.ndarray, scale: ScaleEstimate,
                  ground: np.ndarray | None, events: list[str]) -> bool:
         """Move the odometry to the tracked pose: follow the travel's direction with the ground plane, add the step's
         covariance (aligned to the keyframe: the keyframe's plus the alignment's), and renew the keyframe (with the
@@ -391,7 +320,7 @@ class Pipeline:
         state.track.on_keyframe = None
         return True
 
-    def _estimate(self, stamp_ns: int, camera: CameraModel, network: _NetworkStep, scale: ScaleEstimate,
+    def _estimate(self, stamp_ns: int, camera: CameraModel, network: NetworkStep, scale: ScaleEstimate,
                   T_prev_current: np.ndarray | None, twist: uncertainty.Twist | None, made_keyframe: bool,
                   events: list[str], timings: dict[str, float], tick: float) -> Estimate:
         """The frame's outputs: metric depth (at the network's size or the input's), the poses and covariance in the

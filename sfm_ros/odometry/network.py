@@ -1,0 +1,117 @@
+"""The network's step of a frame: the depth net on the frame, the pose net on the window of recent frames.
+
+``PoseWindow`` holds the frames the pose net sees (the tracking state owns it: a tracking restart replaces it), and
+``network_step`` runs both networks for one frame. The pose net's window is (t-2, t-1, t) with t-1 as its target,
+which gives the motion of frame t at once, so odometry has no frame of delay; the first full window after a
+(re)start also gives the motion between its older frames (t-2 -> t-1), so the trajectory does not lag by a step.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import time
+
+import numpy as np
+
+from sfm_ros.backends import Backend, preprocess
+from sfm_ros.bundle import BundleMetadata
+from sfm_ros.camera import CameraModel
+from sfm_ros.geometry import invert_transform, pose_vec_to_mat, scale_intrinsics
+
+__all__ = ["NetworkStep", "PoseWindow", "grey_from_preprocessed", "network_step", "relative_pose"]
+
+# Below this disparity the depth is taken as this far (network units), so a zero disparity is not an infinite depth.
+MIN_DISPARITY = 1e-6
+
+
+@dataclasses.dataclass
+class PoseWindow:
+    """The pose net's window: (stamp ns, the preprocessed frame [1,3,H,W]) of its last ``length`` frames, and
+    whether a full window has been used since the (re)start."""
+
+    length: int
+    frames: collections.deque[tuple[int, np.ndarray]] = dataclasses.field(init=False)
+    complete: bool = False
+
+    def __post_init__(self) -> None:
+        self.frames = collections.deque(maxlen=self.length)
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkStep:
+    """The network's part of a frame: the preprocessed frame [1,3,h,w], K [3,3] at the network size, depth [h,w] in
+    network units; the motion of frame t in frame t-1's camera [4,4] (network units; None without a full window),
+    on the first full window also frame t-1's in the oldest frame's camera (else None), frame t's mask [h,w] or None;
+    grey [h,w] for the alignments and the ground (None when unused or the frame did not enter the window); the time of
+    the step (None without one)."""
+
+    image: np.ndarray
+    K: np.ndarray
+    depth_units: np.ndarray
+    T_prev_current: np.ndarray | None
+    T_catch_up: np.ndarray | None
+    mask: np.ndarray | None
+    grey: np.ndarray | None
+    dt_s: float | None
+
+
+def network_step(backend: Backend, window: PoseWindow, stamp_ns: int, rgb: np.ndarray, camera: CameraModel,
+                 dt_s: float | None, min_pose_interval_s: float, needs_grey: bool
+                 ) -> tuple[NetworkStep, dict[str, float]]:
+    """The depth net on the frame ``rgb`` uint8 [H,W,3], and the pose net on ``window`` once the frame completes it (a
+    frame enters the window only ``min_pose_interval_s`` after the last one). ``needs_grey``: the frame's grey image
+    is used (alignment or the ground's lengths). Returns the step and the preprocess and depth timings (ms;
+    '_depth_end' holds the depth's end for the pose's timing)."""
+    tick = time.perf_counter()
+    metadata = backend.metadata
+    K = scale_intrinsics(camera.K, metadata.width / camera.width, metadata.height / camera.height)
+    image = preprocess(rgb, metadata)
+    t_pre = time.perf_counter()
+    disparity = backend.infer_depth(image)[0, 0]
+    t_depth = time.perf_counter()
+    depth_units = 1.0 / np.maximum(disparity, MIN_DISPARITY)
+    T_prev_current, T_catch_up, mask, grey = None, None, None, None
+    window_dt = (stamp_ns - window.frames[-1][0]) / 1e9 if window.frames else None
+    if not window.frames or window_dt >= min_pose_interval_s:
+        window.frames.append((stamp_ns, image))
+        if len(window.frames) == window.length:
+            T_prev_current, T_catch_up, mask = relative_pose(backend, [frame for _, frame in window.frames],
+                                                             first=not window.complete)
+            window.complete = True
+            dt_s = window_dt
+        if needs_grey:
+            grey = grey_from_preprocessed(image, metadata)
+    timings = {"preprocess": (t_pre - tick) * 1e3, "depth": (t_depth - t_pre) * 1e3, "_depth_end": t_depth}
+    return NetworkStep(image, K, depth_units, T_prev_current, T_catch_up, mask, grey, dt_s), timings
+
+
+def relative_pose(backend: Backend, frames: list[np.ndarray], first: bool
+                  ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Poses from a full window of preprocessed frames [1,3,H,W], oldest first (network units): frame t in frame
+    t-1's camera [4,4]; on the ``first`` full window also frame t-1 in the oldest frame's camera (the steps before the
+    newest one), else None; frame t's mask [h,w] or None."""
+    length = len(frames)
+    center = length // 2
+    target = frames[center]
+    sources = np.stack([f[0] for i, f in enumerate(frames) if i != center])[None]
+    poses, masks = backend.infer_pose(target, sources)
+    # poses[i] = T_source_target for source i; sources are the window without its centre, in order.
+    source_frames = [i for i in range(length) if i != center]
+    T_source_target = {frame: pose_vec_to_mat(poses[k]) for k, frame in enumerate(source_frames)}
+    T_source_target[center] = np.eye(4)
+    last, previous = length - 1, length - 2
+    # Points of frame t-1 into frame t: T_t_target @ T_target_(t-1); the pose of t in t-1 is its inverse.
+    T_current_prev = T_source_target[last] @ invert_transform(T_source_target[previous])
+    # Frame k in frame j's camera: T_j<-c @ inv(T_k<-c), with c the target.
+    T_catch_up = T_source_target[0] @ invert_transform(T_source_target[previous]) if first else None
+    mask = masks[source_frames.index(last)] if masks is not None else None
+    return invert_transform(T_current_prev), T_catch_up, mask
+
+
+def grey_from_preprocessed(image: np.ndarray, metadata: BundleMetadata) -> np.ndarray:
+    """The preprocessed [1,3,H,W] frame as grey float32 [H,W] in [0, 1] (the alignment's input): the normalisation
+    undone, then the channels' mean."""
+    mean = np.asarray(metadata.mean, dtype=np.float32)[:, None, None]
+    std = np.asarray(metadata.std, dtype=np.float32)[:, None, None]
+    return np.ascontiguousarray((image[0] * std + mean).mean(axis=0), dtype=np.float32)

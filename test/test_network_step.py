@@ -1,0 +1,84 @@
+"""The network's step (sfm_ros.odometry.network): which frames the pose net sees, and how its poses compose."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sfm_ros.backends import preprocess
+from sfm_ros.bundle import BundleMetadata
+from sfm_ros.camera import CameraModel
+from sfm_ros.geometry import euler_to_matrix
+from sfm_ros.odometry.network import PoseWindow, grey_from_preprocessed, network_step, relative_pose
+from test.odometry_support import euler_xyz
+
+HEIGHT, WIDTH = 8, 16
+
+
+def camera_pose(x: float, z: float, yaw: float) -> np.ndarray:
+    """T_world_camera [4,4]: the camera at (x, 0, z), turned by ``yaw`` about its y axis."""
+    T = np.eye(4)
+    T[:3, :3] = euler_to_matrix(0.0, yaw, 0.0)
+    T[:3, 3] = (x, 0.0, z)
+    return T
+
+
+# Three frames of a camera driving forward and turning: t-2, t-1, t.
+DRIVE = [camera_pose(0.0, 0.0, 0.0), camera_pose(0.1, 1.0, 0.05), camera_pose(0.3, 2.1, 0.12)]
+
+
+class TruthBackend:
+    """Gives the poses of ``DRIVE`` as a pose net would: T_source_target for sources (t-2, t) about target t-1, as
+    [tx ty tz rx ry rz]; depth 1/disparity of 0.5 everywhere."""
+
+    metadata = BundleMetadata(height=HEIGHT, width=WIDTH)
+
+    def __init__(self) -> None:
+        self.pose_calls = 0
+
+    def infer_depth(self, image: np.ndarray) -> np.ndarray:
+        return np.full((1, 1, HEIGHT, WIDTH), 0.5, np.float32)
+
+    def infer_pose(self, target: np.ndarray, sources: np.ndarray):
+        self.pose_calls += 1
+        vectors = []
+        for source in (0, 2):
+            T = np.linalg.inv(DRIVE[source]) @ DRIVE[1]
+            vectors.append(np.r_[T[:3, 3], euler_xyz(T[:3, :3])])
+        return np.asarray(vectors), None
+
+
+def frames(count: int) -> list[np.ndarray]:
+    return [np.zeros((1, 3, HEIGHT, WIDTH), np.float32) for _ in range(count)]
+
+
+def test_the_pose_of_the_newest_frame_and_the_catch_up_compose_from_the_window_by_hand() -> None:
+    T_prev_current, T_catch_up, mask = relative_pose(TruthBackend(), frames(3), first=True)
+    np.testing.assert_allclose(T_prev_current, np.linalg.inv(DRIVE[1]) @ DRIVE[2], atol=1e-9)
+    np.testing.assert_allclose(T_catch_up, np.linalg.inv(DRIVE[0]) @ DRIVE[1], atol=1e-9)
+    assert mask is None
+    assert relative_pose(TruthBackend(), frames(3), first=False)[1] is None
+
+
+def test_a_frame_enters_the_window_only_after_the_pose_interval_and_the_first_full_window_catches_up() -> None:
+    backend, window = TruthBackend(), PoseWindow(3)
+    camera = CameraModel(K=np.diag([20.0, 20.0, 1.0]), height=HEIGHT, width=WIDTH)
+    rgb = np.full((HEIGHT, WIDTH, 3), 128, np.uint8)
+    steps = []
+    for stamp_s in (0.0, 0.1, 0.15, 0.2, 0.3):  # 0.15 s comes 0.05 s after the last frame in the window
+        steps.append(network_step(backend, window, int(stamp_s * 1e9), rgb, camera, None, 0.09, needs_grey=True)[0])
+    assert [step.T_prev_current is not None for step in steps] == [False, False, False, True, True]
+    assert [step.T_catch_up is not None for step in steps] == [False, False, False, True, False]
+    assert [step.grey is not None for step in steps] == [True, True, False, True, True]
+    assert backend.pose_calls == 2
+    assert steps[3].dt_s == pytest.approx(0.1) and steps[2].dt_s is None
+    np.testing.assert_allclose(steps[0].depth_units, 2.0)
+    np.testing.assert_allclose(steps[0].K, np.diag([20.0, 20.0, 1.0]))  # the input is already the network's size
+
+
+def test_the_grey_image_undoes_the_normalisation() -> None:
+    metadata = BundleMetadata(height=HEIGHT, width=WIDTH, mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))
+    rgb = np.random.default_rng(0).integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)
+    grey = grey_from_preprocessed(preprocess(rgb, metadata), metadata)
+    assert grey.dtype == np.float32 and grey.shape == (HEIGHT, WIDTH)
+    np.testing.assert_allclose(grey, rgb.mean(axis=-1) / 255.0, atol=1e-6)
