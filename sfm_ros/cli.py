@@ -15,6 +15,9 @@ from typing import Any
 
 __all__ = ["build_parser", "main"]
 
+# The repository's sample of KITTI odometry sequence 06 (a source checkout; an installed package has no test/ folder).
+SAMPLE_SEQUENCE = Path(__file__).resolve().parents[1] / "test" / "data" / "kitti_odometry" / "sequences" / "06"
+
 
 def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=1, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
@@ -313,6 +316,32 @@ def cmd_bench_odometry(args: argparse.Namespace) -> int:
     return _report_bench(result, format_table(result))
 
 
+def cmd_bench_node(args: argparse.Namespace) -> int:
+    from sfm_ros import kitti
+    from sfm_ros.bench import machine_description
+    from sfm_ros.benchmarks.node_load import bench_node_load
+    from sfm_ros.camera import CameraModel
+
+    folder = args.kitti or SAMPLE_SEQUENCE
+    if not Path(folder).is_dir():
+        raise FileNotFoundError(f"no KITTI odometry sequence at {folder}: give --kitti SEQUENCE_DIR")
+    config = _node_config(args)
+    sequence = kitti.kitti_odometry_sequence(folder)
+    frames = [kitti.load_rgb(path) for path in sequence.image_paths]
+    camera = CameraModel(K=sequence.K, height=sequence.size[0], width=sequence.size[1])
+    pipeline = _pipeline(config)
+    load = bench_node_load(pipeline, frames, camera, args.minutes, args.rate, progress=not args.quiet)
+    result = {"benchmark": f"node load (worker + pipeline), {len(frames)} frames of {folder} looped, "
+                           f"{camera.width}x{camera.height}",
+              "backend": pipeline.backend.description, "precision": config.pipeline.precision,
+              "odometry": config.pipeline.odometry, **load, "machine": machine_description()}
+    latency = load["latency_ms"]
+    table = (f"processed {load['processed']} of {load['offered']} frames offered at {args.rate:g} Hz: "
+             f"{load['processed_hz']:.1f} Hz; latency p50 {latency['p50']:.0f} ms, p90 {latency['p90']:.0f} ms; "
+             f"resident memory {load['rss_mb_first_half_max']:.0f} -> {load['rss_mb_second_half_max'] or 0:.0f} MiB")
+    return _report_bench(result, table)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from training.demo import run_demo
 
@@ -493,7 +522,7 @@ def _add_replay_and_eval(commands: Any) -> None:
 
 
 def _add_bench(commands: Any) -> None:
-    """sfm bench inference | train | learning | real | odometry."""
+    """sfm bench inference | train | learning | real | odometry | node."""
     bench = commands.add_parser("bench", help="measure inference latency, training throughput or whether a training "
                                               "recipe learns (prints JSON)")
     bench_kinds = bench.add_subparsers(dest="what", required=True, metavar="WHAT")
@@ -573,6 +602,20 @@ def _add_bench(commands: Any) -> None:
     odometry.add_argument("--output", default="runs/bench_odometry")
     odometry.add_argument("--quiet", action="store_true")
     odometry.set_defaults(func=cmd_bench_odometry)
+    node = bench_kinds.add_parser(
+        "node", help="the node's load: frames offered at a camera's rate for minutes; the rate it keeps up, latency, "
+                     "memory",
+        description="Offer a KITTI odometry sequence's frames (looped) at --rate to the node's worker thread (the "
+                    "newest frame wins) running the pipeline with the node's parameters, for --minutes, without ROS. "
+                    "Reports the processed rate, offer-to-result latency, each stage's median time and resident "
+                    "memory over time (it must stay flat).")
+    node.add_argument("--kitti", metavar="SEQUENCE_DIR",
+                      help="KITTI odometry sequence folder (default: the repository's sample of sequence 06)")
+    node.add_argument("--minutes", type=float, default=3.0, help="how long frames are offered")
+    node.add_argument("--rate", type=float, default=30.0, help="the camera's rate, frames a second")
+    node_options(node, bundle_required=True)
+    node.add_argument("--quiet", action="store_true")
+    node.set_defaults(func=cmd_bench_node)
 
 
 def _add_demo(commands: Any) -> None:

@@ -109,3 +109,26 @@ def test_prepare_cache_export_and_bench_commands(small_bundle: Path, tmp_path: P
     baseline, fast = training["results"]
     assert baseline["mode"] == "baseline" and baseline["images_per_s"] > 0
     assert fast["path"] == "cpu: fp32, eager"  # the speed options apply on CUDA only
+
+
+def test_bench_node_offers_real_frames_to_the_worker_and_reports_what_it_kept_up_with(
+        small_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two seconds of the repository's KITTI 06 frames offered at 10 Hz to the node's worker and pipeline."""
+    assert main(["bench", "node", "--bundle", str(small_bundle), "--backend", "onnxruntime", "--minutes",
+                 str(2 / 60), "--rate", "10", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    load = json.loads(captured.out)
+    assert 19 <= load["offered"] <= 21  # 2 s at 10 Hz
+    assert load["processed"] > 0 and load["processed"] + load["dropped"] == load["offered"]
+    assert load["errors"] == {}
+    assert load["processed_hz"] == pytest.approx(load["processed"] / 2.0)
+    assert 0 < load["latency_ms"]["p50"] <= load["latency_ms"]["p90"]
+    assert {"depth", "pose", "total"} <= set(load["stage_median_ms"])
+    assert load["rss_mb_timeline"] and load["rss_mb_timeline"][0][1] > 0
+    assert "1226x370" in load["benchmark"] and f"{load['processed_hz']:.1f} Hz" in captured.err
+
+
+def test_bench_node_without_frames_says_where_it_looked(small_bundle: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "node", "--bundle", str(small_bundle), "--kitti", str(tmp_path / "absent")]) == 2
+    assert f"no KITTI odometry sequence at {tmp_path / 'absent'}" in capsys.readouterr().err

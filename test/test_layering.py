@@ -42,6 +42,7 @@ LAYERS: dict[str, set[str]] = {
     # entry points and tools: the node, the command line, replay, evaluation, export and quantisation, benchmarks
     "app": {"sfm_ros", "sfm_ros.node", "sfm_ros.cli", "sfm_ros.replay", "sfm_ros.evaluate", "sfm_ros.bench",
             "sfm_ros.benchmarks", "sfm_ros.benchmarks.classical_vo",
+            "sfm_ros.benchmarks.node_load",
             "sfm_ros.export", "sfm_ros.quantize", "sfm_ros.calibration"},
 }
 ORDER = list(LAYERS)

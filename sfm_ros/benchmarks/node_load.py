@@ -1,0 +1,88 @@
+"""The node's load without ROS: frames offered at a camera's rate to the node's worker (the newest frame wins) running
+the pipeline, for minutes. Reports the processed rate, latency percentiles, each stage's median time, and resident
+memory over time (it must stay flat). ``sfm bench node`` runs it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sfm_ros.camera import CameraModel
+from sfm_ros.odometry.pipeline import Pipeline
+from sfm_ros.worker import LatestFrameWorker
+
+__all__ = ["MEMORY_EVERY_S", "bench_node_load", "resident_mb"]
+
+# How often resident memory is sampled: often enough to see a leak's slope within a few minutes.
+MEMORY_EVERY_S = 10.0
+# How long the worker may take to finish the last frame after the offers stop.
+DRAIN_TIMEOUT_S = 30.0
+
+
+def resident_mb() -> float:
+    """This process's resident memory (MiB) from /proc, or NaN where there is no /proc."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def bench_node_load(pipeline: Pipeline, frames: list[np.ndarray], camera: CameraModel, minutes: float,
+                    rate_hz: float, progress: bool = False) -> dict[str, Any]:
+    """Offer ``frames`` (uint8 [H,W,3] of ``camera``'s size, looped) at ``rate_hz`` for ``minutes`` to a
+    ``LatestFrameWorker`` that runs ``pipeline``; each frame's stamp is the time it was offered. Returns the offered,
+    processed and dropped counts, the processed rate, offer-to-result latency percentiles (ms, waiting included),
+    each stage's median (ms), the worker's errors by kind, and the resident-memory timeline [(s, MiB)]."""
+    from tqdm import tqdm
+
+    if not frames:
+        raise ValueError("no frames to offer")
+    if minutes <= 0 or rate_hz <= 0:
+        raise ValueError(f"minutes and rate must be positive, got {minutes} and {rate_hz}")
+    latencies: list[float] = []
+    stage_timings: dict[str, list[float]] = {}
+
+    def handle(item: tuple[int, np.ndarray]) -> None:
+        offered, rgb = item
+        estimate = pipeline.process(offered, rgb, camera)
+        for stage, milliseconds in estimate.timings_ms.items():
+            stage_timings.setdefault(stage, []).append(milliseconds)
+        latencies.append((time.perf_counter_ns() - offered) / 1e6)
+
+    worker = LatestFrameWorker(handle)
+    seconds = minutes * 60
+    period = 1.0 / rate_hz
+    memory: list[tuple[float, float]] = []
+    bar = tqdm(total=round(seconds), desc="node load", unit="s", disable=not progress)
+    start = next_memory = time.perf_counter()
+    offered = 0
+    while time.perf_counter() - start < seconds:
+        worker.submit((time.perf_counter_ns(), frames[offered % len(frames)]))
+        offered += 1
+        now = time.perf_counter()
+        if now >= next_memory:
+            memory.append((round(now - start, 1), round(resident_mb(), 1)))
+            next_memory += MEMORY_EVERY_S
+        bar.update(round(now - start) - bar.n)
+        time.sleep(max(0.0, start + offered * period - time.perf_counter()))
+    bar.close()
+    worker.wait_idle(DRAIN_TIMEOUT_S)
+    worker.stop()
+    values = np.asarray(latencies) if latencies else np.full(1, np.nan)
+    half = len(memory) // 2
+    return {
+        "offered_hz": rate_hz, "seconds": seconds, "offered": worker.submitted, "processed": worker.processed,
+        "dropped": worker.dropped, "processed_hz": worker.processed / seconds, "errors": dict(worker.errors),
+        "latency_ms": {name: float(np.percentile(values, q)) for name, q in (("p50", 50), ("p90", 90), ("p99", 99))},
+        "stage_median_ms": {stage: float(np.median(v)) for stage, v in stage_timings.items()},
+        "rss_mb_first_half_max": max(m for _, m in memory[:max(half, 1)]),
+        "rss_mb_second_half_max": max(m for _, m in memory[half:]) if memory[half:] else None,
+        "rss_mb_timeline": memory,
+    }
