@@ -1,4 +1,5 @@
-"""Training data throughput (snippets/s) from a prepared cache, with the paper's scale-crop augmentation.
+"""Training data throughput (snippets/s) from a prepared cache, with the default recipe's augmentation
+(`sfm bench data`).
 
 A GPU step at batch 32 takes about 2300 snippets/s on an H100 (RESULTS.md); this says how many DataLoader
 workers feed that on a given machine. Prints JSON.
@@ -13,17 +14,14 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from torch.utils.data import DataLoader
-
 from benchmarks._common import REPO, git_commit
-from sfm_ros.bench import machine_description
+from training.bench import bench_data
 from training.config import load_train_config
-from training.data import SnippetDataset, prepare_cache
+from training.data import prepare_cache
 
 
 def main() -> None:
@@ -37,19 +35,7 @@ def main() -> None:
     if cache is None:
         config = load_train_config(str(REPO / "config" / "train_cpu_small.yaml"), ["data.height=128", "data.width=416"])
         cache = prepare_cache(config.data, Path(tempfile.mkdtemp()) / "cache", progress=False)
-    dataset = SnippetDataset(cache, "train", 3, augment=True, max_scale=1.15, seed=0)
-    results = []
-    for workers in args.workers:
-        loader = DataLoader(dataset, batch_size=args.batch, shuffle=True, num_workers=workers, drop_last=True,
-                            persistent_workers=workers > 0)
-        seen, tick = 0, time.perf_counter()
-        for _ in range(args.epochs):
-            for batch in loader:
-                seen += batch["images"].shape[0]
-        results.append({"workers": workers, "snippets_per_s": seen / (time.perf_counter() - tick)})
-    print(json.dumps({"benchmark": "training data", "commit": git_commit(), "snippets": len(dataset),
-                      "input": list(dataset[0]["images"].shape[-2:]), "results": results,
-                      "machine": machine_description()}, indent=1))
+    print(json.dumps({**bench_data(cache, args.workers, args.batch, args.epochs), "commit": git_commit()}, indent=1))
 
 
 if __name__ == "__main__":

@@ -280,6 +280,15 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     return 1 if any("error" in row for row in result["results"]) else 0
 
 
+def cmd_bench_data(args: argparse.Namespace) -> int:
+    from training.bench import bench_data
+
+    if not Path(args.cache, "index.json").is_file():
+        raise FileNotFoundError(f"no training cache at {args.cache}: make one with `sfm prepare cache`")
+    _print_json(bench_data(args.cache, args.workers, args.batch, args.epochs))
+    return 0
+
+
 def _report_bench(result: dict, table: str, leave_out: str | None = None) -> int:
     """A benchmark's result as JSON on stdout (with the commit; ``leave_out``: a bulky key kept to the files) and its
     table on stderr."""
@@ -522,7 +531,7 @@ def _add_replay_and_eval(commands: Any) -> None:
 
 
 def _add_bench(commands: Any) -> None:
-    """sfm bench inference | train | learning | real | odometry | node."""
+    """sfm bench inference | train | data | learning | real | odometry | node."""
     bench = commands.add_parser("bench", help="measure inference latency, training throughput or whether a training "
                                               "recipe learns (prints JSON)")
     bench_kinds = bench.add_subparsers(dest="what", required=True, metavar="WHAT")
@@ -545,6 +554,13 @@ def _add_bench(commands: Any) -> None:
                                   "channels-last + torch.compile + CUDA graph; also amp, amp-nchw, fp32-graph, "
                                   "bf16-graph, graph, compile-networks-graph: see training/bench.py)")
     train_speed.set_defaults(func=cmd_bench_train)
+    data = bench_kinds.add_parser("data", help="augmented training snippets/s from a cache, per DataLoader worker "
+                                               "count (how many workers feed a GPU's step)")
+    data.add_argument("--cache", required=True, help="a cache from `sfm prepare cache`")
+    data.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader worker counts to time")
+    data.add_argument("--batch", type=int, default=16)
+    data.add_argument("--epochs", type=int, default=20, help="passes over the cache per worker count")
+    data.set_defaults(func=cmd_bench_data)
     learning = bench_kinds.add_parser(
         "learning", help="train a recipe on rendered streets and score depth and motion against their exact truth",
         description="Train each variant on synth_streets' training streets (read as image folders through the "

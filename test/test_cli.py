@@ -95,6 +95,11 @@ def test_prepare_cache_export_and_bench_commands(small_bundle: Path, tmp_path: P
                  "--out", str(tmp_path / "cache"), "--quiet"]) == 0
     assert (tmp_path / "cache" / "frames.npy").is_file() and (tmp_path / "cache" / "index.json").is_file()
     capsys.readouterr()
+    assert main(["bench", "data", "--cache", str(tmp_path / "cache"), "--workers", "0", "--batch", "2",
+                 "--epochs", "1"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["input"] == [32, 104] and data["snippets"] >= 2
+    assert [row["workers"] for row in data["results"]] == [0] and data["results"][0]["snippets_per_s"] > 0
     bundle = tmp_path / "bundle"
     shutil.copytree(small_bundle, bundle)
     assert main(["export", str(bundle), "--no-fp16"]) == 0

@@ -1,4 +1,5 @@
-"""Training throughput of the full objective through the trainer's own step (``sfm bench train``).
+"""Training throughput of the full objective through the trainer's own step (``sfm bench train``), and of the
+augmented snippets the DataLoader feeds it (``sfm bench data``).
 
 Synthetic uint8 snippets (random pixels: the cost of a step does not depend on them) wait in pinned host
 memory, as the DataLoader leaves them, and each step copies its batch in, so the figure includes the transfer.
@@ -7,6 +8,7 @@ memory, as the DataLoader leaves them, and each step copies its batch in, so the
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +19,7 @@ from training.losses import LossConfig
 from training.step import TrainStep, make_optimizer
 from training.trainer import resolve_device
 
-__all__ = ["SPEED_MODES", "bench_train", "build_step", "synthetic_batch"]
+__all__ = ["SPEED_MODES", "bench_data", "bench_train", "build_step", "synthetic_batch"]
 
 # name -> speed options. "baseline" is the straightforward PyTorch step of the reference figures: fp32 eager,
 # default (foreach) Adam. "fast" is what config/train_kitti.yaml turns on.
@@ -127,3 +129,32 @@ def bench_train(batch_sizes: list[int], steps: int = 20, height: int = 128, widt
                     torch.cuda.empty_cache()
     return {"device": str(torch_device), "torch": torch.__version__, "input": [height, width], "frames": 3,
             "mask": True, "steps": steps, "rounds": rounds, "results": results, "machine": machine_description()}
+
+
+def bench_data(cache_dir: str | Path, workers: list[int], batch: int = 16, epochs: int = 20) -> dict[str, Any]:
+    """Augmented training snippets/s from a prepared cache through the DataLoader, per worker count: the default
+    recipe's augmentation (training/config.py's DataConfig), reading the cache as a training run does."""
+    from torch.utils.data import DataLoader
+
+    from sfm_ros.bench import machine_description
+    from training.config import DataConfig
+    from training.data import SnippetDataset
+
+    data = DataConfig()
+    dataset = SnippetDataset(cache_dir, "train", data.sequence_length, data.augment, data.scale_crop_max, seed=0,
+                             flip=data.flip, frame_strides=data.frame_strides, flip_depth=data.flip_depth,
+                             colour_augment=data.colour_augment)
+    if len(dataset) < batch:
+        raise ValueError(f"{len(dataset)} training snippets in {cache_dir} are fewer than one batch of {batch}")
+    results = []
+    for count in workers:
+        loader = DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=count, drop_last=True,
+                            persistent_workers=count > 0)
+        seen, tick = 0, time.perf_counter()
+        for _ in range(epochs):
+            for snippets in loader:
+                seen += snippets["images"].shape[0]
+        results.append({"workers": count, "snippets_per_s": seen / (time.perf_counter() - tick)})
+    return {"benchmark": "training data", "cache": str(cache_dir), "snippets": len(dataset),
+            "input": list(dataset[0]["images"].shape[-2:]), "batch": batch, "epochs": epochs, "results": results,
+            "machine": machine_description()}
