@@ -229,25 +229,26 @@ def test_health_monitor_warns_after_warmup_and_patience_and_clears() -> None:
 
 def test_the_trainer_reports_health_in_log_bar_and_summary(sample_cache: Path, capsys: pytest.CaptureFixture
                                                            ) -> None:
+    """A run whose thresholds call any output collapsed and still: its first step says both, in the printed log and
+    in the summary, and the tensorboard log marks the step failing."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     from training.trainer import Trainer
 
     config = load_train_config(str(REPO / "config" / "train_cpu_small.yaml"),
                                ["data.workers=0", "run.progress=false", "optim.max_steps=1"])
-    trainer = Trainer(config, sample_cache, Path(str(sample_cache) + "_run"))
-    trainer.health = HealthMonitor(HealthThresholds(warmup_steps=0, patience=1))
-    terms = {"disparity": torch.full((2, 1, 8, 8), 10.0), "poses": torch.zeros(2, 2, 6),
-             "K": torch.tensor([[[100.0, 0, 4], [0, 100.0, 4], [0, 0, 1]]] * 2)}
-
-    class Bar:
-        def write(self, text: str) -> None:
-            print(text)
-
-    trainer.state.step = 400
-    stats = trainer._check_health(terms, Bar())
+    output = Path(str(sample_cache) + "_run")
+    trainer = Trainer(config, sample_cache, output)
+    trainer.health = HealthMonitor(HealthThresholds(min_disparity_variation=float("inf"),
+                                                    min_motion_px=float("inf"), warmup_steps=0, patience=1))
+    summary = trainer.fit()
     out = capsys.readouterr().out
-    assert "WARNING step 400" in out and "collapsed" in out and "near zero" in out
-    assert stats["disparity_variation"] == 0.0 and set(trainer.health.active) == {"collapse", "still"}
-    assert [w["step"] for w in trainer.health_warnings] == [400, 400]
+    assert "WARNING step 1" in out and "collapsed" in out and "near zero" in out
+    assert [w["step"] for w in summary["health_warnings"]] == [1, 1]
+    assert summary["history"][0]["disparity_variation"] > 0  # measured on the real step's disparity
+    events = EventAccumulator(str(output / "tensorboard"))
+    events.Reload()
+    assert [event.value for event in events.Scalars("health/failing")] == [1.0]
 
 
 @pytest.mark.slow
