@@ -157,12 +157,18 @@ def _residuals(T: np.ndarray, points: np.ndarray, reference: np.ndarray, image: 
     gx = cv2.remap(gradients[0], map_u, map_v, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)[0]
     gy = cv2.remap(gradients[1], map_u, map_v, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)[0]
     x, y, inverse_z = X[:, 0], X[:, 1], 1.0 / safe
-    # d(u, v)/dX, then dX/dxi = [I | -[X]x] for a left increment.
-    du = np.stack([K[0, 0] * inverse_z, np.zeros_like(x), -K[0, 0] * x * inverse_z**2], axis=1)
-    dv = np.stack([np.zeros_like(x), K[1, 1] * inverse_z, -K[1, 1] * y * inverse_z**2], axis=1)
-    dI_dX = gx[:, None] * du + gy[:, None] * dv  # [N,3]
-    dI_dw = np.cross(X, dI_dX)  # g . (-[X]x w) = (X x g) . w
-    return residual, inside, np.concatenate([dI_dX, dI_dw], axis=1)
+    gx, gy = gx.astype(np.float64), gy.astype(np.float64)
+    # J = dI/dX [N,3] (the image gradient times d(u, v)/dX), then dX/dxi = [I | -[X]x] for a left increment gives
+    # dI/dw = g . (-[X]x w) = (X x g) . w. Written out column by column: a few large array operations per iteration
+    # instead of many small ones (the alignment runs them thousands of times a second).
+    J = np.empty((len(X), 6))
+    J[:, 0] = gx * (K[0, 0] * inverse_z)
+    J[:, 1] = gy * (K[1, 1] * inverse_z)
+    J[:, 2] = gx * (-K[0, 0] * x * inverse_z**2) + gy * (-K[1, 1] * y * inverse_z**2)
+    J[:, 3] = X[:, 1] * J[:, 2] - X[:, 2] * J[:, 1]
+    J[:, 4] = X[:, 2] * J[:, 0] - X[:, 0] * J[:, 2]
+    J[:, 5] = X[:, 0] * J[:, 1] - X[:, 1] * J[:, 0]
+    return residual, inside, J
 
 
 def huber_cost(T: np.ndarray, points: np.ndarray, reference: np.ndarray, image: np.ndarray, K: np.ndarray,
@@ -225,7 +231,8 @@ def side_slip(T_current_previous: np.ndarray, T_base_camera: np.ndarray) -> tupl
     # Right increment (v, w) of P: dt = R v; the yaw moves by w_z (the step turns about the base's up axis).
     d_residual_d_eta = np.concatenate([np.array([-s, c, 0.0]) @ R, [0.0, 0.0, -0.5 * (t[0] * c + t[1] * s)]])
     R_A = A[:3, :3]
-    adjoint = np.block([[R_A, _skew(A[:3, 3]) @ R_A], [np.zeros((3, 3)), R_A]])
+    adjoint = np.zeros((6, 6))  # [[R_A, [a]x R_A], [0, R_A]], assembled by hand: np.block costs more than the maths
+    adjoint[:3, :3], adjoint[:3, 3:], adjoint[3:, 3:] = R_A, _skew(A[:3, 3]) @ R_A, R_A
     return float(residual), -d_residual_d_eta @ adjoint
 
 
@@ -449,8 +456,9 @@ def _gauss_newton(start: np.ndarray, previous_levels: list, current_levels: list
                 break
             r, J = residual[inside], J[inside, :columns]
             weights = _residual_weights(r, J, points[inside], T, huber, relative_depth_sigma)
-            H = (J * weights[:, None]).T @ J
-            g = (J * weights[:, None]).T @ r
+            weighted = J * weights[:, None]
+            H = weighted.T @ J
+            g = weighted.T @ r
             if priors is not None:
                 # Priors count as much at every level: scaled like the number of points.
                 H, g = priors(H / huber**2, g / huber**2, T, len(points) / len(finest[0]))
