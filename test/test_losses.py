@@ -55,7 +55,6 @@ def test_the_paper_preset_is_the_papers_objective() -> None:
     config = load_train_config(str(REPO / "config" / "train_paper.yaml")).loss
     assert (config.num_scales, config.smooth_weight, config.smooth_decay, config.explain_weight) == (4, 0.5, 2.0, 0.2)
     assert (config.smoothness, config.smoothness_target, config.ssim_weight) == ("second_order", "disparity", 0.0)
-    assert config.out_of_view == "border"  # the authors' sampler clamps coordinates to the image
     assert not (config.min_over_sources or config.auto_mask or config.validity_mask or config.full_resolution)
     assert config.validity_mean == "in_view"
 
@@ -258,12 +257,20 @@ def test_min_over_sources_never_exceeds_the_sum() -> None:
 
 def test_auto_mask_ignores_pixels_a_static_source_already_explains() -> None:
     static = scene()["target"][:, None].expand(1, 2, 3, H, W).contiguous()
-    # out_of_view zeros: with border sampling an edge pixel warped out of view reads itself, an exact tie with the
-    # identity that the tie-breaking noise settles either way.
-    _, terms = run(LossConfig(explain_weight=0, auto_mask=True, out_of_view="zeros"), sources=static)
+    _, terms = run(LossConfig(explain_weight=0, auto_mask=True), sources=static)
     assert float(terms["photometric"]) == pytest.approx(0.0, abs=1e-6)
     _, unmasked = run(LossConfig(explain_weight=0), sources=static)
     assert float(unmasked["photometric"]) > 0.01
+
+
+def test_out_of_view_samples_read_the_border_pixel() -> None:
+    """A uniform grey scene shifted by 20 px: every sample, in view or not, reads the same grey when out-of-view
+    samples repeat the border (the authors' sampler), so nothing costs; zero padding would charge the grey's size."""
+    grey = torch.full((1, 3, H, W), 0.5)
+    far = scene(tx=2.0)
+    _, terms = run(LossConfig(explain_weight=0, validity_mask=False), target=grey, disparities=far["disparities"],
+                   poses=far["poses"], sources=grey[:, None].expand(1, 2, 3, H, W).contiguous())
+    assert float(terms["photometric"]) == pytest.approx(0.0, abs=1e-7)
 
 
 def test_validity_mask_drops_out_of_view_pixels() -> None:

@@ -19,6 +19,10 @@ from sfm_ros.models.warp import inverse_warp, pose_vec_to_mat, scale_intrinsics
 from training.normalisation import to_unit_range
 
 SMOOTHNESS_TARGETS = ("disparity", "depth", "normalised_disparity")
+# What a sample that warps out of the source view reads: the nearest edge pixel, as the authors' sampler clamps its
+# coordinates. Reading zero (mid-grey) instead, sfm_ros's first default, was measured and deleted (RESULTS, "Out-of-view
+# samples read as mid-grey, re-measured on val_unseen"); the validity mask decides whether such a pixel costs anything.
+OUT_OF_VIEW_SAMPLE = "border"
 
 
 @dataclass(frozen=True)
@@ -48,9 +52,6 @@ class LossConfig:
     # (out-of-view pixels count as a perfect match, as in the PyTorch reference: a pixel that truly leaves the view is
     # not charged, so near surfaces at the image's edges are not pushed far to stay in view).
     validity_mean: str = "all"
-    # What an out-of-view sample reads: "border" (the nearest edge pixel: the paper's sampler clamps coordinates)
-    # or "zeros" (mid-grey in the normalised range, which rewards warping pixels out of view).
-    out_of_view: str = "border"
     # Synthesise every scale at the input's full size from its disparity (and mask) upsampled bilinearly, instead of
     # at the scale's own size (paper); monodepth2's remedy for the coarse scales' holes and texture copies.
     full_resolution: bool = False
@@ -62,8 +63,6 @@ class LossConfig:
             raise ValueError(f"smoothness_target must be one of {SMOOTHNESS_TARGETS}, got {self.smoothness_target!r}")
         if self.validity_mean not in ("in_view", "all"):
             raise ValueError(f"validity_mean must be 'in_view' or 'all', got {self.validity_mean!r}")
-        if self.out_of_view not in ("border", "zeros"):
-            raise ValueError(f"out_of_view must be 'border' or 'zeros', got {self.out_of_view!r}")
         if self.smooth_decay < 1.0:
             raise ValueError(f"smooth_decay must be >= 1, got {self.smooth_decay}")
         if not 0.0 <= self.ssim_weight <= 1.0:
@@ -178,7 +177,7 @@ def sfm_objective(target: torch.Tensor, sources: torch.Tensor, disparities: tupl
         depth = 1.0 / disparity_for_view
         errors, valids, identity_errors = [], [], []
         for i in range(num_sources):
-            warped, valid = inverse_warp(sources_s[:, i], depth, transforms[i], K_s, padding_mode=config.out_of_view)
+            warped, valid = inverse_warp(sources_s[:, i], depth, transforms[i], K_s, padding_mode=OUT_OF_VIEW_SAMPLE)
             error = photometric_error(target_s, warped, config.ssim_weight)
             if use_mask:
                 error = error * scale_mask[:, i : i + 1]
@@ -204,7 +203,10 @@ def sfm_objective(target: torch.Tensor, sources: torch.Tensor, disparities: tupl
             identity = torch.cat(identity_errors, dim=1).min(dim=1, keepdim=True).values
             # Tiny noise breaks ties on perfectly static, textureless pixels (monodepth2).
             identity = identity + 1e-5 * torch.randn_like(identity)
-            per_pixel = per_pixel * (stacked.min(dim=1, keepdim=True).values < identity).to(per_pixel.dtype)
+            # Only in-view samples may beat it: one that left the view reads the border, and at the image's edge the
+            # border of a static source is the target's own pixel, an error of zero that would unmask the others.
+            in_view = torch.where(valid > 0, stacked, stacked.detach().max() + 1.0)
+            per_pixel = per_pixel * (in_view.min(dim=1, keepdim=True).values < identity).to(per_pixel.dtype)
         # Mean over (valid) pixels per source, summed over sources; with every flag off this is the paper's sum
         # of per-source means.
         count = (pixel_valid.sum(dim=(0, 2, 3)).clamp_min(1.0) if config.validity_mean == "in_view"

@@ -94,8 +94,8 @@ def inverse_warp(source: torch.Tensor, depth_target: torch.Tensor, T_source_targ
 
     source: [B,C,H,W]; depth_target: [B,1,H,W]; T_source_target: [B,4,4]; K: [B,3,3] at this size.
     Back-projects every target pixel with its depth, moves it into the source camera, projects, and
-    samples the source bilinearly. Out-of-view pixels read ``padding_mode`` ("zeros" as in the paper's
-    objective, "border" to repeat the edge).
+    samples the source bilinearly. Out-of-view pixels read ``padding_mode``: "zeros" (mid-grey in the normalised
+    range) or "border" (the nearest edge pixel, as the authors' sampler clamps coordinates; the objective's).
     Returns (warped [B,C,H,W], valid [B,1,H,W] float: 1 where the sample fell inside the source image).
     """
     _, _, height, width = source.shape
