@@ -285,8 +285,9 @@ def cmd_bench_data(args: argparse.Namespace) -> int:
 
     if not Path(args.cache, "index.json").is_file():
         raise FileNotFoundError(f"no training cache at {args.cache}: make one with `sfm prepare cache`")
-    _print_json(bench_data(args.cache, args.workers, args.batch, args.epochs))
-    return 0
+    result = bench_data(args.cache, args.workers, args.batch, args.epochs)
+    table = ", ".join(f"{row['workers']} workers: {row['snippets_per_s']:.0f} snippets/s" for row in result["results"])
+    return _report_bench(result, table)
 
 
 def _report_bench(result: dict, table: str, leave_out: str | None = None) -> int:

@@ -227,8 +227,8 @@ def test_health_monitor_warns_after_warmup_and_patience_and_clears() -> None:
     assert "near zero" in started[0] and "min_motion_px" in started[0]
 
 
-def test_the_trainer_reports_health_in_log_bar_and_summary(sample_cache: Path, capsys: pytest.CaptureFixture
-                                                           ) -> None:
+def test_the_trainer_reports_health_in_its_log_summary_and_tensorboard(sample_cache: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
     """A run whose thresholds call any output collapsed and still: its first step says both, in the printed log and
     in the summary, and the tensorboard log marks the step failing."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

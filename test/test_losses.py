@@ -257,8 +257,9 @@ def test_min_over_sources_never_exceeds_the_sum() -> None:
 
 def test_auto_mask_ignores_pixels_a_static_source_already_explains() -> None:
     static = scene()["target"][:, None].expand(1, 2, 3, H, W).contiguous()
-    _, terms = run(LossConfig(explain_weight=0, auto_mask=True), sources=static)
-    assert float(terms["photometric"]) == pytest.approx(0.0, abs=1e-6)
+    for validity_mask in (True, False):  # out-of-view samples never decide the mask, counted or not
+        _, terms = run(LossConfig(explain_weight=0, auto_mask=True, validity_mask=validity_mask), sources=static)
+        assert float(terms["photometric"]) == pytest.approx(0.0, abs=1e-6), validity_mask
     _, unmasked = run(LossConfig(explain_weight=0), sources=static)
     assert float(unmasked["photometric"]) > 0.01
 

@@ -33,14 +33,17 @@ class TruthBackend:
 
     metadata = BundleMetadata(height=HEIGHT, width=WIDTH)
 
-    def __init__(self) -> None:
-        self.pose_calls = 0
+    def __init__(self, check_frames: bool = False) -> None:
+        self.pose_calls, self.check_frames = 0, check_frames
 
     def infer_depth(self, image: np.ndarray) -> np.ndarray:
         return np.full((1, 1, HEIGHT, WIDTH), 0.5, np.float32)
 
     def infer_pose(self, target: np.ndarray, sources: np.ndarray):
         self.pose_calls += 1
+        if self.check_frames:  # each frame is filled with its index in the window: t-1 is the target
+            assert target.shape == (1, 3, HEIGHT, WIDTH) and sources.shape == (1, 2, 3, HEIGHT, WIDTH)
+            assert np.all(target == 1) and np.all(sources[0, 0] == 0) and np.all(sources[0, 1] == 2)
         vectors = []
         for source in (0, 2):
             T = np.linalg.inv(DRIVE[source]) @ DRIVE[1]
@@ -49,11 +52,12 @@ class TruthBackend:
 
 
 def frames(count: int) -> list[np.ndarray]:
-    return [np.zeros((1, 3, HEIGHT, WIDTH), np.float32) for _ in range(count)]
+    """Preprocessed frames [1,3,H,W], oldest first, each filled with its index."""
+    return [np.full((1, 3, HEIGHT, WIDTH), index, np.float32) for index in range(count)]
 
 
 def test_the_pose_of_the_newest_frame_and_the_catch_up_compose_from_the_window_by_hand() -> None:
-    T_prev_current, T_catch_up, mask = relative_pose(TruthBackend(), frames(3), first=True)
+    T_prev_current, T_catch_up, mask = relative_pose(TruthBackend(check_frames=True), frames(3), first=True)
     np.testing.assert_allclose(T_prev_current, np.linalg.inv(DRIVE[1]) @ DRIVE[2], atol=1e-9)
     np.testing.assert_allclose(T_catch_up, np.linalg.inv(DRIVE[0]) @ DRIVE[1], atol=1e-9)
     assert mask is None

@@ -18,6 +18,7 @@ import yaml
 
 from sfm_ros import kitti
 from sfm_ros.bags import BagError, kitti_to_bag
+from sfm_ros.config import ConfigError
 from sfm_ros.models import DispNet, PoseExpNet
 from test.conftest import DRIVE_0060, ODOMETRY_06, REPO, view_synthesis_error
 from training.config import DataConfig, load_train_config
@@ -444,6 +445,19 @@ def test_resume_refuses_a_different_objective(tiny_cache: Path, tmp_path: Path) 
     torch.save(state, checkpoint)
     trainer.resume(checkpoint)
     assert trainer.state.step == 0
+
+    # A checkpoint from before loss.out_of_view was deleted: "border", the behaviour that stayed, resumes; "zeros"
+    # trained with an objective that no longer exists, and the error says so.
+    for value, resumes in (("border", True), ("zeros", False)):
+        saved["loss"]["out_of_view"] = value
+        state["config"] = yaml.safe_dump(saved)
+        torch.save(state, checkpoint)
+        if resumes:
+            trainer.resume(checkpoint)
+            assert config_from_checkpoint(checkpoint) == trainer.config
+        else:
+            with pytest.raises(ConfigError, match="loss.out_of_view=zeros was deleted"):
+                trainer.resume(checkpoint)
 
 
 def test_two_process_ddp_equals_one_process_with_the_whole_batch(tiny_cache: Path, tmp_path: Path) -> None:

@@ -138,14 +138,14 @@ def bench_data(cache_dir: str | Path, workers: list[int], batch: int = 16, epoch
 
     from sfm_ros.bench import machine_description
     from training.config import DataConfig
-    from training.data import SnippetDataset
+    from training.data import DataError, SnippetDataset
 
     data = DataConfig()
     dataset = SnippetDataset(cache_dir, "train", data.sequence_length, data.augment, data.scale_crop_max, seed=0,
                              flip=data.flip, frame_strides=data.frame_strides, flip_depth=data.flip_depth,
                              colour_augment=data.colour_augment)
     if len(dataset) < batch:
-        raise ValueError(f"{len(dataset)} training snippets in {cache_dir} are fewer than one batch of {batch}")
+        raise DataError(f"{len(dataset)} training snippets in {cache_dir} are fewer than one batch of {batch}")
     results = []
     for count in workers:
         loader = DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=count, drop_last=True,

@@ -10,8 +10,9 @@ paper's KITTI recipe (128x416, batch 4, Adam lr 2e-4, beta1 0.9, 3 frames, mask 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
-from sfm_ros.config import load_config, param
+from sfm_ros.config import ConfigError, from_dict, load_config, param
 from training.losses import LossConfig
 
 __all__ = ["DataConfig", "ModelConfig", "OptimConfig", "RunConfig", "TrainConfig", "load_train_config"]
@@ -121,6 +122,28 @@ class TrainConfig:
     loss: LossConfig = dataclasses.field(default_factory=LossConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
+
+
+# Keys deleted from the training config, with the value whose behaviour stayed: a checkpoint saved with that value
+# resumes (the key is dropped); one saved with another value was trained with an objective that no longer exists.
+RETIRED_KEYS: dict[tuple[str, str], tuple[Any, str]] = {
+    ("loss", "out_of_view"): ("border", "RESULTS, \"Out-of-view samples read as mid-grey, re-measured on val_unseen\""),
+}
+
+
+def saved_train_config(data: dict[str, Any]) -> TrainConfig:
+    """The TrainConfig of a saved config (a checkpoint's), nested dict ``data``: keys it predates take their defaults,
+    retired keys (``RETIRED_KEYS``) holding the behaviour that stayed are dropped; a retired key with any other value
+    is a ConfigError saying it was deleted and where its figures are."""
+    data = {section: dict(values) if isinstance(values, dict) else values for section, values in data.items()}
+    for (section, key), (kept, where) in RETIRED_KEYS.items():
+        values = data.get(section)
+        if isinstance(values, dict) and key in values:
+            value = values.pop(key)
+            if value != kept:
+                raise ConfigError(f"{section}.{key}={value} was deleted ({where}); this run was trained with it and "
+                                  f"cannot go on with the current objective, which always uses {key}={kept}")
+    return from_dict(TrainConfig, data)
 
 
 def load_train_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:

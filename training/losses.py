@@ -175,7 +175,7 @@ def sfm_objective(target: torch.Tensor, sources: torch.Tensor, disparities: tupl
             batch, num_sources, 3, scaled_h, scaled_w)
         K_s = scale_intrinsics(K, scaled_w / width, scaled_h / height)
         depth = 1.0 / disparity_for_view
-        errors, valids, identity_errors = [], [], []
+        errors, valids, in_view_masks, identity_errors = [], [], [], []
         for i in range(num_sources):
             warped, valid = inverse_warp(sources_s[:, i], depth, transforms[i], K_s, padding_mode=OUT_OF_VIEW_SAMPLE)
             error = photometric_error(target_s, warped, config.ssim_weight)
@@ -186,6 +186,7 @@ def sfm_objective(target: torch.Tensor, sources: torch.Tensor, disparities: tupl
                     masks[scale][:, i : i + 1])
             errors.append(error)
             valids.append(valid if config.validity_mask else torch.ones_like(valid))
+            in_view_masks.append(valid)
             if config.auto_mask:
                 identity_errors.append(photometric_error(target_s, sources_s[:, i], config.ssim_weight))
             if scale == 0 and i == 0:
@@ -205,7 +206,7 @@ def sfm_objective(target: torch.Tensor, sources: torch.Tensor, disparities: tupl
             identity = identity + 1e-5 * torch.randn_like(identity)
             # Only in-view samples may beat it: one that left the view reads the border, and at the image's edge the
             # border of a static source is the target's own pixel, an error of zero that would unmask the others.
-            in_view = torch.where(valid > 0, stacked, stacked.detach().max() + 1.0)
+            in_view = torch.where(torch.cat(in_view_masks, dim=1) > 0, stacked, stacked.detach().max() + 1.0)
             per_pixel = per_pixel * (in_view.min(dim=1, keepdim=True).values < identity).to(per_pixel.dtype)
         # Mean over (valid) pixels per source, summed over sources; with every flag off this is the paper's sum
         # of per-source means.

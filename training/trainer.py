@@ -38,10 +38,10 @@ from sfm_ros.bundle import (
     save_networks,
     sha256_file,
 )
-from sfm_ros.config import from_dict, to_dict
+from sfm_ros.config import to_dict
 from sfm_ros.metrics import DEPTH_METRICS, eigen_depth_evaluation
 from sfm_ros.models import DispNet, PoseExpNet
-from training.config import TrainConfig
+from training.config import TrainConfig, saved_train_config
 from training.data import DataError, SnippetDataset, load_cache_index
 from training.health import HealthMonitor, training_health
 from training.normalisation import to_unit_range
@@ -327,7 +327,7 @@ class Trainer:
         """Restore networks, optimiser, position and RNG from a checkpoint of the same configuration."""
         state = load_checkpoint(path)
         # Through the dataclasses, so that a checkpoint written before a field existed resumes with its default.
-        saved = to_dict(from_dict(TrainConfig, yaml.safe_load(state["config"])))
+        saved = to_dict(saved_train_config(yaml.safe_load(state["config"])))
         for section in ("model", "data", "loss"):
             if saved[section] != to_dict(self.config)[section]:
                 raise CheckpointError(f"{path}: the checkpoint's {section} config differs from this run's; resume with "
@@ -493,4 +493,4 @@ def _init_distributed() -> tuple[int, int]:
 
 def config_from_checkpoint(path: str | Path) -> TrainConfig:
     """The resolved config a checkpoint was trained with (fields it predates take their defaults)."""
-    return from_dict(TrainConfig, yaml.safe_load(load_checkpoint(path)["config"]))
+    return saved_train_config(yaml.safe_load(load_checkpoint(path)["config"]))

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from sfm_ros.camera import CameraModel
+from sfm_ros.config import ConfigError
 from sfm_ros.odometry.pipeline import Pipeline
 from sfm_ros.worker import LatestFrameWorker
 
@@ -40,12 +41,10 @@ def bench_node_load(pipeline: Pipeline, frames: list[np.ndarray], camera: Camera
     ``LatestFrameWorker`` that runs ``pipeline``; each frame's stamp is the time it was offered. Returns the offered,
     processed and dropped counts, the processed rate, offer-to-result latency percentiles (ms, waiting included),
     each stage's median (ms), the worker's errors by kind, and the resident-memory timeline [(s, MiB)]."""
-    from tqdm import tqdm
-
     if not frames:
-        raise ValueError("no frames to offer")
+        raise ConfigError("no frames to offer")
     if minutes <= 0 or rate_hz <= 0:
-        raise ValueError(f"minutes and rate must be positive, got {minutes} and {rate_hz}")
+        raise ConfigError(f"--minutes and --rate must be positive, got {minutes} and {rate_hz}")
     latencies: list[float] = []
     stage_timings: dict[str, list[float]] = {}
 
@@ -60,7 +59,11 @@ def bench_node_load(pipeline: Pipeline, frames: list[np.ndarray], camera: Camera
     seconds = minutes * 60
     period = 1.0 / rate_hz
     memory: list[tuple[float, float]] = []
-    bar = tqdm(total=round(seconds), desc="node load", unit="s", disable=not progress)
+    bar = None
+    if progress:  # tqdm only where asked: a robot's run-time install need not have it
+        from tqdm import tqdm
+
+        bar = tqdm(total=round(seconds), desc="node load", unit="s")
     start = next_memory = time.perf_counter()
     offered = 0
     while time.perf_counter() - start < seconds:
@@ -70,9 +73,11 @@ def bench_node_load(pipeline: Pipeline, frames: list[np.ndarray], camera: Camera
         if now >= next_memory:
             memory.append((round(now - start, 1), round(resident_mb(), 1)))
             next_memory += MEMORY_EVERY_S
-        bar.update(round(now - start) - bar.n)
+        if bar is not None:
+            bar.update(round(now - start) - bar.n)
         time.sleep(max(0.0, start + offered * period - time.perf_counter()))
-    bar.close()
+    if bar is not None:
+        bar.close()
     worker.wait_idle(DRAIN_TIMEOUT_S)
     worker.stop()
     values = np.asarray(latencies) if latencies else np.full(1, np.nan)

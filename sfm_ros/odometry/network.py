@@ -58,11 +58,11 @@ class NetworkStep:
 
 def network_step(backend: Backend, window: PoseWindow, stamp_ns: int, rgb: np.ndarray, camera: CameraModel,
                  dt_s: float | None, min_pose_interval_s: float, needs_grey: bool
-                 ) -> tuple[NetworkStep, dict[str, float]]:
+                 ) -> tuple[NetworkStep, dict[str, float], float]:
     """The depth net on the frame ``rgb`` uint8 [H,W,3], and the pose net on ``window`` once the frame completes it (a
     frame enters the window only ``min_pose_interval_s`` after the last one). ``needs_grey``: the frame's grey image
-    is used (alignment or the ground's lengths). Returns the step and the preprocess and depth timings (ms;
-    '_depth_end' holds the depth's end for the pose's timing)."""
+    is used (alignment or the ground's lengths). Returns the step, the preprocess and depth timings (ms) and when
+    the depth ended (``time.perf_counter``), from which the caller times the pose."""
     tick = time.perf_counter()
     metadata = backend.metadata
     K = scale_intrinsics(camera.K, metadata.width / camera.width, metadata.height / camera.height)
@@ -82,8 +82,8 @@ def network_step(backend: Backend, window: PoseWindow, stamp_ns: int, rgb: np.nd
             dt_s = window_dt
         if needs_grey:
             grey = grey_from_preprocessed(image, metadata)
-    timings = {"preprocess": (t_pre - tick) * 1e3, "depth": (t_depth - t_pre) * 1e3, "_depth_end": t_depth}
-    return NetworkStep(image, K, depth_units, T_prev_current, T_catch_up, mask, grey, dt_s), timings
+    timings = {"preprocess": (t_pre - tick) * 1e3, "depth": (t_depth - t_pre) * 1e3}
+    return NetworkStep(image, K, depth_units, T_prev_current, T_catch_up, mask, grey, dt_s), timings, t_depth
 
 
 def relative_pose(backend: Backend, frames: list[np.ndarray], first: bool

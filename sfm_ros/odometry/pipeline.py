@@ -187,7 +187,7 @@ class Pipeline:
         pose_before, covariance_before = state.T_world_camera.copy(), state.covariance.copy()
         previous = state.track.previous  # frame t-1, before this frame takes its place
         needs_grey = self.config.odometry != OdometryMode.CHAIN or self.scale_config.uses_ground_motion
-        network, timings = network_step(self.backend, state.track.window, stamp_ns, rgb, camera, dt_s,
+        network, timings, depth_end = network_step(self.backend, state.track.window, stamp_ns, rgb, camera, dt_s,
                                         self.config.min_pose_interval_s, needs_grey)
         t_pose = time.perf_counter()
         scale, ground = self._scale(network)
@@ -210,7 +210,7 @@ class Pipeline:
         else:
             T_prev_current, made_keyframe, t_refine = None, False, time.perf_counter()
         ground_ms = tracked.ground_ms if tracked is not None else 0.0
-        timings.update({"pose": (t_pose - timings.pop("_depth_end")) * 1e3, "scale": (t_scale - t_pose) * 1e3,
+        timings.update({"pose": (t_pose - depth_end) * 1e3, "scale": (t_scale - t_pose) * 1e3,
                         "refine": max((t_refine - t_scale) * 1e3 - ground_ms, 0.0), "ground": ground_ms})
         estimate = self._estimate(stamp_ns, camera, network, scale, T_prev_current, twist, made_keyframe, events,
                                   timings, tick)
@@ -255,8 +255,8 @@ class Pipeline:
                                        "between frames")
         events += state.pending_events
         state.pending_events = []
-        started = state.last_stamp is not None and state.track.window.frames
-        dt_s = (stamp_ns - state.last_stamp) / 1e9 if started else None
+        follows_a_frame = state.last_stamp is not None and len(state.track.window.frames) > 0
+        dt_s = (stamp_ns - state.last_stamp) / 1e9 if follows_a_frame else None
         state.last_stamp = stamp_ns
         return events, dt_s
 
