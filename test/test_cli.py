@@ -133,7 +133,9 @@ def test_bench_node_offers_real_frames_to_the_worker_and_reports_what_it_kept_up
     assert "1226x370" in load["benchmark"] and f"{load['processed_hz']:.1f} Hz" in captured.err
 
 
-def test_bench_node_without_frames_says_where_it_looked(small_bundle: Path, tmp_path: Path,
+def test_bench_node_says_what_is_wrong_with_its_frames_or_its_duration(small_bundle: Path, tmp_path: Path,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "node", "--bundle", str(small_bundle), "--kitti", str(tmp_path / "absent")]) == 2
     assert f"no KITTI odometry sequence at {tmp_path / 'absent'}" in capsys.readouterr().err
+    assert main(["bench", "node", "--bundle", str(small_bundle), "--minutes", "0"]) == 2
+    assert "--minutes and --rate must be positive, got 0.0 and 30.0" in capsys.readouterr().err
