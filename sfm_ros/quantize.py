@@ -18,7 +18,7 @@ Check (``INT8_TOLERANCES``): the bag's frame windows alternate between calibrati
 held-out ones the INT8 disparity must stay within 5 % of the fp32 disparity per pixel (median over pixels and
 frames) and the INT8 poses within 10 % of the fp32 pose vector's norm (median over frames). torch is not needed.
 The ``onnxruntime`` models are checked as they will run, on onnxruntime's int8 kernels. The Q/DQ models are checked
-as written (``_qdq_reference_session``): onnxruntime would otherwise fuse each DequantizeLinear-Conv-QuantizeLinear
+as written (``qdq_reference_session``): onnxruntime would otherwise fuse each DequantizeLinear-Conv-QuantizeLinear
 into its own int8 convolution, whose AVX2 kernel (x86 CPUs without VNNI) sums pairs of products in saturating
 16-bit registers; with symmetric int8 activations and weights that saturation moved the random-weight test models'
 disparities by 15 % and poses by 25 %, an error of that CPU, not of the model: TensorRT accumulates in 32 bits.
@@ -41,7 +41,7 @@ from sfm_ros.calibration import calibration_windows
 from sfm_ros.polyphase import polyphase_transposed_convs
 
 __all__ = ["CALIBRATION_METHODS", "INT8_TOLERANCES", "QUANTIZE_TARGETS", "QuantizeError", "calibration_windows",
-           "quantize_bundle"]
+           "qdq_reference_session", "quantize_bundle"]
 
 INT8_TOLERANCES = {"disparity_rel_median": 0.05, "pose_rel_median": 0.10}
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")  # onnxruntime's MinMax, Entropy, Percentile
@@ -133,7 +133,7 @@ def quantize_bundle(bundle: str | Path, bag: str | Path, *, max_windows: int = 6
                 rewritten_layers = _quantize_qdq(model, source, fp32, quantized, calibration, method)
             else:
                 rewritten_layers = _quantize_model(model, source, fp32, quantized, calibration, method, polyphase)
-            checked = _qdq_reference_session(quantized) if target == "tensorrt" else _session(quantized)
+            checked = qdq_reference_session(quantized) if target == "tensorrt" else _session(quantized)
             error = _held_out_error(model, fp32, checked, held_out)
             if error > INT8_TOLERANCES[tolerance_key]:
                 raise QuantizeError(f"{model}: INT8 ({target}) differs from fp32 by {error:.1%} ({tolerance_key} "
@@ -167,7 +167,7 @@ def _session(path: Path, *, qdq_as_written: bool = False):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _qdq_reference_session(path: Path):
+def qdq_reference_session(path: Path) -> Any:
     """A CPU session that computes a Q/DQ model's arithmetic as the file defines it (what TensorRT's INT8 kernels
     compute, with their 32-bit accumulators), not onnxruntime's fused int8 kernels, which on x86 CPUs without
     VNNI saturate 16-bit pair sums for symmetric int8 activations (see the module's docstring)."""
@@ -215,7 +215,7 @@ def _quantize_qdq(model: str, source: Path, fp32, quantized: Path, calibration: 
     input_names = [i.name for i in fp32.get_inputs()]
     calibration_method = {m.name.lower(): m for m in CalibrationMethod}[method]
     # reduce_range=False: full 8-bit weights. 7-bit ones would also hide the CPU saturation, but TensorRT has none
-    # and would only lose precision; the check runs the file as written instead (_qdq_reference_session).
+    # and would only lose precision; the check runs the file as written instead (qdq_reference_session).
     quantize_static(str(prepared), str(quantized), _Reader(calibration, input_names), quant_format=QuantFormat.QDQ,
                     per_channel=True, reduce_range=False, activation_type=QuantType.QInt8,
                     weight_type=QuantType.QInt8, calibrate_method=calibration_method,

@@ -43,9 +43,13 @@ def view_synthesis_error(trainer, snippets: range = range(0, 48, 4)) -> float:
 
     probe = {"images": torch.stack([trainer.train_data[i]["images"] for i in snippets]),
              "K": torch.stack([trainer.train_data[i]["K"] for i in snippets])}
+    from training.step import forward_objective
+
     with torch.no_grad():
-        return float(trainer._forward(probe, dataclasses.replace(trainer.config.loss, explain_weight=0.0))[1]
-                     ["photometric"])
+        _, terms = forward_objective(trainer.depth_model, trainer.pose_model, probe["images"].to(trainer.device),
+                                     probe["K"].to(trainer.device),
+                                     dataclasses.replace(trainer.config.loss, explain_weight=0.0))
+    return float(terms["photometric"])
 
 
 def make_small_bundle(folder: str | Path) -> Path:

@@ -237,7 +237,7 @@ def test_qdq_models_are_checked_with_32_bit_accumulation(tmp_path: Path) -> None
                               [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 1, 4, 4])], initializers)
     path = tmp_path / "qdq_conv.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]), str(path))
-    session = sfm_ros.quantize._qdq_reference_session(path)
+    session = sfm_ros.quantize.qdq_reference_session(path)
     found = session.run(None, {"x": np.full((1, channels, 4, 4), 127.0, np.float32)})[0]
     np.testing.assert_array_equal(found, np.full((1, 1, 4, 4), 126 * output_scale, np.float32))
 
