@@ -283,8 +283,6 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
 def cmd_bench_data(args: argparse.Namespace) -> int:
     from training.bench import bench_data
 
-    if not Path(args.cache, "index.json").is_file():
-        raise FileNotFoundError(f"no training cache at {args.cache}: make one with `sfm prepare cache`")
     result = bench_data(args.cache, args.workers, args.batch, args.epochs)
     table = ", ".join(f"{row['workers']} workers: {row['snippets_per_s']:.0f} snippets/s" for row in result["results"])
     return _report_bench(result, table)
