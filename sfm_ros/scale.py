@@ -107,6 +107,11 @@ GROUND_TOLERANCE = 0.05
 # The scale is healthy only where at least this share of the lower image is ground (or inliers of the fitted plane):
 # below it the "ground" is mostly cars and walls, whose depth says nothing about the camera's height.
 MIN_GROUND_SHARE = 0.3
+# Before the first healthy scale, a share at least this large still gives a provisional scale (unhealthy, and said so)
+# rather than none: a wall or a car filling the view agrees with the plane along a band of rows only, 15-18 % of the
+# lower image at the default ground region and tolerance (test_pipeline_scale), where a road partly hidden gave 20-30 %
+# on KITTI. Without it the first steps took the network's units, and a drive that started there lost its first metres.
+MIN_PROVISIONAL_GROUND_SHARE = 0.2
 # scale.ground_plane 'fit': RANSAC over at most 2000 back-projected points finds a plane holding 30 % in far fewer
 # than 100 draws; inliers within 5 % of the region's median depth; planes tilted more than 30 degrees off the camera's
 # down axis are walls, not ground.
@@ -159,8 +164,13 @@ class _SmoothedScale:
         self.factor = measured if self.factor is None else smoothing * self.factor + (1 - smoothing) * measured
         return ScaleEstimate(self.factor, True, self.source)
 
-    def _failed(self, reason: str) -> ScaleEstimate:
+    def _failed(self, reason: str, provisional: float | None = None) -> ScaleEstimate:
+        """An unhealthy estimate: the last healthy factor held, or before the first one the ``provisional`` factor
+        (metres per unit) this frame measured less surely, or none (metric False)."""
         if self.factor is None:
+            if provisional is not None:
+                return ScaleEstimate(provisional, False, self.source, reason + "; provisional scale until the first "
+                                     "healthy one")
             return ScaleEstimate(1.0, False, self.source, reason + "; no metric scale yet", metric=False)
         return ScaleEstimate(self.factor, False, self.source, reason + "; holding the last scale")
 
@@ -194,7 +204,8 @@ class GroundPlaneScale(_SmoothedScale):
             if metres_per_unit is None or agreeing < MIN_GROUND_SHARE:
                 return dataclasses.replace(self._failed(
                     f"{agreeing:.0%} of the lower image agrees with the ground plane of the camera's mounting and "
-                    f"height (less than {MIN_GROUND_SHARE:.0%})"), ground=ground)
+                    f"height (less than {MIN_GROUND_SHARE:.0%})",
+                    metres_per_unit if agreeing >= MIN_PROVISIONAL_GROUND_SHARE else None), ground=ground)
             return dataclasses.replace(self._accept(metres_per_unit), ground=ground)
         height = depth.shape[0]
         top = int(height * (1.0 - config.ground_region))

@@ -5,6 +5,7 @@ on."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from sfm_ros import kitti
 from sfm_ros.camera import CameraModel
@@ -78,7 +79,8 @@ def test_an_alignment_that_fails_from_the_chain_is_retried_from_the_previous_fra
     """A pose net that reports a 17-degree turn and 30 cm every frame while the camera stands still starts each
     alignment further off than an alignment may change (0.2 rad): from there it is refused. From the previous frame's
     pose it succeeds, so the camera stays put and keeps its keyframe (without the retry: 30 refusals, 30 keyframes,
-    1.96 m walked). In one frame of 30 both starts fail and the chain's step stands (0.3 m)."""
+    1.96 m walked). In one frame of 30 both starts fail, and so does the alignment to the previous frame from the
+    network's step: the network's step stands (0.3 m)."""
     still = stand_still(PipelineConfig(), network_error=[0.0, 0.0, 0.3, 0.0, 0.3, 0.0])
     assert still["moved_m"] < 0.35 and sum(still["keyframes"]) <= 1
 
@@ -147,3 +149,39 @@ def test_turning_keyframes_off_and_on_at_run_time_starts_a_new_keyframe() -> Non
         flags.append(pipeline.process(i * 100_000_000, kitti.load_rgb(paths[i]), camera).keyframe)
     assert flags[2] and not any(flags[5:7])  # the first keyframe; none while off
     assert flags[7], "back on: the frame becomes a new keyframe instead of aligning to the stale one"
+
+
+def test_a_frame_that_cannot_be_aligned_to_its_keyframe_takes_its_step_from_the_previous_frame() -> None:
+    """A keyframe the frame cannot be aligned to (here: no depth, so no points) makes the frame the next keyframe.
+    Its step then comes from the previous frame, aligned through that frame's depth from the network's step, as
+    'frame_to_frame' does: a pose net whose step is twice the truth (as on surfaces a model never saw) gets the true
+    length back. Without the previous frame the chain's step, twice the truth, is all there is."""
+    from sfm_ros.config import ScaleSource
+    from sfm_ros.odometry.ground import StepLength
+    from sfm_ros.odometry.tracking import Chain, Decision, Keyframe, PreviousView, Tracker
+    from sfm_ros.scale import ScaleEstimate
+    from test.odometry_support import grey
+
+    split = load_street_split(SAMPLE / "val")
+    paths, poses = kitti.image_files(split.folders[0]), split.T_world_cam[0]
+    frame = 20
+    truth = np.linalg.inv(poses[frame - 1]) @ poses[frame]  # T_prev_current
+    network = truth.copy()
+    network[:3, 3] *= 2.0
+    depth = split.depth[0, frame - 1].astype(np.float32)
+    previous = PreviousView(grey(paths[frame - 1]), np.where(depth > 0, depth, np.inf), None)
+    no_depth = np.zeros_like(depth)
+    keyframe = Keyframe(grey(paths[frame - 3]), no_depth, 10.0, np.eye(4), np.eye(6) * 1e-4)
+    chain = Chain(np.eye(4), network, np.eye(6) * 1e-4, 1.0, 0.1)
+    scale = ScaleEstimate(1.0, True, ScaleSource.FIXED)
+    tracker = Tracker(PipelineConfig(), np.eye(4), StepLength(ScaleConfig(source="fixed")))
+    args = (keyframe, None, grey(paths[frame]), split.K, chain, scale, np.array([0.0, 1.0, 0.0]))
+
+    tracked = tracker.to_keyframe(*args, previous, network)
+    assert tracked.decision is Decision.ALIGNMENT_FAILED and tracked.on_keyframe is None
+    assert tracked.events[0].startswith("keyframe alignment not used (a new keyframe): too few points")
+    true_length = float(np.linalg.norm(truth[:3, 3]))
+    assert 0.5 < true_length < 1.5
+    assert abs(np.linalg.norm(tracked.T_world_camera[:3, 3]) / true_length - 1) < 0.03
+    chained = tracker.to_keyframe(*args)
+    assert np.linalg.norm(chained.T_world_camera[:3, 3]) / true_length == pytest.approx(2.0, rel=1e-9)

@@ -292,7 +292,7 @@ class Pipeline:
         grey, keyframe = network.grey, state.track.keyframe
         if self.config.odometry == OdometryMode.KEYFRAMES and grey is not None and keyframe is not None:
             return tracker.to_keyframe(keyframe, state.track.on_keyframe, grey, network.K, chain, scale,
-                                       self._ground.normal)
+                                       self._ground.normal, previous, T_prev_current)
         if grey is not None and previous is not None:
             return tracker.to_previous(previous, grey, network.K, chain, T_prev_current, scale, self._ground.normal)
         return Tracked(chain.T_world_current, chain.covariance, Decision.NO_KEYFRAME)
