@@ -215,6 +215,20 @@ class StepLength:
         return LengthFactor(self.correction.correct(ratio, speed), None, ms)
 
 
+    def from_speed(self, T_current_reference: np.ndarray, dt_s: float | None, unmeasured: LengthFactor
+                   ) -> LengthFactor:
+        """The factor for a step that neither an alignment nor the ground measured (``unmeasured``: what ``measure``
+        gave it): the length the recent speed covers in dt_s, s, over T_current_reference's [4,4] length, since a
+        vehicle's speed changes little in a frame, where the network's length alone came out 1.5 times the truth on a
+        street the model never saw. ``unmeasured`` stands without a recent speed or a time."""
+        speed = self.correction.speed_mps
+        length = float(np.linalg.norm(T_current_reference[:3, 3]))
+        if speed is None or not dt_s or length < 1e-9:
+            return unmeasured
+        return LengthFactor(speed * dt_s / length, f"{unmeasured.note}; the step's length from the recent speed "
+                            f"({speed:.2f} m/s)", unmeasured.ms)
+
+
 class GroundPlane:
     """The ground's unit normal in the camera's optical frame (pointing down) that the scale and the ground's
     lengths use: the mounting's (T_base_camera), or with scale.ground_pitch_from_travel N > 0, once N straight

@@ -187,12 +187,15 @@ class Tracker:
                     T_prev_current: np.ndarray, scale: ScaleEstimate, normal: np.ndarray) -> Tracked:
         """The step from the previous frame: the network's T_prev_current [4,4] (metres by the depth's scale), aligned
         to the previous frame through its depth unless pipeline.odometry is 'chain', its length measured on the
-        previous frame's ground (plane ``normal``)."""
+        previous frame's ground (plane ``normal``); when neither the alignment nor the ground measures it, its length
+        is the recent speed's (``StepLength.from_speed``)."""
         events = []
         covariance = chain.covariance
         T_current_previous = invert_transform(T_prev_current)
+        aligned = False
         if self.config.odometry != OdometryMode.CHAIN:
             refined = self.align(previous.grey, previous.depth_units * scale.factor, grey, K, T_current_previous)
+            aligned = refined.accepted
             if refined.accepted:
                 T_current_previous = refined.T_current_previous
                 if refined.covariance is not None:
@@ -202,6 +205,9 @@ class Tracker:
                 events.append(f"pose refinement not used: {refined.reason}")
         length = self.step_length.measure(previous.grey, previous.ground, grey, K, T_current_previous, chain.carried,
                                           normal, None, chain.dt_s)
+        if self.config.odometry != OdometryMode.CHAIN and not aligned and length.note is not None:
+            # Neither the alignment nor the ground measured the step (the ground tried: its note says why not).
+            length = self.step_length.from_speed(T_current_previous, chain.dt_s, length)
         events += [length.note] if length.note else []
         T_current_previous = with_translation_scaled(T_current_previous, length.factor)
         return Tracked(chain.T_world_previous @ invert_transform(T_current_previous), covariance,
