@@ -5,7 +5,9 @@ Every estimator has one interface (``ScaleEstimator``): ``update(observation)`` 
 (``ScaleObservation``) returns a ``ScaleEstimate``, the factor (metres per network unit) and its health, and
 ``observe_speed`` takes an external speed (ignored by the estimators that do not use one). When an estimator fails
 (no ground visible, speed too low, no speed yet) it says so and keeps the last healthy factor, which the pipeline
-then flags through covariance and diagnostics; it never invents metres. ``SCALE_ESTIMATORS`` maps each
+then flags through covariance and diagnostics. Before the first healthy factor the camera height's estimator offers a
+provisional one where enough of a receding road agrees with the mounting's plane, also flagged; otherwise the output
+is marked not metric. ``SCALE_ESTIMATORS`` maps each
 ``ScaleSource`` to its estimator; the configuration's list of sources comes from ``ScaleSource``.
 """
 
@@ -112,6 +114,10 @@ MIN_GROUND_SHARE = 0.3
 # lower image at the default ground region and tolerance (test_pipeline_scale), where a road partly hidden gave 20-30 %
 # on KITTI. Without it the first steps took the network's units, and a drive that started there lost its first metres.
 MIN_PROVISIONAL_GROUND_SHARE = 0.2
+# ... and only where those pixels recede: the plane's depth over them spans at least this ratio from near to far (5th
+# to 95th percentile). A wall's band spans no more than the ground tolerance allows, 1.05 / 0.95 = 1.105, at any
+# scale.ground_region; the roads that started without a healthy scale spanned 1.47-3.5 (rendered and KITTI).
+MIN_PROVISIONAL_DEPTH_SPAN = 1.25
 # scale.ground_plane 'fit': RANSAC over at most 2000 back-projected points finds a plane holding 30 % in far fewer
 # than 100 draws; inliers within 5 % of the region's median depth; planes tilted more than 30 degrees off the camera's
 # down axis are walls, not ground.
@@ -150,6 +156,17 @@ def ground_mask(depth: np.ndarray, K: np.ndarray, normal: np.ndarray, camera_hei
     return mask, float(np.exp(centre)), float(mask.sum() / candidates.sum())
 
 
+def _recedes(ground: np.ndarray, agreeing: float, shape: tuple[int, ...], K: np.ndarray, normal: np.ndarray,
+             camera_height_m: float) -> bool:
+    """Whether the ground pixels [H,W] that agree with the mounting's plane (``agreeing``: their share) are enough
+    of a road to give a provisional scale: MIN_PROVISIONAL_GROUND_SHARE of the candidates, and the plane's depth over
+    them spanning MIN_PROVISIONAL_DEPTH_SPAN from near to far (a wall's band does not)."""
+    if agreeing < MIN_PROVISIONAL_GROUND_SHARE or not ground.any():
+        return False
+    near, far = np.percentile(ground_plane_depth(shape, K, normal, camera_height_m)[ground], [5, 95])
+    return bool(far >= MIN_PROVISIONAL_DEPTH_SPAN * near)
+
+
 class _SmoothedScale:
     """Shared state of the measuring estimators: the smoothed factor, and failures that hold the last one."""
 
@@ -158,6 +175,7 @@ class _SmoothedScale:
     def __init__(self, config: ScaleConfig) -> None:
         self.config = config
         self.factor: float | None = None
+        self.provisional: float | None = None  # the last provisional factor, before the first healthy one
 
     def _accept(self, measured: float) -> ScaleEstimate:
         smoothing = self.config.smoothing
@@ -169,8 +187,11 @@ class _SmoothedScale:
         (metres per unit) this frame measured less surely, or none (metric False)."""
         if self.factor is None:
             if provisional is not None:
+                self.provisional = provisional
                 return ScaleEstimate(provisional, False, self.source, reason + "; provisional scale until the first "
                                      "healthy one")
+            if self.provisional is not None:
+                return ScaleEstimate(self.provisional, False, self.source, reason + "; holding the provisional scale")
             return ScaleEstimate(1.0, False, self.source, reason + "; no metric scale yet", metric=False)
         return ScaleEstimate(self.factor, False, self.source, reason + "; holding the last scale")
 
@@ -205,7 +226,8 @@ class GroundPlaneScale(_SmoothedScale):
                 return dataclasses.replace(self._failed(
                     f"{agreeing:.0%} of the lower image agrees with the ground plane of the camera's mounting and "
                     f"height (less than {MIN_GROUND_SHARE:.0%})",
-                    metres_per_unit if agreeing >= MIN_PROVISIONAL_GROUND_SHARE else None), ground=ground)
+                    metres_per_unit if _recedes(ground, agreeing, depth.shape, K, observation.ground_normal,
+                                                config.camera_height_m) else None), ground=ground)
             return dataclasses.replace(self._accept(metres_per_unit), ground=ground)
         height = depth.shape[0]
         top = int(height * (1.0 - config.ground_region))

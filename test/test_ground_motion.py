@@ -417,9 +417,12 @@ def test_the_pipeline_tilts_a_miscalibrated_ground_to_the_travel_behind_its_flag
 def test_a_step_nothing_measures_takes_its_length_from_the_recent_speed() -> None:
     """The previous frame has no depth to align through and its ground no texture, so neither measures the step:
     after one accepted measurement at 10 m/s, a step the network makes 2.4 m long over 0.1 s is 1.0 m, its rotation
-    and direction the network's; with no speed yet, the network's length stands. The events say why."""
-    from sfm_ros.config import PipelineConfig, ScaleConfig, ScaleSource
+    and direction the network's, its covariance that of a 1 m step. The network's length stands with no speed yet,
+    without the step's time, after a standstill (a step too short to measure) until the ground measures again, and
+    with pipeline.odometry 'chain', which does not align. The events say why."""
+    from sfm_ros.config import ScaleSource
     from sfm_ros.geometry import pose_vec_to_mat
+    from sfm_ros.odometry import uncertainty
     from sfm_ros.odometry.ground import StepLength
     from sfm_ros.odometry.tracking import Chain, PreviousView, Tracker
     from sfm_ros.scale import ScaleEstimate
@@ -428,24 +431,38 @@ def test_a_step_nothing_measures_takes_its_length_from_the_recent_speed() -> Non
     flat = np.full((64, 208), 0.5, dtype=np.float32)  # no texture anywhere
     previous = PreviousView(flat, np.zeros((64, 208), np.float32), np.ones((64, 208), bool))
     T_prev_current = pose_vec_to_mat(np.array([0.1, 0.0, 2.4, 0.0, 0.02, 0.0]))
-    chain = Chain(np.eye(4), T_prev_current, np.eye(6) * 1e-4, 1.0, 0.1)
+    network_length = float(np.linalg.norm(T_prev_current[:3, 3]))
     scale = ScaleEstimate(1.0, True, ScaleSource.CAMERA_HEIGHT)
+    config = PipelineConfig()
 
-    def step(step_length: StepLength) -> tuple[np.ndarray, tuple[str, ...]]:
-        tracked = Tracker(PipelineConfig(), np.eye(4), step_length).to_previous(
-            previous, flat, K, chain, T_prev_current, scale, np.array([0.0, 1.0, 0.0]))
-        return tracked.T_world_camera, tracked.events
+    def step(step_length: StepLength, T: np.ndarray = T_prev_current, dt_s: float | None = 0.1,
+             pipeline_config: PipelineConfig = config):
+        chain = Chain(np.eye(4), T, np.eye(6) * 1e-4, 1.0, dt_s)
+        return Tracker(pipeline_config, np.eye(4), step_length).to_previous(previous, flat, K, chain, T, scale,
+                                                                            np.array([0.0, 1.0, 0.0]))
 
-    moving = StepLength(ScaleConfig())
-    assert moving.correction.correct(1.0, 10.0) == 1.0  # one accepted measurement: 10 m/s
-    pose, events = step(moving)
+    def moving() -> StepLength:
+        step_length = StepLength(ScaleConfig())
+        assert step_length.correction.correct(1.0, 10.0) == 1.0  # one accepted measurement: 10 m/s
+        return step_length
+
+    tracked = step(moving())
+    pose = tracked.T_world_camera
     assert np.linalg.norm(pose[:3, 3]) == pytest.approx(1.0, rel=1e-9)
     np.testing.assert_allclose(pose[:3, :3], T_prev_current[:3, :3], atol=1e-12)
-    np.testing.assert_allclose(pose[:3, 3] / 1.0, T_prev_current[:3, 3] / np.linalg.norm(T_prev_current[:3, 3]),
-                               atol=1e-12)
-    assert events[0].startswith("pose refinement not used: too few points")
-    assert events[1].startswith("ground motion not measured: too few textured ground points")
-    assert events[1].endswith("the step's length from the recent speed (10.00 m/s)")
-    pose, events = step(StepLength(ScaleConfig()))
-    assert np.linalg.norm(pose[:3, 3]) == pytest.approx(np.linalg.norm(T_prev_current[:3, 3]), rel=1e-9)
-    assert "recent speed" not in " ".join(events)
+    np.testing.assert_allclose(pose[:3, 3], T_prev_current[:3, 3] / network_length, atol=1e-12)
+    np.testing.assert_allclose(tracked.step_covariance, uncertainty.step_covariance(pose, scale, config), rtol=1e-12)
+    assert tracked.events[0].startswith("pose refinement not used: too few points")
+    assert tracked.events[1].startswith("ground motion not measured: too few textured ground points")
+    assert tracked.events[1].endswith("the step's length from the recent speed (10.00 m/s)")
+
+    def network_length_stands(tracked) -> None:
+        assert np.linalg.norm(tracked.T_world_camera[:3, 3]) == pytest.approx(network_length, rel=1e-9)
+        assert "recent speed" not in " ".join(tracked.events)
+
+    network_length_stands(step(StepLength(ScaleConfig())))  # no speed yet
+    network_length_stands(step(moving(), dt_s=None))
+    network_length_stands(step(moving(), pipeline_config=PipelineConfig(odometry="chain")))
+    stopped = moving()
+    step(stopped, T=pose_vec_to_mat(np.array([0.0, 0.0, 0.01, 0.0, 0.0, 0.0])))  # 1 cm: standing still
+    network_length_stands(step(stopped))

@@ -241,20 +241,26 @@ def test_the_mountings_plane_ignores_objects_on_the_ground_and_fails_without_gro
 def test_before_the_first_healthy_scale_a_partly_hidden_road_gives_a_provisional_one() -> None:
     """A car ahead hides most of the road: 22 % of the lower image agrees with the mounting's plane, too little to be
     healthy. Before any healthy scale, the ratio of the road that does agree stands (exactly 1.65 / 0.5), flagged
-    unhealthy and provisional, instead of the network's units (factor 1, not metric); a wall filling the view agrees
-    along a band of rows only (18 %), which gives none. After a healthy scale, the healthy one is held."""
+    unhealthy and provisional, and is held through a frame that offers none, instead of the network's units (factor 1,
+    not metric). A wall filling the view agrees along a band of rows at one depth, which gives none, whatever the
+    ground region (18-28 % of it agree). After a healthy scale, the healthy one is held."""
     hidden = plane_depth(0.5, K_NET, (64, 208))
     hidden[38:, 70:140] = 4.0  # a car's back, 4 units away, across the road ahead
+    wall = np.full((64, 208), 5.0)
 
     def observe(estimator: GroundPlaneScale, depth: np.ndarray):
         return estimator.update(ScaleObservation(depth=depth, K=K_NET, ground_normal=LEVEL))
 
+    for region in (0.4, 0.3, 0.2):
+        blocked = observe(GroundPlaneScale(ScaleConfig(smoothing=0.0, ground_region=region)), wall)
+        assert not blocked.healthy and not blocked.metric and blocked.factor == 1.0, region
     estimator = GroundPlaneScale(ScaleConfig(smoothing=0.0))
     first = observe(estimator, hidden)
     assert not first.healthy and first.metric and "provisional" in first.reason and "22%" in first.reason
     assert first.factor == pytest.approx(3.3, rel=1e-6)
-    wall = observe(GroundPlaneScale(ScaleConfig(smoothing=0.0)), np.full((64, 208), 5.0))
-    assert not wall.healthy and not wall.metric and wall.factor == 1.0 and "18%" in wall.reason
+    held = observe(estimator, wall)
+    assert not held.healthy and held.metric and held.factor == pytest.approx(3.3, rel=1e-6)
+    assert "holding the provisional scale" in held.reason
     healthy = observe(estimator, plane_depth(0.25, K_NET, (64, 208)))
     assert healthy.healthy and healthy.factor == pytest.approx(6.6, rel=1e-6)
     held = observe(estimator, hidden)

@@ -112,6 +112,8 @@ class StepLengthCorrection:
         self.smoothing, self.max_jump, self.recover_after = smoothing, max_jump, recover_after
         self.ratio: float | None = None  # None until the ground has measured a step
         self.speed_mps: float | None = None  # the recent accepted steps' speed, None until one had a time
+        # Whether a step's speed was accepted since the camera last stood still or tracking restarted.
+        self.speed_is_current = False
         # The latest refused measurements (ratio, speed) since the last accepted one (bounded: a node runs for hours).
         self._outliers: collections.deque[tuple[float, float | None]] = collections.deque(maxlen=recover_after)
 
@@ -147,6 +149,7 @@ class StepLengthCorrection:
         if speed_mps is not None:
             self.speed_mps = (speed_mps if self.speed_mps is None
                               else SPEED_SMOOTHING * self.speed_mps + (1 - SPEED_SMOOTHING) * speed_mps)
+            self.speed_is_current = True
         self._outliers.clear()
 
 
@@ -189,11 +192,14 @@ class StepLength:
                 previous_position_m: np.ndarray | None = None, dt_s: float | None = None) -> LengthFactor:
         """The factor that gives T_current_reference [4,4] (metres by the depth's scale) the length the reference
         frame's ground (pixels [H,W] of reference_grey [H,W]; the plane of ``normal`` [3], the camera's height below)
-        measures for it, or ``carried`` when the ground cannot measure it. previous_position_m [3]: the previous
+        measures for it, or ``carried`` when the ground cannot measure it or its measurement is an outlier (both with a
+        note that says so). previous_position_m [3]: the previous
         frame's position in the reference camera, metres (None: the reference frame is the previous one); dt_s: the
         time since the previous frame (None: unknown); with both the measurement is gated by its step's speed."""
         config = self.config
         length = float(np.linalg.norm(T_current_reference[:3, 3]))
+        if length < self.min_step_m:
+            self.forget_speed()  # standing still or creeping
         if not config.uses_ground_motion or reference_ground is None or length < self.min_step_m:
             return LengthFactor(carried)
         tick = time.perf_counter()
@@ -212,18 +218,26 @@ class StepLength:
             position = invert_transform(T_current_reference)[:3, 3] * ratio
             previous = np.zeros(3) if previous_position_m is None else previous_position_m
             speed = float(np.linalg.norm(position - previous)) / dt_s
-        return LengthFactor(self.correction.correct(ratio, speed), None, ms)
+        factor = self.correction.correct(ratio, speed)
+        if factor != ratio:  # refused: the recent ratio instead
+            return LengthFactor(factor, "ground motion not used: an outlier against the recent speed or ratio", ms)
+        return LengthFactor(factor, None, ms)
 
+    def forget_speed(self) -> None:
+        """The camera stood still or tracking restarted: the recent speed no longer says how far the next step goes
+        (``from_speed``), until the ground measures a step again. The speed gate keeps it."""
+        self.correction.speed_is_current = False
 
     def from_speed(self, T_current_reference: np.ndarray, dt_s: float | None, unmeasured: LengthFactor
                    ) -> LengthFactor:
         """The factor for a step that neither an alignment nor the ground measured (``unmeasured``: what ``measure``
-        gave it): the length the recent speed covers in dt_s, s, over T_current_reference's [4,4] length, since a
-        vehicle's speed changes little in a frame, where the network's length alone came out 1.5 times the truth on a
-        street the model never saw. ``unmeasured`` stands without a recent speed or a time."""
+        gave it, with its note): the length the recent speed covers in dt_s, s, over T_current_reference's [4,4]
+        length, since a vehicle's speed changes little in a frame, where the network's length alone came out 1.5 times
+        the truth on a street the model never saw. ``unmeasured`` stands without a time or a current speed (none
+        measured since the last standstill or restart)."""
         speed = self.correction.speed_mps
         length = float(np.linalg.norm(T_current_reference[:3, 3]))
-        if speed is None or not dt_s or length < 1e-9:
+        if not self.correction.speed_is_current or speed is None or not dt_s or length < 1e-9:
             return unmeasured
         return LengthFactor(speed * dt_s / length, f"{unmeasured.note}; the step's length from the recent speed "
                             f"({speed:.2f} m/s)", unmeasured.ms)

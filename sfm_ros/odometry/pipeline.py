@@ -122,6 +122,7 @@ class Pipeline:
     def reset(self, reason: str = "reset requested") -> None:
         """Forget the pose window and odometry (odometry restarts at the identity)."""
         self._state = _CameraState(self._new_track(), pending_events=[f"reset: {reason}"])
+        self.step_length.forget_speed()
 
     def _new_track(self) -> _TrackState:
         return _TrackState(PoseWindow(self.window_length))
@@ -173,6 +174,7 @@ class Pipeline:
         state = self._state
         state.track = self._new_track()
         state.covariance = uncertainty.lost_covariance(state.covariance)
+        self.step_length.forget_speed()
         self.restarts[cause] += 1
         state.pending_events.append(f"tracking restarted: {detail}")
 

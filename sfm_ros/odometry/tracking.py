@@ -163,6 +163,7 @@ class Tracker:
         if last is not None and np.linalg.norm(aligned_translation - last.translation) < self.step_length.min_step_m:
             # No step since the last frame long enough to measure: its length factor stands, so a camera standing
             # still one step from its keyframe does not jitter with each measurement's noise.
+            self.step_length.forget_speed()
             length = LengthFactor(last.factor)
         else:
             previous_position = last.translation * last.factor if last is not None else None
@@ -192,10 +193,9 @@ class Tracker:
         events = []
         covariance = chain.covariance
         T_current_previous = invert_transform(T_prev_current)
-        aligned = False
+        refined = None
         if self.config.odometry != OdometryMode.CHAIN:
             refined = self.align(previous.grey, previous.depth_units * scale.factor, grey, K, T_current_previous)
-            aligned = refined.accepted
             if refined.accepted:
                 T_current_previous = refined.T_current_previous
                 if refined.covariance is not None:
@@ -205,9 +205,11 @@ class Tracker:
                 events.append(f"pose refinement not used: {refined.reason}")
         length = self.step_length.measure(previous.grey, previous.ground, grey, K, T_current_previous, chain.carried,
                                           normal, None, chain.dt_s)
-        if self.config.odometry != OdometryMode.CHAIN and not aligned and length.note is not None:
+        if refined is not None and not refined.accepted and length.note is not None:
             # Neither the alignment nor the ground measured the step (the ground tried: its note says why not).
             length = self.step_length.from_speed(T_current_previous, chain.dt_s, length)
+            covariance = uncertainty.step_covariance(invert_transform(with_translation_scaled(
+                T_current_previous, length.factor)), scale, self.config)
         events += [length.note] if length.note else []
         T_current_previous = with_translation_scaled(T_current_previous, length.factor)
         return Tracked(chain.T_world_previous @ invert_transform(T_current_previous), covariance,
