@@ -398,6 +398,37 @@ def test_the_trainer_steps_with_the_decayed_learning_rate(tiny_cache: Path, tmp_
         Trainer(dataclasses.replace(config, run=dataclasses.replace(config.run, cuda_graph=True)), tiny_cache)
 
 
+def test_the_bundle_takes_the_moving_average_of_the_weights(tiny_cache: Path, tmp_path: Path) -> None:
+    """optim.average_decay 0.6: the newest step weighs max(0.4, 1 / (n + 1)) after n steps in the average, so after
+    three steps w1, w2, w3 it is a3 = a2 + 0.4 (w3 - a2) with a2 = (w1 + w2) / 2; the bundle holds a3, the trained
+    networks w3. Resumed from its checkpoint after two steps, the run ends with the same average."""
+    from safetensors.torch import load_file
+
+    preset = str(REPO / "config" / "train_cpu_small.yaml")
+    averaged = [*TINY, "optim.average_decay=0.6", "run.checkpoint_every=2"]
+    config = load_train_config(preset, [*averaged, "optim.max_steps=3", f"run.output={tmp_path / 'a'}"])
+    trained: list[dict[str, torch.Tensor]] = []
+    trainer = Trainer(config, tiny_cache)
+    trainer.fit(on_step=lambda run: trained.append({k: v.clone() for k, v in run.depth_net.state_dict().items()}))
+    w1, w2, w3 = trained
+    bundle = load_file(str(tmp_path / "a" / "bundle" / "depth.safetensors"))
+    name = "disp_heads.0.weight"
+    a2 = (w1[name] + w2[name]) / 2
+    torch.testing.assert_close(bundle[name], a2 + 0.4 * (w3[name] - a2), rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(bundle[name], w3[name])
+    torch.testing.assert_close(trainer.depth_net.state_dict()[name], w3[name])
+
+    checkpoint = tmp_path / "b" / "checkpoint.pt"
+    two = load_train_config(preset, [*averaged, "optim.max_steps=2", f"run.output={tmp_path / 'b'}"])
+    Trainer(two, tiny_cache).fit()
+    resumed = Trainer(dataclasses.replace(config, run=dataclasses.replace(config.run, output=str(tmp_path / "c"))),
+                      tiny_cache)
+    resumed.resume(checkpoint)
+    resumed.fit()
+    torch.testing.assert_close(load_file(str(tmp_path / "c" / "bundle" / "depth.safetensors"))[name], bundle[name],
+                               rtol=1e-5, atol=1e-7)
+
+
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "checkpoint.pt"
     path.write_bytes(b"\x80\x02 definitely not a checkpoint")

@@ -91,6 +91,11 @@ class OptimConfig:
     lr_decay_start: float = param(1.0, "share of the run after which the learning rate falls along a half cosine "
                                   "to lr_final_factor x lr at the end (1.0: constant, the paper)", range=(0.0, 1.0))
     lr_final_factor: float = param(0.1, "learning rate at the end of the decay, as a share of lr", range=(0.0, 1.0))
+    # 0.99 by default: a hundred steps' average steadies the wobble of the last weights, most on surfaces never seen
+    # (benchmarks/RESULTS.md, "The weights' moving average").
+    average_decay: float = param(0.99, "the bundle and the evaluations take an exponential moving average of the "
+                                 "weights with this decay a step (the mean of all steps until 1 / (1 - decay) of "
+                                 "them); 0: the last step's weights, the paper", range=(0.0, 0.99999))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -196,7 +196,7 @@ def run_learning(source: str | Path, preset: str | Path | None, overrides: list[
         tick = time.perf_counter()
         row: dict[str, float] = {"step": step}
         for prefix, evaluator in evaluators.items():
-            scores = evaluator.evaluate(trainer.depth_net, trainer.pose_net, trainer.device, model.disparity_alpha,
+            scores = evaluator.evaluate(*trainer.evaluation_networks(), trainer.device, model.disparity_alpha,
                                         model.disparity_beta)
             row.update({prefix + key: value for key, value in scores.items()})
         curve.append({**row, "eval_s": time.perf_counter() - tick})

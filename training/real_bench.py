@@ -225,7 +225,7 @@ def _train_start(start: str, config_overrides: list[str], preset: str | None, bu
 
     def evaluate(step: int) -> None:
         tick = time.perf_counter()
-        row = {"step": step, **scores.evaluate(trainer.depth_net, trainer.pose_net, trainer.device)}
+        row = {"step": step, **scores.evaluate(*trainer.evaluation_networks(), trainer.device)}
         curve.append({**row, "eval_s": time.perf_counter() - tick})
 
     def on_step(run: Trainer) -> None:

@@ -41,6 +41,7 @@ from sfm_ros.bundle import (
 from sfm_ros.config import to_dict
 from sfm_ros.metrics import DEPTH_METRICS, eigen_depth_evaluation
 from sfm_ros.models import DispNet, PoseExpNet
+from training.averaging import averaged_copy
 from training.config import TrainConfig, saved_train_config
 from training.data import DataError, SnippetDataset, load_cache_index
 from training.health import HealthMonitor, training_health
@@ -204,6 +205,9 @@ class Trainer:
                              "optim.lr_decay_start=1.0")
         self.optimizer = make_optimizer(parameters, self.device, lr=optim.lr, betas=(optim.beta1, optim.beta2),
                                         weight_decay=optim.weight_decay, cuda_graph=config.run.cuda_graph)
+        # The moving averages of the weights the bundle and the evaluations take (optim.average_decay > 0).
+        self.averaged = ((averaged_copy(self.depth_net, optim.average_decay),
+                          averaged_copy(self.pose_net, optim.average_decay)) if optim.average_decay > 0 else None)
         self.step_runner = TrainStep(self.depth_model, self.pose_model, self.optimizer, config.loss, self.device,
                               amp=config.run.amp, channels_last=config.run.channels_last,
                               cuda_graph=config.run.cuda_graph,
@@ -252,12 +256,6 @@ class Trainer:
         yield from loader
 
     # ---- one step --------------------------------------------------------------------------------------
-    def _forward(self, batch: dict[str, torch.Tensor], loss_config: Any = None) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Networks + objective on a batch, outside the optimiser step (validation, probes)."""
-        return forward_objective(self.depth_model, self.pose_model, batch["images"].to(self.device),
-                                 batch["K"].to(self.device), loss_config or self.config.loss,
-                                 amp=self.step_runner.amp, channels_last=self.step_runner.channels_last)
-
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
         """One optimiser step; returns the loss terms (device tensors, no host sync)."""
         optim = self.config.optim
@@ -266,8 +264,18 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         terms = self.step_runner(batch["images"], batch["K"], batch.get("depth_mirrored"))
+        if self.averaged is not None:
+            for average, network in zip(self.averaged, (self.depth_net, self.pose_net), strict=True):
+                average.update_parameters(network)
         self.state.step += 1
         return terms
+
+    def evaluation_networks(self) -> tuple[DispNet, PoseExpNet]:
+        """The depth and pose networks the bundle and the evaluations take: the moving averages of the weights with
+        optim.average_decay > 0 (the trained networks until the first step), else the trained networks."""
+        if self.averaged is None or self.state.step == 0:
+            return self.depth_net, self.pose_net
+        return self.averaged[0].module, self.averaged[1].module
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -278,15 +286,20 @@ class Trainer:
         """
         if not len(self.val_data):
             return {}
-        self.depth_model.eval()
-        self.pose_model.eval()
+        depth_net, pose_net = self.evaluation_networks()
+        if self.averaged is None:  # the trained networks, through their DDP or compiled wrappers
+            depth_net, pose_net = self.depth_model, self.pose_model
+        depth_net.eval()
+        pose_net.eval()
         loader = DataLoader(self.val_data, batch_size=self.config.optim.batch_size, shuffle=False)
         unweighted = dataclasses.replace(self.config.loss, explain_weight=0.0)
         losses, depth_rows = [], []
         for i, batch in enumerate(loader):
             if i >= self.config.run.val_max_batches:
                 break
-            _, terms = self._forward(batch, unweighted)
+            _, terms = forward_objective(depth_net, pose_net, batch["images"].to(self.device),
+                                         batch["K"].to(self.device), unweighted, amp=self.step_runner.amp,
+                                         channels_last=self.step_runner.channels_last)
             losses.append(float(terms["photometric"]))
             if self.lidar is not None:
                 for frame, disparity in zip(batch["frame"].tolist(), terms["disparity"], strict=True):
@@ -316,6 +329,8 @@ class Trainer:
                  "config": yaml.safe_dump(to_dict(self.config)),
                  "depth_net": self.depth_net.state_dict(), "pose_net": self.pose_net.state_dict(),
                  "optimizer": self.optimizer.state_dict(), "rng_torch": torch.get_rng_state()}
+        if self.averaged is not None:
+            state["averaged"] = [average.state_dict() for average in self.averaged]
         if torch.cuda.is_available():
             state["rng_cuda"] = torch.cuda.get_rng_state_all()
         buffer = io.BytesIO()
@@ -338,6 +353,9 @@ class Trainer:
         except RuntimeError as exc:
             raise CheckpointError(f"{path} does not match this run's networks: {str(exc)[:300]}") from None
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.averaged is not None and "averaged" in state:  # else the averages start again from here
+            for average, saved_average in zip(self.averaged, state["averaged"], strict=True):
+                average.load_state_dict(saved_average)
         self.state = TrainState(step=state["step"], epoch=state["epoch"], batch_in_epoch=state["batch_in_epoch"],
                                 best_val=state["best_val"])
         torch.set_rng_state(state["rng_torch"])
@@ -358,7 +376,7 @@ class Trainer:
                       "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                       "sources": list(config.data.sources), "init_from": self.init_from})
         if self.rank == 0:
-            save_networks(folder, self.depth_net, self.pose_net, metadata)
+            save_networks(folder, *self.evaluation_networks(), metadata)
         return folder
 
     # ---- the loop --------------------------------------------------------------------------------------
