@@ -401,7 +401,8 @@ def test_the_trainer_steps_with_the_decayed_learning_rate(tiny_cache: Path, tmp_
 def test_the_bundle_takes_the_moving_average_of_the_weights(tiny_cache: Path, tmp_path: Path) -> None:
     """optim.average_decay 0.6: the newest step weighs max(0.4, 1 / (n + 1)) after n steps in the average, so after
     three steps w1, w2, w3 it is a3 = a2 + 0.4 (w3 - a2) with a2 = (w1 + w2) / 2; the bundle holds a3, the trained
-    networks w3. Resumed from its checkpoint after two steps, the run ends with the same average."""
+    networks w3. Resumed from its checkpoint after two steps, the run ends with the same average; resumed from a
+    checkpoint without averages, the bundle is that checkpoint's weights until the averages take a step."""
     from safetensors.torch import load_file
 
     preset = str(REPO / "config" / "train_cpu_small.yaml")
@@ -427,6 +428,18 @@ def test_the_bundle_takes_the_moving_average_of_the_weights(tiny_cache: Path, tm
     resumed.fit()
     torch.testing.assert_close(load_file(str(tmp_path / "c" / "bundle" / "depth.safetensors"))[name], bundle[name],
                                rtol=1e-5, atol=1e-7)
+
+    # A checkpoint without averages (written with the last weights), resumed with averaging at its last step: the
+    # bundle is the checkpoint's weights, not the copies the averages were made from before the resume.
+    last = tmp_path / "d"
+    Trainer(load_train_config(preset, [*TINY, "optim.average_decay=0", "optim.max_steps=2",
+                                       f"run.output={last}"]), tiny_cache).fit()
+    rebundled = Trainer(dataclasses.replace(two, run=dataclasses.replace(two.run, output=str(tmp_path / "e"))),
+                        tiny_cache)
+    rebundled.resume(last / "checkpoint.pt")
+    rebundled.fit()
+    torch.testing.assert_close(load_file(str(tmp_path / "e" / "bundle" / "depth.safetensors"))[name],
+                               load_checkpoint(last / "checkpoint.pt")["depth_net"][name])
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path: Path) -> None:

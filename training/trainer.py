@@ -41,7 +41,7 @@ from sfm_ros.bundle import (
 from sfm_ros.config import to_dict
 from sfm_ros.metrics import DEPTH_METRICS, eigen_depth_evaluation
 from sfm_ros.models import DispNet, PoseExpNet
-from training.averaging import averaged_copy
+from training.averaging import WeightAverage
 from training.config import TrainConfig, saved_train_config
 from training.data import DataError, SnippetDataset, load_cache_index
 from training.health import HealthMonitor, training_health
@@ -206,8 +206,8 @@ class Trainer:
         self.optimizer = make_optimizer(parameters, self.device, lr=optim.lr, betas=(optim.beta1, optim.beta2),
                                         weight_decay=optim.weight_decay, cuda_graph=config.run.cuda_graph)
         # The moving averages of the weights the bundle and the evaluations take (optim.average_decay > 0).
-        self.averaged = ((averaged_copy(self.depth_net, optim.average_decay),
-                          averaged_copy(self.pose_net, optim.average_decay)) if optim.average_decay > 0 else None)
+        self.averaged = ((WeightAverage(self.depth_net, optim.average_decay),
+                          WeightAverage(self.pose_net, optim.average_decay)) if optim.average_decay > 0 else None)
         self.step_runner = TrainStep(self.depth_model, self.pose_model, self.optimizer, config.loss, self.device,
                               amp=config.run.amp, channels_last=config.run.channels_last,
                               cuda_graph=config.run.cuda_graph,
@@ -266,16 +266,17 @@ class Trainer:
         terms = self.step_runner(batch["images"], batch["K"], batch.get("depth_mirrored"))
         if self.averaged is not None:
             for average, network in zip(self.averaged, (self.depth_net, self.pose_net), strict=True):
-                average.update_parameters(network)
+                average.update(network)
         self.state.step += 1
         return terms
 
     def evaluation_networks(self) -> tuple[DispNet, PoseExpNet]:
         """The depth and pose networks the bundle and the evaluations take: the moving averages of the weights with
-        optim.average_decay > 0 (the trained networks until the first step), else the trained networks."""
-        if self.averaged is None or self.state.step == 0:
+        optim.average_decay > 0 (the trained networks until the averages have taken a step: before the first, or
+        resumed from a checkpoint without them), else the trained networks."""
+        if self.averaged is None or self.averaged[0].steps == 0:
             return self.depth_net, self.pose_net
-        return self.averaged[0].module, self.averaged[1].module
+        return self.averaged[0].network, self.averaged[1].network
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -354,8 +355,12 @@ class Trainer:
             raise CheckpointError(f"{path} does not match this run's networks: {str(exc)[:300]}") from None
         self.optimizer.load_state_dict(state["optimizer"])
         if self.averaged is not None and "averaged" in state:  # else the averages start again from here
-            for average, saved_average in zip(self.averaged, state["averaged"], strict=True):
-                average.load_state_dict(saved_average)
+            try:
+                for average, saved_average in zip(self.averaged, state["averaged"], strict=True):
+                    average.load_state_dict(saved_average)
+            except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+                raise CheckpointError(f"{path}: its weight averages do not match this run's networks: "
+                                      f"{str(exc)[:300]}") from None
         self.state = TrainState(step=state["step"], epoch=state["epoch"], batch_in_epoch=state["batch_in_epoch"],
                                 best_val=state["best_val"])
         torch.set_rng_state(state["rng_torch"])
