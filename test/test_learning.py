@@ -269,6 +269,10 @@ def test_the_default_recipe_learns_depth_on_the_bundled_streets(tmp_path: Path) 
     print(shown)
     assert min(curve[1:]) < GUARD_RATIO * constant, shown
     assert record["curve"][-1]["disparity_variation"] > 0.1  # structure, not one value per image
+    # The last weights are scored beside the average: the same networks before the first step, others after it.
+    first, last = record["curve"][0], record["curve"][-1]
+    assert first["last_abs_rel"] == first["abs_rel"]
+    assert last["last_abs_rel"] != last["abs_rel"]
 
 
 def test_seed_spread_by_hand() -> None:
@@ -277,6 +281,23 @@ def test_seed_spread_by_hand() -> None:
     records = [{"final": {"abs_rel": 0.2, "a1": 0.7}}, {"final": {"abs_rel": 0.3, "a1": 0.5}}]
     assert seed_spread(records, ["abs_rel"]) == pytest.approx({"abs_rel": 0.25, "abs_rel_min": 0.2,
                                                                "abs_rel_max": 0.3})
+
+
+def test_the_table_shows_the_last_weights_beside_the_average() -> None:
+    from training.learning_bench import format_table, summarise
+
+    def record(seed: int, averaged: float, last: float) -> dict:
+        final = {"step": 10, "abs_rel": averaged, "a1": 0.5, "snippet_ate": 0.03, "last_abs_rel": last,
+                 "last_a1": 0.4, "last_snippet_ate": 0.04}
+        return {"seed": seed, "steps": 10, "collapsed": False, "final": final}
+
+    table = summarise({"recipe": [record(0, 0.2, 0.25), record(1, 0.3, 0.35)]})
+    assert table[0]["abs_rel"] == pytest.approx(0.25) and table[0]["last_abs_rel"] == pytest.approx(0.30)
+    text = format_table({"baselines": {"constant_depth_abs_rel": 0.417, "constant_depth_a1": 0.321,
+                                       "constant_forward_snippet_ate": 0.0346}, "table": table})
+    rows = text.splitlines()
+    assert rows[3].startswith("| recipe | 2 | 0.250 (0.200-0.300) | 0.500 (0.500-0.500) |")
+    assert rows[4].startswith("| recipe (last weights) | 2 | 0.300 (0.250-0.350) | 0.400 (0.400-0.400) |")
 
 
 def test_the_benchmarks_say_when_they_fall_back_to_the_sample_streets(tmp_path: Path, capsys) -> None:

@@ -10,7 +10,9 @@ held-out streets of ``val`` (new street layouts, surfaces train has seen) and, w
 - motion: SfMLearner's 5-frame snippet ATE (per-snippet least-squares scale) on the trajectory chained from the
   pose net's frame-to-frame motions, as the node chains them;
 
-beside two baselines scored the same way: one constant depth everywhere, and constant forward motion.
+beside two baselines scored the same way: one constant depth everywhere, and constant forward motion. With the
+weights' moving average on (``optim.average_decay``, the default), every evaluation scores the average (what the
+bundle holds; unprefixed keys) and the last weights (keys prefixed ``last_``): a paired comparison on one run.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ DEPTH_KEYS = ("abs_rel", "sq_rel", "rmse", "a1")
 # "val_unseen" (new streets with surfaces train never saw), where the source has it, with keys prefixed "unseen_".
 HELD_OUT_SPLITS = {"val": "", "val_unseen": "unseen_"}
 SNIPPET_LENGTH = 5
+# Keys of the last weights' scores, beside the moving average's (unprefixed) when optim.average_decay > 0.
+LAST_WEIGHTS_PREFIX = "last_"
 # A run whose depth is no better than 0.9x the constant baseline's abs_rel has learnt no structure: collapsed.
 COLLAPSE_RATIO = 0.9
 
@@ -195,10 +199,15 @@ def run_learning(source: str | Path, preset: str | Path | None, overrides: list[
     def evaluate(step: int) -> None:
         tick = time.perf_counter()
         row: dict[str, float] = {"step": step}
-        for prefix, evaluator in evaluators.items():
-            scores = evaluator.evaluate(*trainer.evaluation_networks(), trainer.device, model.disparity_alpha,
-                                        model.disparity_beta)
-            row.update({prefix + key: value for key, value in scores.items()})
+        # With the weights' average on, the last weights are scored too: a paired comparison on the same run.
+        networks = {"": trainer.evaluation_networks()}
+        if config.optim.average_decay > 0:
+            networks[LAST_WEIGHTS_PREFIX] = (trainer.depth_net, trainer.pose_net)
+        for weights, (depth_net, pose_net) in networks.items():
+            for prefix, evaluator in evaluators.items():
+                scores = evaluator.evaluate(depth_net, pose_net, trainer.device, model.disparity_alpha,
+                                            model.disparity_beta)
+                row.update({weights + prefix + key: value for key, value in scores.items()})
         curve.append({**row, "eval_s": time.perf_counter() - tick})
 
     evaluate(0)
@@ -269,7 +278,8 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     for name, records in runs.items():
         row: dict[str, Any] = {"variant": name, "seeds": [r["seed"] for r in records],
                                "steps": records[0]["steps"], "collapsed": sum(r["collapsed"] for r in records)}
-        keys = [prefix + key for prefix in HELD_OUT_SPLITS.values() for key in (*DEPTH_KEYS, "snippet_ate")]
+        keys = [weights + prefix + key for weights in ("", LAST_WEIGHTS_PREFIX) for prefix in HELD_OUT_SPLITS.values()
+                for key in (*DEPTH_KEYS, "snippet_ate")]
         row.update(seed_spread(records, [key for key in keys if all(key in r["final"] for r in records)]))
         rows.append(row)
     return rows
@@ -358,7 +368,7 @@ def bench_learning(source: str | Path, variants: dict[str, dict[str, Any]], step
 
 def format_table(result: dict[str, Any]) -> str:
     """A Markdown table of the summary: depth abs_rel and a1, 5-frame snippet ATE on each held-out split (mean over
-    seeds, min-max in brackets when several)."""
+    seeds, min-max in brackets when several); a second row for a variant's last weights where they were scored."""
     base = result["baselines"]
     prefixes = [p for p in HELD_OUT_SPLITS.values() if f"{p}constant_depth_abs_rel" in base]
     names = {"": "val", "unseen_": "unseen"}
@@ -378,9 +388,13 @@ def format_table(result: dict[str, Any]) -> str:
         return text
 
     for row in result["table"]:
-        cells = " | ".join(f"{cell(row, p + 'abs_rel', 3)} | {cell(row, p + 'a1', 3)} | "
-                           f"{cell(row, p + 'snippet_ate', 4)}" for p in prefixes)
-        lines.append(f"| {row['variant']} | {len(row['seeds'])} | {cells} | {row['collapsed']}/{len(row['seeds'])} |")
+        for weights, label in (("", ""), (LAST_WEIGHTS_PREFIX, " (last weights)")):
+            if f"{weights}abs_rel" not in row:
+                continue
+            cells = " | ".join(f"{cell(row, weights + p + 'abs_rel', 3)} | {cell(row, weights + p + 'a1', 3)} | "
+                               f"{cell(row, weights + p + 'snippet_ate', 4)}" for p in prefixes)
+            lines.append(f"| {row['variant']}{label} | {len(row['seeds'])} | {cells} | "
+                         f"{row['collapsed']}/{len(row['seeds'])} |")
     return "\n".join(lines)
 
 
