@@ -205,12 +205,13 @@ class Tracker:
                 events.append(f"pose refinement not used: {refined.reason}")
         length = self.step_length.measure(previous.grey, previous.ground, grey, K, T_current_previous, chain.carried,
                                           normal, None, chain.dt_s)
-        if refined is not None and not refined.accepted and length.note is not None:
-            # Neither the alignment nor the ground measured the step (the ground tried: its note says why not).
+        # Neither the alignment nor the ground measured the step (the ground tried: its note says why not).
+        unmeasured = refined is not None and not refined.accepted and length.note is not None
+        if unmeasured:
             length = self.step_length.from_speed(T_current_previous, chain.dt_s, length)
-            covariance = uncertainty.step_covariance(invert_transform(with_translation_scaled(
-                T_current_previous, length.factor)), scale, self.config)
         events += [length.note] if length.note else []
         T_current_previous = with_translation_scaled(T_current_previous, length.factor)
+        if unmeasured:  # the covariance of a step as long as the one it now has
+            covariance = uncertainty.step_covariance(invert_transform(T_current_previous), scale, self.config)
         return Tracked(chain.T_world_previous @ invert_transform(T_current_previous), covariance,
                        Decision.NO_KEYFRAME, tuple(events), ground_ms=length.ms)
