@@ -286,18 +286,27 @@ def test_seed_spread_by_hand() -> None:
 def test_the_table_shows_the_last_weights_beside_the_average() -> None:
     from training.learning_bench import format_table, summarise
 
-    def record(seed: int, averaged: float, last: float) -> dict:
-        final = {"step": 10, "abs_rel": averaged, "a1": 0.5, "snippet_ate": 0.03, "last_abs_rel": last,
-                 "last_a1": 0.4, "last_snippet_ate": 0.04}
-        return {"seed": seed, "steps": 10, "collapsed": False, "final": final}
+    def record(seed: int, averaged: float, last: float | None) -> dict:
+        final = {"step": 10}
+        for weights, value in (("", averaged), ("last_", last)):
+            if value is not None:  # optim.average_decay 0: no last_ keys
+                final.update({f"{weights}{split}{key}": value + offset
+                              for split, offset in (("", 0.0), ("unseen_", 0.1))
+                              for key in ("abs_rel", "a1", "snippet_ate")})
+        return {"seed": seed, "steps": 10, "collapsed": seed == 1, "final": final}
 
-    table = summarise({"recipe": [record(0, 0.2, 0.25), record(1, 0.3, 0.35)]})
-    assert table[0]["abs_rel"] == pytest.approx(0.25) and table[0]["last_abs_rel"] == pytest.approx(0.30)
-    text = format_table({"baselines": {"constant_depth_abs_rel": 0.417, "constant_depth_a1": 0.321,
-                                       "constant_forward_snippet_ate": 0.0346}, "table": table})
-    rows = text.splitlines()
-    assert rows[3].startswith("| recipe | 2 | 0.250 (0.200-0.300) | 0.500 (0.500-0.500) |")
-    assert rows[4].startswith("| recipe (last weights) | 2 | 0.300 (0.250-0.350) | 0.400 (0.400-0.400) |")
+    table = summarise({"averaged": [record(0, 0.2, 0.25), record(1, 0.3, 0.35)], "plain": [record(0, 0.4, None)]})
+    assert table[0]["unseen_abs_rel"] == pytest.approx(0.35) and table[0]["last_unseen_abs_rel"] == pytest.approx(0.4)
+    assert not any(key.startswith("last_") for key in table[1])
+    base = {f"{split}{key}": value for split in ("", "unseen_") for key, value in
+            (("constant_depth_abs_rel", 0.417), ("constant_depth_a1", 0.321), ("constant_forward_snippet_ate", 0.0346))}
+    rows = format_table({"baselines": base, "table": table}).splitlines()
+    assert rows[3:] == [
+        "| averaged | 2 | 0.250 (0.200-0.300) | 0.250 (0.200-0.300) | 0.2500 (0.2000-0.3000) | "
+        "0.350 (0.300-0.400) | 0.350 (0.300-0.400) | 0.3500 (0.3000-0.4000) | 1/2 |",
+        "| averaged (last weights) | 2 | 0.300 (0.250-0.350) | 0.300 (0.250-0.350) | 0.3000 (0.2500-0.3500) | "
+        "0.400 (0.350-0.450) | 0.400 (0.350-0.450) | 0.4000 (0.3500-0.4500) | - |",
+        "| plain | 1 | 0.400 | 0.400 | 0.4000 | 0.500 | 0.500 | 0.5000 | 0/1 |"]
 
 
 def test_the_benchmarks_say_when_they_fall_back_to_the_sample_streets(tmp_path: Path, capsys) -> None:

@@ -198,17 +198,23 @@ def run_learning(source: str | Path, preset: str | Path | None, overrides: list[
 
     def evaluate(step: int) -> None:
         tick = time.perf_counter()
-        row: dict[str, float] = {"step": step}
-        # With the weights' average on, the last weights are scored too: a paired comparison on the same run.
-        networks = {"": trainer.evaluation_networks()}
-        if config.optim.average_decay > 0:
-            networks[LAST_WEIGHTS_PREFIX] = (trainer.depth_net, trainer.pose_net)
-        for weights, (depth_net, pose_net) in networks.items():
+        row: dict[str, float] = {}
+
+        def score(depth_net: torch.nn.Module, pose_net: torch.nn.Module, weights: str) -> None:
             for prefix, evaluator in evaluators.items():
                 scores = evaluator.evaluate(depth_net, pose_net, trainer.device, model.disparity_alpha,
                                             model.disparity_beta)
                 row.update({weights + prefix + key: value for key, value in scores.items()})
-        curve.append({**row, "eval_s": time.perf_counter() - tick})
+
+        evaluated = trainer.evaluation_networks()
+        score(*evaluated, "")
+        # With the weights' average on, the last weights are scored too: a paired comparison on the same run.
+        if config.optim.average_decay > 0:
+            if evaluated[0] is trainer.depth_net:  # no average yet: the same networks, the same scores
+                row.update({LAST_WEIGHTS_PREFIX + key: value for key, value in list(row.items())})
+            else:
+                score(trainer.depth_net, trainer.pose_net, LAST_WEIGHTS_PREFIX)
+        curve.append({"step": step, **row, "eval_s": time.perf_counter() - tick})
 
     evaluate(0)
     started = time.perf_counter()
@@ -393,8 +399,8 @@ def format_table(result: dict[str, Any]) -> str:
                 continue
             cells = " | ".join(f"{cell(row, weights + p + 'abs_rel', 3)} | {cell(row, weights + p + 'a1', 3)} | "
                                f"{cell(row, weights + p + 'snippet_ate', 4)}" for p in prefixes)
-            lines.append(f"| {row['variant']}{label} | {len(row['seeds'])} | {cells} | "
-                         f"{row['collapsed']}/{len(row['seeds'])} |")
+            collapsed = f"{row['collapsed']}/{len(row['seeds'])}" if not weights else "-"  # judged on the average
+            lines.append(f"| {row['variant']}{label} | {len(row['seeds'])} | {cells} | {collapsed} |")
     return "\n".join(lines)
 
 
