@@ -5,7 +5,6 @@ on."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from sfm_ros import kitti
 from sfm_ros.camera import CameraModel
@@ -155,7 +154,7 @@ def test_a_frame_that_cannot_be_aligned_to_its_keyframe_takes_its_step_from_the_
     """A keyframe the frame cannot be aligned to (here: no depth, so no points) makes the frame the next keyframe.
     Its step then comes from the previous frame, aligned through that frame's depth from the network's step, as
     'frame_to_frame' does: a pose net whose step is twice the truth (as on surfaces a model never saw) gets the true
-    length back. Without the previous frame the chain's step, twice the truth, is all there is."""
+    length back (the chain's step is twice the truth)."""
     from sfm_ros.config import ScaleSource
     from sfm_ros.odometry.ground import StepLength
     from sfm_ros.odometry.tracking import Chain, Decision, Keyframe, PreviousView, Tracker
@@ -183,5 +182,3 @@ def test_a_frame_that_cannot_be_aligned_to_its_keyframe_takes_its_step_from_the_
     true_length = float(np.linalg.norm(truth[:3, 3]))
     assert 0.5 < true_length < 1.5
     assert abs(np.linalg.norm(tracked.T_world_camera[:3, 3]) / true_length - 1) < 0.03
-    chained = tracker.to_keyframe(*args)
-    assert np.linalg.norm(chained.T_world_camera[:3, 3]) / true_length == pytest.approx(2.0, rel=1e-9)

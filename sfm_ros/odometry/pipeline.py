@@ -292,12 +292,12 @@ class Pipeline:
                       uncertainty.step_covariance(T_prev_current, scale, self.config), carried, network.dt_s)
         tracker = Tracker(self.config, self.T_base_camera, self.step_length)
         grey, keyframe = network.grey, state.track.keyframe
-        if self.config.odometry == OdometryMode.KEYFRAMES and grey is not None and keyframe is not None:
+        if grey is None or previous is None:  # the chain alone, or a track's first step
+            return Tracked(chain.T_world_current, chain.covariance, Decision.NO_KEYFRAME)
+        if self.config.odometry == OdometryMode.KEYFRAMES and keyframe is not None:
             return tracker.to_keyframe(keyframe, state.track.on_keyframe, grey, network.K, chain, scale,
                                        self._ground.normal, previous, T_prev_current)
-        if grey is not None and previous is not None:
-            return tracker.to_previous(previous, grey, network.K, chain, T_prev_current, scale, self._ground.normal)
-        return Tracked(chain.T_world_current, chain.covariance, Decision.NO_KEYFRAME)
+        return tracker.to_previous(previous, grey, network.K, chain, T_prev_current, scale, self._ground.normal)
 
     def _advance(self, network: NetworkStep, tracked: Tracked, T_prev_current: np.ndarray, scale: ScaleEstimate,
                  ground: np.ndarray | None, events: list[str]) -> bool:

@@ -134,15 +134,15 @@ class Tracker:
                            relative_depth_sigma=self.config.alignment_depth_sigma)
 
     def to_keyframe(self, keyframe: Keyframe, last: OnKeyframe | None, grey: np.ndarray, K: np.ndarray, chain: Chain,
-                    scale: ScaleEstimate, normal: np.ndarray, previous: PreviousView | None = None,
-                    T_prev_current: np.ndarray | None = None) -> Tracked:
+                    scale: ScaleEstimate, normal: np.ndarray, previous: PreviousView, T_prev_current: np.ndarray
+                    ) -> Tracked:
         """Align the frame (grey [H,W], K [3,3]) to the keyframe, starting from the chain's pose. The frame's pose is
         the keyframe's and the alignment (kept rigid: composed through the keyframe's inverse, frame after frame),
         its length measured on the keyframe's ground (plane ``normal``). Without an accepted alignment the frame
         becomes the next keyframe, and its step is the one from the ``previous`` frame (``to_previous`` from the
-        network's T_prev_current [4,4], metres by the depth's scale) when they are given, else the chain's: the
-        network's length alone, which on surfaces the model never saw was up to 2.4 times the truth (RESULTS, "A
-        keyframe that cannot be aligned to")."""
+        network's T_prev_current [4,4], metres by the depth's scale), not the chain's: the network's length alone
+        was up to 2.4 times the truth on surfaces the model never saw (RESULTS, "A keyframe that cannot be aligned
+        to")."""
         T_keyframe_current = invert_transform(keyframe.T_world_camera) @ chain.T_world_current
         start = with_translation_scaled(invert_transform(T_keyframe_current), 1.0 / chain.carried)
         aligned = self.align(keyframe.grey, keyframe.depth_m, grey, K, start)
@@ -155,8 +155,6 @@ class Tracker:
             aligned = retried if retried.accepted else aligned
         if not aligned.accepted:
             note = f"keyframe alignment not used (a new keyframe): {aligned.reason}"
-            if previous is None or T_prev_current is None:
-                return Tracked(chain.T_world_current, chain.covariance, Decision.ALIGNMENT_FAILED, (note,))
             step = self.to_previous(previous, grey, K, chain, T_prev_current, scale, normal)
             return dataclasses.replace(step, decision=Decision.ALIGNMENT_FAILED, events=(note, *step.events))
         aligned_translation = invert_transform(aligned.T_current_previous)[:3, 3]
