@@ -174,11 +174,40 @@ def test_a_frame_that_cannot_be_aligned_to_its_keyframe_takes_its_step_from_the_
     chain = Chain(np.eye(4), network, np.eye(6) * 1e-4, 1.0, 0.1)
     scale = ScaleEstimate(1.0, True, ScaleSource.FIXED)
     tracker = Tracker(PipelineConfig(), np.eye(4), StepLength(ScaleConfig(source="fixed")))
-    args = (keyframe, None, grey(paths[frame]), split.K, chain, scale, np.array([0.0, 1.0, 0.0]))
-
-    tracked = tracker.to_keyframe(*args, previous, network)
+    tracked = tracker.to_keyframe(keyframe, None, grey(paths[frame]), split.K, chain, scale, np.array([0.0, 1.0, 0.0]),
+                                  previous, network)
     assert tracked.decision is Decision.ALIGNMENT_FAILED and tracked.on_keyframe is None
     assert tracked.events[0].startswith("keyframe alignment not used (a new keyframe): too few points")
     true_length = float(np.linalg.norm(truth[:3, 3]))
     assert 0.5 < true_length < 1.5
     assert abs(np.linalg.norm(tracked.T_world_camera[:3, 3]) / true_length - 1) < 0.03
+
+
+def test_aligning_again_after_the_chain_alone_does_not_use_a_stale_previous_view() -> None:
+    """A live parameter change: the chain alone keeps no grey views, so the last previous view is from before it.
+    Aligned again, the first frame must not be aligned to that view, five frames back, from one frame's step (1.1 m
+    off): its step is the chain's, and the frames after it are aligned as usual."""
+    import dataclasses
+
+    split = load_street_split(SAMPLE / "val")
+    poses = split.T_world_cam[0]
+    backend = BiasedTruth(split, 0, NETWORK_ERROR)
+    scale = ScaleConfig(source="fixed")
+    aligned = PipelineConfig(odometry="frame_to_frame")
+    pipeline = Pipeline(aligned, scale, backend=backend)
+    estimates = {}
+    for i, estimate in drive_street(pipeline, backend, split, 0, range(10, 26)):
+        estimates[i] = estimate
+        if i == 13:
+            pipeline.configure(dataclasses.replace(aligned, odometry="chain"), scale)
+        if i == 18:
+            pipeline.configure(aligned, scale)
+
+    def step_error_m(i: int) -> float:
+        estimated = np.linalg.inv(estimates[i - 1].T_odom_camera) @ estimates[i].T_odom_camera
+        return float(np.linalg.norm(estimated[:3, 3] - (np.linalg.inv(poses[i - 1]) @ poses[i])[:3, 3]))
+
+    chain_error = max(step_error_m(i) for i in range(15, 19))  # the network's own steps, NETWORK_ERROR off
+    assert chain_error > 0.05
+    assert step_error_m(19) <= chain_error + 1e-6  # the chain's step, not one aligned to frame 13's view
+    assert max(step_error_m(i) for i in range(21, 26)) < 0.5 * chain_error  # aligned again

@@ -142,7 +142,10 @@ class Pipeline:
             self._ground = GroundPlane(self._ground.mounting_normal)  # the travel's tilt starts over too
             self.scale_config = scale_config
         if config.odometry != self.config.odometry:
-            self._state.track.keyframe = None  # a keyframe kept from another mode would be stale
+            # A keyframe or a previous view kept from another mode would be stale: the chain alone keeps no views, so
+            # the last one would be from before it.
+            self._state.track.keyframe = None
+            self._state.track.previous = None
         self.config = config
 
     def set_extrinsic(self, T_base_camera: np.ndarray) -> None:
@@ -292,7 +295,7 @@ class Pipeline:
                       uncertainty.step_covariance(T_prev_current, scale, self.config), carried, network.dt_s)
         tracker = Tracker(self.config, self.T_base_camera, self.step_length)
         grey, keyframe = network.grey, state.track.keyframe
-        if grey is None or previous is None:  # the chain alone, or a track's first step
+        if grey is None or previous is None:  # the chain alone, or the first frame aligned after it
             return Tracked(chain.T_world_current, chain.covariance, Decision.NO_KEYFRAME)
         if self.config.odometry == OdometryMode.KEYFRAMES and keyframe is not None:
             return tracker.to_keyframe(keyframe, state.track.on_keyframe, grey, network.K, chain, scale,
