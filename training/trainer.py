@@ -283,13 +283,14 @@ class Trainer:
         """Photometric error on the validation snippets, and Eigen depth metrics where LiDAR exists.
 
         The photometric error here is unweighted by the explainability mask (explain_weight 0), so that it
-        measures view synthesis alone and compares across runs and mask settings.
+        measures view synthesis alone and compares across runs and mask settings. The networks scored are those the
+        bundle takes (``evaluation_networks``).
         """
         if not len(self.val_data):
             return {}
-        depth_net, pose_net = self.evaluation_networks()
-        if self.averaged is None:  # the trained networks, through their DDP or compiled wrappers
-            depth_net, pose_net = self.depth_model, self.pose_model
+        # Without the average, the trained networks through their DDP or compiled wrappers.
+        depth_net, pose_net = (self.evaluation_networks() if self.averaged is not None
+                               else (self.depth_model, self.pose_model))
         depth_net.eval()
         pose_net.eval()
         loader = DataLoader(self.val_data, batch_size=self.config.optim.batch_size, shuffle=False)

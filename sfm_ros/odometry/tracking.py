@@ -143,15 +143,17 @@ class Tracker:
         network's T_prev_current [4,4], metres by the depth's scale), not the chain's: the network's length alone
         was up to 2.4 times the truth on surfaces the model never saw (RESULTS, "A keyframe that cannot be aligned
         to")."""
-        T_keyframe_current = invert_transform(keyframe.T_world_camera) @ chain.T_world_current
-        start = with_translation_scaled(invert_transform(T_keyframe_current), 1.0 / chain.carried)
-        aligned = self.align(keyframe.grey, keyframe.depth_m, grey, K, start)
+        def aligned_from(T_world_start: np.ndarray) -> RefineResult:
+            # The alignment's start T_current_keyframe, at the depth's scale (the chain's lengths carry the ratio).
+            T_keyframe_start = invert_transform(keyframe.T_world_camera) @ T_world_start
+            start = with_translation_scaled(invert_transform(T_keyframe_start), 1.0 / chain.carried)
+            return self.align(keyframe.grey, keyframe.depth_m, grey, K, start)
+
+        aligned = aligned_from(chain.T_world_current)
         if not aligned.accepted:
             # From the previous frame's pose instead (no motion since): a pose net that reports motion while the
             # camera stands still can start the alignment too far off.
-            T_keyframe_previous = invert_transform(keyframe.T_world_camera) @ chain.T_world_previous
-            still = with_translation_scaled(invert_transform(T_keyframe_previous), 1.0 / chain.carried)
-            retried = self.align(keyframe.grey, keyframe.depth_m, grey, K, still)
+            retried = aligned_from(chain.T_world_previous)
             aligned = retried if retried.accepted else aligned
         if not aligned.accepted:
             note = f"keyframe alignment not used (a new keyframe): {aligned.reason}"
