@@ -21,6 +21,7 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,8 @@ from training.normalisation import normalise
 from training.synth_streets import StreetSplit, default_streets, has_split, street_folders
 
 __all__ = ["LearningEvaluator", "at_step", "cache_for", "chain_motions", "constant_forward_poses", "depth_scores",
-           "plot_learning_curves", "predicted_poses", "run_learning", "seed_spread", "snippet_ate_mean", "summarise"]
+           "plot_learning_curves", "predicted_poses", "run_learning", "seed_spread", "snippet_ate_mean", "summarise",
+           "train_scored"]
 
 DEPTH_KEYS = ("abs_rel", "sq_rel", "rmse", "a1")
 # Held-out splits scored at every evaluation: "val" (new streets, surfaces train has seen) with unprefixed keys, and
@@ -164,6 +166,33 @@ def cache_for(config: TrainConfig, work_dir: Path, progress: bool) -> Path:
     return cache
 
 
+def train_scored(trainer: Any, steps: int, eval_every: int, score: Callable[[], dict[str, float]]
+                 ) -> tuple[list[dict[str, float]], dict[str, Any], float]:
+    """Train ``trainer`` (a ``training.trainer.Trainer`` set to ``steps``), scoring it with ``score()`` at step 0,
+    every ``eval_every`` steps and at the end. Returns the curve (rows: step, the scores, eval_s), the fit's summary
+    and the training's seconds without the scoring. The checkpoint (networks + Adam state, 400 MB at any size) is
+    deleted: the bundle and the record are enough."""
+    curve: list[dict[str, float]] = []
+
+    def evaluate(step: int) -> None:
+        tick = time.perf_counter()
+        row = score()
+        curve.append({"step": step, **row, "eval_s": time.perf_counter() - tick})
+
+    def on_step(run: Any) -> None:
+        if run.state.step % eval_every == 0 or run.state.step == steps:
+            evaluate(run.state.step)
+
+    evaluate(0)
+    started = time.perf_counter()
+    summary = trainer.fit(on_step=on_step)
+    trainer.checkpoint_path().unlink(missing_ok=True)
+    train_s = time.perf_counter() - started - sum(row["eval_s"] for row in curve[1:])
+    if curve[-1]["step"] != trainer.state.step:
+        evaluate(trainer.state.step)
+    return curve, summary, train_s
+
+
 def run_learning(source: str | Path, preset: str | Path | None, overrides: list[str] | tuple[str, ...] = (),
                  steps: int = 1000, eval_every: int = 250, seed: int = 0, work_dir: str | Path = "runs/learning",
                  height: int | None = None, width: int | None = None, progress: bool = True,
@@ -194,10 +223,8 @@ def run_learning(source: str | Path, preset: str | Path | None, overrides: list[
                   for name, split in held_out.items()}
     trainer = Trainer(config, cache, output)
     model = config.model
-    curve: list[dict[str, float]] = []
 
-    def evaluate(step: int) -> None:
-        tick = time.perf_counter()
+    def evaluate() -> dict[str, float]:
         row: dict[str, float] = {}
 
         def score(depth_net: torch.nn.Module, pose_net: torch.nn.Module, weights: str) -> None:
@@ -214,21 +241,9 @@ def run_learning(source: str | Path, preset: str | Path | None, overrides: list[
                 row.update({LAST_WEIGHTS_PREFIX + key: value for key, value in list(row.items())})
             else:
                 score(trainer.depth_net, trainer.pose_net, LAST_WEIGHTS_PREFIX)
-        curve.append({"step": step, **row, "eval_s": time.perf_counter() - tick})
+        return row
 
-    evaluate(0)
-    started = time.perf_counter()
-
-    def on_step(run: Trainer) -> None:
-        if run.state.step % eval_every == 0 or run.state.step == steps:
-            evaluate(run.state.step)
-
-    summary = trainer.fit(on_step=on_step)
-    # The record and bundle stay; the checkpoint (networks + Adam state, 400 MB at any size) is not worth keeping.
-    trainer.checkpoint_path().unlink(missing_ok=True)
-    train_s = time.perf_counter() - started - sum(row["eval_s"] for row in curve[1:])
-    if curve[-1]["step"] != trainer.state.step:
-        evaluate(trainer.state.step)
+    curve, summary, train_s = train_scored(trainer, steps, eval_every, evaluate)
     reference = {prefix + key: value for prefix, evaluator in evaluators.items()
                  for key, value in evaluator.baselines().items()}
     final = curve[-1]

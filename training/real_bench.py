@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,7 @@ from training.learning_bench import (
     predicted_poses,
     seed_spread,
     snippet_ate_mean,
+    train_scored,
 )
 from training.normalisation import normalise
 from training.staging import staged_directory
@@ -221,24 +221,8 @@ def _train_start(start: str, config_overrides: list[str], preset: str | None, bu
         *([f"model.init_from={bundle}"] if start == "finetune" else [])])
     cache = cache_for(config, work_dir, progress)
     trainer = Trainer(config, cache, work_dir / "runs" / f"{start}_seed{seed}")
-    curve: list[dict[str, float]] = []
-
-    def evaluate(step: int) -> None:
-        tick = time.perf_counter()
-        row = {"step": step, **scores.evaluate(*trainer.evaluation_networks(), trainer.device)}
-        curve.append({**row, "eval_s": time.perf_counter() - tick})
-
-    def on_step(run: Trainer) -> None:
-        if run.state.step % eval_every == 0 or run.state.step == steps:
-            evaluate(run.state.step)
-
-    evaluate(0)
-    started = time.perf_counter()
-    summary = trainer.fit(on_step=on_step)
-    trainer.checkpoint_path().unlink(missing_ok=True)  # networks + Adam state: the bundle and record are enough
-    train_s = time.perf_counter() - started - sum(row["eval_s"] for row in curve[1:])
-    if curve[-1]["step"] != trainer.state.step:
-        evaluate(trainer.state.step)
+    curve, summary, train_s = train_scored(
+        trainer, steps, eval_every, lambda: scores.evaluate(*trainer.evaluation_networks(), trainer.device))
     frames = sum(s["count"] for s in json.loads((cache / "index.json").read_text())["sequences"])
     return {"steps": trainer.state.step, "curve": curve, "final": curve[-1], "train_s": train_s,
             "seconds_per_step": train_s / max(trainer.state.step, 1), "training_frames_kept": frames,
