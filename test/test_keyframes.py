@@ -184,9 +184,10 @@ def test_a_frame_that_cannot_be_aligned_to_its_keyframe_takes_its_step_from_the_
 
 
 def test_aligning_again_after_the_chain_alone_does_not_use_a_stale_previous_view() -> None:
-    """A live parameter change: the chain alone keeps no grey views, so the last previous view is from before it.
-    Aligned again, the first frame must not be aligned to that view, five frames back, from one frame's step (1.1 m
-    off): its step is the chain's, and the frames after it are aligned as usual."""
+    """A live parameter change: the chain alone (without the ground's lengths) keeps no grey views, so the last one is
+    from before it. Aligned again, the first frame must not be aligned to that view, six frames back, from one frame's
+    step (an alignment accepted 1.1 m off before the fix): its step is the chain's, and the frames after it are aligned
+    as usual."""
     import dataclasses
 
     split = load_street_split(SAMPLE / "val")
@@ -201,6 +202,7 @@ def test_aligning_again_after_the_chain_alone_does_not_use_a_stale_previous_view
         if i == 13:
             pipeline.configure(dataclasses.replace(aligned, odometry="chain"), scale)
         if i == 18:
+            assert pipeline._state.track.previous is None  # white-box: the view from frame 13 is gone
             pipeline.configure(aligned, scale)
 
     def step_error_m(i: int) -> float:

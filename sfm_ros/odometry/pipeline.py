@@ -142,10 +142,9 @@ class Pipeline:
             self._ground = GroundPlane(self._ground.mounting_normal)  # the travel's tilt starts over too
             self.scale_config = scale_config
         if config.odometry != self.config.odometry:
-            # A keyframe or a previous view kept from another mode would be stale: the chain alone keeps no views, so
-            # the last one would be from before it.
+            # A keyframe kept from another mode would be stale.
             self._state.track.keyframe = None
-            self._state.track.previous = None
+            self._state.track.on_keyframe = None
         self.config = config
 
     def set_extrinsic(self, T_base_camera: np.ndarray) -> None:
@@ -190,8 +189,11 @@ class Pipeline:
         events, dt_s = self._admit(stamp_ns, camera)
         state = self._state
         pose_before, covariance_before = state.T_world_camera.copy(), state.covariance.copy()
-        previous = state.track.previous  # frame t-1, before this frame takes its place
         needs_grey = self.config.odometry != OdometryMode.CHAIN or self.scale_config.uses_ground_motion
+        if not needs_grey:
+            # The chain alone keeps no views: one kept from before it would be stale once views are measured again.
+            state.track.previous = None
+        previous = state.track.previous  # frame t-1, before this frame takes its place
         network, timings, depth_end = network_step(self.backend, state.track.window, stamp_ns, rgb, camera, dt_s,
                                         self.config.min_pose_interval_s, needs_grey)
         t_pose = time.perf_counter()
