@@ -36,6 +36,7 @@ from training.data import network_frames, prepare_cache
 from training.health import training_health
 from training.normalisation import normalise
 from training.synth_streets import StreetSplit, default_streets, has_split, street_folders
+from training.trainer import Trainer
 
 __all__ = ["LearningEvaluator", "at_step", "cache_for", "chain_motions", "constant_forward_poses", "depth_scores",
            "plot_learning_curves", "predicted_poses", "run_learning", "seed_spread", "snippet_ate_mean", "summarise",
@@ -166,9 +167,9 @@ def cache_for(config: TrainConfig, work_dir: Path, progress: bool) -> Path:
     return cache
 
 
-def train_scored(trainer: Any, steps: int, eval_every: int, score: Callable[[], dict[str, float]]
+def train_scored(trainer: Trainer, steps: int, eval_every: int, score: Callable[[], dict[str, float]]
                  ) -> tuple[list[dict[str, float]], dict[str, Any], float]:
-    """Train ``trainer`` (a ``training.trainer.Trainer`` set to ``steps``), scoring it with ``score()`` at step 0,
+    """Train ``trainer`` (set to ``steps``), scoring it with ``score()`` at step 0,
     every ``eval_every`` steps and at the end. Returns the curve (rows: step, the scores, eval_s), the fit's summary
     and the training's seconds without the scoring. The checkpoint (networks + Adam state, 400 MB at any size) is
     deleted: the bundle and the record are enough."""
@@ -179,7 +180,7 @@ def train_scored(trainer: Any, steps: int, eval_every: int, score: Callable[[], 
         row = score()
         curve.append({"step": step, **row, "eval_s": time.perf_counter() - tick})
 
-    def on_step(run: Any) -> None:
+    def on_step(run: Trainer) -> None:
         if run.state.step % eval_every == 0 or run.state.step == steps:
             evaluate(run.state.step)
 
@@ -204,8 +205,6 @@ def run_learning(source: str | Path, preset: str | Path | None, overrides: list[
     ``runs/<run_name>_seed<seed>`` (checkpoint, TensorBoard). Returns the run's record: config, learning curve (step
     0 included), baselines, final scores, whether it collapsed, timings.
     """
-    from training.trainer import Trainer
-
     work_dir = Path(work_dir)
     train = street_folders(source, "train", work_dir / "streets")
     held_out = {name: street_folders(source, name, work_dir / "streets") for name in HELD_OUT_SPLITS

@@ -46,6 +46,7 @@ from training.learning_bench import (
 )
 from training.normalisation import normalise
 from training.staging import staged_directory
+from training.trainer import Trainer
 
 __all__ = ["STARTS", "FrameRange", "LidarDepthScorer", "MotionScorer", "bench_real", "format_real_table",
            "parse_frame_range", "write_frame_range"]
@@ -212,8 +213,6 @@ def _train_start(start: str, config_overrides: list[str], preset: str | None, bu
                  steps: int, eval_every: int, seed: int, work_dir: Path, scores: RealScores, progress: bool,
                  size: tuple[int, int]) -> dict[str, Any]:
     """Train one start (scratch or finetune) on the written frames, scoring along the way; returns its record."""
-    from training.trainer import Trainer
-
     config = load_train_config(preset, [
         *config_overrides, f"data.height={size[0]}", f"data.width={size[1]}", f"data.sources=[{train_folder}]",
         "data.val_sources=[]", f"optim.max_steps={steps}", f"run.seed={seed}",
