@@ -11,13 +11,14 @@ import pytest
 import torch
 
 from sfm_ros.bundle import IMAGE_MEAN, IMAGE_STD
+from sfm_ros.config import ConfigError
 from sfm_ros.geometry import pose_vec_to_mat
 from test.conftest import REPO
 from test.odometry_support import euler_xyz
 from training.config import load_train_config
 from training.data import load_cache_index, open_source, prepare_cache
 from training.health import HealthMonitor, HealthThresholds, training_health
-from training.learning_bench import LearningEvaluator, chain_motions, depth_scores, snippet_ate_mean
+from training.learning_bench import LearningEvaluator, chain_motions, depth_scores, load_variants, snippet_ate_mean
 from training.normalisation import normalise, to_unit_range
 from training.synth_streets import (
     SAMPLE_STREETS,
@@ -273,6 +274,21 @@ def test_the_default_recipe_learns_depth_on_the_bundled_streets(tmp_path: Path) 
     first, last = record["curve"][0], record["curve"][-1]
     assert first["last_abs_rel"] == first["abs_rel"]
     assert last["last_abs_rel"] != last["abs_rel"]
+
+
+def test_every_variant_of_the_learning_ablation_builds_a_config(tmp_path: Path) -> None:
+    """A variant whose key or value is mistyped would fail only when its run starts (half an hour into a sweep):
+    every shipped variant loads, and a mistyped one is refused by name."""
+    variants = load_variants(REPO / "benchmarks" / "learning_ablation.yaml")
+    assert "recommended" in variants and "paper" in variants
+    for name, spec in variants.items():
+        preset = REPO / spec["preset"] if spec["preset"] else None
+        config = load_train_config(preset, spec["set"])
+        assert config.data.height > 0, name
+    mistyped = tmp_path / "variants.yaml"
+    mistyped.write_text("typo:\n  preset: null\n  set: [loss.smooth_wieght=0.2]\n")
+    with pytest.raises(ConfigError, match="smooth_wieght"):
+        load_train_config(None, load_variants(mistyped)["typo"]["set"])
 
 
 def test_seed_spread_by_hand() -> None:
