@@ -8,6 +8,7 @@ the node turns into ROS parameter descriptors.
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import enum
 import math
@@ -67,7 +68,8 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
                 errors.append(str(exc))
         raise ConfigError(f"{key}: {value!r} fits none of {hint}: {'; '.join(errors)}")
     if origin in (tuple, list):
-        if not isinstance(value, list | tuple):
+        # array.array: what rclpy's parameter service hands over for double and integer arrays (ros2 param set, rqt).
+        if not isinstance(value, list | tuple | array.array):
             raise ConfigError(f"{key} must be a list, got {value!r}")
         (item_hint, *_rest) = typing.get_args(hint) or (Any,)
         return tuple(_coerce(f"{key}[{i}]", item_hint, v) for i, v in enumerate(value))

@@ -51,7 +51,6 @@ from sfm_ros.ros_io import (
     MessageTypes,
     camera_info_to_model,
     compressed_to_rgb,
-    cv_bridge_to_rgb,
     estimate_messages,
     image_to_rgb,
     stamp_to_ns,
@@ -61,6 +60,9 @@ from sfm_ros.worker import LatestFrameWorker
 __all__ = ["DEPTH_INFO_TOPIC", "DEPTH_TOPIC", "ODOM_TOPIC", "SfmNode", "main", "validate_node_config"]
 
 RESET_TIMEOUT_S = 2.0
+# TF's static transforms arrive a moment after the start: warn about a missing camera mounting only after this many
+# frames in a row without it (a second at 30 Hz).
+EXTRINSIC_LOOKUP_PATIENCE_FRAMES = 30
 # Output topics, relative to the node's namespace: depth_image_proc's names for a depth image and its CameraInfo,
 # and an odometry topic that cannot be a mobile base's /odom.
 DEPTH_TOPIC, DEPTH_INFO_TOPIC, ODOM_TOPIC = "depth/image", "depth/camera_info", "sfm/odom"
@@ -102,17 +104,6 @@ def validate_node_config(values: dict[str, Any]) -> NodeConfig:
     return config
 
 
-def _choose_converter() -> tuple[Any, str]:
-    """cv_bridge where it imports and converts correctly, else the package's own numpy conversion."""
-    try:
-        probe = Image(height=1, width=1, encoding="rgb8", step=3, data=bytes([1, 2, 3]))
-        if np.array_equal(cv_bridge_to_rgb(probe), image_to_rgb(probe)):
-            return cv_bridge_to_rgb, "cv_bridge"
-        return image_to_rgb, "numpy (cv_bridge disagreed on a probe image)"
-    except (ImportError, ImageError, AttributeError) as exc:  # e.g. cv_bridge built against another NumPy
-        return image_to_rgb, f"numpy (cv_bridge unavailable: {type(exc).__name__})"
-
-
 class SfmNode(Node):
     """Monocular depth and visual odometry from one camera."""
 
@@ -129,8 +120,7 @@ class SfmNode(Node):
         self.pipeline = Pipeline(self.config.pipeline, self.config.scale)
         check_mask_output(self.pipeline.backend, self.config.publish_mask)
         self.types = MessageTypes.from_rclpy()
-        self.convert_image, converter = _choose_converter()
-        self.get_logger().info(f"backend: {self.pipeline.backend.description}; image conversion: {converter}")
+        self.get_logger().info(f"backend: {self.pipeline.backend.description}")
 
         config = self.config
         image_qos = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=config.qos_depth,
@@ -143,7 +133,7 @@ class SfmNode(Node):
         else:
             self.create_subscription(Image, "image", self._on_image, image_qos, qos_overriding_options=overrides)
         self.camera: CameraModel | None = None
-        self.camera_info_errors: collections.Counter[str] = collections.Counter()
+        self.message_errors: collections.Counter[str] = collections.Counter()
         if config.use_camera_info:  # else NodeConfig has checked the intrinsics
             self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos_profile_sensor_data)
         if config.speed_topic:
@@ -159,6 +149,8 @@ class SfmNode(Node):
         self.tf_buffer = tf2.Buffer() if config.lookup_extrinsic_from_tf else None
         self.tf_listener = tf2.TransformListener(self.tf_buffer, self) if config.lookup_extrinsic_from_tf else None
         self._transform_exception = tf2.TransformException if tf2 is not None else Exception
+        self.extrinsic_lookup_failures = 0  # frames whose base -> camera transform TF did not give
+        self._failed_lookups_in_a_row = 0
         self.create_service(Trigger, "reset", self._on_reset)
         self.diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(1.0, self._publish_diagnostics)
@@ -183,15 +175,21 @@ class SfmNode(Node):
         try:
             self.camera = camera_info_to_model(msg)
         except (ImageError, ValueError) as exc:  # counted like the frames' errors, in the diagnostics
-            kind = f"CameraInfo {error_kind(exc)}"
-            self.camera_info_errors[kind] += 1
-            if self.camera_info_errors[kind] == 1:
-                self.get_logger().warning(f"ignoring CameraInfo messages with a new kind of error: {exc}")
+            self._count_message_error(f"CameraInfo {error_kind(exc)}", exc)
 
     def _on_speed(self, msg: Any) -> None:
         v = msg.twist.twist.linear if isinstance(msg, Odometry) else msg.twist.linear
         speed = float(np.linalg.norm([v.x, v.y, v.z]))
+        if not np.isfinite(speed):  # the last good speed stays
+            self._count_message_error("speed not finite", ValueError(f"speed message with velocity {v.x, v.y, v.z}"))
+            return
         self.worker.call(lambda: self.pipeline.set_speed(speed))
+
+    def _count_message_error(self, kind: str, exc: BaseException) -> None:
+        """Count a skipped CameraInfo or speed message in the diagnostics; log each kind of error once."""
+        self.message_errors[kind] += 1
+        if self.message_errors[kind] == 1:
+            self.get_logger().warning(f"ignoring messages with a new kind of error ({kind}): {exc}")
 
     def _reset_on_worker(self) -> int | None:
         self.pipeline.reset("reset service called")
@@ -240,12 +238,24 @@ class SfmNode(Node):
         return self.camera
 
     def _update_extrinsic(self, camera_frame: str) -> None:
-        if self.tf_listener is None or not camera_frame:
+        if self.tf_listener is None:
             return
         try:
+            if not camera_frame:
+                raise ValueError("the image has no frame_id and camera_frame is empty")
             transform = self.tf_buffer.lookup_transform(self.config.base_frame, camera_frame, Time())
-        except self._transform_exception:
-            return  # keep the parameter's extrinsic until TF has it
+        except (self._transform_exception, ValueError) as exc:
+            # Keep the last extrinsic (at first the parameter's) until TF has it, and say so: a wrong frame id
+            # would otherwise tilt the ground plane, and the scale with it, without a word.
+            self.extrinsic_lookup_failures += 1
+            self._failed_lookups_in_a_row += 1
+            if self._failed_lookups_in_a_row >= EXTRINSIC_LOOKUP_PATIENCE_FRAMES:
+                self.get_logger().warning(
+                    f"no {self.config.base_frame} -> {camera_frame or '(no frame)'} transform from TF for "
+                    f"{self._failed_lookups_in_a_row} frames ({exc}); keeping the last extrinsic (at first "
+                    "pipeline.T_base_camera)", throttle_duration_sec=10.0)
+            return
+        self._failed_lookups_in_a_row = 0
         t, q = transform.transform.translation, transform.transform.rotation
         T = np.eye(4)
         T[:3, :3] = quaternion_to_rotation(np.array([q.x, q.y, q.z, q.w]))
@@ -254,7 +264,7 @@ class SfmNode(Node):
 
     def _process(self, msg: Any) -> None:
         config = self.config  # one snapshot per frame: a parameter change applies from the next frame on
-        rgb = compressed_to_rgb(msg) if isinstance(msg, CompressedImage) else self.convert_image(msg)
+        rgb = compressed_to_rgb(msg) if isinstance(msg, CompressedImage) else image_to_rgb(msg)
         camera = self._camera_for(msg, *rgb.shape[:2])
         camera_frame = config.camera_frame or msg.header.frame_id
         self._update_extrinsic(camera_frame)
@@ -284,15 +294,17 @@ class SfmNode(Node):
             level, message = DiagnosticStatus.WARN, "no frame processed yet"
         elif not estimate.scale.healthy or not estimate.scale.metric:
             level, message = DiagnosticStatus.WARN, f"scale: {estimate.scale.reason}"
-        errors = {**dict(worker.errors), **dict(self.camera_info_errors)}
+        errors = {**dict(worker.errors), **dict(self.message_errors)}
+        restarts = dict(self.pipeline.restarts)  # one copy: the worker thread may add a cause while this runs
         if errors:
             level = max(level, DiagnosticStatus.WARN)
             message += f"; {sum(errors.values())} messages skipped for errors"
         values = {"backend": self.pipeline.backend.description, "scale_source": self.config.scale.source,
                   "frames_processed": worker.processed, "frames_dropped": worker.dropped,
                   "rate_hz": f"{worker.processed / elapsed:.2f}", "latency_ms": f"{worker.last_latency_s * 1e3:.1f}",
-                  "errors": errors, "tracking_restarts": sum(self.pipeline.restarts.values()),
-                  "restart_causes": {cause.value: n for cause, n in self.pipeline.restarts.items()}}
+                  "errors": errors, "tracking_restarts": sum(restarts.values()),
+                  "restart_causes": {cause.value: n for cause, n in restarts.items()},
+                  "extrinsic_lookup_failures": self.extrinsic_lookup_failures}
         if estimate is not None:
             values["scale_factor"] = f"{estimate.scale.factor:.4f}"
         key_values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]

@@ -26,7 +26,6 @@ __all__ = [
     "MessageTypes",
     "camera_info_to_model",
     "compressed_to_rgb",
-    "cv_bridge_to_rgb",
     "depth_to_image_msg",
     "estimate_messages",
     "image_to_rgb",
@@ -89,20 +88,6 @@ def image_to_rgb(msg: Any) -> np.ndarray:
     if order in ("bgr", "bgra"):
         pixels = pixels[:, :, 2::-1]
     return np.ascontiguousarray(pixels[:, :, :3])
-
-
-def cv_bridge_to_rgb(msg: Any) -> np.ndarray:  # pragma: no cover - needs a ROS 2 cv_bridge
-    """sensor_msgs/Image -> uint8 RGB through cv_bridge (used by the node where cv_bridge imports and works).
-
-    Raises ImageError like ``image_to_rgb`` so the caller handles both the same way.
-    """
-    from cv_bridge import CvBridge, CvBridgeError
-
-    try:
-        rgb = CvBridge().imgmsg_to_cv2(msg, desired_encoding="rgb8")
-    except (CvBridgeError, TypeError, ValueError) as exc:
-        raise ImageError(f"cv_bridge cannot convert {msg.encoding!r} {msg.width}x{msg.height}: {exc}") from None
-    return np.ascontiguousarray(rgb)
 
 
 def compressed_to_rgb(msg: Any) -> np.ndarray:

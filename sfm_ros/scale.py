@@ -178,6 +178,8 @@ class _SmoothedScale:
         self.provisional: float | None = None  # the last provisional factor, before the first healthy one
 
     def _accept(self, measured: float) -> ScaleEstimate:
+        if not (np.isfinite(measured) and measured > 0):  # one NaN smoothed in would hold the factor NaN for good
+            return self._failed(f"measured scale {measured} is not a positive number")
         smoothing = self.config.smoothing
         self.factor = measured if self.factor is None else smoothing * self.factor + (1 - smoothing) * measured
         return ScaleEstimate(self.factor, True, self.source)

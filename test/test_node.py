@@ -295,6 +295,24 @@ def test_parameters_apply_live_or_are_refused_with_the_reason(small_bundle: Path
         assert node.get_parameter("pipeline.depth_output_size").value == "network"
         descriptor = node.describe_parameter("lookup_extrinsic_from_tf")
         assert descriptor.read_only and "start" in descriptor.description
+        # As `ros2 param set` and rqt set it: through the parameter service, whose double arrays arrive as
+        # array.array, not as a list (the camera 1.2 m up and 0.3 m ahead of base_link, optical axes).
+        from rcl_interfaces.msg import Parameter as ParameterMessage
+        from rcl_interfaces.msg import ParameterType, ParameterValue
+        from rcl_interfaces.srv import SetParameters
+
+        client = helper.create_client(SetParameters, f"{node.get_fully_qualified_name()}/set_parameters")
+        assert spin_until(executor, client.service_is_ready)
+        mounting = [0.3, 0.0, 1.2, -0.5, 0.5, -0.5, 0.5]
+        future = client.call_async(SetParameters.Request(parameters=[ParameterMessage(
+            name="pipeline.T_base_camera", value=ParameterValue(type=ParameterType.PARAMETER_DOUBLE_ARRAY,
+                                                                double_array_value=mounting))]))
+        assert spin_until(executor, future.done)
+        result = future.result().results[0]
+        assert result.successful, result.reason
+        assert spin_until(executor, lambda: np.allclose(node.pipeline.T_base_camera[:3, 3], mounting[:3]))
+        np.testing.assert_allclose(node.pipeline.T_base_camera[:3, :3], [[0, 0, 1], [-1, 0, 0], [0, -1, 0]],
+                                   atol=1e-12)
     finally:
         node.destroy_node()
         helper.destroy_node()
@@ -317,7 +335,18 @@ def test_bad_stamps_are_dropped_or_restart_and_the_diagnostics_count_them(
     types = MessageTypes.from_rclpy()
     frames, camera = _frames_and_camera()
     stamps_s = [1.0, 1.1, 1.1, 1.05, 9.0]  # a repeat, time going backwards, a gap of 7.95 s
+
+    class NoMountingInTF:  # tf2_ros's Buffer where the camera's frame is not in the tree (tf2_ros: not here)
+        def lookup_transform(self, *_args):
+            raise node._transform_exception("camera does not exist")
+
+    node.tf_listener, node.tf_buffer = object(), NoMountingInTF()
+    mounting = node.pipeline.T_base_camera.copy()
     try:
+        # A wheel-odometry message with a NaN twist is counted and skipped (it used to make the scale NaN for good).
+        nan_speed = Odometry()
+        nan_speed.twist.twist.linear.x = float("nan")
+        node._on_speed(nan_speed)
         for i, stamp_s in enumerate(stamps_s):
             header = make_header(types, int(stamp_s * 1e9), "camera")
             info_publisher.publish(make_camera_info(types, camera, header))
@@ -338,6 +367,9 @@ def test_bad_stamps_are_dropped_or_restart_and_the_diagnostics_count_them(
         assert "time went backwards': 1" in values["restart_causes"], values["restart_causes"]
         assert "gap between frames': 1" in values["restart_causes"], values["restart_causes"]
         assert "FrameError: repeated stamp': 1" in values["errors"], values["errors"]
+        assert "speed not finite': 1" in values["errors"], values["errors"]
+        assert values["extrinsic_lookup_failures"] == str(len(stamps_s))  # every frame looked, none found
+        np.testing.assert_array_equal(node.pipeline.T_base_camera, mounting)  # the parameter's mounting kept
     finally:
         node.destroy_node()
         helper.destroy_node()
@@ -360,6 +392,10 @@ def test_resets_during_a_30_hz_stream(small_bundle: Path, ros_context) -> None: 
     images = [rgb_to_image_msg(types, f, make_header(types, 0, "camera")) for f in frames]
     responses = []
     try:
+        # The intrinsics first: the first image must not race its CameraInfo to the inference thread (a frame
+        # before any CameraInfo is skipped and counted, which is not what this test is about).
+        info_publisher.publish(make_camera_info(types, camera, make_header(types, 1_000_000_000, "camera")))
+        assert spin_until(executor, lambda: node.camera is not None)
         for i in range(90):  # three seconds of a 30 Hz camera, a reset every 0.4 s
             header = make_header(types, 1_000_000_000 + i * 33_333_333, "camera")
             info_publisher.publish(make_camera_info(types, camera, header))

@@ -319,6 +319,30 @@ def test_external_speed_scale_and_standstill() -> None:
     assert not standstill.healthy and "standstill" in standstill.reason and standstill.factor == pytest.approx(2.0)
 
 
+def test_a_speed_that_is_not_finite_is_refused_and_the_scale_stays_finite() -> None:
+    """One NaN twist from wheel odometry used to be smoothed into the factor, which then stayed NaN for good: every
+    later frame was dropped as not finite, and a reset did not help."""
+    pipeline, _ = fake_pipeline(scale=ScaleConfig(source="external_speed", smoothing=0.5), odometry="chain")
+    pipeline.set_speed(5.0)
+    for i in range(4):
+        pipeline.process(i * 100_000_000, frame(), CAMERA)
+    with pytest.raises(ValueError, match="finite"):
+        pipeline.set_speed(float("nan"))
+    for i in range(4, 7):
+        estimate = pipeline.process(i * 100_000_000, frame(), CAMERA)
+        assert estimate.scale.healthy and np.isfinite(estimate.T_odom_base).all()
+        # 5 m/s held over 0.1 s: each step 0.5 m long.
+        assert np.linalg.norm(estimate.T_prev_current[:3, 3]) == pytest.approx(0.5, rel=1e-6)
+    # The estimator itself refuses a measurement that is not a positive number and holds its factor.
+    estimator = ExternalSpeedScale(ScaleConfig(smoothing=0.0))
+    estimator.observe_speed(10.0)
+    assert estimator.update(ScaleObservation(translation_units=0.5, dt_s=0.1)).factor == pytest.approx(2.0)
+    estimator.observe_speed(float("inf"))
+    refused = estimator.update(ScaleObservation(translation_units=0.5, dt_s=0.1))
+    assert not refused.healthy and "not a positive number" in refused.reason
+    assert refused.factor == pytest.approx(2.0) and estimator.factor == pytest.approx(2.0)
+
+
 def test_external_speed_from_a_ground_truth_odometry_topic(odometry_bag: Path, small_bundle: Path) -> None:
     """Speed from the bag's ground-truth Odometry makes the per-frame translation metric."""
     stamps, poses, _ = read_odometry(odometry_bag)

@@ -167,7 +167,10 @@ class Pipeline:
         return self._ground.normal
 
     def set_speed(self, speed_mps: float) -> None:
-        """Feed an external speed (m/s); only scale.source 'external_speed' uses it."""
+        """Feed an external speed (m/s); only scale.source 'external_speed' uses it. A speed that is not finite raises
+        ValueError, and the last one stays."""
+        if not np.isfinite(speed_mps):
+            raise ValueError(f"speed must be finite, got {speed_mps}")
         self.scale_estimator.observe_speed(speed_mps)
 
     def _restart_tracking(self, cause: RestartCause, detail: str) -> None:
