@@ -237,12 +237,14 @@ class CameraTopics:
 
 @dataclasses.dataclass(frozen=True)
 class CameraFrame:
-    """One decoded frame: header stamp (ns), RGB uint8 [H,W,3], the camera model in force, the header frame."""
+    """One decoded frame: header stamp (ns), RGB uint8 [H,W,3], the camera model in force, the header frame, and the
+    time the bag recorded it (ns; what `ros2 bag play` paces by)."""
 
     stamp_ns: int
     rgb: np.ndarray
     camera: CameraModel
     frame_id: str
+    recorded_ns: int
 
 
 @contextlib.contextmanager
@@ -356,7 +358,7 @@ def read_camera_frames(bag: Path | str, topics: CameraTopics | None = None, intr
             else:
                 camera = camera_info
             yield CameraFrame(stamp_ns=stamp_to_ns(msg.header.stamp), rgb=rgb, camera=camera,
-                              frame_id=msg.header.frame_id)
+                              frame_id=msg.header.frame_id, recorded_ns=timestamp)
 
 
 def read_camera_stamps(bag: Path | str, topics: CameraTopics, need_info: bool = True, typestore: Any = None

@@ -74,10 +74,12 @@ def replay_bag(bag: str | Path, pipeline: Pipeline, output: str | Path, *, realt
             summary.frames_in += 1
             bar.update(1)
             if realtime:
+                # Paced by the bag's record times, as `ros2 bag play` plays it: a driver's header stamps may jump (a
+                # clock set after the start, a loop), which the pipeline handles as the node would.
                 now = time.perf_counter()
                 if wall_start is None:
-                    wall_start, bag_start = now, frame.stamp_ns
-                behind = (now - wall_start) - (frame.stamp_ns - bag_start) / 1e9
+                    wall_start, bag_start = now, frame.recorded_ns
+                behind = (now - wall_start) - (frame.recorded_ns - bag_start) / 1e9
                 if behind > 0.05:  # newest frame wins, as in the node
                     summary.dropped += 1
                     continue

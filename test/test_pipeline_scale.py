@@ -515,6 +515,38 @@ def test_realtime_replay_drops_frames_it_cannot_keep_up_with(odometry_bag: Path,
     assert elapsed < 9.0  # about the bag's 5 s: it kept pace by dropping, not by falling behind
 
 
+def test_realtime_replay_keeps_the_recorded_pace_when_header_stamps_jump(tmp_path: Path, monkeypatch) -> None:
+    """Paced by when the bag recorded each frame, not by the header stamps: a driver whose clock is set after its
+    first frame (0, then the epoch) used to make the replay sleep 54 years, and a clock stepping back made it drop
+    every later frame as late."""
+    import sfm_ros.replay as replay
+    from sfm_ros.bags import BagWriter
+    from sfm_ros.ros_io import make_header, rgb_to_image_msg
+
+    epoch = 1_700_000_000_000_000_000
+    back = [1_000_000_000 + i * 100_000_000 for i in range(10)]
+    headers = [0, epoch, epoch + 100_000_000, *back]  # the clock set after the first frame, then stepped back
+    bag = tmp_path / "jumps"
+    with BagWriter(bag) as writer:
+        for i, stamp in enumerate(headers):  # recorded at 10 Hz
+            message = rgb_to_image_msg(writer.types, frame(), make_header(writer.types, stamp, "cam"))
+            writer.write("/camera/image_raw", message, 5_000_000_000 + i * 100_000_000)
+    slept: list[float] = []
+    real_sleep = time.sleep
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        real_sleep(min(seconds, 0.2))  # a runaway wait fails below instead of hanging the suite
+
+    monkeypatch.setattr(replay.time, "sleep", sleep)
+    pipeline, _ = fake_pipeline()
+    summary = replay.replay_bag(bag, pipeline, tmp_path / "out", realtime=True, progress=False, evaluate=False,
+                                intrinsics=CAMERA.K)
+    assert summary.frames_in == len(headers)
+    assert max(slept) <= 0.1 + 1e-9  # never longer than the recording's 0.1 s between frames
+    assert summary.dropped <= 3  # the stamps stepping back: 10 later frames were all dropped as late
+
+
 def test_five_frame_model_composes_the_pose_of_the_newest_frame() -> None:
     """With 4 sources the target is the window's centre (t-2); T(t-1 -> t) = T_t<-c @ inv(T_(t-1)<-c)."""
     from sfm_ros.bundle import BundleMetadata
