@@ -19,3 +19,9 @@ class CameraModel:
     frame_id: str = "camera_optical_frame"
     distortion_model: str = "plumb_bob"
     D: tuple[float, ...] = ()
+
+    @property
+    def distorted(self) -> bool:
+        """Whether the CameraInfo describes lens distortion (a non-zero D): the pipeline is a pinhole model and
+        needs rectified images (image_proc's image_rect) from such a camera."""
+        return any(d != 0.0 for d in self.D)

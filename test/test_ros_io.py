@@ -112,6 +112,10 @@ def test_camera_info_round_trip() -> None:
                                 "k": np.zeros(9), "p": np.zeros(12)})
     with pytest.raises(ros_io.ImageError, match="no usable intrinsics"):
         ros_io.camera_info_to_model(empty)
+    assert not back.distorted  # D all zero: a pinhole camera
+    lens = TYPES.CameraInfo(**{**{f: getattr(msg, f) for f in msg.__dataclass_fields__},
+                               "d": np.array([-0.3, 0.1, 0.0, 0.0, 0.0])})
+    assert ros_io.camera_info_to_model(lens).distorted  # the node then asks for rectified images
 
 
 def test_odometry_and_transform_carry_pose_and_covariance() -> None:
