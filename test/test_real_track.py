@@ -120,26 +120,6 @@ def test_a_bundle_of_another_network_configuration_is_refused(real_cache: Path, 
     assert not (tmp_path / "cli").exists()
 
 
-def test_a_decoder_without_its_finest_skips_goes_into_the_bundle_and_back(real_cache: Path, tmp_path: Path) -> None:
-    """model.decoder_skips reaches the bundle, the bundle builds that decoder again, and fine-tuning it with another
-    decoder is refused by name."""
-    from training.trainer import Trainer
-
-    trainer = Trainer(load_train_config(None, [*SIZE, "data.workers=0", "model.decoder_skips=4"]), real_cache,
-                      tmp_path / "cut")
-    bundle = trainer.save_bundle()
-    assert read_metadata(bundle).dispnet["decoder_skips"] == 4
-    depth_net, _, _ = load_networks(bundle)
-    assert depth_net.decoder_skips == 4 and depth_net.iconvs[5][0].in_channels == 32 + 1
-    image = torch.randn(1, 3, 32, 104)
-    trainer.depth_net.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(depth_net(image)[0], trainer.depth_net(image)[0], rtol=0, atol=0)
-    with pytest.raises(BundleError, match=r"decoder_skips: bundle 4, config 6 \(model.decoder_skips\)"):
-        Trainer(load_train_config(None, [*SIZE, "data.workers=0", f"model.init_from={bundle}"]), real_cache,
-                tmp_path / "paper")
-
-
 # ---- the real track's data and scorers ---------------------------------------------------------------------------
 
 def test_a_frame_range_is_written_as_a_users_image_folder(seq00: Path, folders: dict[str, Path]) -> None:

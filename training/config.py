@@ -13,7 +13,6 @@ import dataclasses
 from typing import Any
 
 from sfm_ros.config import ConfigError, from_dict, load_config, param
-from sfm_ros.models.dispnet import PAPER_DECODER_SKIPS
 from training.losses import LossConfig
 
 __all__ = ["DataConfig", "ModelConfig", "OptimConfig", "RunConfig", "TrainConfig", "load_train_config"]
@@ -74,15 +73,8 @@ class ModelConfig:
     initial_disparity: float = 0.3
     pose_scale: float = 0.01
     with_mask: bool = True  # the explainability decoder; off also turns the mask terms off
-    # Decoder stages, coarsest first, that read the encoder's features of their size (sfm_ros.models.DispNet): the
-    # paper's 6, or 4 without the two finest (benchmarks/RESULTS.md, "The depth decoder without its two finest skips").
-    decoder_skips: int = 6
     init_from: str = param("", "model bundle whose weights start both networks (fine-tuning, with a fresh "
                            "optimiser); its input size, source count and mask must be this config's (empty: random)")
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.decoder_skips <= PAPER_DECODER_SKIPS:
-            raise ValueError(f"model.decoder_skips must be 0-{PAPER_DECODER_SKIPS}, got {self.decoder_skips}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -41,7 +41,6 @@ from sfm_ros.bundle import (
 from sfm_ros.config import to_dict
 from sfm_ros.metrics import DEPTH_METRICS, eigen_depth_evaluation
 from sfm_ros.models import DispNet, PoseExpNet
-from sfm_ros.models.dispnet import PAPER_DECODER_SKIPS
 from training.averaging import WeightAverage
 from training.config import TrainConfig, saved_train_config
 from training.data import DataError, SnippetDataset, load_cache_index
@@ -89,7 +88,6 @@ def bundle_network_configuration(metadata: BundleMetadata) -> dict[str, Any]:
     return {"input": f"{metadata.height}x{metadata.width}", "sources": metadata.num_sources,
             "mask": bool(metadata.posenet.get("with_mask", True)),
             "disparity": (metadata.dispnet.get("alpha"), metadata.dispnet.get("beta")),
-            "decoder_skips": metadata.dispnet.get("decoder_skips", PAPER_DECODER_SKIPS),
             "pose_scale": metadata.posenet.get("pose_scale")}
 
 
@@ -98,13 +96,12 @@ def config_network_configuration(config: TrainConfig) -> dict[str, Any]:
     model = config.model
     return {"input": f"{config.data.height}x{config.data.width}", "sources": config.data.sequence_length - 1,
             "mask": model.with_mask, "disparity": (model.disparity_alpha, model.disparity_beta),
-            "decoder_skips": model.decoder_skips, "pose_scale": model.pose_scale}
+            "pose_scale": model.pose_scale}
 
 
 # The config keys that set each part of the network configuration, named in a mismatch error.
 NETWORK_CONFIG_KEYS = {"input": "data.height, data.width", "sources": "data.sequence_length",
                        "mask": "model.with_mask", "disparity": "model.disparity_alpha, model.disparity_beta",
-                       "decoder_skips": "model.decoder_skips",
                        "pose_scale": "model.pose_scale"}
 
 
@@ -170,8 +167,7 @@ class Trainer:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.manual_seed(config.run.seed)
         model = config.model
-        self.depth_net = DispNet(alpha=model.disparity_alpha, beta=model.disparity_beta,
-                                 decoder_skips=model.decoder_skips).to(self.device)
+        self.depth_net = DispNet(alpha=model.disparity_alpha, beta=model.disparity_beta).to(self.device)
         if model.initial_disparity > 0:
             self.depth_net.initialise_disparity(model.initial_disparity)
         self.pose_net = PoseExpNet(num_sources=config.data.sequence_length - 1, with_mask=model.with_mask,
@@ -379,8 +375,7 @@ class Trainer:
         metadata = BundleMetadata(
             height=config.data.height, width=config.data.width, num_sources=config.data.sequence_length - 1,
             mean=(IMAGE_MEAN,) * 3, std=(IMAGE_STD,) * 3,
-            dispnet={"alpha": config.model.disparity_alpha, "beta": config.model.disparity_beta,
-                     "decoder_skips": config.model.decoder_skips},
+            dispnet={"alpha": config.model.disparity_alpha, "beta": config.model.disparity_beta},
             posenet={"with_mask": config.model.with_mask, "pose_scale": config.model.pose_scale},
             training={"config": to_dict(config), "steps": self.state.step, "epochs": self.state.epoch,
                       "best_val": None if math.isinf(self.state.best_val) else self.state.best_val,

@@ -14,7 +14,6 @@ ENCODER_CHANNELS = (32, 64, 128, 256, 512, 512, 512)
 ENCODER_KERNELS = (7, 5, 3, 3, 3, 3, 3)
 DECODER_CHANNELS = (512, 512, 256, 128, 64, 32, 16)
 NUM_SCALES = 4
-PAPER_DECODER_SKIPS = 6  # every encoder stage but the coarsest feeds the decoder stage of its size
 
 
 class DispNet(nn.Module):
@@ -23,9 +22,6 @@ class DispNet(nn.Module):
     Args:
         alpha, beta: disparity = alpha * sigmoid(x) + beta (paper: 10 and 0.01), so depth = 1/disparity
             lies in (1/10.01, 100).
-        decoder_skips: how many decoder stages, coarsest first, read the encoder's features of their size (paper:
-            all 6). Fewer leave out the finest skips (4: none from the 1/2- and 1/4-size stages), whose local
-            texture the disparity otherwise copies. The weights start as the paper network's, the skips' cut out.
 
     Input: image [B,3,H,W] normalised as the bundle says. Output: a tuple of 4 disparities, finest first,
     [B,1,H,W], [B,1,H/2,W/2], [B,1,H/4,W/4], [B,1,H/8,W/8] (the same in training and evaluation).
@@ -33,13 +29,10 @@ class DispNet(nn.Module):
     is the paper's); odd intermediate encoder sizes are aligned by cropping, as the paper's code does.
     """
 
-    def __init__(self, alpha: float = 10.0, beta: float = 0.01, decoder_skips: int = PAPER_DECODER_SKIPS) -> None:
+    def __init__(self, alpha: float = 10.0, beta: float = 0.01) -> None:
         super().__init__()
-        if not 0 <= decoder_skips <= PAPER_DECODER_SKIPS:
-            raise ValueError(f"decoder_skips must be 0-{PAPER_DECODER_SKIPS}, got {decoder_skips}")
         self.alpha = alpha
         self.beta = beta
-        self.decoder_skips = decoder_skips
         enc, dec = ENCODER_CHANNELS, DECODER_CHANNELS
         in_channels = (3, *enc[:-1])
         self.encoder = nn.ModuleList(
@@ -56,10 +49,6 @@ class DispNet(nn.Module):
         # Disparity heads on the last 4 decoder stages (1/8, 1/4, 1/2, 1/1).
         self.disp_heads = nn.ModuleList(nn.Conv2d(c, 1, 3, padding=1) for c in dec[3:])
         xavier_init(self)
-        # Drawn as the paper's, then cut: every other weight starts as the paper network's does (the same draws), so
-        # a comparison of the two measures the skips alone.
-        for stage in range(decoder_skips, PAPER_DECODER_SKIPS):
-            self.iconvs[stage][0] = _without_input_channels(self.iconvs[stage][0], dec[stage], skip_channels[stage])
 
     def initialise_disparity(self, disparity: float) -> None:
         """Start every scale's output near ``disparity`` (the heads' bias at the sigmoid's inverse) instead of at the
@@ -87,7 +76,7 @@ class DispNet(nn.Module):
         for i in range(7):
             skip = skips[5 - i] if i < 6 else image
             x = crop_like(self.upconvs[i](x), skip)
-            parts = [x, skip] if i < self.decoder_skips else [x]
+            parts = [x] if i == 6 else [x, skip]
             if disparities:
                 parts.append(crop_like(F.interpolate(disparities[-1], scale_factor=2, mode="bilinear",
                                                      align_corners=False), skip))
@@ -97,18 +86,6 @@ class DispNet(nn.Module):
         return tuple(reversed(disparities))
 
 
-def _without_input_channels(conv: nn.Conv2d, first: int, count: int) -> nn.Conv2d:
-    """A copy of ``conv`` without its input channels [first, first + count), its weights otherwise the same."""
-    keep = [c for c in range(conv.in_channels) if not first <= c < first + count]
-    # skip_init: no draw from the global generator, so what is drawn after (the pose net) stays the paper's too.
-    cut = torch.nn.utils.skip_init(nn.Conv2d, len(keep), conv.out_channels, conv.kernel_size, stride=conv.stride,
-                                   padding=conv.padding)
-    with torch.no_grad():
-        cut.weight.copy_(conv.weight[:, keep])
-        cut.bias.copy_(conv.bias)
-    return cut
-
-
-def dispnet(*, alpha: float = 10.0, beta: float = 0.01, decoder_skips: int = PAPER_DECODER_SKIPS) -> DispNet:
-    """Build DispNet (Xavier-initialised); the paper's with every decoder skip."""
-    return DispNet(alpha=alpha, beta=beta, decoder_skips=decoder_skips)
+def dispnet(*, alpha: float = 10.0, beta: float = 0.01) -> DispNet:
+    """Build the paper's DispNet (Xavier-initialised)."""
+    return DispNet(alpha=alpha, beta=beta)
