@@ -238,7 +238,11 @@ def load_networks(folder: str | Path, device: str = "cpu", with_mask: bool | Non
 
     metadata = read_metadata(folder)
     folder = Path(folder).expanduser()
-    depth_net = DispNet(**metadata.dispnet)
+    try:
+        depth_net = DispNet(**metadata.dispnet)
+    except (TypeError, ValueError) as exc:  # sfm.json is untrusted input: a clear error, not a traceback
+        raise BundleError(f"{folder}: {METADATA_FILE}'s dispnet {metadata.dispnet} does not describe a DispNet: "
+                          f"{exc}") from None
     posenet_args = dict(metadata.posenet)
     trained_with_mask = posenet_args.pop("with_mask", True)
     use_mask = trained_with_mask if with_mask is None else with_mask

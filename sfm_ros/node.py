@@ -177,8 +177,9 @@ class SfmNode(Node):
             if self.camera.distorted:  # said once: the pinhole model is right for rectified images only
                 self.get_logger().warning(
                     f"the camera has lens distortion ({self.camera.distortion_model}, D={list(self.camera.D)}): "
-                    "subscribe to rectified images (image_proc's image_rect); raw ones would be read through the "
-                    "rectified projection P without undistorting them", once=True)
+                    "if the image topic carries raw images, subscribe to rectified ones (image_proc's image_rect) "
+                    "instead; the node reads images through the rectified projection P and does not undistort "
+                    "them", once=True)
         except (ImageError, ValueError) as exc:  # counted like the frames' errors, in the diagnostics
             self._count_message_error(f"CameraInfo {error_kind(exc)}", exc)
 

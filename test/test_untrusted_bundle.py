@@ -62,6 +62,17 @@ def test_sizes_out_of_bounds_are_refused_when_read(small_bundle: Path, tmp_path:
         read_metadata(copy)
 
 
+def test_a_depth_net_the_code_cannot_build_is_a_bundle_error(small_bundle: Path, tmp_path: Path) -> None:
+    """sfm.json is untrusted input: a dispnet this code cannot build (here a later release's architecture option)
+    is a BundleError naming it, not a traceback."""
+    from sfm_ros.bundle import load_networks
+
+    copy = _copy_with(small_bundle, tmp_path, dispnet={"alpha": 10.0, "beta": 0.01, "decoder_skips": 4})
+    with pytest.raises(BundleError, match=r"dispnet .* does not describe a DispNet: .*unexpected keyword argument "
+                                          r"'decoder_skips'"):
+        load_networks(copy)
+
+
 @pytest.mark.parametrize(("changes", "names"), [
     ({"height": 72}, ["72x208 with 2 sources", "image [1, 3, 72, 208]", "image [1, 3, 64, 208]"]),
     ({"num_sources": 4}, ["64x208 with 4 sources", "sources [1, 4, 3, 64, 208]", "sources [1, 2, 3, 64, 208]"]),
