@@ -341,6 +341,10 @@ def test_a_speed_that_is_not_finite_is_refused_and_the_scale_stays_finite() -> N
     refused = estimator.update(ScaleObservation(translation_units=0.5, dt_s=0.1))
     assert not refused.healthy and "not a positive number" in refused.reason
     assert refused.factor == pytest.approx(2.0) and estimator.factor == pytest.approx(2.0)
+    # Nor a speed of 0 let through (min_speed_mps 0): a factor of 0 would publish every depth as 0 m.
+    still = ExternalSpeedScale(ScaleConfig(smoothing=0.0, min_speed_mps=0.0))
+    still.observe_speed(0.0)
+    assert not still.update(ScaleObservation(translation_units=0.5, dt_s=0.1)).healthy and still.factor is None
 
 
 def test_external_speed_from_a_ground_truth_odometry_topic(odometry_bag: Path, small_bundle: Path) -> None:
