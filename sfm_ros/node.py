@@ -246,22 +246,28 @@ class SfmNode(Node):
     def _update_extrinsic(self, camera_frame: str) -> None:
         if self.tf_listener is None:
             return
-        try:
-            if not camera_frame:
-                raise ValueError("the image has no frame_id and camera_frame is empty")
-            transform = self.tf_buffer.lookup_transform(self.config.base_frame, camera_frame, Time())
-        except (self._transform_exception, ValueError) as exc:
-            # Keep the last extrinsic (at first the parameter's) until TF has it, and say so: a wrong frame id
-            # would otherwise tilt the ground plane, and the scale with it, without a word.
-            self.extrinsic_lookup_failures += 1
-            self._failed_lookups_in_a_row += 1
-            if self._failed_lookups_in_a_row >= EXTRINSIC_LOOKUP_PATIENCE_FRAMES:
-                self.get_logger().warning(
-                    f"no {self.config.base_frame} -> {camera_frame or '(no frame)'} transform from TF for "
-                    f"{self._failed_lookups_in_a_row} frames ({exc}); keeping the last extrinsic (at first "
-                    "pipeline.T_base_camera)", throttle_duration_sec=10.0)
-            return
-        self._failed_lookups_in_a_row = 0
+        reason = "the image has no frame_id and camera_frame is empty"
+        if camera_frame:
+            try:
+                transform = self.tf_buffer.lookup_transform(self.config.base_frame, camera_frame, Time())
+            except self._transform_exception as exc:
+                reason = str(exc)
+            else:
+                self._failed_lookups_in_a_row = 0
+                self._set_extrinsic_from(transform)
+                return
+        # Keep the last extrinsic (at first the parameter's) until TF has it, and say so: a wrong frame id would
+        # otherwise tilt the ground plane, and the scale with it, without a word.
+        self.extrinsic_lookup_failures += 1
+        self._failed_lookups_in_a_row += 1
+        if self._failed_lookups_in_a_row >= EXTRINSIC_LOOKUP_PATIENCE_FRAMES:
+            self.get_logger().warning(
+                f"no {self.config.base_frame} -> {camera_frame or '(no frame)'} transform from TF for "
+                f"{self._failed_lookups_in_a_row} frames ({reason}); keeping the last extrinsic (at first "
+                "pipeline.T_base_camera)", throttle_duration_sec=10.0)
+
+    def _set_extrinsic_from(self, transform: Any) -> None:
+        """The pipeline's camera mounting from a base -> camera TransformStamped."""
         t, q = transform.transform.translation, transform.transform.rotation
         T = np.eye(4)
         T[:3, :3] = quaternion_to_rotation(np.array([q.x, q.y, q.z, q.w]))

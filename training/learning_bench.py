@@ -169,10 +169,10 @@ def cache_for(config: TrainConfig, work_dir: Path, progress: bool) -> Path:
 
 def train_scored(trainer: Trainer, steps: int, eval_every: int, score: Callable[[], dict[str, float]]
                  ) -> tuple[list[dict[str, float]], dict[str, Any], float]:
-    """Train ``trainer`` (set to ``steps``), scoring it with ``score()`` at step 0,
-    every ``eval_every`` steps and at the end. Returns the curve (rows: step, the scores, eval_s), the fit's summary
-    and the training's seconds without the scoring. The checkpoint (networks + Adam state, 400 MB at any size) is
-    deleted: the bundle and the record are enough."""
+    """Train ``trainer`` (set to ``steps``), scoring it with ``score()`` at step 0, every ``eval_every`` steps and at
+    the end. Returns the curve (rows: step, the scores, eval_s), the fit's summary and the training's seconds without
+    the scoring. The checkpoint (networks + Adam state, 400 MB at any size) is deleted: the bundle and the record
+    are enough."""
     curve: list[dict[str, float]] = []
 
     def evaluate(step: int) -> None:
