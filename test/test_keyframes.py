@@ -57,9 +57,9 @@ def test_a_camera_standing_still_stays_put_with_keyframes() -> None:
     assert keyframed["moved_m"] < 0.01
     assert keyframed["moved_m"] < refined["moved_m"]
     assert not any(keyframed["keyframes"]), "standing still must not make new keyframes"
-    # Uncertainty: each aligned step adds its own covariance (the alignment's sigma^2 H^-1), and the sum is honest:
-    # its growth matches how far the noisy alignments actually wandered. Against the keyframe the alignment's
-    # covariance replaces the last one instead of adding to it.
+    # Uncertainty: each aligned step's covariance (the alignment's sigma^2 H^-1) is carried into the pose's, and the
+    # result is honest: its growth matches how far the noisy alignments actually wandered. Against the keyframe the
+    # alignment's covariance replaces the last one instead of adding to it.
     refined_growth = refined["sigmas"][-1] ** 2 - refined["sigmas"][0] ** 2
     assert refined_growth > 0
     assert 1 / 3 < refined["moved_m"] / np.sqrt(refined_growth) < 3

@@ -112,15 +112,26 @@ def test_covariance_grows_never_zero_and_inflates_on_resets() -> None:
 INITIAL = np.diag([1e-6] * 3 + [1e-6] * 3)  # the pose covariance at a (re)start: 1 mm and 1 mrad
 
 
-def test_covariance_is_the_sum_of_step_errors_that_grow_with_motion_not_time() -> None:
+def test_covariance_grows_with_motion_not_time_and_the_heading_error_swings_the_position() -> None:
     pipeline, _ = fake_pipeline()  # fixed metric scale x2: each step moves 0.1 x 2 = 0.2 m forward
     estimates = [pipeline.process(i * 100_000_000, frame(), CAMERA) for i in range(4)]
     np.testing.assert_allclose(estimates[0].covariance, INITIAL, atol=1e-15)
     np.testing.assert_allclose(estimates[1].covariance, INITIAL, atol=1e-15)
-    # A step of 0.2 m: translation std 0.05 x 0.2 = 0.01 m (variance 1e-4 on each axis), rotation std 5e-4 x 0.2 =
-    # 1e-4 rad (variance 1e-8). Frame 2 adds two steps (the first window's catch-up and its own), frame 3 one more.
+    # A step of L = 0.2 m: translation std 0.05 x 0.2 = 0.01 m (variance 1e-4 on each axis), rotation std 5e-4 x 0.2
+    # = 1e-4 rad (variance 1e-8). Frame 2 is N = 2 steps on (the first window's catch-up and its own), frame 3 three.
+    # By hand, driving straight along base_link x: a heading error before step k swings every later step sideways,
+    # so the sideways error is the sum of the steps' own, the start's heading error over all N L metres, and step i's
+    # rotation error over the (N - i) steps after it; yaw swings y, pitch swings z the other way (nose up, z down).
+    sigma_t2, sigma_r2, start2, length = 1e-4, 1e-8, 1e-6, 0.2
     for frame_index, steps in ((2, 2), (3, 3)):
-        expected = INITIAL + steps * np.diag([1e-4] * 3 + [1e-8] * 3)
+        lever = sum((steps - i) ** 2 for i in range(1, steps))
+        lever_sum = sum(steps - i for i in range(1, steps))
+        sideways = start2 + steps * sigma_t2 + start2 * (steps * length) ** 2 + sigma_r2 * length**2 * lever
+        heading = start2 + steps * sigma_r2
+        sideways_heading = start2 * steps * length + sigma_r2 * length * lever_sum
+        expected = np.diag([start2 + steps * sigma_t2, sideways, sideways, heading, heading, heading])
+        expected[1, 5] = expected[5, 1] = sideways_heading
+        expected[2, 4] = expected[4, 2] = -sideways_heading
         np.testing.assert_allclose(estimates[frame_index].covariance, expected, rtol=1e-6, atol=1e-15)
     # Standing still at 30 Hz for a second adds nothing.
     still, still_backend = fake_pipeline()
@@ -133,8 +144,9 @@ def test_covariance_is_the_sum_of_step_errors_that_grow_with_motion_not_time() -
 def test_unhealthy_scale_multiplies_standard_deviations() -> None:
     pipeline, _ = fake_pipeline(scale=ScaleConfig(source="none"))  # not metric: steps of 0.1 network units
     estimates = [pipeline.process(i * 100_000_000, frame(), CAMERA) for i in range(3)]
-    # sigma = 0.05 x 0.1 x 10 (unscaled_sigma_factor) = 0.05 -> variance 2.5e-3 per step, two steps at frame 2.
-    np.testing.assert_allclose(np.diag(estimates[2].covariance)[:3], 1e-6 + 2 * 2.5e-3, rtol=1e-6)
+    # sigma = 0.05 x 0.1 x 10 (unscaled_sigma_factor) = 0.05 -> variance 2.5e-3 per step, two steps at frame 2 (along
+    # the travel, base_link x, where no heading error reaches).
+    assert estimates[2].covariance[0, 0] == pytest.approx(1e-6 + 2 * 2.5e-3, rel=1e-6)
     pipeline.reset("test")
     after_reset = pipeline.process(10**9, frame(), CAMERA)
     np.testing.assert_allclose(after_reset.T_odom_base, np.eye(4), atol=1e-15)

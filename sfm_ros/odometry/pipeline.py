@@ -84,9 +84,9 @@ class _TrackState:
 
 @dataclasses.dataclass
 class _CameraState:
-    """One camera's odometry; a reset replaces it whole. T_world_camera [4,4] and its covariance [6,6] in camera axes
-    (odometry restarts at the identity), the last stamp and input size (to notice a broken stream), and the events
-    to report with the next frame."""
+    """One camera's odometry; a reset replaces it whole. T_world_camera [4,4] and its covariance [6,6] in world axes
+    (``uncertainty``; odometry restarts at the identity), the last stamp and input size (to notice a broken stream),
+    and the events to report with the next frame."""
 
     track: _TrackState
     T_world_camera: np.ndarray = dataclasses.field(default_factory=lambda: np.eye(4))
@@ -205,8 +205,10 @@ class Pipeline:
         t_scale = time.perf_counter()
         if network.T_catch_up is not None:  # the window's older steps, before the newest one
             T_catch_up = with_translation_scaled(network.T_catch_up, scale.factor * carried)
+            state.covariance = uncertainty.composed_covariance(state.covariance, state.T_world_camera, T_catch_up,
+                                                               uncertainty.step_covariance(T_catch_up, scale,
+                                                                                           self.config))
             state.T_world_camera = state.T_world_camera @ T_catch_up
-            state.covariance = state.covariance + uncertainty.step_covariance(T_catch_up, scale, self.config)
         tracked, twist = None, None
         if network.T_prev_current is not None:
             tracked = self._track(network, previous, scale, carried)
@@ -309,18 +311,22 @@ class Pipeline:
 
     def _advance(self, network: NetworkStep, tracked: Tracked, T_prev_current: np.ndarray, scale: ScaleEstimate,
                  ground: np.ndarray | None, events: list[str]) -> bool:
-        """Move the odometry to the tracked pose: follow the travel's direction with the ground plane, add the step's
-        covariance (aligned to the keyframe: the keyframe's plus the alignment's), and renew the keyframe (with the
-        frame's ground pixels). Returns whether the frame became the keyframe."""
+        """Move the odometry to the tracked pose: follow the travel's direction with the ground plane, carry the
+        covariance along the step (aligned to the keyframe: the keyframe's along the alignment), and renew the
+        keyframe (with the frame's ground pixels). Returns whether the frame became the keyframe."""
         state = self._state
+        if tracked.on_keyframe is not None:  # aligned to the keyframe: its pose and covariance carry the step
+            keyframe = state.track.keyframe
+            state.covariance = uncertainty.composed_covariance(
+                keyframe.covariance, keyframe.T_world_camera,
+                invert_transform(keyframe.T_world_camera) @ tracked.T_world_camera, tracked.step_covariance)
+        else:
+            state.covariance = uncertainty.composed_covariance(state.covariance, state.T_world_camera, T_prev_current,
+                                                               tracked.step_covariance)
         state.T_world_camera = tracked.T_world_camera
         if network.grey is not None and self.config.odometry != OdometryMode.CHAIN:
             tilted = self._ground.follow(T_prev_current, self.scale_config)
             events += [tilted] if tilted else []
-        if tracked.decision is Decision.KEEP:
-            state.covariance = state.track.keyframe.covariance + tracked.step_covariance
-        else:
-            state.covariance = state.covariance + tracked.step_covariance
         state.track.on_keyframe = tracked.on_keyframe
         if self.config.odometry != OdometryMode.KEYFRAMES or network.grey is None or not tracked.decision.new_keyframe:
             return False
@@ -351,7 +357,8 @@ class Pipeline:
         return Estimate(stamp_ns=stamp_ns, depth_m=depth_m, camera_info_scaled=info,
                         T_odom_camera=T_odom_base @ self.T_base_camera, T_odom_base=T_odom_base,
                         T_prev_current=T_prev_current,
-                        covariance=uncertainty.in_base_axes(state.covariance, self.T_base_camera),
+                        covariance=uncertainty.in_odom_frame(state.covariance, state.T_world_camera,
+                                                             self.T_base_camera),
                         scale=scale, timings_ms=timings, mask=network.mask, events=tuple(events),
                         twist=twist.velocity if twist is not None else None,
                         twist_covariance=(twist.covariance if twist is not None

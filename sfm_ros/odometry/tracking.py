@@ -50,7 +50,7 @@ class Decision(enum.Enum):
 @dataclasses.dataclass(frozen=True)
 class Keyframe:
     """A frame that later frames are aligned to: grey [H,W], depth [H,W] in metres at its scale and its median, its
-    pose T_world_camera [4,4] and covariance [6,6] (camera axes, as the odometry accumulates them), and its ground
+    pose T_world_camera [4,4] and covariance [6,6] (world axes, as the odometry carries it), and its ground
     pixels [H,W] bool (None without scale.ground_motion)."""
 
     grey: np.ndarray
@@ -96,9 +96,10 @@ class Chain:
 
 @dataclasses.dataclass(frozen=True)
 class Tracked:
-    """A tracked frame: its pose T_world_camera [4,4], the covariance [6,6] of its step (for the twist; with
-    Decision.KEEP, of the alignment to the keyframe), the keyframe decision, what was noted (events, in order), the
-    last frame on the keyframe (None unless aligned to it), and the time the ground's lengths took, ms."""
+    """A tracked frame: its pose T_world_camera [4,4], the covariance [6,6] of its step (previous camera's axes;
+    when aligned to the keyframe, of that alignment, in the keyframe's axes), the keyframe decision, what was noted
+    (events, in order), the last frame on the keyframe (None unless aligned to it), and the time the ground's lengths
+    took, ms."""
 
     T_world_camera: np.ndarray
     step_covariance: np.ndarray

@@ -1,10 +1,15 @@
 """The odometry's uncertainty: each step's covariance, the pose's at a start and after a restart, and the twist with
 its covariance.
 
-Each step adds the variance of its own error, which grows with the distance and rotation of that step and not with
-time, so a camera standing still keeps its uncertainty. An alignment's step has the covariance its Hessian gives.
-Steps whose scale is unhealthy or not metric count ``pipeline.unscaled_sigma_factor`` times less certain. Covariances
-here are in the camera's axes (as the odometry accumulates them) until ``in_base_axes`` turns them into base_link's.
+Each step's error grows with the distance and rotation of that step and not with time, so a camera standing still
+keeps its uncertainty. An alignment's step has the covariance its Hessian gives. Steps whose scale is unhealthy or not
+metric count ``pipeline.unscaled_sigma_factor`` times less certain.
+
+Frames: a step's covariance is in the previous camera's axes (translation error dt, rotation error dphi on the left,
+R_step_true = exp(dphi) R_step). The pose's covariance is in the odometry's world axes (position error dp, heading
+error dtheta on the left, R_true = exp(dtheta) R), so ``composed_covariance`` rotates each step into them and lets the
+heading's error move the position by the lever of the step (first order). ``in_odom_frame`` gives the published
+covariance of base_link's pose in odom; ``in_base_axes`` turns a step's (the twist's) into base_link's axes.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from sfm_ros.geometry import invert_transform
 from sfm_ros.scale import ScaleEstimate
 
 __all__ = ["INITIAL_SIGMA_M", "INITIAL_SIGMA_RAD", "LOST_SIGMA_M", "LOST_SIGMA_RAD", "Twist", "alignment_covariance",
-           "in_base_axes", "initial_covariance", "lost_covariance", "step_covariance", "twist"]
+           "composed_covariance", "in_base_axes", "in_odom_frame", "initial_covariance", "lost_covariance",
+           "step_covariance", "twist"]
 
 # The pose covariance at a start or reset: never zero, so no estimator divides by it.
 INITIAL_SIGMA_M, INITIAL_SIGMA_RAD = 1e-3, 1e-3
@@ -69,8 +75,48 @@ def alignment_covariance(increment_covariance: np.ndarray, T_step: np.ndarray, s
     return rotation @ increment_covariance @ rotation.T * _inflation(scale, config)**2
 
 
+def _cross_matrix(vector: np.ndarray) -> np.ndarray:
+    """[v]x [3,3]: [v]x @ w = v x w."""
+    x, y, z = vector
+    return np.array([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]])
+
+
+def _lever_factors(heading_variance: np.ndarray) -> np.ndarray:
+    """Per heading axis [3], sigma_swing / sigma: what a Gaussian heading error of variance sigma^2 swings a lever by
+    is its sine, Var(sin theta) = (1 - exp(-2 sigma^2)) / 2. About 1 for small errors (first order); for a lost
+    heading (pi) the swing saturates at the lever's length instead of growing to pi times it."""
+    sigma2 = np.maximum(heading_variance, 1e-300)
+    return np.sqrt(-np.expm1(-2.0 * sigma2) / 2.0 / sigma2)
+
+
+def composed_covariance(covariance: np.ndarray, T_world_previous: np.ndarray, T_step: np.ndarray,
+                        step_covariance: np.ndarray) -> np.ndarray:
+    """The covariance [6,6] (world axes) of the pose T_world_previous @ T_step: the previous pose's covariance [6,6]
+    (world axes) carried along the step, the heading's error swinging the position by the step's translation (its
+    lever), plus the step's own covariance [6,6] (previous camera's axes) rotated into world axes.
+
+    Sigma' = J Sigma J^T + G Sigma_step G^T, J = [[I, -[R_wp t_step]x F], [0, I]], G = diag(R_wp, R_wp): first order,
+    with F (``_lever_factors``, 1 for small heading errors) keeping a lost heading's swing within the lever."""
+    rotation = T_world_previous[:3, :3]
+    carried = np.eye(6)
+    carried[:3, 3:] = -_cross_matrix(rotation @ T_step[:3, 3]) * _lever_factors(np.diag(covariance)[3:])
+    into_world = np.zeros((6, 6))
+    into_world[:3, :3] = into_world[3:, 3:] = rotation
+    return carried @ covariance @ carried.T + into_world @ step_covariance @ into_world.T
+
+
+def in_odom_frame(covariance: np.ndarray, T_world_camera: np.ndarray, T_base_camera: np.ndarray) -> np.ndarray:
+    """The covariance [6,6] of base_link's pose in odom (odom axes, as nav_msgs/Odometry carries it) from the camera's
+    pose T_world_camera [4,4] and its covariance [6,6] (world axes); odom is the world turned by T_base_camera [4,4].
+    A heading error swings base_link about the camera, so the mounting's offset is a lever too."""
+    camera_to_base = T_world_camera[:3, :3] @ invert_transform(T_base_camera)[:3, 3]  # world axes
+    lever = np.eye(6)
+    lever[:3, 3:] = -_cross_matrix(camera_to_base)
+    return in_base_axes(lever @ covariance @ lever.T, T_base_camera)
+
+
 def in_base_axes(covariance: np.ndarray, T_base_camera: np.ndarray) -> np.ndarray:
-    """A [6,6] covariance in camera axes, rotated into base_link axes (T_base_camera [4,4])."""
+    """A [6,6] covariance in camera (or world) axes, rotated into base_link (or odom) axes (T_base_camera [4,4])."""
     rotation = np.zeros((6, 6))
     rotation[:3, :3] = rotation[3:, 3:] = T_base_camera[:3, :3]
     return rotation @ covariance @ rotation.T
