@@ -198,7 +198,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
                          odom_frame=config.odom_frame, base_frame=config.base_frame,
                          publish_mask=config.publish_mask, overwrite=args.overwrite, progress=not args.quiet,
                          image_topic=args.image_topic, info_topic=args.camera_info_topic,
-                         intrinsics=None if config.use_camera_info else config.camera_matrix())
+                         intrinsics=None if config.use_camera_info else config.camera_matrix(),
+                         rectify=config.rectify)
     if summary.malformed:  # as the node's diagnostics: skipped, counted, said
         print(f"skipped {sum(summary.malformed.values())} messages that could not be used: "
               f"{dict(summary.malformed)}", file=sys.stderr)

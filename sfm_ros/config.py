@@ -299,6 +299,9 @@ class NodeConfig:
                                   read_only=True)
     intrinsics: tuple[float, ...] = param((0.0, 0.0, 0.0, 0.0), "fx fy cx cy in pixels when use_camera_info is "
                                                                "false", read_only=True)
+    rectify: bool = param(False, "the image topic carries raw images: undistort them with camera_info's K, D and "
+                                 "R into its P (plumb_bob, rational_polynomial, equidistant), as image_proc does; "
+                                 "false for rectified images (image_rect)")
     odom_frame: str = param("sfm_odom", "odometry frame id (REP 105's odom); not 'odom', which a mobile base's "
                                         "wheel odometry owns")
     base_frame: str = param("base_link", "robot body frame id (REP 105)")
@@ -328,6 +331,9 @@ class NodeConfig:
                              "between two frames (REP 105: odom -> base_link)")
         if not all(math.isfinite(v) for v in self.pipeline.T_base_camera):
             raise ValueError(f"pipeline.T_base_camera must be finite, got {list(self.pipeline.T_base_camera)}")
+        if self.rectify and not self.use_camera_info:
+            raise ValueError("rectify needs the lens from camera_info (use_camera_info: true): 'intrinsics' has no "
+                             "distortion to undo")
         if not self.use_camera_info and (len(self.intrinsics) != 4 or not all(map(math.isfinite, self.intrinsics))
                                          or min(self.intrinsics[:2]) <= 0):
             raise ValueError(f"use_camera_info is false, so intrinsics must be fx fy cx cy with fx, fy > 0, got "

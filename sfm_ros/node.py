@@ -41,7 +41,7 @@ from std_srvs.srv import Trigger
 
 from sfm_ros.backends import BackendError, check_mask_output
 from sfm_ros.bundle import BundleError
-from sfm_ros.camera import CameraModel
+from sfm_ros.camera import CameraModel, Rectifier
 from sfm_ros.config import ConfigError, NodeConfig, ScaleSource, from_dict, nest, parameter_table
 from sfm_ros.errors import error_kind
 from sfm_ros.geometry import quaternion_to_rotation
@@ -133,6 +133,7 @@ class SfmNode(Node):
         else:
             self.create_subscription(Image, "image", self._on_image, image_qos, qos_overriding_options=overrides)
         self.camera: CameraModel | None = None
+        self.rectifier = Rectifier()  # used by the worker only
         self.message_errors: collections.Counter[str] = collections.Counter()
         if config.use_camera_info:  # else NodeConfig has checked the intrinsics
             self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos_profile_sensor_data)
@@ -174,12 +175,11 @@ class SfmNode(Node):
     def _on_camera_info(self, msg: CameraInfo) -> None:
         try:
             self.camera = camera_info_to_model(msg)
-            if self.camera.distorted:  # said once: the pinhole model is right for rectified images only
+            if self.camera.distorted and not self.config.rectify:  # said once: the pinhole model needs rectified
                 self.get_logger().warning(
                     f"the camera has lens distortion ({self.camera.distortion_model}, D={list(self.camera.D)}): "
-                    "if the image topic carries raw images, subscribe to rectified ones (image_proc's image_rect) "
-                    "instead; the node reads images through the rectified projection P and does not undistort "
-                    "them", once=True)
+                    "if the image topic carries raw images, set rectify: true (or subscribe to image_proc's "
+                    "image_rect); the node reads images through the rectified projection P", once=True)
         except (ImageError, ValueError) as exc:  # counted like the frames' errors, in the diagnostics
             self._count_message_error(f"CameraInfo {error_kind(exc)}", exc)
 
@@ -278,6 +278,8 @@ class SfmNode(Node):
         config = self.config  # one snapshot per frame: a parameter change applies from the next frame on
         rgb = compressed_to_rgb(msg) if isinstance(msg, CompressedImage) else image_to_rgb(msg)
         camera = self._camera_for(msg, *rgb.shape[:2])
+        if config.rectify:
+            rgb = self.rectifier(rgb, camera)
         camera_frame = config.camera_frame or msg.header.frame_id
         self._update_extrinsic(camera_frame)
         stamp_ns = stamp_to_ns(msg.header.stamp)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from sfm_ros.bags import BagError, BagWriter, read_camera_frames, read_odometry
+from sfm_ros.camera import LensError, Rectifier
 from sfm_ros.errors import error_kind
 from sfm_ros.odometry.estimate import FrameError
 from sfm_ros.odometry.pipeline import Pipeline
@@ -48,11 +49,12 @@ def replay_bag(bag: str | Path, pipeline: Pipeline, output: str | Path, *, realt
                gt_topic: str | None = None, odom_frame: str = "sfm_odom", base_frame: str = "base_link",
                publish_mask: bool = False, overwrite: bool = False, progress: bool = True,
                evaluate: bool = True, image_topic: str | None = None, info_topic: str | None = None,
-               intrinsics: np.ndarray | None = None) -> ReplaySummary:
+               intrinsics: np.ndarray | None = None, rectify: bool = False) -> ReplaySummary:
     """Replay ``bag`` through ``pipeline``; write ``output``/replay.mcap-bag, trajectory.tum and report/.
 
     ``image_topic`` / ``info_topic`` pick the camera (None: auto-detected); ``intrinsics`` (K [3,3]) replaces the
-    CameraInfo topic (the node's ``use_camera_info: false``). Frames and CameraInfo messages that cannot be decoded
+    CameraInfo topic (the node's ``use_camera_info: false``); ``rectify`` undistorts raw images with the CameraInfo's
+    lens (the node's ``rectify``). Frames and CameraInfo messages that cannot be decoded
     or used are skipped and counted in ``malformed`` by kind (CameraInfo ones as 'CameraInfo <kind>'), as the node
     counts them in its diagnostics.
     """
@@ -67,6 +69,7 @@ def replay_bag(bag: str | Path, pipeline: Pipeline, output: str | Path, *, realt
     previews: list[tuple[str, np.ndarray, np.ndarray]] = []
     wall_start, bag_start = None, None
     bar = tqdm(desc="replay", unit="frame", disable=not progress)
+    rectifier = Rectifier()
     with BagWriter(summary.output_bag, overwrite=overwrite) as writer:
         types = writer.types
         for frame in read_camera_frames(bag, intrinsics=intrinsics, errors=summary.malformed, image_topic=image_topic,
@@ -87,8 +90,9 @@ def replay_bag(bag: str | Path, pipeline: Pipeline, output: str | Path, *, realt
                     time.sleep(-behind)
             tick = time.perf_counter()
             try:
-                estimate = pipeline.process(frame.stamp_ns, frame.rgb, frame.camera)
-            except FrameError as exc:
+                rgb = rectifier(frame.rgb, frame.camera) if rectify else frame.rgb
+                estimate = pipeline.process(frame.stamp_ns, rgb, frame.camera)
+            except (FrameError, LensError) as exc:
                 key = error_kind(exc)
                 summary.malformed[key] = summary.malformed.get(key, 0) + 1
                 continue
@@ -106,7 +110,7 @@ def replay_bag(bag: str | Path, pipeline: Pipeline, output: str | Path, *, realt
             summary.frames_out += 1
             if summary.frames_out % PREVIEW_EVERY == 1 and len(previews) < PREVIEW_ROWS:
                 unit = "m" if estimate.scale.metric else "network units"
-                previews.append((f"frame {summary.frames_out - 1} ({unit})", frame.rgb, estimate.depth_m))
+                previews.append((f"frame {summary.frames_out - 1} ({unit})", rgb, estimate.depth_m))
             stamps.append(frame.stamp_ns)
             poses.append(estimate.T_odom_camera)
         bar.close()

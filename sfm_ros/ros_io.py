@@ -102,7 +102,8 @@ def compressed_to_rgb(msg: Any) -> np.ndarray:
 
 
 def camera_info_to_model(msg: Any) -> CameraModel:
-    """sensor_msgs/CameraInfo -> CameraModel, using the rectified projection P when set, else K."""
+    """sensor_msgs/CameraInfo -> CameraModel, using the rectified projection P when set, else K; with the raw lens
+    (K, D, R) for undistorting raw images."""
     P = np.asarray(msg.p, dtype=np.float64).reshape(3, 4)
     K = P[:, :3].copy() if P[0, 0] > 0 else np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
     if not np.isfinite(K).all():
@@ -111,7 +112,9 @@ def camera_info_to_model(msg: Any) -> CameraModel:
         raise ImageError(f"CameraInfo has no usable intrinsics (fx={K[0, 0]}, fy={K[1, 1]}, "
                          f"size {msg.width}x{msg.height})")
     return CameraModel(K=K, height=int(msg.height), width=int(msg.width), frame_id=msg.header.frame_id,
-                       distortion_model=msg.distortion_model, D=tuple(float(d) for d in msg.d))
+                       distortion_model=msg.distortion_model, D=tuple(float(d) for d in msg.d),
+                       K_raw=np.asarray(msg.k, dtype=np.float64).reshape(3, 3),
+                       R=np.asarray(msg.r, dtype=np.float64).reshape(3, 3))
 
 
 @dataclasses.dataclass(frozen=True)

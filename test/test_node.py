@@ -525,3 +525,46 @@ def test_malformed_message_storm_at_30_hz(small_bundle: Path, ros_context) -> No
     finally:
         node.destroy_node()
         helper.destroy_node()
+
+
+def test_the_node_rectifies_raw_images_when_asked(small_bundle: Path, ros_context) -> None:  # pragma: no cover
+    """``rectify`` (live): raw frames of a plumb_bob lens are undistorted and go on to depth; a lens model the node
+    cannot undistort is counted in the diagnostics, frame by frame, until rectify is turned off."""
+    from rclpy.parameter import Parameter
+    from sensor_msgs.msg import Image
+
+    from sfm_ros import kitti
+    from sfm_ros.ros_io import CameraModel, MessageTypes, make_camera_info, make_header, rgb_to_image_msg
+    from test.conftest import ODOMETRY_06
+
+    node, helper, executor = start_node(ros_context, small_bundle, tf=False)
+    depth = []
+    helper.create_subscription(Image, "depth/image", depth.append, 10)
+    image_publisher, info_publisher = camera_publishers(helper, executor)
+    types = MessageTypes.from_rclpy()
+    sequence = kitti.kitti_odometry_sequence(ODOMETRY_06)
+    camera = CameraModel(K=sequence.K, height=sequence.size[0], width=sequence.size[1], frame_id="camera")
+    rgb = kitti.load_rgb(sequence.image_paths[0])
+
+    def send(i: int, model: str, D: list[float]) -> None:
+        header = make_header(types, 1_000_000_000 + i * 100_000_000, "camera")
+        info = make_camera_info(types, camera, header)
+        info.distortion_model, info.d = model, D
+        info_publisher.publish(info)
+        assert spin_until(executor, lambda: node.camera is not None and node.camera.distortion_model == model)
+        image_publisher.publish(rgb_to_image_msg(types, rgb, header))
+
+    try:
+        assert node.set_parameters([Parameter("rectify", value=True)])[0].successful
+        send(0, "plumb_bob", [-0.37, 0.2, 1e-3, -5e-4, -0.07])
+        assert spin_until(executor, lambda: len(depth) == 1)
+        assert node.rectifier._maps is not None  # the frame went through the lens's maps
+        send(1, "fov", [0.9])
+        assert spin_until(executor, lambda: sum(node.worker.errors.values()) == 1)
+        assert "LensError" in next(iter(node.worker.errors)) and len(depth) == 1
+        assert node.set_parameters([Parameter("rectify", value=False)])[0].successful
+        send(2, "fov", [0.9])
+        assert spin_until(executor, lambda: len(depth) == 2)
+    finally:
+        node.destroy_node()
+        helper.destroy_node()
