@@ -24,6 +24,26 @@ def test_drift_curve_by_hand() -> None:
     np.testing.assert_allclose(error, [0, 0.1, 0.2, 0.4])
 
 
+def test_position_consistency_by_hand() -> None:
+    """The camera 1 m forward a frame (optical z, base_link x); the odometry 0.2 m left and then 0.6 m ahead of it,
+    with std-devs 0.1 m sideways and 0.3 m along: normalised errors (0.2 / 0.1)^2 = 4 and (0.6 / 0.3)^2 = 4 inside
+    the 95 % ellipsoid (7.815), then 0.9 m ahead, 9, outside. A world origin elsewhere changes nothing."""
+    from sfm_ros.geometry import transform_from_xyz_quaternion
+    from training.odometry_bench import position_consistency
+
+    T_base_camera = transform_from_xyz_quaternion((0.0, 0.0, 0.0, -0.5, 0.5, -0.5, 0.5))
+    gt = np.tile(np.eye(4), (4, 1, 1))
+    gt[:, 2, 3] = [0.0, 1.0, 2.0, 3.0]
+    shifted = np.eye(4)
+    shifted[:3, 3] = [5.0, -2.0, 7.0]
+    base = np.tile(np.eye(4), (4, 1, 1))
+    base[:, :3, 3] = [[0, 0, 0], [1.0, 0.2, 0], [2.6, 0, 0], [3.9, 0, 0]]
+    covariances = np.tile(np.diag([0.3**2, 0.1**2, 0.1**2, 1, 1, 1]), (4, 1, 1))
+    figures = position_consistency(shifted @ gt, base, covariances, T_base_camera)
+    assert figures["covariance_median_nees"] == pytest.approx(4.0)
+    assert figures["covariance_within_95_share"] == pytest.approx(2 / 3)
+
+
 def test_the_benchmark_runs_the_nodes_pipeline_on_every_sequence(small_bundle: Path, tmp_path: Path) -> None:
     from sfm_ros.cli import main
 

@@ -11,6 +11,8 @@ produces (no scale fitted unless said), and reports per sequence and overall:
 - metric depth abs_rel with the pipeline's own scale, without median scaling (rendered streets only), and the
   median-scaled abs_rel of the same frames, whose ratio says how much of the error the scale adds;
 - the share of frames whose scale was healthy, and the median per-stage latency;
+- how well the published covariance covers the position's error (``position_consistency``): the median normalised
+  error squared (3 where it fits the errors) and the share of frames inside its 95 % ellipsoid;
 - standing still: after a few frames of driving, one frame held for a while at 30 Hz with sensor noise (the truth
   does not move): how far the odometry wanders and how much its covariance grows meanwhile.
 
@@ -38,14 +40,17 @@ from sfm_ros.metrics import MAX_DEPTH_M, eigen_depth_evaluation
 from sfm_ros.odometry.pipeline import Pipeline
 from training.synth_streets import street_folders, street_sequence
 
-__all__ = ["METHODS", "bench_odometry", "drift_curve", "format_table", "kitti_frames", "run_classical_vo",
-           "run_sequence_metrics", "run_standstill", "select_frames", "trajectory_figures"]
+__all__ = ["METHODS", "bench_odometry", "drift_curve", "format_table", "kitti_frames", "position_consistency",
+           "run_classical_vo", "run_sequence_metrics", "run_standstill", "select_frames", "trajectory_figures"]
 
 # The three odometries the benchmark reports, by their key in the results.
 METHODS = {"pipeline": "the node's pipeline", "network_chain": "network chain", "classical_vo": "classical VO"}
 # The held-out street splits run when the data has them: new layouts (val) and new surfaces too (val_unseen).
 STREET_SPLITS = ("val", "val_unseen")
 
+# The 95 % point of the chi-square distribution with 3 degrees of freedom: a position covariance that fits the
+# errors has 95 % of them within this normalised error squared.
+CHI_SQUARE_3_DOF_95 = 7.815
 # A held frame's sensor noise, grey levels (std): what a real camera adds to a scene that does not change.
 STANDSTILL_NOISE_LEVELS = 2.0
 
@@ -110,6 +115,19 @@ def trajectory_figures(sequence: kitti.Sequence, est_poses: np.ndarray, output: 
     }
 
 
+def position_consistency(gt_poses: np.ndarray, base_poses: np.ndarray, covariances: np.ndarray,
+                         T_base_camera: np.ndarray) -> dict[str, float]:
+    """How well the published covariances [N,6,6] (base_link's pose in odom axes) cover the position error of
+    base_poses [N,4,4] (base_link in odom, the identity at frame 0) against the truth gt_poses [N,4,4] (the camera's,
+    any world frame), frames 1 on: the median normalised error squared e^T S^-1 e (3 for a covariance that fits the
+    errors; more: it claims more than the odometry knows) and the share of frames within CHI_SQUARE_3_DOF_95."""
+    truth = T_base_camera @ np.linalg.inv(gt_poses[0]) @ gt_poses @ np.linalg.inv(T_base_camera)
+    errors = base_poses[1:, :3, 3] - truth[1:, :3, 3]
+    normalised = np.einsum("ni,ni->n", errors, np.linalg.solve(covariances[1:, :3, :3], errors[..., None])[..., 0])
+    return {"covariance_median_nees": float(np.median(normalised)),
+            "covariance_within_95_share": float(np.mean(normalised <= CHI_SQUARE_3_DOF_95))}
+
+
 def error_budget(gt_poses: np.ndarray, est_poses: np.ndarray, stamps_s: np.ndarray) -> dict[str, dict[str, float]]:
     """Where a trajectory's error comes from: for each part of a step (STEP_PARTS: rotation, direction of travel,
     length), the end-point drift % and SE(3) ATE m of the truth with only that part of every step estimated
@@ -167,10 +185,12 @@ def run_sequence_metrics(pipeline: Pipeline, sequence: kitti.Sequence, depth_tru
         raise ValueError(f"{sequence.name} has no ground-truth poses")
     height, width = sequence.size
     camera = CameraModel(K=sequence.K, height=height, width=width)
-    poses, healthy, timings, metric_rows, scaled_rows = [], [], [], [], []
+    poses, base_poses, covariances, healthy, timings, metric_rows, scaled_rows = [], [], [], [], [], [], []
     for i in tqdm(range(len(sequence)), desc=f"odometry {sequence.name}", disable=not progress, unit="frame"):
         estimate = pipeline.process(int(sequence.stamps_ns[i]), kitti.load_rgb(sequence.image_paths[i]), camera)
         poses.append(estimate.T_odom_camera)
+        base_poses.append(estimate.T_odom_base)
+        covariances.append(estimate.covariance)
         healthy.append(estimate.scale.healthy and estimate.scale.metric)
         timings.append(estimate.timings_ms)
         if depth_truth is not None and estimate.scale.metric:
@@ -182,6 +202,8 @@ def run_sequence_metrics(pipeline: Pipeline, sequence: kitti.Sequence, depth_tru
     result = trajectory_figures(sequence, np.asarray(poses), output,
                                 f"{sequence.name}: the pipeline's odometry vs the truth")
     result["healthy_scale_share"] = float(np.mean(healthy))
+    result.update(position_consistency(np.asarray(sequence.poses), np.asarray(base_poses), np.asarray(covariances),
+                                       pipeline.T_base_camera))
     result["latency_ms_median"] = {stage: float(np.median([t[stage] for t in timings])) for stage in timings[0]}
     if metric_rows:
         result["metric_depth_abs_rel"] = float(np.mean([r["abs_rel"] for r in metric_rows]))
@@ -256,7 +278,7 @@ def _jobs(streets: str | Path | None, kitti_sequences: list[str | Path], work: P
 def _mean_figures(rows: list[dict[str, Any]]) -> dict[str, float]:
     keys = ("ate_se3_m", "ate_sim3_m", "rpe_trans_m_per_frame", "end_point_drift_percent", "step_length_ratio_median",
             "snippet_ate", "healthy_scale_share", "metric_depth_abs_rel", "median_scaled_depth_abs_rel",
-            "held_length_share")
+            "held_length_share", "covariance_median_nees", "covariance_within_95_share")
     overall = {}
     for key in keys:
         values = [r[key] for r in rows if key in r and np.isfinite(r[key])]
