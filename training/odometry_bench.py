@@ -119,8 +119,9 @@ def position_consistency(gt_poses: np.ndarray, base_poses: np.ndarray, covarianc
                          T_base_camera: np.ndarray) -> dict[str, float]:
     """How well the published covariances [N,6,6] (base_link's pose in odom axes) cover the position error of
     base_poses [N,4,4] (base_link in odom, the identity at frame 0) against the truth gt_poses [N,4,4] (the camera's,
-    any world frame), frames 1 on: the median normalised error squared e^T S^-1 e (3 for a covariance that fits the
-    errors; more: it claims more than the odometry knows) and the share of frames within CHI_SQUARE_3_DOF_95."""
+    any world frame), frames 1 on: the median normalised error squared e^T S^-1 e (about 2.4, chi-square's median
+    with 3 degrees of freedom, for a covariance that fits the errors; more: it claims more than the odometry knows)
+    and the share of frames within CHI_SQUARE_3_DOF_95."""
     truth = T_base_camera @ np.linalg.inv(gt_poses[0]) @ gt_poses @ np.linalg.inv(T_base_camera)
     errors = base_poses[1:, :3, 3] - truth[1:, :3, 3]
     normalised = np.einsum("ni,ni->n", errors, np.linalg.solve(covariances[1:, :3, :3], errors[..., None])[..., 0])
