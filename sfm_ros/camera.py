@@ -8,10 +8,14 @@ import dataclasses
 import cv2
 import numpy as np
 
-__all__ = ["DISTORTION_MODELS", "CameraModel", "LensError", "Rectifier"]
+__all__ = ["DISTORTION_MODELS", "OPENCV_COEFFICIENT_COUNTS", "CameraModel", "LensError", "Rectifier",
+           "rectification_maps"]
 
 # sensor_msgs/CameraInfo's distortion models this package undistorts (image_geometry's names).
 DISTORTION_MODELS = ("plumb_bob", "rational_polynomial", "equidistant")
+# The distortion vector lengths OpenCV's pinhole model takes (k1 k2 p1 p2 [k3 [k4 k5 k6 [s1 s2 s3 s4 [tx ty]]]]),
+# as image_geometry passes them for plumb_bob and rational_polynomial alike.
+OPENCV_COEFFICIENT_COUNTS = (4, 5, 8, 12, 14)
 
 
 class LensError(ValueError):
@@ -56,7 +60,7 @@ class Rectifier:
         it cannot undistort with."""
         if rgb.shape[:2] != (camera.height, camera.width):
             raise LensError(f"raw image is {rgb.shape[1]}x{rgb.shape[0]} but its CameraInfo is "
-                            f"{camera.width}x{camera.height}")
+                            f"{camera.width}x{camera.height} (binning and ROI are not applied here)")
         maps = self._maps_for(camera)
         if maps is None:
             return rgb
@@ -78,24 +82,29 @@ def rectification_maps(distortion_model: str, D: tuple[float, ...], K_raw: np.nd
                        K: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray] | None:
     """For each pixel of the rectified image (K [3,3], size (height, width)) where it lies in the raw image (K_raw
     [3,3], distortion_model with D, the rectification rotation R [3,3]): (map_x, map_y) float32 [H,W], for cv2.remap;
-    None where the rectified image is the raw one (no distortion, no rotation, the same intrinsics)."""
+    None where the rectified image is the raw one (no distortion, no rotation, the same intrinsics). An empty D is no
+    distortion. Unlike image_geometry, which copies the raw image whenever D is zero, a zero D with another K or R is
+    still remapped: the pipeline reads the image through K (CameraInfo's P)."""
+    coefficients = np.asarray(D, dtype=np.float64)
     if not (np.isfinite(K_raw).all() and np.isfinite(R).all() and K_raw[0, 0] > 0 and K_raw[1, 1] > 0):
         raise LensError(f"CameraInfo's raw intrinsics K = {K_raw.ravel().tolist()} or rectification R = "
                         f"{R.ravel().tolist()} cannot undistort")
-    if not any(D) and np.allclose(R, np.eye(3)) and np.allclose(K_raw, K):
+    if not np.isfinite(coefficients).all():
+        raise LensError(f"CameraInfo's distortion D = {coefficients.tolist()} is not finite")
+    if not coefficients.any() and np.allclose(R, np.eye(3)) and np.allclose(K_raw, K):
         return None
     if distortion_model not in DISTORTION_MODELS:
         raise LensError(f"distortion model {distortion_model!r} cannot be undistorted here (supported: "
                         f"{', '.join(DISTORTION_MODELS)}); rectify with image_proc instead")
-    coefficients = np.asarray(D, dtype=np.float64)
     height, width = size
     if distortion_model == "equidistant":
         if coefficients.size != 4:
             raise LensError(f"equidistant distortion needs 4 coefficients (k1 k2 k3 k4), CameraInfo has "
                             f"{coefficients.size}")
         return cv2.fisheye.initUndistortRectifyMap(K_raw, coefficients, R, K, (width, height), cv2.CV_32FC1)
-    expected = {"plumb_bob": (4, 5), "rational_polynomial": (8,)}[distortion_model]
-    if coefficients.size not in expected:
-        raise LensError(f"{distortion_model} distortion needs {' or '.join(map(str, expected))} coefficients, "
-                        f"CameraInfo has {coefficients.size}")
+    if coefficients.size == 0:
+        coefficients = np.zeros(5)
+    if coefficients.size not in OPENCV_COEFFICIENT_COUNTS:
+        raise LensError(f"{distortion_model} distortion needs {', '.join(map(str, OPENCV_COEFFICIENT_COUNTS))} "
+                        f"coefficients (OpenCV's), CameraInfo has {coefficients.size}")
     return cv2.initUndistortRectifyMap(K_raw, coefficients, R, K, (width, height), cv2.CV_32FC1)

@@ -51,7 +51,12 @@ def pattern(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return 127.0 + 100.0 * np.sin(2 * np.pi * u / 41.0) * np.cos(2 * np.pi * v / 31.0)
 
 
+def no_distortion(x: np.ndarray, y: np.ndarray, D: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    return x, y
+
+
 @pytest.mark.parametrize(("model", "D", "distort"), [
+    ("plumb_bob", (), no_distortion),  # an empty D: only the intrinsics and R change
     ("plumb_bob", (-0.3, 0.1, 5e-3, -8e-3, 0.01), plumb_bob),
     ("rational_polynomial", (-0.3, 0.1, 5e-3, -8e-3, 0.01, 0.05, -0.02, 0.01), plumb_bob),
     ("equidistant", (0.05, -0.02, 0.01, -0.005), equidistant),
@@ -77,6 +82,11 @@ def test_each_rectified_pixel_shows_the_raw_pixel_its_ray_lands_on(model: str, D
     assert error.mean() < 0.7 and error.max() < 2.5
     # The lens does move the pixels: the raw image itself is far from the rectified one.
     assert np.abs(raw[..., 0].ravel()[inside] - pattern(u_lands[inside], v_lands[inside])).mean() > 20
+    # Pixels that see outside the raw image are black, as image_proc leaves them (where the lens lets any: a barrel
+    # lens's raw image covers the whole rectified one).
+    outside = (u_lands < -2) | (u_lands > WIDTH + 1) | (v_lands < -2) | (v_lands > HEIGHT + 1)
+    assert outside.any() or (len(D) > 0 and D[0] < 0)
+    assert not rectified.ravel()[outside].any()
 
 
 def test_what_cannot_be_undistorted_is_named() -> None:
@@ -85,10 +95,14 @@ def test_what_cannot_be_undistorted_is_named() -> None:
     with pytest.raises(LensError, match="distortion model 'fov' cannot be undistorted here"):
         Rectifier()(raw, camera)
     wrong_length = CameraModel(K=K_RAW, height=HEIGHT, width=WIDTH, D=(0.1, 0.2, 0.0), K_raw=K_RAW)
-    with pytest.raises(LensError, match="plumb_bob distortion needs 4 or 5 coefficients, CameraInfo has 3"):
+    with pytest.raises(LensError, match="plumb_bob distortion needs 4, 5, 8, 12, 14 coefficients .OpenCV's., "
+                                        "CameraInfo has 3"):
         Rectifier()(raw, wrong_length)
     with pytest.raises(LensError, match="raw image is 300x100 but its CameraInfo is 300x200"):
         Rectifier()(raw[:100], wrong_length)
+    not_finite = CameraModel(K=K_RAW, height=HEIGHT, width=WIDTH, D=(np.nan, 0.0, 0.0, 0.0, 0.0), K_raw=K_RAW)
+    with pytest.raises(LensError, match="distortion D = .nan, 0.0, 0.0, 0.0, 0.0. is not finite"):
+        Rectifier()(raw, not_finite)
     no_raw_focal = CameraModel(K=K_RAW, height=HEIGHT, width=WIDTH, D=(0.1, 0.0, 0.0, 0.0, 0.0), K_raw=np.zeros((3, 3)))
     with pytest.raises(LensError, match="raw intrinsics K"):
         Rectifier()(raw, no_raw_focal)
@@ -97,32 +111,35 @@ def test_what_cannot_be_undistorted_is_named() -> None:
 def test_a_camera_without_distortion_passes_through() -> None:
     raw = np.random.default_rng(0).integers(0, 255, (HEIGHT, WIDTH, 3), dtype=np.uint8)
     pinhole = CameraModel(K=K_RAW, height=HEIGHT, width=WIDTH, D=(0.0,) * 5, K_raw=K_RAW, R=np.zeros((3, 3)))
-    assert Rectifier()(raw, pinhole) is raw  # an unset R (all zeros) is the identity, as image_geometry reads it
+    assert Rectifier()(raw, pinhole) is raw  # an unset R (all zeros, as some drivers send it) is the identity
 
 
 D_KITTI_LIKE = (-0.37, 0.20, 1e-3, -5e-4, -0.07)  # KITTI's raw colour camera's lens, about
 
 
 def _distorted_bag(path: Path, model: str = "plumb_bob") -> tuple[Path, list[np.ndarray]]:
-    """Real KITTI frames (rectified) turned into raw ones through D_KITTI_LIKE, with their CameraInfo (K, D, R, P):
-    each raw pixel samples the rectified frame where OpenCV's undistortPoints puts it."""
+    """Real KITTI frames, taken as the rectified view (CameraInfo's P and R), turned into raw ones of another focal
+    length and principal point (K) through D_KITTI_LIKE: each raw pixel samples the rectified frame where OpenCV's
+    undistortPoints puts it."""
     sequence = kitti.kitti_odometry_sequence(ODOMETRY_06)
     originals = [kitti.load_rgb(p) for p in sequence.image_paths[:3]]
     height, width = originals[0].shape[:2]
-    K = sequence.K
+    P = np.hstack([sequence.K, np.zeros((3, 1))])
+    # The raw lens: 8 % longer and off-centre.
+    K = sequence.K + np.array([[0.08 * sequence.K[0, 0], 0, 6.0], [0, 0.08 * sequence.K[1, 1], -4.0], [0, 0, 0]])
     pixels = np.stack(np.meshgrid(np.arange(width), np.arange(height)), axis=-1).reshape(-1, 1, 2).astype(np.float64)
-    undistorted = cv2.undistortPoints(pixels, K, np.array(D_KITTI_LIKE), P=K).reshape(height, width, 2)
+    undistorted = cv2.undistortPoints(pixels, K, np.array(D_KITTI_LIKE), R=R_SMALL,
+                                      P=P[:, :3]).reshape(height, width, 2)
     map_x, map_y = undistorted[..., 0].astype(np.float32), undistorted[..., 1].astype(np.float32)
     with BagWriter(path) as writer:
         types = writer.types
         for i, rgb in enumerate(originals):
             stamp = 1_000_000_000 + i * 100_000_000
             header = make_header(types, stamp, "camera")
-            P = np.hstack([K, np.zeros((3, 1))])
             roi = types.RegionOfInterest(x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)
             info = types.CameraInfo(header=header, height=height, width=width, distortion_model=model,
                                     d=types.double_sequence(np.array(D_KITTI_LIKE)),
-                                    k=types.double_array(K.reshape(-1)), r=types.double_array(np.eye(3).reshape(-1)),
+                                    k=types.double_array(K.reshape(-1)), r=types.double_array(R_SMALL.reshape(-1)),
                                     p=types.double_array(P.reshape(-1)), binning_x=0, binning_y=0, roi=roi)
             writer.write("/camera/camera_info", info, stamp)
             raw = cv2.remap(rgb, map_x, map_y, cv2.INTER_LINEAR)
@@ -131,8 +148,9 @@ def _distorted_bag(path: Path, model: str = "plumb_bob") -> tuple[Path, list[np.
 
 
 def test_raw_kitti_frames_from_a_bag_are_rectified_back(tmp_path: Path) -> None:
-    """Through a real bag: the CameraInfo's lens reaches the camera model, and rectifying the raw frames gives back
-    the rectified KITTI frames (the middle of the image, where both interpolations see the same pixels)."""
+    """Through a real bag: the CameraInfo's lens (K, D, R) and rectified projection (P) reach the camera model, and
+    rectifying the raw frames gives back the KITTI frames (the middle of the image, where both interpolations see the
+    same pixels)."""
     bag, originals = _distorted_bag(tmp_path / "raw")
     rectifier = Rectifier()
     frames = list(read_camera_frames(bag))
