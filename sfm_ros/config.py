@@ -265,8 +265,8 @@ class PipelineConfig:
                                              "stays in view", range=(0.0, 1.0))
     keyframe_max_baseline: float = param(0.1, "a new keyframe when the camera is this far from the keyframe, as a "
                                               "fraction of the keyframe's median depth (parallax)", range=(0.0, 10.0))
-    # The odometry covariance (sfm_ros.odometry): each step adds the variance of its own error, which grows with the
-    # distance and rotation of that step and not with time, so a camera standing still keeps its uncertainty.
+    # The odometry covariance (sfm_ros.odometry.uncertainty): each step's error, carried into the pose's, grows with
+    # the distance and rotation of that step and not with time, so a camera standing still keeps its uncertainty.
     translation_sigma: float = param(0.05, "translation std-dev of a step as a fraction of its length (healthy "
                                            "metric scale)", range=(1e-4, 10.0))
     rotation_sigma_rad_per_m: float = param(5e-4, "rotation std-dev of a step per metre it travels, radians "

@@ -213,3 +213,47 @@ def test_aligning_again_after_the_chain_alone_does_not_use_a_stale_previous_view
     assert chain_error > 0.05
     assert step_error_m(19) <= chain_error + 1e-6  # the chain's step, not one aligned to frame 13's view
     assert max(step_error_m(i) for i in range(21, 26)) < 0.5 * chain_error  # aligned again
+
+
+def test_every_frame_aligned_to_the_keyframe_carries_the_keyframes_covariance(monkeypatch) -> None:
+    """A frame aligned to the keyframe is the keyframe's pose and one alignment, whether it keeps the keyframe or
+    becomes the next one (too far, too little overlap): its covariance is the keyframe's carried along that
+    alignment, never the previous frame's plus the alignment (which would count the previous frame's alignment
+    again). Spied: the covariance each step is composed from, against the keyframe's at that frame."""
+    from sfm_ros.odometry import pipeline as pipeline_module
+    from sfm_ros.odometry.tracking import Decision, Tracker
+
+    split = load_street_split(SAMPLE / "val")
+    backend = BiasedTruth(split, 0, NETWORK_ERROR)
+    pipeline = Pipeline(PipelineConfig(odometry="keyframes"), ScaleConfig(source="fixed"), backend=backend)
+    bases, decisions = [], []
+    compose = pipeline_module.uncertainty.composed_covariance
+    to_keyframe = Tracker.to_keyframe
+
+    def spy_compose(covariance, *rest):
+        bases.append(covariance)
+        return compose(covariance, *rest)
+
+    def spy_to_keyframe(self, keyframe, *rest):
+        tracked = to_keyframe(self, keyframe, *rest)
+        decisions.append((tracked.decision, tracked.on_keyframe is not None, keyframe.covariance))
+        return tracked
+
+    monkeypatch.setattr(pipeline_module.uncertainty, "composed_covariance", spy_compose)
+    monkeypatch.setattr(Tracker, "to_keyframe", spy_to_keyframe)
+    checked, previous_decision, renewed_after_keeping = 0, None, 0
+    frames = range(10, 40)
+    paths = kitti.image_files(split.folders[0])
+    camera = CameraModel(K=split.K, height=64, width=208)
+    for i in frames:
+        bases.clear()
+        decisions.clear()
+        backend.show(i)
+        pipeline.process(i * 100_000_000, kitti.load_rgb(paths[i]), camera)
+        decision = decisions[-1][0] if decisions else None
+        if decisions and decisions[-1][1]:  # aligned to the keyframe
+            assert bases[-1] is decisions[-1][2], decision
+            checked += 1
+            renewed_after_keeping += int(decision.new_keyframe and previous_decision is Decision.KEEP)
+        previous_decision = decision
+    assert checked > 10 and renewed_after_keeping >= 1  # a keyframe renewed a frame after one kept it

@@ -42,6 +42,20 @@ def test_position_consistency_by_hand() -> None:
     figures = position_consistency(shifted @ gt, base, covariances, T_base_camera)
     assert figures["covariance_median_nees"] == pytest.approx(4.0)
     assert figures["covariance_within_95_share"] == pytest.approx(2 / 3)
+    # The position's own 3x3 block, whatever the heading's correlations; and base_link, not the camera: mounted 1 m
+    # behind a camera that turned 90 degrees left, base_link stands 1 m behind it along odom's y.
+    correlated = covariances.copy()
+    correlated[:, 1, 5] = correlated[:, 5, 1] = 0.09  # y with yaw: the 6x6 inverse's block would differ
+    behind = transform_from_xyz_quaternion((1.0, 0.0, 0.0, -0.5, 0.5, -0.5, 0.5))
+    turned = np.tile(np.eye(4), (2, 1, 1))
+    turned[1, :3, :3] = [[0, 0, -1], [0, 1, 0], [1, 0, 0]]  # the optical z now along the first camera's -x: left
+    turned[1, :3, 3] = [-3.0, 0.0, 3.0]  # 3 m ahead, 3 m left (optical axes)
+    # The truth's base_link in odom (base_link's first pose): the camera starts 1 m ahead, at (1, 0), moves 3 m ahead
+    # and 3 m left to (4, 3); base_link is 1 m behind it along its travel, odom's +y: (4, 2).
+    estimate = np.tile(np.eye(4), (2, 1, 1))
+    estimate[1, :3, 3] = [4.0, 2.0 + 0.2, 0.0]  # 0.2 m off sideways in odom: (0.2 / 0.1)^2 = 4
+    figures = position_consistency(turned, estimate, correlated[:2], behind)
+    assert figures["covariance_median_nees"] == pytest.approx(4.0)
 
 
 def test_the_benchmark_runs_the_nodes_pipeline_on_every_sequence(small_bundle: Path, tmp_path: Path) -> None:

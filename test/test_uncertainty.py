@@ -91,4 +91,43 @@ def test_a_lost_heading_swings_the_position_by_at_most_the_distance() -> None:
         T_step[2, 3] = 10.0
         composed = uncertainty.composed_covariance(lost, np.eye(4), T_step, np.zeros((6, 6)))
         assert composed[0, 0] == pytest.approx(expected, rel=1e-5)
-        assert composed[1, 1] == 0.0 and composed[2, 2] == 0.0
+        assert composed[1, 1] == 0.0  # a turn about y moves nothing along y
+    # Known and left: first order, a heading error moves nothing along the step (10 (cos theta - 1), second order);
+    # after a lost heading that spread and the heading's own are left out, the "lost" 100 m stands for them.
+
+
+def test_the_published_covariance_swings_base_link_about_a_turned_camera() -> None:
+    """The camera turned 90 degrees left, base_link 1 m behind it: a heading error (std s) about the vertical swings
+    base_link sideways to the camera's current direction of travel, which after the turn is odom's y axis: var(x) =
+    s^2 in odom, not var(y)."""
+    s2 = 0.01**2
+    world = np.zeros((6, 6))
+    world[4, 4] = s2  # about the first camera's y axis (down): minus odom's yaw
+    T_world_camera = np.eye(4)
+    # Turned 90 degrees left: about the optical y axis (down) by -90 degrees, so the camera now looks along the first
+    # camera's -x (odom's +y).
+    T_world_camera[:3, :3] = Rotation.from_euler("y", -90, degrees=True).as_matrix()
+    ahead = transform_from_xyz_quaternion((1.0, 0.0, 0.0, *OPTICAL))
+    published = uncertainty.in_odom_frame(world, T_world_camera, ahead)
+    # base_link is 1 m behind the camera along its travel (odom -y); a yaw psi about the camera moves it by
+    # psi x (0, -1, 0) = (psi, 0, 0): var(x) = s^2, cov(x, yaw) = s^2.
+    expected = np.zeros((6, 6))
+    expected[0, 0], expected[5, 5] = s2, s2
+    expected[0, 5] = expected[5, 0] = s2
+    np.testing.assert_allclose(published, expected, atol=1e-15)
+
+
+def test_an_alignments_covariance_follows_the_ground_length_that_scaled_it() -> None:
+    """The alignment's Hessian covariance is for the aligned translation; the ground's length multiplied that
+    translation by 2, so its std-devs double (variances x4, cross terms x2) and the rotation's stay. With no turn in
+    the step the axes do not change."""
+    from sfm_ros.config import PipelineConfig
+    from sfm_ros.scale import ScaleEstimate
+
+    increment = np.diag([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    increment[0, 3] = increment[3, 0] = 0.5
+    healthy = ScaleEstimate(factor=1.0, healthy=True, metric=True, source="fixed")
+    scaled = uncertainty.alignment_covariance(increment, np.eye(4), healthy, PipelineConfig(), length_factor=2.0)
+    expected = np.diag([4.0, 8.0, 12.0, 4.0, 5.0, 6.0])
+    expected[0, 3] = expected[3, 0] = 1.0
+    np.testing.assert_allclose(scaled, expected, atol=1e-12)

@@ -172,7 +172,8 @@ class Tracker:
                                               chain.carried, normal, previous_position, chain.dt_s)
         T_keyframe_current = invert_transform(with_translation_scaled(aligned.T_current_previous, length.factor))
         if aligned.covariance is not None:
-            covariance = uncertainty.alignment_covariance(aligned.covariance, T_keyframe_current, scale, self.config)
+            covariance = uncertainty.alignment_covariance(aligned.covariance, T_keyframe_current, scale, self.config,
+                                                          length.factor)
         else:
             covariance = uncertainty.step_covariance(T_keyframe_current, scale, self.config)
         baseline = float(np.linalg.norm(T_keyframe_current[:3, 3]))
@@ -192,16 +193,12 @@ class Tracker:
         previous frame's ground (plane ``normal``); when neither the alignment nor the ground measures it, its length
         is the recent speed's (``StepLength.from_speed``)."""
         events = []
-        covariance = chain.covariance
         T_current_previous = invert_transform(T_prev_current)
-        refined = None
+        refined, aligned_covariance = None, None
         if self.config.odometry != OdometryMode.CHAIN:
             refined = self.align(previous.grey, previous.depth_units * scale.factor, grey, K, T_current_previous)
             if refined.accepted:
-                T_current_previous = refined.T_current_previous
-                if refined.covariance is not None:
-                    covariance = uncertainty.alignment_covariance(
-                        refined.covariance, invert_transform(T_current_previous), scale, self.config)
+                T_current_previous, aligned_covariance = refined.T_current_previous, refined.covariance
             else:
                 events.append(f"pose refinement not used: {refined.reason}")
         length = self.step_length.measure(previous.grey, previous.ground, grey, K, T_current_previous, chain.carried,
@@ -211,8 +208,11 @@ class Tracker:
         if unmeasured:
             length = self.step_length.from_speed(T_current_previous, chain.dt_s, length)
         events += [length.note] if length.note else []
-        T_current_previous = with_translation_scaled(T_current_previous, length.factor)
-        if unmeasured:  # the covariance of a step as long as the one it now has
-            covariance = uncertainty.step_covariance(invert_transform(T_current_previous), scale, self.config)
-        return Tracked(chain.T_world_previous @ invert_transform(T_current_previous), covariance,
-                       Decision.NO_KEYFRAME, tuple(events), ground_ms=length.ms)
+        T_step = invert_transform(with_translation_scaled(T_current_previous, length.factor))
+        if aligned_covariance is not None:
+            covariance = uncertainty.alignment_covariance(aligned_covariance, T_step, scale, self.config,
+                                                          length.factor)
+        else:  # the modelled error of a step as long as the one it now has
+            covariance = uncertainty.step_covariance(T_step, scale, self.config)
+        return Tracked(chain.T_world_previous @ T_step, covariance, Decision.NO_KEYFRAME, tuple(events),
+                       ground_ms=length.ms)

@@ -66,13 +66,15 @@ def step_covariance(T_step: np.ndarray, scale: ScaleEstimate, config: PipelineCo
 
 
 def alignment_covariance(increment_covariance: np.ndarray, T_step: np.ndarray, scale: ScaleEstimate,
-                         config: PipelineConfig) -> np.ndarray:
+                         config: PipelineConfig, length_factor: float = 1.0) -> np.ndarray:
     """The alignment's covariance of a step T_step [4,4] (its Hessian's sigma^2 H^-1 [6,6] for the increment in the
-    current camera's axes), in the previous camera's axes as the odometry accumulates it; inflated like any step
-    when the scale is unhealthy or not metric."""
-    rotation = np.zeros((6, 6))
-    rotation[:3, :3] = rotation[3:, 3:] = T_step[:3, :3]
-    return rotation @ increment_covariance @ rotation.T * _inflation(scale, config)**2
+    current camera's axes), in the previous camera's axes as the odometry carries it; its translation's std-devs
+    times length_factor (the ground's length, which multiplied the aligned translation); inflated like any step when
+    the scale is unhealthy or not metric. The length's own measurement error is not in it."""
+    transform = np.zeros((6, 6))
+    transform[:3, :3] = T_step[:3, :3] * length_factor
+    transform[3:, 3:] = T_step[:3, :3]
+    return transform @ increment_covariance @ transform.T * _inflation(scale, config)**2
 
 
 def _cross_matrix(vector: np.ndarray) -> np.ndarray:
