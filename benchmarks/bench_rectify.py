@@ -26,6 +26,8 @@ LENS = (-0.37, 0.20, 1e-3, -5e-4, -0.07)
 
 
 def time_size(width: int, height: int, frames: int) -> dict[str, float]:
+    """Milliseconds to rectify a random width x height image: the first frame (it builds the maps) and the median of
+    ``frames`` more."""
     K = np.array([[0.6 * width, 0.0, width / 2], [0.0, 0.6 * width, height / 2], [0.0, 0.0, 1.0]])
     camera = CameraModel(K=K, height=height, width=width, D=LENS, K_raw=K)
     image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)

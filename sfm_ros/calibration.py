@@ -17,22 +17,26 @@ __all__ = ["calibration_windows"]
 
 
 def calibration_windows(bag: str | Path, metadata: BundleMetadata, max_windows: int = 64, *,
-                        image_topic: str | None = None, info_topic: str | None = None
+                        image_topic: str | None = None, info_topic: str | None = None, rectify: bool = False
                         ) -> Iterator[dict[str, np.ndarray]]:
     """Network inputs from consecutive frames of a bag, preprocessed as the pipeline does.
 
     Yields {'image': [1,3,H,W], 'target': [1,3,H,W], 'sources': [1,N,3,H,W]} for each window of N+1
     consecutive frames (target = the middle one, as in training), at most ``max_windows``. ``image_topic`` /
-    ``info_topic``: the camera's topics (None: auto-detected).
+    ``info_topic``: the camera's topics (None: auto-detected); ``rectify``: undistort raw images with the bag's
+    CameraInfo first, as the node's ``rectify`` does.
     """
     from sfm_ros.backends import preprocess
     from sfm_ros.bags import read_camera_frames
+    from sfm_ros.camera import Rectifier
+
+    rectifier = Rectifier()
 
     window = metadata.num_sources + 1
     frames: list[np.ndarray] = []
     produced = 0
     for frame in read_camera_frames(bag, image_topic=image_topic, info_topic=info_topic):
-        frames.append(preprocess(frame.rgb, metadata))
+        frames.append(preprocess(rectifier(frame.rgb, frame.camera) if rectify else frame.rgb, metadata))
         if len(frames) < window:
             continue
         center = window // 2

@@ -19,7 +19,9 @@ OPENCV_COEFFICIENT_COUNTS = (4, 5, 8, 12, 14)
 
 
 class LensError(ValueError):
-    """A raw image that cannot be undistorted with its CameraInfo (an unknown model, a D of the wrong length)."""
+    """A raw image that cannot be undistorted with its CameraInfo: a model not in DISTORTION_MODELS, a D of a length
+    the model does not take or not finite, raw intrinsics or a rotation that are not usable, or an image of another
+    size."""
 
 
 @dataclasses.dataclass(frozen=True)

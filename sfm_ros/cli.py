@@ -161,7 +161,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             _print_json(quantize_bundle(staged, args.int8_bag, max_windows=args.int8_windows,
                                         method=args.int8_calibration, progress=True,
                                         targets=("onnxruntime", "tensorrt"), image_topic=args.image_topic,
-                                        info_topic=args.camera_info_topic))
+                                        info_topic=args.camera_info_topic, rectify=args.rectify))
     if args.engine:
         from sfm_ros.backends.tensorrt_backend import TensorRTBackend, tensorrt_plan, trtexec_command
         from sfm_ros.bundle import onnx_path, read_metadata
@@ -182,7 +182,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     _print_json(quantize_bundle(args.bundle, args.bag, max_windows=args.windows, method=args.calibration,
                                 polyphase=not args.keep_transposed_convs, progress=not args.quiet,
                                 targets=tuple(args.targets), image_topic=args.image_topic,
-                                info_topic=args.camera_info_topic))
+                                info_topic=args.camera_info_topic, rectify=args.rectify))
     return 0
 
 
@@ -388,6 +388,13 @@ def camera_topic_options(parser: argparse.ArgumentParser, whose: str) -> None:
                                                     "topic, or the only one)")
 
 
+def rectify_option(parser: argparse.ArgumentParser, whose: str) -> None:
+    """--rectify: the bag's images are raw, as the node's ``rectify`` parameter says of the camera topic."""
+    parser.add_argument("--rectify", action="store_true", help=f"{whose} images are raw images of a distorting lens: "
+                                                               "undistort them with its CameraInfo first (as the "
+                                                               "node's rectify; set both alike)")
+
+
 def node_options(sub: argparse.ArgumentParser, bundle_required: bool = False) -> None:
     """The node's configuration on a command that runs the pipeline: the parameter file, overrides, shortcuts."""
     from sfm_ros.backends import BACKEND_CHOICES
@@ -461,6 +468,7 @@ def _add_export(commands: Any) -> None:
                         help="onnxruntime activation-range method")
     export.add_argument("--engine-cache", default="~/.cache/sfm_ros/engines")
     camera_topic_options(export, "--int8-bag's")
+    rectify_option(export, "--int8-bag's")
     export.set_defaults(func=cmd_export)
 
 
@@ -476,6 +484,7 @@ def _add_export(commands: Any) -> None:
                           help="leave ConvTranspose in fp32 instead of rewriting it as four INT8 convolutions")
     quantize.add_argument("--for", dest="targets", nargs="+", default=["onnxruntime"], choices=list(QUANTIZE_TARGETS),
                           help="runtimes to quantise for (default onnxruntime)")
+    rectify_option(quantize, "the bag's")
     quantize.add_argument("--quiet", action="store_true", help="no progress bars")
     camera_topic_options(quantize, "the bag's")
     quantize.set_defaults(func=cmd_quantize)

@@ -301,7 +301,8 @@ class NodeConfig:
                                                                "false", read_only=True)
     rectify: bool = param(False, "the image topic carries raw images: undistort them with camera_info's K, D and "
                                  "R into its P (plumb_bob, rational_polynomial, equidistant), as image_proc does; "
-                                 "false for rectified images (image_rect)")
+                                 "false for rectified images (image_rect); read-only: frames of both kinds would mix "
+                                 "in one odometry", read_only=True)
     odom_frame: str = param("sfm_odom", "odometry frame id (REP 105's odom); not 'odom', which a mobile base's "
                                         "wheel odometry owns")
     base_frame: str = param("base_link", "robot body frame id (REP 105)")

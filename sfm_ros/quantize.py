@@ -90,16 +90,16 @@ def _check_same_function(model: str, fp32, rewritten: Path, feed: dict[str, np.n
 def quantize_bundle(bundle: str | Path, bag: str | Path, *, max_windows: int = 64, method: str = "minmax",
                     polyphase: bool = True, progress: bool = False,
                     targets: tuple[str, ...] = ("onnxruntime",), image_topic: str | None = None,
-                    info_topic: str | None = None) -> dict[str, Any]:
+                    info_topic: str | None = None, rectify: bool = False) -> dict[str, Any]:
     """Write INT8 models into an exported bundle and record them in ``sfm.json``: for each of ``targets``,
     ``depth_int8.onnx`` / ``pose_int8.onnx`` (onnxruntime) or ``depth_int8_qdq.onnx`` / ``pose_int8_qdq.onnx``
     (TensorRT), all or none.
 
     ``polyphase=False`` keeps the transposed convolutions in fp32 (onnxruntime; TensorRT has int8 ones).
-    ``image_topic`` / ``info_topic`` pick the bag's camera (None: auto-detected).
-    Returns a report: files, calibration and check window counts, the held-out errors and the tolerances.
-    Raises QuantizeError (and leaves the bundle unchanged) when a model misses its tolerance, or when the
-    rewritten fp32 graph does not reproduce the exported one.
+    ``image_topic`` / ``info_topic`` pick the bag's camera (None: auto-detected); ``rectify`` undistorts its raw
+    images first, as the node's ``rectify`` does. Returns a report: files, calibration and check window counts, the
+    held-out errors and the tolerances. Raises QuantizeError (and leaves the bundle unchanged) when a model misses
+    its tolerance, or when the rewritten fp32 graph does not reproduce the exported one.
     """
     from tqdm import tqdm
 
@@ -112,7 +112,8 @@ def quantize_bundle(bundle: str | Path, bag: str | Path, *, max_windows: int = 6
                             f"{list(QUANTIZE_TARGETS)}")
     folder = Path(bundle).expanduser()
     metadata = read_metadata(folder)
-    frames = calibration_windows(bag, metadata, max_windows, image_topic=image_topic, info_topic=info_topic)
+    frames = calibration_windows(bag, metadata, max_windows, image_topic=image_topic, info_topic=info_topic,
+                                 rectify=rectify)
     windows = list(tqdm(frames, total=max_windows, desc="read frames", unit="window", disable=not progress))
     calibration, held_out = windows[0::2], windows[1::2]
     if not held_out:

@@ -26,8 +26,9 @@ def spin_until(executor, condition, timeout_s: float = 20.0) -> bool:  # pragma:
     return condition()
 
 
-def start_node(ros_context, bundle: Path, *, tf: bool):  # pragma: no cover - rclpy machines
-    """The sfm node on ``bundle`` (onnxruntime, reliable QoS, no scale) plus a helper node, on one executor."""
+def start_node(ros_context, bundle: Path, *, tf: bool, extra: tuple = ()):  # pragma: no cover - rclpy machines
+    """The sfm node on ``bundle`` (onnxruntime, reliable QoS, no scale, and the ``extra`` parameter overrides) plus a
+    helper node, on one executor."""
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
     from rclpy.parameter import Parameter
@@ -37,7 +38,7 @@ def start_node(ros_context, bundle: Path, *, tf: bool):  # pragma: no cover - rc
     overrides = [Parameter("pipeline.bundle", value=str(bundle)),
                  Parameter("pipeline.backend", value="onnxruntime"), Parameter("publish_tf", value=tf),
                  Parameter("lookup_extrinsic_from_tf", value=tf), Parameter("qos_reliability", value="reliable"),
-                 Parameter("scale.source", value="none")]
+                 Parameter("scale.source", value="none"), *extra]
     node = SfmNode(context=ros_context, parameter_overrides=overrides)
     helper = Node("sfm_test_helper", context=ros_context)
     executor = SingleThreadedExecutor(context=ros_context)
@@ -528,43 +529,53 @@ def test_malformed_message_storm_at_30_hz(small_bundle: Path, ros_context) -> No
 
 
 def test_the_node_rectifies_raw_images_when_asked(small_bundle: Path, ros_context) -> None:  # pragma: no cover
-    """``rectify`` (live): raw frames of a plumb_bob lens are undistorted and go on to depth; a lens model the node
-    cannot undistort is counted in the diagnostics, frame by frame, until rectify is turned off."""
+    """``rectify`` (read-only): raw frames of a plumb_bob lens reach the pipeline undistorted, as ``Rectifier`` makes
+    them from the CameraInfo; a lens model the node cannot undistort is counted in the diagnostics, frame by frame;
+    the parameter cannot change while frames flow (raw and rectified frames would mix in one odometry)."""
     from rclpy.parameter import Parameter
     from sensor_msgs.msg import Image
 
     from sfm_ros import kitti
-    from sfm_ros.ros_io import CameraModel, MessageTypes, make_camera_info, make_header, rgb_to_image_msg
+    from sfm_ros.camera import Rectifier
+    from sfm_ros.ros_io import (
+        CameraModel,
+        MessageTypes,
+        camera_info_to_model,
+        make_camera_info,
+        make_header,
+        rgb_to_image_msg,
+    )
     from test.conftest import ODOMETRY_06
 
-    node, helper, executor = start_node(ros_context, small_bundle, tf=False)
-    depth = []
+    node, helper, executor = start_node(ros_context, small_bundle, tf=False, extra=(Parameter("rectify", value=True),))
+    depth, seen = [], []
     helper.create_subscription(Image, "depth/image", depth.append, 10)
     image_publisher, info_publisher = camera_publishers(helper, executor)
+    process = node.pipeline.process
+    node.pipeline.process = lambda stamp, rgb, camera: (seen.append(rgb), process(stamp, rgb, camera))[1]
     types = MessageTypes.from_rclpy()
     sequence = kitti.kitti_odometry_sequence(ODOMETRY_06)
     camera = CameraModel(K=sequence.K, height=sequence.size[0], width=sequence.size[1], frame_id="camera")
     rgb = kitti.load_rgb(sequence.image_paths[0])
 
-    def send(i: int, model: str, D: list[float]) -> None:
+    def send(i: int, model: str, D: list[float]):
         header = make_header(types, 1_000_000_000 + i * 100_000_000, "camera")
         info = make_camera_info(types, camera, header)
         info.distortion_model, info.d = model, D
         info_publisher.publish(info)
         assert spin_until(executor, lambda: node.camera is not None and node.camera.distortion_model == model)
         image_publisher.publish(rgb_to_image_msg(types, rgb, header))
+        return info
 
     try:
-        assert node.set_parameters([Parameter("rectify", value=True)])[0].successful
-        send(0, "plumb_bob", [-0.37, 0.2, 1e-3, -5e-4, -0.07])
+        info = send(0, "plumb_bob", [-0.37, 0.2, 1e-3, -5e-4, -0.07])
         assert spin_until(executor, lambda: len(depth) == 1)
-        assert node.rectifier._maps is not None  # the frame went through the lens's maps
+        expected = Rectifier()(rgb, camera_info_to_model(info))
+        assert not np.array_equal(expected, rgb) and np.array_equal(seen[0], expected)
         send(1, "fov", [0.9])
         assert spin_until(executor, lambda: sum(node.worker.errors.values()) == 1)
-        assert "LensError" in next(iter(node.worker.errors)) and len(depth) == 1
-        assert node.set_parameters([Parameter("rectify", value=False)])[0].successful
-        send(2, "fov", [0.9])
-        assert spin_until(executor, lambda: len(depth) == 2)
+        assert "LensError" in next(iter(node.worker.errors)) and len(depth) == 1 and len(seen) == 1
+        assert not node.set_parameters([Parameter("rectify", value=False)])[0].successful
     finally:
         node.destroy_node()
         helper.destroy_node()

@@ -164,17 +164,52 @@ def test_raw_kitti_frames_from_a_bag_are_rectified_back(tmp_path: Path) -> None:
         assert back < 0.3 * as_recorded, (back, as_recorded)
 
 
-def test_replay_rectifies_when_asked(tmp_path: Path, small_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """``--set rectify=true`` reaches the frames: a lens model that cannot be undistorted skips every frame and says
-    why, where the same bag replays without rectify."""
-    bag, _ = _distorted_bag(tmp_path / "fov", model="fov")
+def test_replay_training_and_int8_calibration_read_the_bag_rectified_when_asked(
+        tmp_path: Path, small_bundle: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The bag readers that feed a model take ``rectify`` as the node does, so that it trains, calibrates and runs on
+    the same images: replay (``--set rectify=true``), a training source (``data.rectify``) and INT8 calibration
+    (``sfm quantize --rectify``) each see the frames ``Rectifier`` makes from the bag's CameraInfo; a lens model
+    that cannot be undistorted skips replay's frames and says why."""
+    from sfm_ros.backends import preprocess
+    from sfm_ros.bundle import read_metadata
+    from sfm_ros.calibration import calibration_windows
+    from sfm_ros.odometry.pipeline import Pipeline
+    from training.config import DataConfig
+    from training.data import DataError, open_source
 
-    def replay(output: str, *extra: str) -> int:
-        return main(["replay", str(bag), "--output", str(tmp_path / output), "--bundle", str(small_bundle),
+    bag, _ = _distorted_bag(tmp_path / "raw")
+    raw = [frame for frame in read_camera_frames(bag)]
+    rectified = [Rectifier()(frame.rgb, frame.camera) for frame in raw]
+    assert not np.array_equal(rectified[0], raw[0].rgb)
+
+    seen = []
+    process = Pipeline.process
+    monkeypatch.setattr(Pipeline, "process", lambda self, stamp, rgb, camera: (seen.append(rgb),
+                                                                                process(self, stamp, rgb, camera))[1])
+
+    def replay(source: Path, output: str, *extra: str) -> int:
+        return main(["replay", str(source), "--output", str(tmp_path / output), "--bundle", str(small_bundle),
                      "--backend", "onnxruntime", "--set", "scale.source=none", "--quiet", *extra])
 
-    assert replay("plain") == 0
+    assert replay(bag, "rectified", "--set", "rectify=true") == 0
+    assert len(seen) == 3 and all(np.array_equal(a, b) for a, b in zip(seen, rectified, strict=True))
+
+    (sequence,) = open_source(bag, DataConfig(rectify=True))
+    assert all(np.array_equal(a, b) for a, b in zip(sequence.frames(), rectified, strict=True))
+    (as_recorded,) = open_source(bag, DataConfig())
+    assert np.array_equal(next(as_recorded.frames()), raw[0].rgb)
+    with pytest.raises(DataError, match="data.rectify needs the bag's CameraInfo"):
+        open_source(bag, DataConfig(rectify=True, intrinsics=(700.0, 700.0, 600.0, 180.0)))
+
+    metadata = read_metadata(small_bundle)
+    window = next(calibration_windows(bag, metadata, rectify=True))
+    assert np.array_equal(window["target"], preprocess(rectified[1], metadata))
+
+    fov, _ = _distorted_bag(tmp_path / "fov", model="fov")
+    capsys.readouterr()
+    assert replay(fov, "plain") == 0
     captured = capsys.readouterr().out
     assert json.loads(captured[captured.index("{"):captured.rindex("}") + 1])["frames_out"] == 3
-    assert replay("rectified", "--set", "rectify=true") == 2
+    assert replay(fov, "fov", "--set", "rectify=true") == 2
     assert "distortion model 'fov' cannot be undistorted here" in capsys.readouterr().err

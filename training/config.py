@@ -47,6 +47,8 @@ class DataConfig:
     intrinsics: tuple[float, ...] = param((), "fx fy cx cy (native pixels) for bags without CameraInfo")
     image_topic: str = param("", "bag image topic (empty: auto-detect)")
     info_topic: str = param("", "bag CameraInfo topic (empty: auto-detect)")
+    rectify: bool = param(False, "the bag's images are raw images of a distorting lens: undistort them with its "
+                                 "CameraInfo before training, as the node's rectify does (set both alike)")
     kitti_camera: tuple[int, ...] = param((2, 3), "KITTI raw colour cameras to use, each a separate sequence")
     workers: int = param(2, "DataLoader worker processes", range=(0, 64))
 

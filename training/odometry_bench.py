@@ -12,7 +12,7 @@ produces (no scale fitted unless said), and reports per sequence and overall:
   median-scaled abs_rel of the same frames, whose ratio says how much of the error the scale adds;
 - the share of frames whose scale was healthy, and the median per-stage latency;
 - how well the published covariance covers the position's error (``position_consistency``): the median normalised
-  error squared (3 where it fits the errors) and the share of frames inside its 95 % ellipsoid;
+  error squared (about 2.4 where it fits the errors) and the share of frames inside its 95 % ellipsoid;
 - standing still: after a few frames of driving, one frame held for a while at 30 Hz with sensor noise (the truth
   does not move): how far the odometry wanders and how much its covariance grows meanwhile.
 

@@ -339,8 +339,8 @@ class Pipeline:
     def _estimate(self, stamp_ns: int, camera: CameraModel, network: NetworkStep, scale: ScaleEstimate,
                   T_prev_current: np.ndarray | None, twist: uncertainty.Twist | None, made_keyframe: bool,
                   events: list[str], timings: dict[str, float], tick: float) -> Estimate:
-        """The frame's outputs: metric depth (at the network's size or the input's), the poses and covariance in the
-        odom frame (base_link axes), the twist."""
+        """The frame's outputs: metric depth (at the network's size or the input's), the poses in the odom frame and
+        base_link's pose covariance in odom axes (``uncertainty.in_odom_frame``), the twist."""
         state = self._state
         height, width = self.metadata.height, self.metadata.width
         depth_m = (network.depth_units * scale.factor).astype(np.float32)
