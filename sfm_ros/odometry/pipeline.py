@@ -298,8 +298,9 @@ class Pipeline:
         times the recent ratio ``carried``), aligned to the keyframe or the previous frame (pipeline.odometry)."""
         state = self._state
         T_prev_current = with_translation_scaled(network.T_prev_current, scale.factor)  # metres by the depth's scale
-        chain = Chain(state.T_world_camera, state.T_world_camera @ with_translation_scaled(T_prev_current, carried),
-                      uncertainty.step_covariance(T_prev_current, scale, self.config), carried, network.dt_s)
+        T_chain_step = with_translation_scaled(T_prev_current, carried)
+        chain = Chain(state.T_world_camera, state.T_world_camera @ T_chain_step,
+                      uncertainty.step_covariance(T_chain_step, scale, self.config), carried, network.dt_s)
         tracker = Tracker(self.config, self.T_base_camera, self.step_length)
         grey, keyframe = network.grey, state.track.keyframe
         if grey is None or previous is None:  # the chain alone, or the first frame aligned after it
