@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from sfm_ros.camera import CameraModel, LensError, Rectifier
 from sfm_ros.errors import error_kind
 from sfm_ros.geometry import R_BASE_OPTICAL
 from sfm_ros.ros_io import (
-    CameraModel,
     ImageError,
     MessageTypes,
     camera_info_to_model,
@@ -313,14 +313,16 @@ def find_camera_topics(connections: list[Any], image_topic: str | None = None,
 
 def read_camera_frames(bag: Path | str, topics: CameraTopics | None = None, intrinsics: np.ndarray | None = None,
                        typestore: Any = None, errors: dict[str, int] | None = None, *, image_topic: str | None = None,
-                       info_topic: str | None = None) -> Iterator[CameraFrame]:
+                       info_topic: str | None = None, rectify: bool = False) -> Iterator[CameraFrame]:
     """Decode the camera frames of a bag in recording order.
 
     ``topics``, else ``image_topic`` / ``info_topic`` (None: auto-detected), name the camera. With ``intrinsics``
     (K [3,3]) no CameraInfo is needed; otherwise frames before the first usable CameraInfo are skipped. A frame or
     CameraInfo that cannot be decoded raises ImageError naming topic and time, unless ``errors`` is a dict, in which
     case it is counted there by kind of error (CameraInfo errors as 'CameraInfo <kind>', as the node counts them)
-    and skipped: frames keep the last usable CameraInfo.
+    and skipped: frames keep the last usable CameraInfo. ``rectify``: the images are raw; each is undistorted with its
+    CameraInfo (``camera.Rectifier``, as the node's ``rectify``), and one that cannot be raises LensError or is
+    counted the same way.
     """
     typestore = typestore or open_typestore()
     with open_reader(bag) as reader:
@@ -330,6 +332,7 @@ def read_camera_frames(bag: Path | str, topics: CameraTopics | None = None, intr
         if reader.message_count == 0:
             raise BagError(f"bag {bag} holds no messages")
         camera_info: CameraModel | None = None
+        rectifier = Rectifier()
         for connection, timestamp, raw in reader.messages(connections=wanted):
             msg = typestore.deserialize_cdr(raw, connection.msgtype)
             if connection.topic == topics.camera_info:
@@ -343,20 +346,22 @@ def read_camera_frames(bag: Path | str, topics: CameraTopics | None = None, intr
                 continue
             try:
                 rgb = image_to_rgb(msg) if connection.msgtype == IMAGE_TYPES[0] else compressed_to_rgb(msg)
-            except ImageError as exc:
+                height, width = rgb.shape[:2]
+                if intrinsics is not None:
+                    camera = CameraModel(K=np.asarray(intrinsics, dtype=np.float64), height=height, width=width,
+                                         frame_id=msg.header.frame_id)
+                elif camera_info is None:
+                    continue
+                else:
+                    camera = camera_info
+                if rectify:
+                    rgb = rectifier(rgb, camera)
+            except (ImageError, LensError) as exc:
                 if errors is None:
-                    raise ImageError(f"{topics.image} at {timestamp} ns: {exc}") from None
+                    raise type(exc)(f"{topics.image} at {timestamp} ns: {exc}") from None
                 kind = error_kind(exc)
                 errors[kind] = errors.get(kind, 0) + 1
                 continue
-            height, width = rgb.shape[:2]
-            if intrinsics is not None:
-                camera = CameraModel(K=np.asarray(intrinsics, dtype=np.float64), height=height, width=width,
-                                     frame_id=msg.header.frame_id)
-            elif camera_info is None:
-                continue
-            else:
-                camera = camera_info
             yield CameraFrame(stamp_ns=stamp_to_ns(msg.header.stamp), rgb=rgb, camera=camera,
                               frame_id=msg.header.frame_id, recorded_ns=timestamp)
 

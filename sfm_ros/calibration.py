@@ -28,15 +28,12 @@ def calibration_windows(bag: str | Path, metadata: BundleMetadata, max_windows: 
     """
     from sfm_ros.backends import preprocess
     from sfm_ros.bags import read_camera_frames
-    from sfm_ros.camera import Rectifier
-
-    rectifier = Rectifier()
 
     window = metadata.num_sources + 1
     frames: list[np.ndarray] = []
     produced = 0
-    for frame in read_camera_frames(bag, image_topic=image_topic, info_topic=info_topic):
-        frames.append(preprocess(rectifier(frame.rgb, frame.camera) if rectify else frame.rgb, metadata))
+    for frame in read_camera_frames(bag, image_topic=image_topic, info_topic=info_topic, rectify=rectify):
+        frames.append(preprocess(frame.rgb, metadata))
         if len(frames) < window:
             continue
         center = window // 2

@@ -111,7 +111,6 @@ def _bag_sequence(path: Path, config: DataConfig) -> FrameSequence:
         read_camera_frames,
         read_camera_stamps,
     )
-    from sfm_ros.camera import Rectifier
 
     given_K = _intrinsics_from_config(config)
     if config.rectify and given_K is not None:
@@ -125,14 +124,10 @@ def _bag_sequence(path: Path, config: DataConfig) -> FrameSequence:
     if first is None:
         raise DataError(f"bag {path}: no decodable frame on {topics.image} (with CameraInfo {topics.camera_info})")
     stamps = read_camera_stamps(path, topics, need_info=given_K is None)
-    rectifier = Rectifier()
-
-    def frames() -> Iterator[np.ndarray]:
-        for frame in read_camera_frames(path, topics, given_K):
-            yield rectifier(frame.rgb, frame.camera) if config.rectify else frame.rgb
-
     return FrameSequence(name=path.stem if path.is_file() else path.name, K=first.camera.K,
-                         size=first.rgb.shape[:2], stamps_ns=stamps, frames=frames)
+                         size=first.rgb.shape[:2], stamps_ns=stamps,
+                         frames=lambda: (f.rgb for f in read_camera_frames(path, topics, given_K,
+                                                                           rectify=config.rectify)))
 
 
 def open_source(source: str | Path, config: DataConfig) -> list[FrameSequence]:
