@@ -45,6 +45,12 @@ def pose_vec_to_mat(pose_vec: np.ndarray) -> np.ndarray:
     return out.reshape(*pose_vec.shape[:-1], 4, 4)
 
 
+def cross_matrix(vector: np.ndarray) -> np.ndarray:
+    """[v]x [3,3] of a vector v [3]: the matrix of the cross product, [v]x @ w = v x w."""
+    x, y, z = np.asarray(vector, dtype=np.float64).reshape(3)
+    return np.array([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]])
+
+
 def invert_transform(T: np.ndarray) -> np.ndarray:
     """Inverse of rigid transforms [..., 4, 4] using R^T (exact for rotations, no general inverse)."""
     T = np.asarray(T, dtype=np.float64)

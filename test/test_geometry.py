@@ -73,6 +73,14 @@ def test_quaternion_round_trip_and_default_extrinsic(rng: np.random.Generator) -
     np.testing.assert_allclose(geometry.quaternion_to_rotation(q), geometry.R_BASE_OPTICAL, atol=1e-12)
 
 
+def test_cross_matrix_is_the_cross_product(rng: np.random.Generator) -> None:
+    v, w = rng.normal(size=3), rng.normal(size=3)
+    np.testing.assert_allclose(geometry.cross_matrix(v) @ w, np.cross(v, w), atol=1e-12)
+    # By hand: [e_x]x maps e_y to e_z, and every cross matrix is antisymmetric.
+    np.testing.assert_array_equal(geometry.cross_matrix([1, 0, 0]) @ np.array([0.0, 1.0, 0.0]), [0.0, 0.0, 1.0])
+    np.testing.assert_array_equal(geometry.cross_matrix(v), -geometry.cross_matrix(v).T)
+
+
 def test_backproject_inverts_projection() -> None:
     K = np.array([[100.0, 0, 20], [0, 90, 10], [0, 0, 1]])
     depth = np.full((21, 41), 4.0)

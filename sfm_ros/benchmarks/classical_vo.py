@@ -23,6 +23,8 @@ import dataclasses
 import cv2
 import numpy as np
 
+from sfm_ros.geometry import cross_matrix
+
 __all__ = ["ClassicalVO", "GroundPlane", "Step", "detect_corners", "essential_pose", "fit_ground_plane",
            "parallax_px", "polish_pose", "road_mask", "road_normal", "sampson_errors", "step_length", "track",
            "triangulate"]
@@ -125,14 +127,10 @@ def essential_pose(p0: np.ndarray, p1: np.ndarray, K: np.ndarray
     return R, t.ravel() / np.linalg.norm(t), mask.ravel() > 0
 
 
-def _skew(v: np.ndarray) -> np.ndarray:
-    return np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
-
-
 def sampson_errors(R: np.ndarray, t: np.ndarray, x0: np.ndarray, x1: np.ndarray) -> np.ndarray:
     """Signed Sampson distances [N] of normalised image points x0, x1 [N,2] (K^-1 applied) under E = [t]x R: the
     first-order distance to the epipolar constraint x1^T E x0 = 0, in normalised units."""
-    E = _skew(t) @ R
+    E = cross_matrix(t) @ R
     h0 = np.column_stack([x0, np.ones(len(x0))])
     h1 = np.column_stack([x1, np.ones(len(x1))])
     Ex0 = h0 @ E.T

@@ -24,7 +24,7 @@ import dataclasses
 import cv2
 import numpy as np
 
-from sfm_ros.geometry import backproject, ground_plane_depth, invert_transform, scale_intrinsics
+from sfm_ros.geometry import backproject, cross_matrix, ground_plane_depth, invert_transform, scale_intrinsics
 
 __all__ = ["ALIGNMENT_SOLVER", "GROUND_SOLVER", "GroundMotion", "RefineResult", "SideSlip", "Solver",
            "across_direction_information", "depth_uncertainty_weights", "ground_translation", "huber_cost",
@@ -81,17 +81,12 @@ class RefineResult:
     in_view_share: float = float("nan")
 
 
-def _skew(v: np.ndarray) -> np.ndarray:
-    """[v]x [3,3]: the matrix of the cross product v x ."""
-    return np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
-
-
 def se3_exp(xi: np.ndarray) -> np.ndarray:
     """exp of a twist xi = (v, w) [6] -> [4,4] (the exact SE(3) exponential)."""
     v, w = np.asarray(xi[:3], dtype=np.float64), np.asarray(xi[3:], dtype=np.float64)
     angle = float(np.linalg.norm(w))
     rotation = cv2.Rodrigues(w.reshape(3, 1))[0]
-    hat = _skew(w)
+    hat = cross_matrix(w)
     if angle < 1e-9:
         V = np.eye(3) + 0.5 * hat
     else:
@@ -232,7 +227,7 @@ def side_slip(T_current_previous: np.ndarray, T_base_camera: np.ndarray) -> tupl
     d_residual_d_eta = np.concatenate([np.array([-s, c, 0.0]) @ R, [0.0, 0.0, -0.5 * (t[0] * c + t[1] * s)]])
     R_A = A[:3, :3]
     adjoint = np.zeros((6, 6))  # [[R_A, [a]x R_A], [0, R_A]], assembled by hand: np.block costs more than the maths
-    adjoint[:3, :3], adjoint[:3, 3:], adjoint[3:, 3:] = R_A, _skew(A[:3, 3]) @ R_A, R_A
+    adjoint[:3, :3], adjoint[:3, 3:], adjoint[3:, 3:] = R_A, cross_matrix(A[:3, 3]) @ R_A, R_A
     return float(residual), -d_residual_d_eta @ adjoint
 
 

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from sfm_ros.config import PipelineConfig
-from sfm_ros.geometry import invert_transform
+from sfm_ros.geometry import cross_matrix, invert_transform
 from sfm_ros.scale import ScaleEstimate
 
 __all__ = ["INITIAL_SIGMA_M", "INITIAL_SIGMA_RAD", "LOST_SIGMA_M", "LOST_SIGMA_RAD", "Twist", "alignment_covariance",
@@ -77,12 +77,6 @@ def alignment_covariance(increment_covariance: np.ndarray, T_step: np.ndarray, s
     return transform @ increment_covariance @ transform.T * _inflation(scale, config)**2
 
 
-def _cross_matrix(vector: np.ndarray) -> np.ndarray:
-    """[v]x [3,3]: [v]x @ w = v x w."""
-    x, y, z = vector
-    return np.array([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]])
-
-
 def _lever_factors(heading_variance: np.ndarray) -> np.ndarray:
     """Per heading axis [3], sigma_swing / sigma: what a Gaussian heading error of variance sigma^2 swings a lever by
     is its sine, Var(sin theta) = (1 - exp(-2 sigma^2)) / 2. About 1 for small errors (first order); for a lost
@@ -101,7 +95,7 @@ def composed_covariance(covariance: np.ndarray, T_world_previous: np.ndarray, T_
     with F (``_lever_factors``, 1 for small heading errors) keeping a lost heading's swing within the lever."""
     rotation = T_world_previous[:3, :3]
     carried = np.eye(6)
-    carried[:3, 3:] = -_cross_matrix(rotation @ T_step[:3, 3]) * _lever_factors(np.diag(covariance)[3:])
+    carried[:3, 3:] = -cross_matrix(rotation @ T_step[:3, 3]) * _lever_factors(np.diag(covariance)[3:])
     into_world = np.zeros((6, 6))
     into_world[:3, :3] = into_world[3:, 3:] = rotation
     return carried @ covariance @ carried.T + into_world @ step_covariance @ into_world.T
@@ -113,7 +107,7 @@ def in_odom_frame(covariance: np.ndarray, T_world_camera: np.ndarray, T_base_cam
     A heading error swings base_link about the camera, so the mounting's offset is a lever too."""
     camera_to_base = T_world_camera[:3, :3] @ invert_transform(T_base_camera)[:3, 3]  # world axes
     lever = np.eye(6)
-    lever[:3, 3:] = -_cross_matrix(camera_to_base)
+    lever[:3, 3:] = -cross_matrix(camera_to_base)
     return in_base_axes(lever @ covariance @ lever.T, T_base_camera)
 
 
