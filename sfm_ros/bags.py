@@ -1,11 +1,11 @@
 """rosbag2 I/O with ``rosbags`` (no ROS install): camera topics in, messages out, KITTI -> bag.
 
 Reading decodes ``sensor_msgs/Image`` or ``CompressedImage`` with ``CameraInfo`` (or given intrinsics) into
-RGB frames. A recording cut short (power loss, a killed recorder: an MCAP without its summary and footer, a bag
-folder without ``metadata.yaml``) is read as far as it is intact, as ``mcap recover`` and ``ros2 bag reindex``
-would, with a ``BagRecoveredWarning`` saying how much was read and what was lost; the input is never written.
-Writing always goes to a temporary folder that is renamed on success, so an exception never leaves a
-half-written bag under the requested name.
+RGB frames, raw ones of a distorting lens undistorted on request (``rectify``). A recording cut short (power loss,
+a killed recorder: an MCAP without its summary and footer, a bag folder without ``metadata.yaml``) is read as far
+as it is intact, as ``mcap recover`` and ``ros2 bag reindex`` would, with a ``BagRecoveredWarning`` saying how much
+was read and what was lost; the input is never written. Writing always goes to a temporary folder that is renamed
+on success, so an exception never leaves a half-written bag under the requested name.
 """
 
 from __future__ import annotations

@@ -164,6 +164,25 @@ def test_raw_kitti_frames_from_a_bag_are_rectified_back(tmp_path: Path) -> None:
         assert back < 0.3 * as_recorded, (back, as_recorded)
 
 
+def test_the_bag_reader_rectifies_when_asked_and_counts_or_names_what_it_cannot(tmp_path: Path) -> None:
+    """``read_camera_frames(rectify=True)``, which training and INT8 calibration read through, yields exactly the
+    Rectifier's frames; a lens it cannot undistort is counted by kind with ``errors``, and otherwise raised naming the
+    topic and the frame's record time."""
+    bag, _ = _distorted_bag(tmp_path / "raw")
+    rectifier = Rectifier()
+    expected = [rectifier(frame.rgb, frame.camera) for frame in read_camera_frames(bag)]
+    got = [frame.rgb for frame in read_camera_frames(bag, rectify=True)]
+    assert len(got) == 3 and all(np.array_equal(a, b) for a, b in zip(got, expected, strict=True))
+
+    fov, _ = _distorted_bag(tmp_path / "fov", model="fov")
+    errors: dict[str, int] = {}
+    assert list(read_camera_frames(fov, errors=errors, rectify=True)) == []
+    assert list(errors.values()) == [3] and next(iter(errors)).startswith("LensError: distortion model 'fov'")
+    with pytest.raises(LensError, match="^/camera/image_raw at 1000000000 ns: distortion model 'fov'"):
+        next(read_camera_frames(fov, rectify=True))
+    assert len(list(read_camera_frames(fov))) == 3  # without rectify the lens model is not read
+
+
 def test_replay_training_and_int8_calibration_read_the_bag_rectified_when_asked(
         tmp_path: Path, small_bundle: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
