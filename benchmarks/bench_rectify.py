@@ -19,17 +19,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import git_commit
 from sfm_ros.bench import machine_description
+from sfm_ros.benchmarks.node_load import KITTI_RAW_LENS
 from sfm_ros.camera import CameraModel, Rectifier
-
-# About KITTI's raw colour camera's lens (k1 k2 p1 p2 k3).
-LENS = (-0.37, 0.20, 1e-3, -5e-4, -0.07)
 
 
 def time_size(width: int, height: int, frames: int) -> dict[str, float]:
     """Milliseconds to rectify a random width x height image: the first frame (it builds the maps) and the median of
     ``frames`` more."""
     K = np.array([[0.6 * width, 0.0, width / 2], [0.0, 0.6 * width, height / 2], [0.0, 0.0, 1.0]])
-    camera = CameraModel(K=K, height=height, width=width, D=LENS, K_raw=K)
+    camera = CameraModel(K=K, height=height, width=width, D=KITTI_RAW_LENS, K_raw=K)
     image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
     rectifier = Rectifier()
     tick = time.perf_counter()

@@ -328,7 +328,7 @@ def cmd_bench_odometry(args: argparse.Namespace) -> int:
 def cmd_bench_node(args: argparse.Namespace) -> int:
     from sfm_ros import kitti
     from sfm_ros.bench import machine_description
-    from sfm_ros.benchmarks.node_load import bench_node_load
+    from sfm_ros.benchmarks.node_load import KITTI_RAW_LENS, bench_node_load
     from sfm_ros.camera import CameraModel
 
     folder = args.kitti or SAMPLE_SEQUENCE
@@ -337,13 +337,17 @@ def cmd_bench_node(args: argparse.Namespace) -> int:
     config = _node_config(args)
     sequence = kitti.kitti_odometry_sequence(folder)
     frames = [kitti.load_rgb(path) for path in sequence.image_paths]
-    camera = CameraModel(K=sequence.K, height=sequence.size[0], width=sequence.size[1])
+    rectify = config.rectify
+    # With rectify the frames are offered as raw ones of a KITTI-like lens, so the worker undistorts each as the node's.
+    lens = {"D": KITTI_RAW_LENS, "K_raw": sequence.K} if rectify else {}
+    camera = CameraModel(K=sequence.K, height=sequence.size[0], width=sequence.size[1], **lens)
     pipeline = _pipeline(config)
-    load = bench_node_load(pipeline, frames, camera, args.minutes, args.rate, progress=not args.quiet)
+    load = bench_node_load(pipeline, frames, camera, args.minutes, args.rate, progress=not args.quiet,
+                           rectify=rectify)
     result = {"benchmark": f"node load (worker + pipeline), {len(frames)} frames of {folder} looped, "
                            f"{camera.width}x{camera.height}",
               "backend": pipeline.backend.description, "precision": config.pipeline.precision,
-              "odometry": config.pipeline.odometry, **load, "machine": machine_description()}
+              "odometry": config.pipeline.odometry, "rectify": rectify, **load, "machine": machine_description()}
     latency = load["latency_ms"]
     table = (f"processed {load['processed']} of {load['offered']} frames offered at {args.rate:g} Hz: "
              f"{load['processed_hz']:.1f} Hz; latency p50 {latency['p50']:.0f} ms, p90 {latency['p90']:.0f} ms; "

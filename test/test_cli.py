@@ -133,6 +133,31 @@ def test_bench_node_offers_real_frames_to_the_worker_and_reports_what_it_kept_up
     assert "1226x370" in load["benchmark"] and f"{load['processed_hz']:.1f} Hz" in captured.err
 
 
+def test_bench_node_with_rectify_undistorts_each_frame_in_the_worker_as_the_node_does(
+        small_bundle: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--set rectify=true`` offers the frames as raw ones of a KITTI-like lens: the pipeline sees exactly what
+    ``Rectifier`` makes of them, and the rectification is timed as a stage of its own."""
+    from sfm_ros import kitti
+    from sfm_ros.benchmarks.node_load import KITTI_RAW_LENS
+    from sfm_ros.camera import CameraModel, Rectifier
+    from sfm_ros.odometry.pipeline import Pipeline
+
+    sequence = kitti.kitti_odometry_sequence(ODOMETRY_06)
+    first = kitti.load_rgb(sequence.image_paths[0])
+    lens = CameraModel(K=sequence.K, height=first.shape[0], width=first.shape[1], D=KITTI_RAW_LENS, K_raw=sequence.K)
+    expected = Rectifier()(first, lens)
+    assert not np.array_equal(expected, first)
+    seen = []
+    process = Pipeline.process
+    monkeypatch.setattr(Pipeline, "process", lambda self, stamp, rgb, camera: (seen.append(rgb),
+                                                                                process(self, stamp, rgb, camera))[1])
+    assert main(["bench", "node", "--bundle", str(small_bundle), "--backend", "onnxruntime", "--minutes",
+                 str(1 / 60), "--rate", "2", "--set", "rectify=true", "--quiet"]) == 0
+    load = json.loads(capsys.readouterr().out)
+    assert load["rectify"] is True and load["stage_median_ms"]["rectify"] > 0
+    assert np.array_equal(seen[0], expected)  # the first frame offered is the sequence's first
+
+
 def test_bench_node_says_what_is_wrong_with_its_frames_or_its_duration(small_bundle: Path, tmp_path: Path,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "node", "--bundle", str(small_bundle), "--kitti", str(tmp_path / "absent")]) == 2

@@ -1,6 +1,7 @@
 """The node's load without ROS: frames offered at a camera's rate to the node's worker (the newest frame wins) running
 the pipeline, for minutes. Reports the processed rate, latency percentiles, each stage's median time, and resident
-memory over time (it must stay flat). ``sfm bench node`` runs it.
+memory over time (it must stay flat). ``sfm bench node`` runs it; with the node's ``rectify`` the worker undistorts
+each frame first, as the node's does, through a lens like KITTI's raw colour camera (``KITTI_RAW_LENS``).
 """
 
 from __future__ import annotations
@@ -11,15 +12,18 @@ from typing import Any
 
 import numpy as np
 
-from sfm_ros.camera import CameraModel
+from sfm_ros.camera import CameraModel, Rectifier
 from sfm_ros.config import ConfigError
 from sfm_ros.odometry.pipeline import Pipeline
 from sfm_ros.worker import LatestFrameWorker
 
-__all__ = ["MEMORY_EVERY_S", "bench_node_load", "resident_mb"]
+__all__ = ["KITTI_RAW_LENS", "MEMORY_EVERY_S", "bench_node_load", "resident_mb"]
 
 # How often resident memory is sampled: often enough to see a leak's slope within a few minutes.
 MEMORY_EVERY_S = 10.0
+# About KITTI's raw colour camera's lens (plumb_bob k1 k2 p1 p2 k3): what rectify undistorts in the benchmarks. What a
+# frame costs to rectify does not depend on its content, so the benchmark's rectified frames serve as raw ones.
+KITTI_RAW_LENS = (-0.37, 0.20, 1e-3, -5e-4, -0.07)
 # How long the worker may take to finish the last frame after the offers stop.
 DRAIN_TIMEOUT_S = 30.0
 
@@ -36,11 +40,13 @@ def resident_mb() -> float:
 
 
 def bench_node_load(pipeline: Pipeline, frames: list[np.ndarray], camera: CameraModel, minutes: float,
-                    rate_hz: float, progress: bool = False) -> dict[str, Any]:
+                    rate_hz: float, progress: bool = False, rectify: bool = False) -> dict[str, Any]:
     """Offer ``frames`` (uint8 [H,W,3] of ``camera``'s size, looped) at ``rate_hz`` for ``minutes`` to a
-    ``LatestFrameWorker`` that runs ``pipeline``; each frame's stamp is the time it was offered. Returns the offered,
-    processed and dropped counts, the processed rate, offer-to-result latency percentiles (ms, waiting included),
-    each stage's median (ms), the worker's errors by kind, and the resident-memory timeline [(s, MiB)]."""
+    ``LatestFrameWorker`` that runs ``pipeline``; each frame's stamp is the time it was offered. With ``rectify`` the
+    worker first undistorts each frame with ``camera``'s lens (``Rectifier``), as the node's does, and times it as the
+    stage 'rectify'. Returns the offered, processed and dropped counts, the processed rate, offer-to-result latency
+    percentiles (ms, waiting included), each stage's median (ms), the worker's errors by kind, and the
+    resident-memory timeline [(s, MiB)]."""
     if not frames:
         raise ConfigError("no frames to offer")
     if minutes <= 0 or rate_hz <= 0:
@@ -48,8 +54,14 @@ def bench_node_load(pipeline: Pipeline, frames: list[np.ndarray], camera: Camera
     latencies: list[float] = []
     stage_timings: dict[str, list[float]] = {}
 
+    rectifier = Rectifier()
+
     def handle(item: tuple[int, np.ndarray]) -> None:
         offered, rgb = item
+        if rectify:
+            tick = time.perf_counter_ns()
+            rgb = rectifier(rgb, camera)
+            stage_timings.setdefault("rectify", []).append((time.perf_counter_ns() - tick) / 1e6)
         estimate = pipeline.process(offered, rgb, camera)
         for stage, milliseconds in estimate.timings_ms.items():
             stage_timings.setdefault(stage, []).append(milliseconds)
