@@ -58,6 +58,34 @@ def test_position_consistency_by_hand() -> None:
     assert figures["covariance_median_nees"] == pytest.approx(4.0)
 
 
+def test_velocity_consistency_by_hand() -> None:
+    """The camera 1 m forward every 0.1 s: 10 m/s along base_link's x. A twist 0.5 m/s too fast with std-devs 0.25:
+    (0.5 / 0.25)^2 = 4, inside the 95 % ellipsoid (7.815); one 1 m/s off sideways: 16, outside. A frame without a
+    twist is not counted; a world origin elsewhere changes nothing."""
+    from sfm_ros.geometry import transform_from_xyz_quaternion
+    from training.odometry_bench import velocity_consistency
+
+    T_base_camera = transform_from_xyz_quaternion((0.0, 0.0, 0.0, -0.5, 0.5, -0.5, 0.5))
+    gt = np.tile(np.eye(4), (4, 1, 1))
+    gt[:, 2, 3] = [0.0, 1.0, 2.0, 3.0]  # optical z: base_link's x
+    shifted = np.eye(4)
+    shifted[:3, 3] = [5.0, -2.0, 7.0]
+    stamps = np.array([0.0, 0.1, 0.2, 0.3])
+    covariance = np.diag([0.25**2, 0.25**2, 0.25**2, 1, 1, 1])
+    twists = [None, np.array([10.5, 0, 0, 0, 0, 0]), np.array([10.0, 1.0, 0, 0, 0, 0]), None]
+    figures = velocity_consistency(shifted @ gt, stamps, twists, np.tile(covariance, (4, 1, 1)), T_base_camera)
+    assert figures["twist_median_nees"] == pytest.approx(10.0)  # the median of 4 and 16
+    assert figures["twist_within_95_share"] == pytest.approx(0.5)
+    # In the frame the step ends in: turned 90 degrees left while moving 1 m ahead (the old base_link x), the step
+    # reads 1 m along the new base_link's -y, so the true velocity is (0, -10, 0).
+    turned = np.tile(np.eye(4), (2, 1, 1))
+    turned[1, :3, :3] = [[0, 0, -1], [0, 1, 0], [1, 0, 0]]  # optical z now along the first camera's -x: left
+    turned[1, :3, 3] = [0.0, 0.0, 1.0]
+    exact = velocity_consistency(turned, stamps[:2], [None, np.array([0.0, -10.0, 0, 0, 0, 0])],
+                                 np.tile(covariance, (2, 1, 1)), T_base_camera)
+    assert exact["twist_median_nees"] == pytest.approx(0.0, abs=1e-12)
+
+
 def test_the_benchmark_runs_the_nodes_pipeline_on_every_sequence(small_bundle: Path, tmp_path: Path) -> None:
     from sfm_ros.cli import main
 

@@ -12,7 +12,8 @@ produces (no scale fitted unless said), and reports per sequence and overall:
   median-scaled abs_rel of the same frames, whose ratio says how much of the error the scale adds;
 - the share of frames whose scale was healthy, and the median per-stage latency;
 - how well the published covariance covers the position's error (``position_consistency``): the median normalised
-  error squared (about 2.4 where it fits the errors) and the share of frames inside its 95 % ellipsoid;
+  error squared (about 2.4 where it fits the errors) and the share of frames inside its 95 % ellipsoid; the same for
+  the twist's linear velocity against the truth's (``velocity_consistency``), which a robot's filter fuses;
 - standing still: after a few frames of driving, one frame held for a while at 30 Hz with sensor noise (the truth
   does not move): how far the odometry wanders and how much its covariance grows meanwhile.
 
@@ -41,7 +42,8 @@ from sfm_ros.odometry.pipeline import Pipeline
 from training.synth_streets import street_folders, street_sequence
 
 __all__ = ["METHODS", "bench_odometry", "drift_curve", "format_table", "kitti_frames", "position_consistency",
-           "run_classical_vo", "run_sequence_metrics", "run_standstill", "select_frames", "trajectory_figures"]
+           "run_classical_vo", "run_sequence_metrics", "run_standstill", "select_frames", "trajectory_figures",
+           "velocity_consistency"]
 
 # The three odometries the benchmark reports, by their key in the results.
 METHODS = {"pipeline": "the node's pipeline", "network_chain": "network chain", "classical_vo": "classical VO"}
@@ -129,6 +131,27 @@ def position_consistency(gt_poses: np.ndarray, base_poses: np.ndarray, covarianc
             "covariance_within_95_share": float(np.mean(normalised <= CHI_SQUARE_3_DOF_95))}
 
 
+def velocity_consistency(gt_poses: np.ndarray, stamps_s: np.ndarray, twists: list[np.ndarray | None],
+                         twist_covariances: np.ndarray, T_base_camera: np.ndarray) -> dict[str, float]:
+    """How well the published twist covariances [N,6,6] cover the error of the linear velocity of twists [N] (each
+    [6] vx vy vz wx wy wz in base_link's own frame, or None before the first step), against the truth's: base_link's
+    step between frames i-1 and i of gt_poses [N,4,4] (the camera's, any world frame), in the frame it ends in, over
+    the time between stamps_s [N]. As ``position_consistency``: the median normalised error squared (about 2.4 for a
+    covariance that fits) and the share of frames within CHI_SQUARE_3_DOF_95."""
+    normalised = []
+    for i in range(1, len(gt_poses)):
+        if twists[i] is None:
+            continue
+        step = T_base_camera @ np.linalg.inv(gt_poses[i - 1]) @ gt_poses[i] @ np.linalg.inv(T_base_camera)
+        truth = step[:3, :3].T @ step[:3, 3] / (stamps_s[i] - stamps_s[i - 1])
+        error = np.asarray(twists[i][:3]) - truth
+        normalised.append(float(error @ np.linalg.solve(twist_covariances[i][:3, :3], error)))
+    if not normalised:
+        return {"twist_median_nees": float("nan"), "twist_within_95_share": float("nan")}
+    return {"twist_median_nees": float(np.median(normalised)),
+            "twist_within_95_share": float(np.mean(np.asarray(normalised) <= CHI_SQUARE_3_DOF_95))}
+
+
 def error_budget(gt_poses: np.ndarray, est_poses: np.ndarray, stamps_s: np.ndarray) -> dict[str, dict[str, float]]:
     """Where a trajectory's error comes from: for each part of a step (STEP_PARTS: rotation, direction of travel,
     length), the end-point drift % and SE(3) ATE m of the truth with only that part of every step estimated
@@ -187,11 +210,14 @@ def run_sequence_metrics(pipeline: Pipeline, sequence: kitti.Sequence, depth_tru
     height, width = sequence.size
     camera = CameraModel(K=sequence.K, height=height, width=width)
     poses, base_poses, covariances, healthy, timings, metric_rows, scaled_rows = [], [], [], [], [], [], []
+    twists, twist_covariances = [], []
     for i in tqdm(range(len(sequence)), desc=f"odometry {sequence.name}", disable=not progress, unit="frame"):
         estimate = pipeline.process(int(sequence.stamps_ns[i]), kitti.load_rgb(sequence.image_paths[i]), camera)
         poses.append(estimate.T_odom_camera)
         base_poses.append(estimate.T_odom_base)
         covariances.append(estimate.covariance)
+        twists.append(estimate.twist)
+        twist_covariances.append(estimate.twist_covariance)
         healthy.append(estimate.scale.healthy and estimate.scale.metric)
         timings.append(estimate.timings_ms)
         if depth_truth is not None and estimate.scale.metric:
@@ -205,6 +231,8 @@ def run_sequence_metrics(pipeline: Pipeline, sequence: kitti.Sequence, depth_tru
     result["healthy_scale_share"] = float(np.mean(healthy))
     result.update(position_consistency(np.asarray(sequence.poses), np.asarray(base_poses), np.asarray(covariances),
                                        pipeline.T_base_camera))
+    result.update(velocity_consistency(np.asarray(sequence.poses), sequence.stamps_ns / 1e9, twists,
+                                       np.asarray(twist_covariances), pipeline.T_base_camera))
     result["latency_ms_median"] = {stage: float(np.median([t[stage] for t in timings])) for stage in timings[0]}
     if metric_rows:
         result["metric_depth_abs_rel"] = float(np.mean([r["abs_rel"] for r in metric_rows]))
@@ -279,7 +307,8 @@ def _jobs(streets: str | Path | None, kitti_sequences: list[str | Path], work: P
 def _mean_figures(rows: list[dict[str, Any]]) -> dict[str, float]:
     keys = ("ate_se3_m", "ate_sim3_m", "rpe_trans_m_per_frame", "end_point_drift_percent", "step_length_ratio_median",
             "snippet_ate", "healthy_scale_share", "metric_depth_abs_rel", "median_scaled_depth_abs_rel",
-            "held_length_share", "covariance_median_nees", "covariance_within_95_share")
+            "held_length_share", "covariance_median_nees", "covariance_within_95_share", "twist_median_nees",
+            "twist_within_95_share")
     overall = {}
     for key in keys:
         values = [r[key] for r in rows if key in r and np.isfinite(r[key])]
