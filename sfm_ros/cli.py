@@ -328,7 +328,7 @@ def cmd_bench_odometry(args: argparse.Namespace) -> int:
 def cmd_bench_node(args: argparse.Namespace) -> int:
     from sfm_ros import kitti
     from sfm_ros.bench import machine_description
-    from sfm_ros.benchmarks.node_load import KITTI_RAW_LENS, bench_node_load
+    from sfm_ros.benchmarks.node_load import KITTI_RAW_LENS, as_raw, bench_node_load
     from sfm_ros.camera import CameraModel
 
     folder = args.kitti or SAMPLE_SEQUENCE
@@ -341,10 +341,13 @@ def cmd_bench_node(args: argparse.Namespace) -> int:
     # With rectify the frames are offered as raw ones of a KITTI-like lens, so the worker undistorts each as the node's.
     lens = {"D": KITTI_RAW_LENS, "K_raw": sequence.K} if rectify else {}
     camera = CameraModel(K=sequence.K, height=sequence.size[0], width=sequence.size[1], **lens)
+    if rectify:
+        frames = as_raw(frames, camera)
     pipeline = _pipeline(config)
     load = bench_node_load(pipeline, frames, camera, args.minutes, args.rate, progress=not args.quiet,
                            rectify=rectify)
-    result = {"benchmark": f"node load (worker + pipeline), {len(frames)} frames of {folder} looped, "
+    result = {"benchmark": f"node load (worker{' + rectify' if rectify else ''} + pipeline), {len(frames)} frames "
+                           f"of {folder}{' as raw ones of a KITTI-like lens' if rectify else ''} looped, "
                            f"{camera.width}x{camera.height}",
               "backend": pipeline.backend.description, "precision": config.pipeline.precision,
               "odometry": config.pipeline.odometry, "rectify": rectify, **load, "machine": machine_description()}

@@ -68,8 +68,7 @@ def test_velocity_consistency_by_hand() -> None:
     T_base_camera = transform_from_xyz_quaternion((0.0, 0.0, 0.0, -0.5, 0.5, -0.5, 0.5))
     gt = np.tile(np.eye(4), (4, 1, 1))
     gt[:, 2, 3] = [0.0, 1.0, 2.0, 3.0]  # optical z: base_link's x
-    shifted = np.eye(4)
-    shifted[:3, 3] = [5.0, -2.0, 7.0]
+    shifted = transform_from_xyz_quaternion((5.0, -2.0, 7.0, 0.3, -0.2, 0.1, 0.927))  # turned and moved
     stamps = np.array([0.0, 0.1, 0.2, 0.3])
     covariance = np.diag([0.25**2, 0.25**2, 0.25**2, 1, 1, 1])
     twists = [None, np.array([10.5, 0, 0, 0, 0, 0]), np.array([10.0, 1.0, 0, 0, 0, 0]), None]
@@ -84,6 +83,13 @@ def test_velocity_consistency_by_hand() -> None:
     exact = velocity_consistency(turned, stamps[:2], [None, np.array([0.0, -10.0, 0, 0, 0, 0])],
                                  np.tile(covariance, (2, 1, 1)), T_base_camera)
     assert exact["twist_median_nees"] == pytest.approx(0.0, abs=1e-12)
+    # A twist over two frames' time (pipeline.min_pose_interval_s): the step from frame 1 to 3, 2 m in 0.2 s.
+    over_two = velocity_consistency(gt, stamps, [None, None, None, np.array([10.5, 0, 0, 0, 0, 0])],
+                                    np.tile(covariance, (4, 1, 1)), T_base_camera, [None, None, None, 0.2])
+    assert over_two["twist_median_nees"] == pytest.approx(4.0)
+    with pytest.raises(ValueError, match="starts at no earlier frame"):
+        velocity_consistency(gt, stamps, twists, np.tile(covariance, (4, 1, 1)), T_base_camera,
+                             [None, 0.15, None, None])
 
 
 def test_the_benchmark_runs_the_nodes_pipeline_on_every_sequence(small_bundle: Path, tmp_path: Path) -> None:

@@ -117,10 +117,11 @@ def test_a_camera_without_distortion_passes_through() -> None:
 D_KITTI_LIKE = (-0.37, 0.20, 1e-3, -5e-4, -0.07)  # KITTI's raw colour camera's lens, about
 
 
-def _distorted_bag(path: Path, model: str = "plumb_bob") -> tuple[Path, list[np.ndarray]]:
+def _distorted_bag(path: Path, model: str = "plumb_bob", first_model: str | None = None
+                   ) -> tuple[Path, list[np.ndarray]]:
     """Real KITTI frames, taken as the rectified view (CameraInfo's P and R), turned into raw ones of another focal
     length and principal point (K) through D_KITTI_LIKE: each raw pixel samples the rectified frame where OpenCV's
-    undistortPoints puts it."""
+    undistortPoints puts it. ``first_model``: the first frame's CameraInfo names that distortion model instead."""
     sequence = kitti.kitti_odometry_sequence(ODOMETRY_06)
     originals = [kitti.load_rgb(p) for p in sequence.image_paths[:3]]
     height, width = originals[0].shape[:2]
@@ -137,7 +138,8 @@ def _distorted_bag(path: Path, model: str = "plumb_bob") -> tuple[Path, list[np.
             stamp = 1_000_000_000 + i * 100_000_000
             header = make_header(types, stamp, "camera")
             roi = types.RegionOfInterest(x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)
-            info = types.CameraInfo(header=header, height=height, width=width, distortion_model=model,
+            info = types.CameraInfo(header=header, height=height, width=width,
+                                    distortion_model=first_model if i == 0 and first_model else model,
                                     d=types.double_sequence(np.array(D_KITTI_LIKE)),
                                     k=types.double_array(K.reshape(-1)), r=types.double_array(R_SMALL.reshape(-1)),
                                     p=types.double_array(P.reshape(-1)), binning_x=0, binning_y=0, roi=roi)
@@ -232,3 +234,10 @@ def test_replay_training_and_int8_calibration_read_the_bag_rectified_when_asked(
     assert json.loads(captured[captured.index("{"):captured.rindex("}") + 1])["frames_out"] == 3
     assert replay(fov, "fov", "--set", "rectify=true") == 2
     assert "distortion model 'fov' cannot be undistorted here" in capsys.readouterr().err
+    # A frame that cannot be rectified came in and was skipped, as the node counts it.
+    mixed, _ = _distorted_bag(tmp_path / "mixed", first_model="fov")
+    assert replay(mixed, "mixed", "--set", "rectify=true") == 0
+    captured = capsys.readouterr().out
+    summary = json.loads(captured[captured.index("{"):captured.rindex("}") + 1])
+    assert summary["frames_in"] == 3 and summary["frames_out"] == 2
+    assert sum(summary["malformed"].values()) == 1 and "LensError" in next(iter(summary["malformed"]))

@@ -132,18 +132,24 @@ def position_consistency(gt_poses: np.ndarray, base_poses: np.ndarray, covarianc
 
 
 def velocity_consistency(gt_poses: np.ndarray, stamps_s: np.ndarray, twists: list[np.ndarray | None],
-                         twist_covariances: np.ndarray, T_base_camera: np.ndarray) -> dict[str, float]:
+                         twist_covariances: np.ndarray, T_base_camera: np.ndarray,
+                         dts_s: list[float | None] | None = None) -> dict[str, float]:
     """How well the published twist covariances [N,6,6] cover the error of the linear velocity of twists [N] (each
     [6] vx vy vz wx wy wz in base_link's own frame, or None before the first step), against the truth's: base_link's
-    step between frames i-1 and i of gt_poses [N,4,4] (the camera's, any world frame), in the frame it ends in, over
-    the time between stamps_s [N]. As ``position_consistency``: the median normalised error squared (about 2.4 for a
-    covariance that fits) and the share of frames within CHI_SQUARE_3_DOF_95."""
+    step over the twist's time dts_s[i] (the estimate's ``dt_s``; None: the previous frame's) between the frames of
+    gt_poses [N,4,4] (the camera's, any world frame) so far apart in stamps_s [N], in the frame it ends in, over that
+    time. As ``position_consistency``: the median normalised error squared (about 2.4 for a covariance that fits)
+    and the share of frames within CHI_SQUARE_3_DOF_95."""
     normalised = []
     for i in range(1, len(gt_poses)):
         if twists[i] is None:
             continue
-        step = T_base_camera @ np.linalg.inv(gt_poses[i - 1]) @ gt_poses[i] @ np.linalg.inv(T_base_camera)
-        truth = step[:3, :3].T @ step[:3, 3] / (stamps_s[i] - stamps_s[i - 1])
+        dt = dts_s[i] if dts_s is not None and dts_s[i] is not None else stamps_s[i] - stamps_s[i - 1]
+        start = int(np.argmin(np.abs(stamps_s - (stamps_s[i] - dt))))
+        if start >= i or abs(stamps_s[i] - stamps_s[start] - dt) > 1e-6:
+            raise ValueError(f"frame {i}'s twist spans {dt} s, which starts at no earlier frame")
+        step = T_base_camera @ np.linalg.inv(gt_poses[start]) @ gt_poses[i] @ np.linalg.inv(T_base_camera)
+        truth = step[:3, :3].T @ step[:3, 3] / dt
         error = np.asarray(twists[i][:3]) - truth
         normalised.append(float(error @ np.linalg.solve(twist_covariances[i][:3, :3], error)))
     if not normalised:
@@ -210,13 +216,14 @@ def run_sequence_metrics(pipeline: Pipeline, sequence: kitti.Sequence, depth_tru
     height, width = sequence.size
     camera = CameraModel(K=sequence.K, height=height, width=width)
     poses, base_poses, covariances, healthy, timings, metric_rows, scaled_rows = [], [], [], [], [], [], []
-    twists, twist_covariances = [], []
+    twists, twist_covariances, dts = [], [], []
     for i in tqdm(range(len(sequence)), desc=f"odometry {sequence.name}", disable=not progress, unit="frame"):
         estimate = pipeline.process(int(sequence.stamps_ns[i]), kitti.load_rgb(sequence.image_paths[i]), camera)
         poses.append(estimate.T_odom_camera)
         base_poses.append(estimate.T_odom_base)
         covariances.append(estimate.covariance)
         twists.append(estimate.twist)
+        dts.append(estimate.dt_s)
         twist_covariances.append(estimate.twist_covariance)
         healthy.append(estimate.scale.healthy and estimate.scale.metric)
         timings.append(estimate.timings_ms)
@@ -232,7 +239,7 @@ def run_sequence_metrics(pipeline: Pipeline, sequence: kitti.Sequence, depth_tru
     result.update(position_consistency(np.asarray(sequence.poses), np.asarray(base_poses), np.asarray(covariances),
                                        pipeline.T_base_camera))
     result.update(velocity_consistency(np.asarray(sequence.poses), sequence.stamps_ns / 1e9, twists,
-                                       np.asarray(twist_covariances), pipeline.T_base_camera))
+                                       np.asarray(twist_covariances), pipeline.T_base_camera, dts))
     result["latency_ms_median"] = {stage: float(np.median([t[stage] for t in timings])) for stage in timings[0]}
     if metric_rows:
         result["metric_depth_abs_rel"] = float(np.mean([r["abs_rel"] for r in metric_rows]))

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from sfm_ros.camera import CameraModel, Rectifier
@@ -17,12 +18,11 @@ from sfm_ros.config import ConfigError
 from sfm_ros.odometry.pipeline import Pipeline
 from sfm_ros.worker import LatestFrameWorker
 
-__all__ = ["KITTI_RAW_LENS", "MEMORY_EVERY_S", "bench_node_load", "resident_mb"]
+__all__ = ["KITTI_RAW_LENS", "MEMORY_EVERY_S", "as_raw", "bench_node_load", "resident_mb"]
 
 # How often resident memory is sampled: often enough to see a leak's slope within a few minutes.
 MEMORY_EVERY_S = 10.0
-# About KITTI's raw colour camera's lens (plumb_bob k1 k2 p1 p2 k3): what rectify undistorts in the benchmarks. What a
-# frame costs to rectify does not depend on its content, so the benchmark's rectified frames serve as raw ones.
+# About KITTI's raw colour camera's lens (plumb_bob k1 k2 p1 p2 k3): what rectify undistorts in the benchmarks.
 KITTI_RAW_LENS = (-0.37, 0.20, 1e-3, -5e-4, -0.07)
 # How long the worker may take to finish the last frame after the offers stop.
 DRAIN_TIMEOUT_S = 30.0
@@ -37,6 +37,17 @@ def resident_mb() -> float:
     except OSError:
         pass
     return float("nan")
+
+
+def as_raw(frames: list[np.ndarray], camera: CameraModel) -> list[np.ndarray]:
+    """Rectified frames (uint8 [H,W,3] seen through ``camera.K``) as ``camera``'s raw lens (D, K_raw, R) would have
+    recorded them: each raw pixel samples the rectified frame where OpenCV's undistortPoints puts it, so that
+    ``Rectifier`` gives back the frames (up to two interpolations, black beyond the raw view)."""
+    pixels = np.stack(np.meshgrid(np.arange(camera.width), np.arange(camera.height)), axis=-1)
+    rectified_at = cv2.undistortPoints(pixels.reshape(-1, 1, 2).astype(np.float64), camera.K_raw,
+                                       np.asarray(camera.D, dtype=np.float64), R=camera.R, P=camera.K)
+    map_x, map_y = (rectified_at.reshape(camera.height, camera.width, 2).astype(np.float32).transpose(2, 0, 1))
+    return [cv2.remap(frame, map_x, map_y, cv2.INTER_LINEAR) for frame in frames]
 
 
 def bench_node_load(pipeline: Pipeline, frames: list[np.ndarray], camera: CameraModel, minutes: float,
