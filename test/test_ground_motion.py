@@ -437,7 +437,7 @@ def test_a_step_nothing_measures_takes_its_length_from_the_recent_speed() -> Non
 
     def step(step_length: StepLength, T: np.ndarray = T_prev_current, dt_s: float | None = 0.1,
              pipeline_config: PipelineConfig = config):
-        chain = Chain(np.eye(4), T, np.eye(6) * 1e-4, 1.0, dt_s)
+        chain = Chain(np.eye(4), T, 1.0, dt_s)
         return Tracker(pipeline_config, np.eye(4), step_length).to_previous(previous, flat, K, chain, T, scale,
                                                                             np.array([0.0, 1.0, 0.0]))
 

@@ -171,7 +171,7 @@ def test_a_frame_that_cannot_be_aligned_to_its_keyframe_takes_its_step_from_the_
     previous = PreviousView(grey(paths[frame - 1]), np.where(depth > 0, depth, np.inf), None)
     no_depth = np.zeros_like(depth)
     keyframe = Keyframe(grey(paths[frame - 3]), no_depth, 10.0, np.eye(4), np.eye(6) * 1e-4)
-    chain = Chain(np.eye(4), network, np.eye(6) * 1e-4, 1.0, 0.1)
+    chain = Chain(np.eye(4), network, 1.0, 0.1)
     scale = ScaleEstimate(1.0, True, ScaleSource.FIXED)
     tracker = Tracker(PipelineConfig(), np.eye(4), StepLength(ScaleConfig(source="fixed")))
     tracked = tracker.to_keyframe(keyframe, None, grey(paths[frame]), split.K, chain, scale, np.array([0.0, 1.0, 0.0]),

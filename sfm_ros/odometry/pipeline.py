@@ -299,12 +299,12 @@ class Pipeline:
         state = self._state
         T_prev_current = with_translation_scaled(network.T_prev_current, scale.factor)  # metres by the depth's scale
         T_chain_step = with_translation_scaled(T_prev_current, carried)
-        chain = Chain(state.T_world_camera, state.T_world_camera @ T_chain_step,
-                      uncertainty.step_covariance(T_chain_step, scale, self.config), carried, network.dt_s)
+        chain = Chain(state.T_world_camera, state.T_world_camera @ T_chain_step, carried, network.dt_s)
         tracker = Tracker(self.config, self.T_base_camera, self.step_length)
         grey, keyframe = network.grey, state.track.keyframe
         if grey is None or previous is None:  # the chain alone, or the first frame aligned after it
-            return Tracked(chain.T_world_current, chain.covariance, Decision.NO_KEYFRAME)
+            return Tracked(chain.T_world_current, uncertainty.step_covariance(T_chain_step, scale, self.config),
+                           Decision.NO_KEYFRAME)
         if self.config.odometry == OdometryMode.KEYFRAMES and keyframe is not None:
             return tracker.to_keyframe(keyframe, state.track.on_keyframe, grey, network.K, chain, scale,
                                        self._ground.normal, previous, T_prev_current)

@@ -83,13 +83,12 @@ class OnKeyframe:
 @dataclasses.dataclass(frozen=True)
 class Chain:
     """The chain's prediction of a frame: the previous frame's pose T_world_previous [4,4], the frame's pose from it
-    and the network's step (its length times ``carried``) T_world_current [4,4], that step's covariance [6,6],
-    ``carried``, the recent ratio of the ground's lengths to the aligned ones (1 without scale.ground_motion), and the
-    time since the previous frame, s (None: unknown)."""
+    and the network's step (its length times ``carried``) T_world_current [4,4], ``carried``, the recent ratio of the
+    ground's lengths to the aligned ones (1 without scale.ground_motion), and the time since the previous frame, s
+    (None: unknown)."""
 
     T_world_previous: np.ndarray
     T_world_current: np.ndarray
-    covariance: np.ndarray
     carried: float
     dt_s: float | None = None
 

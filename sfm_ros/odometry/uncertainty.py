@@ -71,10 +71,16 @@ def alignment_covariance(increment_covariance: np.ndarray, T_step: np.ndarray, s
     current camera's axes), in the previous camera's axes as the odometry carries it; its translation's std-devs
     times length_factor (the ground's length, which multiplied the aligned translation); inflated like any step when
     the scale is unhealthy or not metric. The length's own measurement error is not in it."""
-    transform = np.zeros((6, 6))
-    transform[:3, :3] = T_step[:3, :3] * length_factor
-    transform[3:, 3:] = T_step[:3, :3]
+    transform = _rotated(T_step[:3, :3])
+    transform[:3, :3] *= length_factor
     return transform @ increment_covariance @ transform.T * _inflation(scale, config)**2
+
+
+def _rotated(rotation: np.ndarray) -> np.ndarray:
+    """[6,6] diag(R, R) of a rotation R [3,3]: turns a (translation, rotation) covariance into other axes."""
+    block = np.zeros((6, 6))
+    block[:3, :3] = block[3:, 3:] = rotation
+    return block
 
 
 def _lever_factors(heading_variance: np.ndarray) -> np.ndarray:
@@ -96,8 +102,7 @@ def composed_covariance(covariance: np.ndarray, T_world_previous: np.ndarray, T_
     rotation = T_world_previous[:3, :3]
     carried = np.eye(6)
     carried[:3, 3:] = -cross_matrix(rotation @ T_step[:3, 3]) * _lever_factors(np.diag(covariance)[3:])
-    into_world = np.zeros((6, 6))
-    into_world[:3, :3] = into_world[3:, 3:] = rotation
+    into_world = _rotated(rotation)
     return carried @ covariance @ carried.T + into_world @ step_covariance @ into_world.T
 
 
@@ -113,8 +118,7 @@ def in_odom_frame(covariance: np.ndarray, T_world_camera: np.ndarray, T_base_cam
 
 def in_base_axes(covariance: np.ndarray, T_base_camera: np.ndarray) -> np.ndarray:
     """A [6,6] covariance in camera (or world) axes, rotated into base_link (or odom) axes (T_base_camera [4,4])."""
-    rotation = np.zeros((6, 6))
-    rotation[:3, :3] = rotation[3:, 3:] = T_base_camera[:3, :3]
+    rotation = _rotated(T_base_camera[:3, :3])
     return rotation @ covariance @ rotation.T
 
 
