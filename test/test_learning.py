@@ -13,12 +13,21 @@ import torch
 from sfm_ros.bundle import IMAGE_MEAN, IMAGE_STD
 from sfm_ros.config import ConfigError
 from sfm_ros.geometry import pose_vec_to_mat
+from sfm_ros.models.posenet import posenet
+from sfm_ros.odometry.network import relative_pose
 from test.conftest import REPO
 from test.odometry_support import euler_xyz
 from training.config import load_train_config
 from training.data import load_cache_index, open_source, prepare_cache
 from training.health import HealthMonitor, HealthThresholds, training_health
-from training.learning_bench import LearningEvaluator, chain_motions, depth_scores, load_variants, snippet_ate_mean
+from training.learning_bench import (
+    LearningEvaluator,
+    chain_motions,
+    depth_scores,
+    load_variants,
+    predicted_poses,
+    snippet_ate_mean,
+)
 from training.normalisation import normalise, to_unit_range
 from training.synth_streets import (
     SAMPLE_STREETS,
@@ -134,13 +143,16 @@ class DepthOracle(Oracle):
 
 
 class PoseOracle(Oracle):
+    num_sources = 2
+
     def __call__(self, target: torch.Tensor, sources: torch.Tensor) -> tuple[torch.Tensor, tuple]:
         vectors = []
+        reach = self.num_sources // 2
         for image in target:
             street, frame = self.where(image)
             T = self.split.T_world_cam[street]
             row = []
-            for source in (frame - 1, frame + 1):
+            for source in [frame + k for k in range(-reach, reach + 1) if k != 0]:
                 T_source_target = np.linalg.inv(T[source]) @ T[frame]
                 if self.invert:
                     T_source_target = np.linalg.inv(T_source_target)
@@ -166,10 +178,49 @@ def test_the_evaluator_scores_the_truth_as_perfect(sample_cache: Path) -> None:
     assert scores["snippet_ate"] < 1e-5
     base = evaluator.baselines()
     assert base["constant_depth_abs_rel"] > 0.3 and 0.01 < base["constant_forward_snippet_ate"] < 0.1
+    five_frames = PoseOracle(evaluator.frames, split)
+    five_frames.num_sources = 4  # the paper's odometry snippets: sources t-2, t-1, t+1, t+2
+    assert evaluator.evaluate(depth, five_frames, torch.device("cpu"), 10.0, 0.01)["snippet_ate"] < 1e-5
     inverted = PoseOracle(evaluator.frames, split, invert=True)
     # Motions of the wrong direction (the per-snippet scale may even flip sign) lose to constant forward motion.
     wrong = evaluator.evaluate(depth, inverted, torch.device("cpu"), 10.0, 0.01)["snippet_ate"]
     assert wrong > base["constant_forward_snippet_ate"]
+
+
+class NetworkBackend:
+    """The pose half of a runtime backend over a torch pose net: what the node's ``relative_pose`` calls."""
+
+    def __init__(self, pose_net: torch.nn.Module) -> None:
+        self.pose_net = pose_net
+
+    def infer_pose(self, target: np.ndarray, sources: np.ndarray) -> tuple[np.ndarray, None]:
+        with torch.no_grad():
+            poses = self.pose_net(torch.from_numpy(target), torch.from_numpy(sources))[0]
+        return poses[0].double().numpy(), None
+
+
+@pytest.mark.parametrize("num_sources", [2, 4])
+def test_the_benchmark_chains_the_pose_net_as_the_node_does(num_sources: int) -> None:
+    # A pose net with random weights (and a large pose scale, so every step differs) over random frames: the
+    # benchmark's trajectory must be the node's, window by window, for the paper's 3- and 5-frame snippets.
+    torch.manual_seed(num_sources)
+    pose_net = posenet(num_sources=num_sources, with_mask=False, pose_scale=0.5).double().eval()
+    images = torch.randn(9, 3, 64, 96, dtype=torch.float64)
+    with torch.no_grad():
+        bench = predicted_poses(pose_net, images, torch.device("cpu"))
+    backend, length = NetworkBackend(pose_net), num_sources + 1
+    frames = [image[None].numpy() for image in images]
+    node = {}
+    for newest in range(length - 1, len(frames)):
+        T_prev_current, T_catch_up, _ = relative_pose(backend, frames[newest - length + 1: newest + 1],
+                                                      first=newest == length - 1)
+        if T_catch_up is not None:  # frame t-1 in the first frame's camera
+            node[newest - 1] = T_catch_up
+        node[newest] = node[newest - 1] @ T_prev_current
+    assert len(bench) == len(frames)
+    for frame, pose in node.items():
+        np.testing.assert_allclose(bench[frame], pose, atol=1e-9)
+    assert np.linalg.norm(bench[-1][:3, 3]) > 0.01  # the steps are not all zero
 
 
 def test_one_normalisation_for_networks_and_ssim() -> None:

@@ -86,21 +86,30 @@ def constant_forward_poses(frames: int) -> np.ndarray:
 
 @torch.no_grad()
 def predicted_poses(pose_net: torch.nn.Module, images: torch.Tensor, device: torch.device) -> np.ndarray:
-    """Camera poses [F,4,4] (first = identity) chained from the pose net's motions over a video, as the node chains.
+    """Camera poses [F,4,4] (first = identity) chained from the pose net's motions over a video, as the node chains
+    them (``sfm_ros.odometry.network.relative_pose``): any window length ``pose_net.num_sources + 1``.
 
-    images: normalised frames [F,3,h,w] in order. The window centred on frame i has sources i-1 and i+1; its second
-    motion is T(i -> i+1); the first step, 0 -> 1, is the inverse of frame 1's T(1 -> 0). The caller sets eval mode.
+    images: normalised frames [F,3,h,w] in order. The window of frames s..s+L-1 has its target at s + L//2; it gives
+    the step from its last-but-one frame to its last; the first window also gives the steps before. The caller sets
+    eval mode.
     """
-    motions, first_pose = [], None
-    for chunk in torch.split(torch.arange(1, len(images) - 1), 16):
-        target = images[chunk].to(device)
-        sources = torch.stack([images[chunk - 1], images[chunk + 1]], dim=1).to(device)
-        poses = pose_net(target, sources)[0].float().cpu()
-        if first_pose is None:
-            first_pose = poses[0]
-        motions.append(poses[:, 1])
-    T_next = [pose_vec_to_mat(p.double().numpy()) for p in torch.cat(motions)]
-    T_next.insert(0, np.linalg.inv(pose_vec_to_mat(first_pose[0].double().numpy())))
+    length = pose_net.num_sources + 1
+    center = length // 2
+    others = [k for k in range(length) if k != center]
+    starts = torch.arange(len(images) - length + 1)
+    T_next, first = [], True
+    for chunk in torch.split(starts, 16):
+        target = images[chunk + center].to(device)
+        sources = torch.stack([images[chunk + k] for k in others], dim=1).to(device)
+        vectors = pose_net(target, sources)[0].double().cpu().numpy()
+        for window in vectors:
+            # T_source_target[k] maps the target's points into window frame k's camera.
+            T_source_target = {k: pose_vec_to_mat(vector) for k, vector in zip(others, window, strict=True)}
+            T_source_target[center] = np.eye(4)
+            # Points of frame k into frame k+1: T_(k+1)<-target @ inv(T_k<-target).
+            steps = range(length - 1) if first else [length - 2]
+            T_next.extend(T_source_target[k + 1] @ np.linalg.inv(T_source_target[k]) for k in steps)
+            first = False
     return chain_motions(np.asarray(T_next))
 
 
