@@ -220,6 +220,16 @@ def test_the_benchmark_chains_the_pose_net_as_the_node_does(num_sources: int) ->
     assert len(bench) == len(frames)
     for frame, pose in node.items():
         np.testing.assert_allclose(bench[frame], pose, atol=1e-9)
+    # The frames before the node's first pose (none for 3 frames) take the first window's: T_0<-c @ inv(T_k<-c).
+    center = length // 2
+    with torch.no_grad():
+        first = pose_net(images[center][None], images[[k for k in range(length) if k != center]][None])[0][0]
+    T_source_target = [pose_vec_to_mat(vector.numpy()) for vector in first]
+    T_source_target.insert(center, np.eye(4))
+    for frame in range(1, length - 2):
+        np.testing.assert_allclose(bench[frame], T_source_target[0] @ np.linalg.inv(T_source_target[frame]), atol=1e-9)
+    with pytest.raises(ValueError, match="fewer than the pose net's window"):
+        predicted_poses(pose_net, images[: length - 1], torch.device("cpu"))
     assert np.linalg.norm(bench[-1][:3, 3]) > 0.01  # the steps are not all zero
 
 

@@ -156,6 +156,7 @@ class PoseOracle:
     ``wrong``: "inverted" answers each motion's inverse, "sideways" turns each translation to the right."""
 
     training = False
+    num_sources = 2
 
     def __init__(self, scorer: MotionScorer, wrong: str = "") -> None:
         self.lookup = {image.numpy().tobytes(): i for i, image in enumerate(scorer.images)}

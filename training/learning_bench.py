@@ -89,11 +89,13 @@ def predicted_poses(pose_net: torch.nn.Module, images: torch.Tensor, device: tor
     """Camera poses [F,4,4] (first = identity) chained from the pose net's motions over a video, as the node chains
     them (``sfm_ros.odometry.network.relative_pose``): any window length ``pose_net.num_sources + 1``.
 
-    images: normalised frames [F,3,h,w] in order. The window of frames s..s+L-1 has its target at s + L//2; it gives
-    the step from its last-but-one frame to its last; the first window also gives the steps before. The caller sets
-    eval mode.
+    images: normalised frames [F,3,h,w] in order, F >= L. The window of frames s..s+L-1 has its target at s + L//2;
+    it gives the step from its last-but-one frame to its last; the first window also gives the steps before (the node
+    publishes frames 1..L-3 at the start pose; here they take the first window's poses). The caller sets eval mode.
     """
     length = pose_net.num_sources + 1
+    if len(images) < length:
+        raise ValueError(f"{len(images)} frames are fewer than the pose net's window of {length}")
     center = length // 2
     others = [k for k in range(length) if k != center]
     starts = torch.arange(len(images) - length + 1)
