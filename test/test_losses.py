@@ -13,7 +13,6 @@ from test.conftest import REPO
 from training.config import load_train_config
 from training.losses import (
     LossConfig,
-    edge_aware_smoothness,
     explainability_regularisation,
     photometric_error,
     second_order_smoothness,
@@ -54,7 +53,7 @@ def run(config: LossConfig, masks: tuple = (), **overrides: object) -> tuple[tor
 def test_the_paper_preset_is_the_papers_objective() -> None:
     config = load_train_config(str(REPO / "config" / "train_paper.yaml")).loss
     assert (config.num_scales, config.smooth_weight, config.smooth_decay, config.explain_weight) == (4, 0.5, 2.0, 0.2)
-    assert (config.smoothness, config.smoothness_target, config.ssim_weight) == ("second_order", "disparity", 0.0)
+    assert (config.smoothness_target, config.ssim_weight) == ("disparity", 0.0)
     assert not (config.min_over_sources or config.auto_mask or config.validity_mask or config.full_resolution)
     assert config.validity_mean == "in_view"
 
@@ -304,19 +303,8 @@ def test_validity_mean_over_all_pixels_charges_nothing_for_leaving_the_view() ->
         dataclasses.replace(config, validity_mean="valid")
 
 
-def test_edge_aware_smoothness_is_weaker_at_image_edges() -> None:
-    disparity = torch.zeros(1, 1, H, W)
-    disparity[..., W // 2:] = 1.0
-    flat_image = torch.zeros(1, 3, H, W)
-    edge_image = flat_image.clone()
-    edge_image[..., W // 2:] = 1.0
-    assert float(edge_aware_smoothness(disparity, edge_image)) < float(edge_aware_smoothness(disparity, flat_image))
-    _, terms = run(LossConfig(explain_weight=0, smoothness="edge_aware"))
-    assert torch.isfinite(terms["smoothness"])
-
-
 def test_bad_flags_are_refused() -> None:
-    with pytest.raises(ValueError, match="smoothness"):
-        LossConfig(smoothness="third_order")
+    with pytest.raises(ValueError, match="smoothness_target"):
+        LossConfig(smoothness_target="third_order")
     with pytest.raises(ValueError, match="ssim_weight"):
         dataclasses.replace(LossConfig(), ssim_weight=2.0)

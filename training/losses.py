@@ -36,7 +36,6 @@ class LossConfig:
     # flattens the disparity faster than view synthesis can shape it (docs/training.md, "Each default").
     smooth_weight: float = 0.1
     smooth_decay: float = 2.0  # paper 2; the PyTorch reference implementation uses 2.3
-    smoothness: str = "second_order"  # "second_order" (paper) | "edge_aware" (first order, image-weighted)
     # What second-order smoothness acts on: "disparity" (paper), "depth" (the PyTorch reference), or
     # "normalised_disparity" (disparity / its per-image mean: the same for every scale of the scene, so shrinking the
     # disparity cannot lower it; Wang et al. 2018).
@@ -57,8 +56,6 @@ class LossConfig:
     full_resolution: bool = False
 
     def __post_init__(self) -> None:
-        if self.smoothness not in ("second_order", "edge_aware"):
-            raise ValueError(f"smoothness must be 'second_order' or 'edge_aware', got {self.smoothness!r}")
         if self.smoothness_target not in SMOOTHNESS_TARGETS:
             raise ValueError(f"smoothness_target must be one of {SMOOTHNESS_TARGETS}, got {self.smoothness_target!r}")
         if self.validity_mean not in ("in_view", "all"):
@@ -107,19 +104,6 @@ def second_order_smoothness(disparity: torch.Tensor) -> torch.Tensor:
     dyx = dy[:, :, :, 1:] - dy[:, :, :, :-1]
     dyy = dy[:, :, 1:, :] - dy[:, :, :-1, :]
     return dxx.abs().mean() + dxy.abs().mean() + dyx.abs().mean() + dyy.abs().mean()
-
-
-def edge_aware_smoothness(disparity: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-    """First-order smoothness of mean-normalised disparity, down-weighted at image edges -> scalar.
-
-    disparity: [B,1,H,W]; image: [B,3,H,W] at the same size (monodepth2's form).
-    """
-    normalised = disparity / (disparity.mean(dim=(2, 3), keepdim=True) + 1e-7)
-    grad_x = (normalised[:, :, :, 1:] - normalised[:, :, :, :-1]).abs()
-    grad_y = (normalised[:, :, 1:, :] - normalised[:, :, :-1, :]).abs()
-    image_x = (image[:, :, :, 1:] - image[:, :, :, :-1]).abs().mean(1, keepdim=True)
-    image_y = (image[:, :, 1:, :] - image[:, :, :-1, :]).abs().mean(1, keepdim=True)
-    return (grad_x * torch.exp(-image_x)).mean() + (grad_y * torch.exp(-image_y)).mean()
 
 
 def explainability_regularisation(mask: torch.Tensor) -> torch.Tensor:
@@ -215,11 +199,7 @@ def sfm_objective(target: torch.Tensor, sources: torch.Tensor, disparities: tupl
         scale_photometric = (per_pixel.sum(dim=(0, 2, 3)) / count).sum()
         photometric = photometric + scale_photometric
         weight = config.smooth_weight / config.smooth_decay**scale
-        if config.smoothness == "second_order":
-            smoothness = smoothness + weight * second_order_smoothness(smoothness_input(disparity, config))
-        else:
-            image = area_resized(target, tuple(disparity.shape[-2:]))
-            smoothness = smoothness + weight * edge_aware_smoothness(disparity, image)
+        smoothness = smoothness + weight * second_order_smoothness(smoothness_input(disparity, config))
     total = photometric + smoothness + regulariser
     terms = {"total": total.detach(), "photometric": photometric.detach(), "smoothness": smoothness.detach(),
              "explainability": regulariser.detach(), "warped": warped_for_log}
