@@ -45,6 +45,18 @@ def pose_vec_to_mat(pose_vec: np.ndarray) -> np.ndarray:
     return out.reshape(*pose_vec.shape[:-1], 4, 4)
 
 
+def window_transforms(pose_vectors: np.ndarray) -> np.ndarray:
+    """Every frame of a pose-net window in its target's camera: T_frame_target [L,4,4], oldest frame first.
+
+    pose_vectors: [L-1,6] the pose net's vectors for its sources, which are the window of L frames without its
+    centre (the target, frame L//2), in order. The target's own transform is the identity.
+    """
+    vectors = np.asarray(pose_vectors, dtype=np.float64)
+    if vectors.ndim != 2 or len(vectors) % 2:
+        raise ValueError(f"a window's pose vectors are [L-1,6] with L odd (a centred target), got {vectors.shape}")
+    return np.insert(pose_vec_to_mat(vectors), len(vectors) // 2, np.eye(4), axis=0)
+
+
 def cross_matrix(vector: np.ndarray) -> np.ndarray:
     """[v]x [3,3] of a vector v [3]: the matrix of the cross product, [v]x @ w = v x w."""
     x, y, z = np.asarray(vector, dtype=np.float64).reshape(3)

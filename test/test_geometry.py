@@ -97,3 +97,21 @@ def test_pose_vector_shape_is_checked() -> None:
         geometry.pose_vec_to_mat(np.zeros(5))
     with pytest.raises(ValueError, match=r"\[B,6\]"):
         warp.pose_vec_to_mat(torch.zeros(2, 5))
+
+
+@pytest.mark.parametrize("length", [3, 5])
+def test_window_transforms_put_the_target_at_the_centre(length: int) -> None:
+    # Source k (of the window without its centre) moves the target by k+1 metres along x, by hand.
+    vectors = np.zeros((length - 1, 6))
+    vectors[:, 0] = np.arange(1, length)
+    transforms = geometry.window_transforms(vectors)
+    center = length // 2
+    expected_x = {3: [1.0, 0.0, 2.0], 5: [1.0, 2.0, 0.0, 3.0, 4.0]}[length]
+    np.testing.assert_array_equal(transforms[:, 0, 3], expected_x)
+    np.testing.assert_array_equal(transforms[center], np.eye(4))
+    np.testing.assert_array_equal(transforms[:, :3, :3], np.tile(np.eye(3), (length, 1, 1)))
+
+
+def test_window_transforms_reject_a_window_without_a_centre() -> None:
+    with pytest.raises(ValueError, match="L odd"):
+        geometry.window_transforms(np.zeros((3, 6)))

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from sfm_ros.config import to_dict
-from sfm_ros.geometry import pose_vec_to_mat
+from sfm_ros.geometry import window_transforms
 from sfm_ros.metrics import eigen_depth_evaluation, snippet_ates
 from training.config import DataConfig, TrainConfig, load_train_config
 from training.data import network_frames, prepare_cache
@@ -105,12 +105,11 @@ def predicted_poses(pose_net: torch.nn.Module, images: torch.Tensor, device: tor
         sources = torch.stack([images[chunk + k] for k in others], dim=1).to(device)
         vectors = pose_net(target, sources)[0].double().cpu().numpy()
         for window in vectors:
-            # T_source_target[k] maps the target's points into window frame k's camera.
-            T_source_target = {k: pose_vec_to_mat(vector) for k, vector in zip(others, window, strict=True)}
-            T_source_target[center] = np.eye(4)
+            # T_frame_target[k] maps the target's points into window frame k's camera.
+            T_frame_target = window_transforms(window)
             # Points of frame k into frame k+1: T_(k+1)<-target @ inv(T_k<-target).
             steps = range(length - 1) if first else [length - 2]
-            T_next.extend(T_source_target[k + 1] @ np.linalg.inv(T_source_target[k]) for k in steps)
+            T_next.extend(T_frame_target[k + 1] @ np.linalg.inv(T_frame_target[k]) for k in steps)
             first = False
     return chain_motions(np.asarray(T_next))
 

@@ -17,7 +17,7 @@ import numpy as np
 from sfm_ros.backends import Backend, preprocess
 from sfm_ros.bundle import BundleMetadata
 from sfm_ros.camera import CameraModel
-from sfm_ros.geometry import invert_transform, pose_vec_to_mat, scale_intrinsics
+from sfm_ros.geometry import invert_transform, scale_intrinsics, window_transforms
 
 __all__ = ["NetworkStep", "PoseWindow", "grey_from_preprocessed", "network_step", "relative_pose"]
 
@@ -96,16 +96,14 @@ def relative_pose(backend: Backend, frames: list[np.ndarray], first: bool
     target = frames[center]
     sources = np.stack([f[0] for i, f in enumerate(frames) if i != center])[None]
     poses, masks = backend.infer_pose(target, sources)
-    # poses[i] = T_source_target for source i; sources are the window without its centre, in order.
-    source_frames = [i for i in range(length) if i != center]
-    T_source_target = {frame: pose_vec_to_mat(poses[k]) for k, frame in enumerate(source_frames)}
-    T_source_target[center] = np.eye(4)
+    T_frame_target = window_transforms(poses)
     last, previous = length - 1, length - 2
     # Points of frame t-1 into frame t: T_t_target @ T_target_(t-1); the pose of t in t-1 is its inverse.
-    T_current_prev = T_source_target[last] @ invert_transform(T_source_target[previous])
+    T_current_prev = T_frame_target[last] @ invert_transform(T_frame_target[previous])
     # Frame k in frame j's camera: T_j<-c @ inv(T_k<-c), with c the target.
-    T_catch_up = T_source_target[0] @ invert_transform(T_source_target[previous]) if first else None
-    mask = masks[source_frames.index(last)] if masks is not None else None
+    T_catch_up = T_frame_target[0] @ invert_transform(T_frame_target[previous]) if first else None
+    # The masks follow the sources, the window without its centre: the newest frame is the last source.
+    mask = masks[-1] if masks is not None else None
     return invert_transform(T_current_prev), T_catch_up, mask
 
 
