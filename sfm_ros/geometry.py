@@ -52,8 +52,10 @@ def window_transforms(pose_vectors: np.ndarray) -> np.ndarray:
     centre (the target, frame L//2), in order. The target's own transform is the identity.
     """
     vectors = np.asarray(pose_vectors, dtype=np.float64)
-    if vectors.ndim != 2 or len(vectors) % 2:
-        raise ValueError(f"a window's pose vectors are [L-1,6] with L odd (a centred target), got {vectors.shape}")
+    if vectors.ndim != 2 or vectors.shape[-1] != 6 or len(vectors) < 2:
+        raise ValueError(f"a window's pose vectors are [L-1,6] with at least 2 sources, got shape {vectors.shape}")
+    if len(vectors) % 2:
+        raise ValueError(f"{len(vectors)} pose vectors: a window of {len(vectors) + 1} frames has no centre (target)")
     return np.insert(pose_vec_to_mat(vectors), len(vectors) // 2, np.eye(4), axis=0)
 
 

@@ -112,6 +112,15 @@ def test_window_transforms_put_the_target_at_the_centre(length: int) -> None:
     np.testing.assert_array_equal(transforms[:, :3, :3], np.tile(np.eye(3), (length, 1, 1)))
 
 
+def test_window_transforms_keep_each_source_in_order(rng: np.random.Generator) -> None:
+    vectors = rng.normal(scale=0.1, size=(4, 6))
+    transforms = geometry.window_transforms(vectors)
+    np.testing.assert_array_equal(transforms[[0, 1, 3, 4]], geometry.pose_vec_to_mat(vectors))
+
+
 def test_window_transforms_reject_a_window_without_a_centre() -> None:
-    with pytest.raises(ValueError, match="L odd"):
+    with pytest.raises(ValueError, match="no centre"):
         geometry.window_transforms(np.zeros((3, 6)))
+    for shape in [(0, 6), (6,), (2, 5)]:
+        with pytest.raises(ValueError, match="at least 2 sources"):
+            geometry.window_transforms(np.zeros(shape))
