@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from sfm_ros.models.warp import inverse_warp, pose_vec_to_mat, scale_intrinsics
 from training.normalisation import to_unit_range
 
-SMOOTHNESS_TARGETS = ("disparity", "depth", "normalised_disparity")
+SMOOTHNESS_TARGETS = ("disparity", "depth")
 # What a sample that warps out of the source view reads: the nearest edge pixel, as the authors' sampler clamps its
 # coordinates. Reading zero (mid-grey) instead, sfm_ros's first default, was measured and deleted (RESULTS, "Out-of-view
 # samples read as mid-grey, re-measured on val_unseen"); the validity mask decides whether such a pixel costs anything.
@@ -36,9 +36,9 @@ class LossConfig:
     # flattens the disparity faster than view synthesis can shape it (docs/training.md, "Each default").
     smooth_weight: float = 0.1
     smooth_decay: float = 2.0  # paper 2; the PyTorch reference implementation uses 2.3
-    # What second-order smoothness acts on: "disparity" (paper), "depth" (the PyTorch reference), or
-    # "normalised_disparity" (disparity / its per-image mean: the same for every scale of the scene, so shrinking the
-    # disparity cannot lower it; Wang et al. 2018).
+    # What second-order smoothness acts on: "disparity" (paper) or "depth" (the PyTorch reference). Disparity over
+    # its per-image mean (monodepth2's) was measured and deleted (RESULTS, "Whole snippets mirrored, and smoothness on
+    # normalised disparity, re-measured on val_unseen").
     smoothness_target: str = "disparity"
     explain_weight: float = 0.2  # lambda_e; 0 disables the mask (unweighted photometric error)
     ssim_weight: float = 0.0  # 0 = the paper's pure L1; 0.85 mixes (1-SSIM)/2 in, as monodepth2 does
@@ -120,8 +120,6 @@ def smoothness_input(disparity: torch.Tensor, config: LossConfig) -> torch.Tenso
     """What the second-order term smooths (``config.smoothness_target``), from disparity [B,1,h,w]."""
     if config.smoothness_target == "depth":
         return 1.0 / disparity
-    if config.smoothness_target == "normalised_disparity":
-        return disparity / disparity.mean(dim=(2, 3), keepdim=True)
     return disparity
 
 
