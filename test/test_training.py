@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import shutil
@@ -490,17 +491,21 @@ def test_resume_refuses_a_different_objective(tiny_cache: Path, tmp_path: Path) 
     trainer.resume(checkpoint)
     assert trainer.state.step == 0
 
-    # A checkpoint from before loss.out_of_view was deleted: "border", the behaviour that stayed, resumes; "zeros"
-    # trained with an objective that no longer exists, and the error says so.
-    for value, resumes in (("border", True), ("zeros", False)):
-        saved["loss"]["out_of_view"] = value
-        state["config"] = yaml.safe_dump(saved)
+    # A checkpoint from before loss.out_of_view or loss.smoothness was deleted: the behaviour that stayed resumes;
+    # another value trained with an objective that no longer exists, and the error says so. So does a deleted value
+    # of a key that stays (loss.smoothness_target=normalised_disparity).
+    cases = [("out_of_view", "border", True), ("out_of_view", "zeros", False), ("smoothness", "second_order", True),
+             ("smoothness", "edge_aware", False), ("smoothness_target", "normalised_disparity", False)]
+    for key, value, resumes in cases:
+        retired = copy.deepcopy(saved)
+        retired["loss"][key] = value
+        state["config"] = yaml.safe_dump(retired)
         torch.save(state, checkpoint)
         if resumes:
             trainer.resume(checkpoint)
             assert config_from_checkpoint(checkpoint) == trainer.config
         else:
-            with pytest.raises(ConfigError, match="loss.out_of_view=zeros was deleted"):
+            with pytest.raises(ConfigError, match=f"loss.{key}={value} was deleted"):
                 trainer.resume(checkpoint)
 
 

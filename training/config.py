@@ -135,13 +135,19 @@ class TrainConfig:
 # resumes (the key is dropped); one saved with another value was trained with an objective that no longer exists.
 RETIRED_KEYS: dict[tuple[str, str], tuple[Any, str]] = {
     ("loss", "out_of_view"): ("border", "RESULTS, \"Out-of-view samples read as mid-grey, re-measured on val_unseen\""),
+    ("loss", "smoothness"): ("second_order", "RESULTS, \"Two options re-measured on val_unseen on today's default\""),
+}
+# Deleted values of keys that stay: a saved config holding one trained with an objective that no longer exists.
+RETIRED_VALUES: dict[tuple[str, str], dict[Any, str]] = {
+    ("loss", "smoothness_target"): {
+        "normalised_disparity": "RESULTS, \"Whole snippets mirrored, and smoothness on normalised disparity\""},
 }
 
 
 def saved_train_config(data: dict[str, Any]) -> TrainConfig:
     """The TrainConfig of a saved config (a checkpoint's), nested dict ``data``: keys it predates take their defaults,
     retired keys (``RETIRED_KEYS``) holding the behaviour that stayed are dropped; a retired key with any other value
-    is a ConfigError saying it was deleted and where its figures are."""
+    is a ConfigError saying it was deleted and where its figures are, as is a retired value (``RETIRED_VALUES``)."""
     data = {section: dict(values) if isinstance(values, dict) else values for section, values in data.items()}
     for (section, key), (kept, where) in RETIRED_KEYS.items():
         values = data.get(section)
@@ -150,6 +156,12 @@ def saved_train_config(data: dict[str, Any]) -> TrainConfig:
             if value != kept:
                 raise ConfigError(f"{section}.{key}={value} was deleted ({where}); this run was trained with it and "
                                   f"cannot go on with the current objective, which always uses {key}={kept}")
+    for (section, key), retired in RETIRED_VALUES.items():
+        values = data.get(section)
+        value = values.get(key) if isinstance(values, dict) else None
+        if isinstance(value, str) and value in retired:
+            raise ConfigError(f"{section}.{key}={value} was deleted ({retired[value]}); this run was trained with it "
+                              f"and cannot go on with the current objective")
     return from_dict(TrainConfig, data)
 
 
