@@ -54,7 +54,7 @@ def test_the_paper_preset_is_the_papers_objective() -> None:
     config = load_train_config(str(REPO / "config" / "train_paper.yaml")).loss
     assert (config.num_scales, config.smooth_weight, config.smooth_decay, config.explain_weight) == (4, 0.5, 2.0, 0.2)
     assert (config.smoothness_target, config.ssim_weight) == ("disparity", 0.0)
-    assert not (config.min_over_sources or config.auto_mask or config.validity_mask or config.full_resolution)
+    assert not (config.min_over_sources or config.validity_mask or config.full_resolution)
     assert config.validity_mean == "in_view"
 
 
@@ -252,15 +252,6 @@ def test_min_over_sources_never_exceeds_the_sum() -> None:
     _, summed = run(LossConfig(explain_weight=0), poses=wrong)
     _, minimum = run(LossConfig(explain_weight=0, min_over_sources=True), poses=wrong)
     assert float(minimum["photometric"]) < 0.5 * float(summed["photometric"])
-
-
-def test_auto_mask_ignores_pixels_a_static_source_already_explains() -> None:
-    static = scene()["target"][:, None].expand(1, 2, 3, H, W).contiguous()
-    for validity_mask in (True, False):  # out-of-view samples never decide the mask, counted or not
-        _, terms = run(LossConfig(explain_weight=0, auto_mask=True, validity_mask=validity_mask), sources=static)
-        assert float(terms["photometric"]) == pytest.approx(0.0, abs=1e-6), validity_mask
-    _, unmasked = run(LossConfig(explain_weight=0), sources=static)
-    assert float(unmasked["photometric"]) > 0.01
 
 
 def test_out_of_view_samples_read_the_border_pixel() -> None:

@@ -491,11 +491,12 @@ def test_resume_refuses_a_different_objective(tiny_cache: Path, tmp_path: Path) 
     trainer.resume(checkpoint)
     assert trainer.state.step == 0
 
-    # A checkpoint from before loss.out_of_view or loss.smoothness was deleted: the behaviour that stayed resumes;
-    # another value trained with an objective that no longer exists, and the error says so. So does a deleted value
-    # of a key that stays (loss.smoothness_target=normalised_disparity).
+    # A checkpoint from before loss.out_of_view, loss.smoothness or loss.auto_mask was deleted: the behaviour that
+    # stayed resumes; another value trained with an objective that no longer exists, and the error says so. So does a
+    # deleted value of a key that stays (loss.smoothness_target=normalised_disparity).
     cases = [("out_of_view", "border", True), ("out_of_view", "zeros", False), ("smoothness", "second_order", True),
-             ("smoothness", "edge_aware", False), ("smoothness_target", "normalised_disparity", False)]
+             ("smoothness", "edge_aware", False), ("smoothness_target", "normalised_disparity", False),
+             ("auto_mask", False, True), ("auto_mask", True, False)]
     for key, value, resumes in cases:
         retired = copy.deepcopy(saved)
         retired["loss"][key] = value

@@ -136,6 +136,7 @@ class TrainConfig:
 RETIRED_KEYS: dict[tuple[str, str], tuple[Any, str]] = {
     ("loss", "out_of_view"): ("border", "RESULTS, \"Out-of-view samples read as mid-grey, re-measured on val_unseen\""),
     ("loss", "smoothness"): ("second_order", "RESULTS, \"Two options re-measured on val_unseen on today's default\""),
+    ("loss", "auto_mask"): (False, "RESULTS, \"monodepth2's auto-masking alone on today's default\""),
 }
 # Deleted values of keys that stay: a saved config holding one trained with an objective that no longer exists.
 RETIRED_VALUES: dict[tuple[str, str], dict[Any, str]] = {

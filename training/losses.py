@@ -43,7 +43,8 @@ class LossConfig:
     explain_weight: float = 0.2  # lambda_e; 0 disables the mask (unweighted photometric error)
     ssim_weight: float = 0.0  # 0 = the paper's pure L1; 0.85 mixes (1-SSIM)/2 in, as monodepth2 does
     min_over_sources: bool = False  # per-pixel minimum of the error over sources instead of the sum
-    auto_mask: bool = False  # ignore pixels where the unwarped source already matches (static scenes)
+    # monodepth2's auto-masking was measured and deleted (RESULTS, "monodepth2's auto-masking alone on today's
+    # default"); the data's static filter drops the frames where the camera stands.
     # Pixels that warp out of the source view: ignored (paper: they count, against what the sampler reads there).
     # True by default, with validity_mean "all": on the learning benchmark the default learns on every path with it.
     validity_mask: bool = True
@@ -157,7 +158,7 @@ def sfm_objective(target: torch.Tensor, sources: torch.Tensor, disparities: tupl
             batch, num_sources, 3, scaled_h, scaled_w)
         K_s = scale_intrinsics(K, scaled_w / width, scaled_h / height)
         depth = 1.0 / disparity_for_view
-        errors, valids, in_view_masks, identity_errors = [], [], [], []
+        errors, valids = [], []
         for i in range(num_sources):
             warped, valid = inverse_warp(sources_s[:, i], depth, transforms[i], K_s, padding_mode=OUT_OF_VIEW_SAMPLE)
             error = photometric_error(target_s, warped, config.ssim_weight)
@@ -168,9 +169,6 @@ def sfm_objective(target: torch.Tensor, sources: torch.Tensor, disparities: tupl
                     masks[scale][:, i : i + 1])
             errors.append(error)
             valids.append(valid if config.validity_mask else torch.ones_like(valid))
-            in_view_masks.append(valid)
-            if config.auto_mask:
-                identity_errors.append(photometric_error(target_s, sources_s[:, i], config.ssim_weight))
             if scale == 0 and i == 0:
                 warped_for_log = warped.detach()
         stacked, valid = torch.cat(errors, dim=1), torch.cat(valids, dim=1)  # [B,N,h,w]
@@ -182,14 +180,6 @@ def sfm_objective(target: torch.Tensor, sources: torch.Tensor, disparities: tupl
         else:
             per_pixel, pixel_valid = stacked, valid
         per_pixel = per_pixel * pixel_valid
-        if config.auto_mask:
-            identity = torch.cat(identity_errors, dim=1).min(dim=1, keepdim=True).values
-            # Tiny noise breaks ties on perfectly static, textureless pixels (monodepth2).
-            identity = identity + 1e-5 * torch.randn_like(identity)
-            # Only in-view samples may beat it: one that left the view reads the border, and at the image's edge the
-            # border of a static source is the target's own pixel, an error of zero that would unmask the others.
-            in_view = torch.where(torch.cat(in_view_masks, dim=1) > 0, stacked, stacked.detach().max() + 1.0)
-            per_pixel = per_pixel * (in_view.min(dim=1, keepdim=True).values < identity).to(per_pixel.dtype)
         # Mean over (valid) pixels per source, summed over sources; with every flag off this is the paper's sum
         # of per-source means.
         count = (pixel_valid.sum(dim=(0, 2, 3)).clamp_min(1.0) if config.validity_mean == "in_view"
