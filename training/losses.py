@@ -44,7 +44,8 @@ class LossConfig:
     ssim_weight: float = 0.0  # 0 = the paper's pure L1; 0.85 mixes (1-SSIM)/2 in, as monodepth2 does
     min_over_sources: bool = False  # per-pixel minimum of the error over sources instead of the sum
     # monodepth2's auto-masking was measured and deleted (RESULTS, "monodepth2's auto-masking alone on today's
-    # default"); the data's static filter drops the frames where the camera stands.
+    # default"): it lost on the rendered streets, which hold nothing it is for (a camera standing still, objects
+    # moving with it); the data's static filter drops recorded frames where the camera stands.
     # Pixels that warp out of the source view: ignored (paper: they count, against what the sampler reads there).
     # True by default, with validity_mean "all": on the learning benchmark the default learns on every path with it.
     validity_mask: bool = True
