@@ -48,6 +48,7 @@ __all__ = [
     "onnx_key",
     "onnx_path",
     "read_metadata",
+    "require_single_frame_depth",
     "save_networks",
     "sha256_file",
     "staged_bundle",
@@ -200,6 +201,16 @@ def read_metadata(folder: str | Path) -> BundleMetadata:
         return BundleMetadata(**raw)
     except TypeError as exc:
         raise BundleError(f"{path}: {exc}") from None
+
+
+def require_single_frame_depth(metadata: BundleMetadata, folder: str | Path, what: str) -> None:
+    """Refuse a bundle whose depth net reads two frames (``model.depth_input_frames=2``) where only single-frame
+    depth runs so far: export and the inference backends (the node, ``sfm eval``)."""
+    frames = metadata.dispnet.get("input_frames", 1)
+    if frames != 1:
+        raise BundleError(f"{folder}: its depth net reads {frames} frames (trained with model.depth_input_frames="
+                          f"{frames}); {what} runs single-frame depth nets only so far. The learning and real-video "
+                          "benchmarks score it; for the node, train with model.depth_input_frames=1")
 
 
 def normalise_images(rgb: np.ndarray, metadata: BundleMetadata) -> np.ndarray:

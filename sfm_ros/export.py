@@ -135,10 +135,11 @@ def export_bundle(bundle: str | Path, *, fp16: bool = True, with_mask: bool = Fa
     import onnxruntime as ort
     import torch
 
-    from sfm_ros.bundle import load_networks
+    from sfm_ros.bundle import load_networks, read_metadata, require_single_frame_depth
     from sfm_ros.models.inference import inference_copies
 
     folder = Path(bundle).expanduser()
+    require_single_frame_depth(read_metadata(folder), folder, "export")
     depth_net, pose_net, metadata = load_networks(folder, "cpu", with_mask=with_mask)
     height, width, num_sources = metadata.height, metadata.width, metadata.num_sources
     generator = torch.Generator().manual_seed(seed)

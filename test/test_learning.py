@@ -134,10 +134,15 @@ class Oracle:
 
 
 class DepthOracle(Oracle):
+    input_frames = 1
+
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor]:
         disparity = []
         for image in images:
-            truth = self.split.depth[self.where(image)]
+            street, frame = self.where(image[:3])
+            if self.input_frames == 2:  # the truth only when the second frame is the one before (the first: after)
+                assert self.where(image[3:]) == (street, frame - 1 if frame else 1)
+            truth = self.split.depth[street, frame]
             disparity.append(torch.from_numpy(np.where(truth > 0, 1 / np.maximum(truth, 1e-6), 0.01)))
         return (torch.stack(disparity)[:, None].float(),)
 
@@ -175,6 +180,9 @@ def test_the_evaluator_scores_the_truth_as_perfect(sample_cache: Path) -> None:
     np.testing.assert_allclose(pose_vec_to_mat(np.r_[T[:3, 3], euler_xyz(T[:3, :3])]), T, atol=1e-9)
     scores = evaluator.evaluate(depth, pose, torch.device("cpu"), 10.0, 0.01)
     assert scores["abs_rel"] < 2e-3 and scores["a1"] > 0.999  # float16 depth and float32 disparity
+    depth.input_frames = 2
+    assert evaluator.evaluate(depth, pose, torch.device("cpu"), 10.0, 0.01)["abs_rel"] == scores["abs_rel"]
+    depth.input_frames = 1
     assert scores["snippet_ate"] < 1e-5
     base = evaluator.baselines()
     assert base["constant_depth_abs_rel"] > 0.3 and 0.01 < base["constant_forward_snippet_ate"] < 0.1

@@ -117,3 +117,16 @@ def test_crop_like_only_slices_when_sizes_differ() -> None:
     x = torch.randn(1, 2, 8, 14)
     assert crop_like(x, torch.empty(1, 1, 8, 14)) is x
     assert crop_like(x, torch.empty(1, 1, 8, 13)).shape == (1, 2, 8, 13)
+
+
+def test_a_two_frame_dispnet_differs_only_in_its_first_convolutions_inputs() -> None:
+    # Three more input channels into the first 7x7 convolution's 32 filters: 3 * 32 * 7 * 7 = 4704 weights.
+    assert count(dispnet(input_frames=2)) - count(dispnet()) == 3 * 32 * 7 * 7
+    net = DispNet(input_frames=2).eval()
+    with torch.no_grad():
+        disparities = net(torch.zeros(2, 6, 64, 208))
+    assert [tuple(d.shape) for d in disparities] == [(2, 1, 64, 208), (2, 1, 32, 104), (2, 1, 16, 52), (2, 1, 8, 26)]
+    with pytest.raises(ValueError, match=r"reads 2 frame\(s\), 6 channels; got 3"):
+        net(torch.zeros(1, 3, 64, 208))
+    with pytest.raises(ValueError, match="input_frames must be one of"):
+        DispNet(input_frames=3)

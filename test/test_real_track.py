@@ -216,10 +216,26 @@ def test_the_lidar_scorer_scores_the_lidar_itself_as_perfect(lidar: LidarDepthSc
     assert lidar.baseline()["abs_rel"] == pytest.approx(np.mean(expected), rel=1e-9)
 
     class ConstantDisparity(torch.nn.Module):  # through the network path: depth = 1 / disparity
+        input_frames = 1
+
         def forward(self, images: torch.Tensor) -> tuple[torch.Tensor]:
             return (torch.full((len(images), 1, *images.shape[2:]), 0.25),)
 
     assert lidar.score(ConstantDisparity(), torch.device("cpu"))["abs_rel"] == pytest.approx(np.mean(expected))
+
+    seen: list[torch.Tensor] = []
+
+    class TwoFrames(ConstantDisparity):
+        input_frames = 2
+
+        def forward(self, images: torch.Tensor) -> tuple[torch.Tensor]:
+            seen.append(images)
+            return super().forward(images)
+
+    assert lidar.score(TwoFrames(), torch.device("cpu"))["abs_rel"] == pytest.approx(np.mean(expected))
+    pairs = torch.cat(seen)  # each LiDAR frame beside the drive's frame before it (the first: after it)
+    torch.testing.assert_close(pairs[:, :3], lidar.images)
+    torch.testing.assert_close(pairs[:, 3:], lidar.images[[1, *range(19)]])
 
 
 def test_a_tiny_real_track_scores_all_three_starts(seq00: Path, drive0060: Path, folders: dict[str, Path],

@@ -33,7 +33,15 @@ from training.data import (
     random_scale_crop,
 )
 from training.normalisation import normalise
-from training.step import TrainStep, forward_objective, learning_rate_factor, mirror_where
+from training.step import (
+    TrainStep,
+    depth_net_input,
+    forward_objective,
+    learning_rate_factor,
+    mirror_where,
+    previous_frame_indices,
+    sequence_depth_input,
+)
 from training.trainer import CheckpointError, Trainer, load_checkpoint
 
 TINY = ["data.height=32", "data.width=104", "optim.batch_size=2", "data.workers=0", "run.progress=false",
@@ -231,6 +239,73 @@ def test_the_trainer_passes_the_depth_flags_to_its_step(tiny_cache: Path, tmp_pa
         else:
             assert seen == [None, None]
     assert histories[True] != histories[False]
+
+
+def frames_numbered(count: int) -> torch.Tensor:
+    """[count,3,2,2] images, each filled with its index."""
+    return torch.arange(count, dtype=torch.float32).view(count, 1, 1, 1).expand(count, 3, 2, 2).clone()
+
+
+@pytest.mark.parametrize("length", [3, 5])
+def test_the_depth_net_reads_the_target_then_the_frame_before_it(length: int) -> None:
+    snippets = frames_numbered(length)[None].repeat(2, 1, 1, 1, 1)  # [2,L,3,2,2], frame l filled with l
+    center = length // 2
+    single, two = depth_net_input(snippets, 1), depth_net_input(snippets, 2)
+    assert single.shape == (2, 3, 2, 2) and bool((single == center).all())
+    assert two.shape == (2, 6, 2, 2)
+    assert bool((two[:, :3] == center).all()) and bool((two[:, 3:] == center - 1).all())
+
+
+def test_a_sequences_first_frame_reads_the_one_after_it() -> None:
+    assert previous_frame_indices(4).tolist() == [1, 0, 1, 2]
+    with pytest.raises(ValueError, match="at least 2 frames"):
+        previous_frame_indices(1)
+    images = frames_numbered(4)
+    pairs = sequence_depth_input(images, torch.tensor([0, 3]), 2)
+    assert pairs[:, 0, 0, 0].tolist() == [0.0, 3.0] and pairs[:, 3, 0, 0].tolist() == [1.0, 2.0]
+    torch.testing.assert_close(sequence_depth_input(images, torch.tensor([2]), 1), images[2:3])
+
+
+def test_a_two_frame_depth_net_sees_the_frame_before_its_target(tiny_cache: Path) -> None:
+    batch = torch.utils.data.default_collate([SnippetDataset(tiny_cache, "train", 3)[i] for i in (0, 20)])
+    torch.manual_seed(0)
+    depth_net, pose_net = DispNet(input_frames=2), PoseExpNet(2, with_mask=True)
+    config = load_train_config(None, []).loss
+    with torch.no_grad():
+        _, terms = forward_objective(depth_net, pose_net, batch["images"], batch["K"], config,
+                                     depth_mirrored=torch.tensor([True, False]), depth_input_frames=2)
+        images = normalise(batch["images"])
+        # Independently: both frames mirrored as one for the first snippet; as recorded for the second.
+        pair = torch.cat([images[:, 1], images[:, 0]], dim=1)
+        torch.testing.assert_close(terms["disparity"][:1], depth_net(pair[:1].flip(-1))[0].flip(-1))
+        torch.testing.assert_close(terms["disparity"][1:], depth_net(pair[1:])[0])
+        with_target_twice = depth_net(torch.cat([images[1:, 1], images[1:, 1]], dim=1))[0]
+    assert (terms["disparity"][1:] - with_target_twice).abs().max() > 1e-4  # the second frame counts
+
+
+def test_a_two_frame_bundle_records_it_and_runs_only_where_supported(tiny_cache: Path, tmp_path: Path) -> None:
+    from sfm_ros.backends import make_backend
+    from sfm_ros.bundle import BundleError, load_networks, read_metadata
+    from sfm_ros.export import export_bundle
+    from training.trainer import initialise_from_bundle
+
+    preset = str(REPO / "config" / "train_cpu_small.yaml")
+    common = [*TINY, "optim.max_steps=1", "run.checkpoint_every=1000", "run.val_every_epochs=1000"]
+    config = load_train_config(preset, [*common, "model.depth_input_frames=2", f"run.output={tmp_path / 'two'}"])
+    trainer = Trainer(config, tiny_cache)
+    trainer.fit()
+    bundle = trainer.save_bundle()
+    assert read_metadata(bundle).dispnet["input_frames"] == 2
+    depth_net = load_networks(bundle)[0]
+    assert next(m for m in depth_net.modules() if isinstance(m, torch.nn.Conv2d)).in_channels == 6
+    for refused in (lambda: make_backend(bundle, "torch"), lambda: export_bundle(bundle)):
+        with pytest.raises(BundleError, match=r"reads 2 frames .*model.depth_input_frames=2.*single-frame depth nets"):
+            refused()
+    single = load_train_config(preset, [*common, f"run.output={tmp_path / 'one'}"])
+    single_trainer = Trainer(single, tiny_cache)
+    assert "input_frames" not in read_metadata(single_trainer.save_bundle()).dispnet  # as older releases wrote it
+    with pytest.raises(BundleError, match=r"depth frames: bundle 2, config 1 \(model.depth_input_frames\)"):
+        initialise_from_bundle(single_trainer.depth_net, single_trainer.pose_net, bundle, single)
 
 
 class FixedDraws:

@@ -35,6 +35,7 @@ from training.config import DataConfig, TrainConfig, load_train_config
 from training.data import network_frames, prepare_cache
 from training.health import training_health
 from training.normalisation import normalise
+from training.step import sequence_depth_input
 from training.synth_streets import StreetSplit, default_streets, has_split, street_folders
 from training.trainer import Trainer
 
@@ -151,7 +152,8 @@ class LearningEvaluator:
             for street, frames in enumerate(self.frames):
                 images = normalise(torch.from_numpy(frames).permute(0, 3, 1, 2))
                 for chunk in torch.split(torch.arange(len(images))[self.depth_frames], 16):
-                    disparity = depth_net(images[chunk].to(device))[0].float()
+                    disparity = depth_net(sequence_depth_input(images, chunk, depth_net.input_frames)
+                                          .to(device))[0].float()
                     preds.append((1.0 / disparity[:, 0]).cpu().numpy())
                     truths.append(self.split.depth[street][chunk.numpy()])
                     health.append(disparity.cpu())

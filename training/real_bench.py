@@ -46,6 +46,7 @@ from training.learning_bench import (
 )
 from training.normalisation import normalise
 from training.staging import staged_directory
+from training.step import sequence_depth_input
 from training.trainer import Trainer
 
 __all__ = ["STARTS", "FrameRange", "LidarDepthScorer", "MotionScorer", "bench_real", "format_real_table",
@@ -175,8 +176,9 @@ class LidarDepthScorer:
     @torch.no_grad()
     def score(self, depth_net: torch.nn.Module, device: torch.device) -> dict[str, float]:
         """The depth net's depth (1 / disparity) scored (the caller sets eval mode)."""
-        depths = [1.0 / depth_net(chunk.to(device))[0].float()[:, 0].cpu().numpy()
-                  for chunk in torch.split(self.images, 16)]
+        depths = [1.0 / depth_net(sequence_depth_input(self.images, chunk, depth_net.input_frames)
+                                  .to(device))[0].float()[:, 0].cpu().numpy()
+                  for chunk in torch.split(torch.arange(len(self.images)), 16)]
         return self.score_depths(np.concatenate(depths))
 
     def baseline(self) -> dict[str, float]:

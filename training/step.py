@@ -18,7 +18,8 @@ from torch import nn
 from training.losses import LossConfig, sfm_objective
 from training.normalisation import normalise
 
-__all__ = ["TrainStep", "forward_objective", "learning_rate_factor", "make_optimizer", "mirror_where"]
+__all__ = ["TrainStep", "depth_net_input", "forward_objective", "learning_rate_factor", "make_optimizer",
+           "mirror_where", "previous_frame_indices", "sequence_depth_input"]
 
 
 def mirror_where(images: torch.Tensor, mirrored: torch.Tensor) -> torch.Tensor:
@@ -29,16 +30,44 @@ def mirror_where(images: torch.Tensor, mirrored: torch.Tensor) -> torch.Tensor:
     return torch.where(mirrored[:, None, None, None], images.flip(-1), images)
 
 
+def depth_net_input(images: torch.Tensor, input_frames: int) -> torch.Tensor:
+    """What the depth net reads from snippets images: [B,L,C,H,W], target in the middle -> [B,C*input_frames,H,W]:
+    the target, then (input_frames 2) the frame before it in the snippet."""
+    center = images.shape[1] // 2
+    frames = [images[:, center - offset] for offset in range(input_frames)]
+    return torch.cat(frames, dim=1)
+
+
+def previous_frame_indices(count: int) -> torch.Tensor:
+    """For each of ``count`` frames of a sequence, the index of the frame a two-frame depth net reads beside it: the
+    one before, and for the first frame the one after (the parallax is the same size, its direction reversed)."""
+    if count < 2:
+        raise ValueError(f"a two-frame depth net needs sequences of at least 2 frames, got {count}")
+    indices = torch.arange(count) - 1
+    indices[0] = 1
+    return indices
+
+
+def sequence_depth_input(images: torch.Tensor, indices: torch.Tensor, input_frames: int) -> torch.Tensor:
+    """The depth net's input for frames ``indices`` [n] of one sequence of images [N,C,H,W] -> [n,C*input_frames,H,W]
+    (``previous_frame_indices`` for the second frame)."""
+    if input_frames == 1:
+        return images[indices]
+    return torch.cat([images[indices], images[previous_frame_indices(len(images))[indices]]], dim=1)
+
+
 def forward_objective(depth_model: nn.Module, pose_model: nn.Module, images: torch.Tensor, K: torch.Tensor,
                       loss_config: LossConfig, *, amp: bool = False,
                       channels_last: bool = False,
-                      depth_mirrored: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+                      depth_mirrored: torch.Tensor | None = None,
+                      depth_input_frames: int = 1) -> tuple[torch.Tensor, dict[str, Any]]:
     """Networks + objective on one batch of snippets.
 
     images: uint8 [B,L,3,H,W] on the networks' device, target in the middle; K: [B,3,3] at H,W.
     depth_mirrored: bool [B] or None. Where set, the depth net sees its target mirrored and its disparities are
     mirrored back: the depth net learns from mirrored views while the pose net and the view synthesis see the
     snippet as recorded (``data.flip_depth``).
+    depth_input_frames: what the depth net reads (``depth_net_input``); mirrored as one.
     Returns (total loss, terms): the loss terms (detached), the finest disparity and mask, the target and a
     warped source for logging. Nothing here reads a value back to the host.
     """
@@ -46,14 +75,16 @@ def forward_objective(depth_model: nn.Module, pose_model: nn.Module, images: tor
     center = images.shape[1] // 2
     target = images[:, center]
     sources = torch.cat([images[:, :center], images[:, center + 1:]], dim=1)
+    depth_input = depth_net_input(images, depth_input_frames)
     if channels_last:
         target = target.contiguous(memory_format=torch.channels_last)
+        depth_input = depth_input.contiguous(memory_format=torch.channels_last)
     # No autocast weight cache: it would hold tensors from outside a CUDA-graph capture (each weight is used once).
     with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp, cache_enabled=False):
         if depth_mirrored is None:
-            disparities = depth_model(target)
+            disparities = depth_model(depth_input)
         else:
-            mirrored_disparities = depth_model(mirror_where(target, depth_mirrored))
+            mirrored_disparities = depth_model(mirror_where(depth_input, depth_mirrored))
             disparities = tuple(mirror_where(d, depth_mirrored) for d in mirrored_disparities)
         poses, masks = pose_model(target, sources)
     # The warp and loss run in fp32 for the same maths with or without mixed precision.
@@ -103,8 +134,10 @@ class TrainStep:
 
     def __init__(self, depth_model: nn.Module, pose_model: nn.Module, optimizer: torch.optim.Optimizer,
                  loss_config: LossConfig, device: torch.device, *, amp: bool = False, channels_last: bool = False,
-                 cuda_graph: bool = False, compile_objective: bool = False, warmup: int = 3) -> None:
+                 cuda_graph: bool = False, compile_objective: bool = False, warmup: int = 3,
+                 depth_input_frames: int = 1) -> None:
         on_cuda = device.type == "cuda"
+        self.depth_input_frames = depth_input_frames
         self.depth_model, self.pose_model, self.optimizer = depth_model, pose_model, optimizer
         self.loss_config, self.device = loss_config, device
         self.amp, self.channels_last, self.cuda_graph = (amp and on_cuda, channels_last and on_cuda,
@@ -129,7 +162,8 @@ class TrainStep:
 
     def _eager(self, images: torch.Tensor, K: torch.Tensor, depth_mirrored: torch.Tensor | None) -> dict[str, Any]:
         total, terms = self._forward(self.depth_model, self.pose_model, images, K, self.loss_config,
-                                     amp=self.amp, channels_last=self.channels_last, depth_mirrored=depth_mirrored)
+                                     amp=self.amp, channels_last=self.channels_last, depth_mirrored=depth_mirrored,
+                                     depth_input_frames=self.depth_input_frames)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()
@@ -183,7 +217,8 @@ class TrainStep:
             total, terms = self._forward(self.depth_model, self.pose_model, self._static["images"],
                                          self._static["K"], self.loss_config, amp=self.amp,
                                          channels_last=self.channels_last,
-                                         depth_mirrored=self._static.get("depth_mirrored"))
+                                         depth_mirrored=self._static.get("depth_mirrored"),
+                                         depth_input_frames=self.depth_input_frames)
             total.backward()
             self.optimizer.step()
         self._graph = graph

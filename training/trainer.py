@@ -88,7 +88,7 @@ def bundle_network_configuration(metadata: BundleMetadata) -> dict[str, Any]:
     return {"input": f"{metadata.height}x{metadata.width}", "sources": metadata.num_sources,
             "mask": bool(metadata.posenet.get("with_mask", True)),
             "disparity": (metadata.dispnet.get("alpha"), metadata.dispnet.get("beta")),
-            "pose_scale": metadata.posenet.get("pose_scale")}
+            "depth frames": metadata.dispnet.get("input_frames", 1), "pose_scale": metadata.posenet.get("pose_scale")}
 
 
 def config_network_configuration(config: TrainConfig) -> dict[str, Any]:
@@ -96,13 +96,23 @@ def config_network_configuration(config: TrainConfig) -> dict[str, Any]:
     model = config.model
     return {"input": f"{config.data.height}x{config.data.width}", "sources": config.data.sequence_length - 1,
             "mask": model.with_mask, "disparity": (model.disparity_alpha, model.disparity_beta),
-            "pose_scale": model.pose_scale}
+            "depth frames": model.depth_input_frames, "pose_scale": model.pose_scale}
+
+
+def dispnet_arguments(config: TrainConfig) -> dict[str, Any]:
+    """DispNet's arguments as a bundle's sfm.json records them. ``input_frames`` only for a two-frame net, so that a
+    single-frame bundle stays readable by releases that predate the option."""
+    model = config.model
+    arguments = {"alpha": model.disparity_alpha, "beta": model.disparity_beta}
+    if model.depth_input_frames != 1:
+        arguments["input_frames"] = model.depth_input_frames
+    return arguments
 
 
 # The config keys that set each part of the network configuration, named in a mismatch error.
 NETWORK_CONFIG_KEYS = {"input": "data.height, data.width", "sources": "data.sequence_length",
                        "mask": "model.with_mask", "disparity": "model.disparity_alpha, model.disparity_beta",
-                       "pose_scale": "model.pose_scale"}
+                       "depth frames": "model.depth_input_frames", "pose_scale": "model.pose_scale"}
 
 
 def check_init_bundle(bundle: str | Path, config: TrainConfig) -> BundleMetadata:
@@ -167,7 +177,8 @@ class Trainer:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.manual_seed(config.run.seed)
         model = config.model
-        self.depth_net = DispNet(alpha=model.disparity_alpha, beta=model.disparity_beta).to(self.device)
+        self.depth_net = DispNet(alpha=model.disparity_alpha, beta=model.disparity_beta,
+                                 input_frames=model.depth_input_frames).to(self.device)
         if model.initial_disparity > 0:
             self.depth_net.initialise_disparity(model.initial_disparity)
         self.pose_net = PoseExpNet(num_sources=config.data.sequence_length - 1, with_mask=model.with_mask,
@@ -211,7 +222,8 @@ class Trainer:
         self.step_runner = TrainStep(self.depth_model, self.pose_model, self.optimizer, config.loss, self.device,
                               amp=config.run.amp, channels_last=config.run.channels_last,
                               cuda_graph=config.run.cuda_graph,
-                              compile_objective=config.run.compile and self.world_size == 1)
+                              compile_objective=config.run.compile and self.world_size == 1,
+                              depth_input_frames=model.depth_input_frames)
         index = load_cache_index(cache_dir)
         if (index["height"], index["width"]) != (config.data.height, config.data.width):
             raise DataError(f"cache {cache_dir} was prepared at {index['height']}x{index['width']}, but this run "
@@ -301,7 +313,8 @@ class Trainer:
                 break
             _, terms = forward_objective(depth_net, pose_net, batch["images"].to(self.device),
                                          batch["K"].to(self.device), unweighted, amp=self.step_runner.amp,
-                                         channels_last=self.step_runner.channels_last)
+                                         channels_last=self.step_runner.channels_last,
+                                         depth_input_frames=self.config.model.depth_input_frames)
             losses.append(float(terms["photometric"]))
             if self.lidar is not None:
                 for frame, disparity in zip(batch["frame"].tolist(), terms["disparity"], strict=True):
@@ -375,7 +388,7 @@ class Trainer:
         metadata = BundleMetadata(
             height=config.data.height, width=config.data.width, num_sources=config.data.sequence_length - 1,
             mean=(IMAGE_MEAN,) * 3, std=(IMAGE_STD,) * 3,
-            dispnet={"alpha": config.model.disparity_alpha, "beta": config.model.disparity_beta},
+            dispnet=dispnet_arguments(config),
             posenet={"with_mask": config.model.with_mask, "pose_scale": config.model.pose_scale},
             training={"config": to_dict(config), "steps": self.state.step, "epochs": self.state.epoch,
                       "best_val": None if math.isinf(self.state.best_val) else self.state.best_val,

@@ -122,10 +122,11 @@ def _auto_choice(bundle: Path, metadata: BundleMetadata) -> tuple[str, str]:
 def make_backend(bundle: str | Path, name: str = "auto", *, device: str = "auto", precision: str = "fp16",
                  threads: int = 0, with_mask: bool = False, engine_cache_dir: str | Path | None = None) -> Backend:
     """Build a backend by name ('auto', 'tensorrt', 'onnxruntime', 'torch') for a bundle."""
-    from sfm_ros.bundle import read_metadata
+    from sfm_ros.bundle import read_metadata, require_single_frame_depth
 
     bundle = Path(bundle).expanduser()
     metadata = read_metadata(bundle)
+    require_single_frame_depth(metadata, bundle, "an inference backend")
     reason = "requested"
     if name == "auto":
         name, reason = _auto_choice(bundle, metadata)

@@ -1,4 +1,5 @@
-"""DispNet: single-image disparity, the depth network of SfMLearner (Zhou et al. 2017, Fig. 4a)."""
+"""DispNet: disparity from one image, the depth network of SfMLearner (Zhou et al. 2017, Fig. 4a), or from the image
+and the frame before it."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ ENCODER_CHANNELS = (32, 64, 128, 256, 512, 512, 512)
 ENCODER_KERNELS = (7, 5, 3, 3, 3, 3, 3)
 DECODER_CHANNELS = (512, 512, 256, 128, 64, 32, 16)
 NUM_SCALES = 4
+INPUT_FRAMES = (1, 2)  # the target alone (the paper), or the target and the frame before it
 
 
 class DispNet(nn.Module):
@@ -22,19 +24,26 @@ class DispNet(nn.Module):
     Args:
         alpha, beta: disparity = alpha * sigmoid(x) + beta (paper: 10 and 0.01), so depth = 1/disparity
             lies in (1/10.01, 100).
+        input_frames: 1, the paper's single image; or 2, the target and the frame before it stacked on the channels,
+            so that the depth can be read from the parallax between them and not only from the image's content
+            (only the first convolution changes: 3 * input_frames input channels).
 
-    Input: image [B,3,H,W] normalised as the bundle says. Output: a tuple of 4 disparities, finest first,
-    [B,1,H,W], [B,1,H/2,W/2], [B,1,H/4,W/4], [B,1,H/8,W/8] (the same in training and evaluation).
+    Input: image [B,3*input_frames,H,W] normalised as the bundle says, the target's channels first.
+    Output: a tuple of 4 disparities, finest first, [B,1,H,W], [B,1,H/2,W/2], [B,1,H/4,W/4], [B,1,H/8,W/8] (the
+    same in training and evaluation).
     H and W must be multiples of 8 so that every scale of the loss pyramid has an integer size (128x416
     is the paper's); odd intermediate encoder sizes are aligned by cropping, as the paper's code does.
     """
 
-    def __init__(self, alpha: float = 10.0, beta: float = 0.01) -> None:
+    def __init__(self, alpha: float = 10.0, beta: float = 0.01, input_frames: int = 1) -> None:
         super().__init__()
+        if input_frames not in INPUT_FRAMES:
+            raise ValueError(f"input_frames must be one of {INPUT_FRAMES}, got {input_frames}")
         self.alpha = alpha
         self.beta = beta
+        self.input_frames = input_frames
         enc, dec = ENCODER_CHANNELS, DECODER_CHANNELS
-        in_channels = (3, *enc[:-1])
+        in_channels = (3 * input_frames, *enc[:-1])
         self.encoder = nn.ModuleList(
             downsample_pair(c_in, c_out, k) for c_in, c_out, k in zip(in_channels, enc, ENCODER_KERNELS, strict=True)
         )
@@ -65,6 +74,9 @@ class DispNet(nn.Module):
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         height, width = image.shape[-2:]
+        if image.shape[-3] != 3 * self.input_frames:
+            raise ValueError(f"DispNet reads {self.input_frames} frame(s), {3 * self.input_frames} channels; "
+                             f"got {image.shape[-3]}")
         if height % 8 or width % 8:
             raise ValueError(f"DispNet input H and W must be multiples of 8, got H={height}, W={width}")
         skips = []
@@ -86,6 +98,6 @@ class DispNet(nn.Module):
         return tuple(reversed(disparities))
 
 
-def dispnet(*, alpha: float = 10.0, beta: float = 0.01) -> DispNet:
+def dispnet(*, alpha: float = 10.0, beta: float = 0.01, input_frames: int = 1) -> DispNet:
     """Build the paper's DispNet (Xavier-initialised)."""
-    return DispNet(alpha=alpha, beta=beta)
+    return DispNet(alpha=alpha, beta=beta, input_frames=input_frames)
