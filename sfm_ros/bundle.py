@@ -108,8 +108,9 @@ class BundleMetadata:
                               f"{self.height}x{self.width}")
         if not 1 <= self.num_sources <= MAX_SOURCES:
             raise BundleError(f"bundle num_sources must be 1 to {MAX_SOURCES}, got {self.num_sources}")
-        if not isinstance(self.onnx, dict):
-            raise BundleError(f"bundle onnx section must be a mapping, got {self.onnx!r}")
+        for name in ("dispnet", "posenet", "training", "onnx"):
+            if not isinstance(getattr(self, name), dict):
+                raise BundleError(f"bundle {name} section must be a mapping, got {getattr(self, name)!r}")
         for key, entry in self.onnx.items():
             if not isinstance(entry, dict) or "file" not in entry or "sha256" not in entry:
                 raise BundleError(f"bundle onnx entry {key!r} must hold 'file' and 'sha256', got {entry!r}")
@@ -208,9 +209,10 @@ def require_single_frame_depth(metadata: BundleMetadata, folder: str | Path, wha
     depth runs so far: export and the inference backends (the node, ``sfm eval``)."""
     frames = metadata.dispnet.get("input_frames", 1)
     if frames != 1:
-        raise BundleError(f"{folder}: its depth net reads {frames} frames (trained with model.depth_input_frames="
-                          f"{frames}); {what} runs single-frame depth nets only so far. The learning and real-video "
-                          "benchmarks score it; for the node, train with model.depth_input_frames=1")
+        raise BundleError(f"{folder}: its depth net reads {frames!r} frames (sfm.json's dispnet.input_frames; "
+                          f"model.depth_input_frames in training); {what} runs single-frame depth nets only so far. "
+                          "The learning and real-video benchmarks score it; for the node, train with "
+                          "model.depth_input_frames=1")
 
 
 def normalise_images(rgb: np.ndarray, metadata: BundleMetadata) -> np.ndarray:

@@ -24,16 +24,18 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 HEIGHT, WIDTH, BATCH = 64, 208, 4
 
 
-def _networks_and_step(capturable_adam: bool = False, **speed: bool) -> TrainStep:
+def _networks_and_step(capturable_adam: bool = False, depth_input_frames: int = 1, **speed: bool) -> TrainStep:
     device = torch.device("cuda")
     torch.manual_seed(0)
-    depth_net, pose_net = DispNet().to(device), PoseExpNet(2, with_mask=True).to(device)
+    depth_net = DispNet(input_frames=depth_input_frames).to(device)
+    pose_net = PoseExpNet(2, with_mask=True).to(device)
     if speed.get("channels_last"):
         depth_net = depth_net.to(memory_format=torch.channels_last)
         pose_net = pose_net.to(memory_format=torch.channels_last)
     optimizer = make_optimizer([*depth_net.parameters(), *pose_net.parameters()], device, lr=2e-4,
                                betas=(0.9, 0.999), cuda_graph=capturable_adam or speed.get("cuda_graph", False))
-    return TrainStep(depth_net, pose_net, optimizer, LossConfig(), device, **speed)
+    return TrainStep(depth_net, pose_net, optimizer, LossConfig(), device, depth_input_frames=depth_input_frames,
+                     **speed)
 
 
 def _batches(count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -57,11 +59,14 @@ def deterministic_cudnn() -> None:
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous
 
 
-def test_cuda_graph_step_equals_the_eager_step(deterministic_cudnn: None) -> None:
+@pytest.mark.parametrize("depth_input_frames", [1, 2])
+def test_cuda_graph_step_equals_the_eager_step(deterministic_cudnn: None, depth_input_frames: int) -> None:
     # All with capturable Adam (its bias correction is fp32 on the device, not float64 on the host), so that the
     # only difference left is graph replay against eager launches. A second eager run gives the noise floor.
-    eager, eager_again = _networks_and_step(capturable_adam=True), _networks_and_step(capturable_adam=True)
-    graphed = _networks_and_step(cuda_graph=True)
+    # Two input frames: the depth net's input is built inside the captured graph from the static snippet buffer.
+    eager, eager_again = (_networks_and_step(capturable_adam=True, depth_input_frames=depth_input_frames)
+                          for _ in range(2))
+    graphed = _networks_and_step(cuda_graph=True, depth_input_frames=depth_input_frames)
     initial = _flat_depth_parameters(eager)
     eager_losses, graph_losses = [], []
     for images, K in _batches(7):  # 3 warm-up steps, the capture, 3 replays

@@ -299,12 +299,13 @@ def test_a_two_frame_bundle_records_it_and_runs_only_where_supported(tiny_cache:
     depth_net = load_networks(bundle)[0]
     assert next(m for m in depth_net.modules() if isinstance(m, torch.nn.Conv2d)).in_channels == 6
     for refused in (lambda: make_backend(bundle, "torch"), lambda: export_bundle(bundle)):
-        with pytest.raises(BundleError, match=r"reads 2 frames .*model.depth_input_frames=2.*single-frame depth nets"):
+        with pytest.raises(BundleError, match=r"reads 2 frames \(sfm.json's dispnet.input_frames; "
+                                              r"model.depth_input_frames .*single-frame depth nets"):
             refused()
     single = load_train_config(preset, [*common, f"run.output={tmp_path / 'one'}"])
     single_trainer = Trainer(single, tiny_cache)
     assert "input_frames" not in read_metadata(single_trainer.save_bundle()).dispnet  # as older releases wrote it
-    with pytest.raises(BundleError, match=r"depth frames: bundle 2, config 1 \(model.depth_input_frames\)"):
+    with pytest.raises(BundleError, match=r"depth_frames: bundle 2, config 1 \(model.depth_input_frames\)"):
         initialise_from_bundle(single_trainer.depth_net, single_trainer.pose_net, bundle, single)
 
 

@@ -54,6 +54,8 @@ def test_sfm_json_names_only_files_inside_the_bundle(small_bundle: Path, tmp_pat
     ({"height": 65536, "width": 65536}, "up to 4096, got 65536x65536"),
     ({"num_sources": 0}, "num_sources must be 1 to 16, got 0"),
     ({"height": "64"}, "height must be an integer"),
+    ({"dispnet": ["alpha"]}, r"dispnet section must be a mapping, got \['alpha'\]"),
+    ({"posenet": None}, "posenet section must be a mapping, got None"),
 ])
 def test_sizes_out_of_bounds_are_refused_when_read(small_bundle: Path, tmp_path: Path, changes: dict,
                                                   message: str) -> None:

@@ -75,8 +75,8 @@ class ModelConfig:
     initial_disparity: float = 0.3
     pose_scale: float = 0.01
     depth_input_frames: int = param(1, "frames the depth net reads: 1, the target alone (the paper); 2, the target "
-                                    "and the frame before it, whose parallax shows depth on surfaces never seen "
-                                    "(docs/training.md)", range=(1, 2))
+                                    "and the frame before it in the snippet, whose parallax shows depth on surfaces "
+                                    "never seen (docs/training.md)", range=(1, 2))
     with_mask: bool = True  # the explainability decoder; off also turns the mask terms off
     init_from: str = param("", "model bundle whose weights start both networks (fine-tuning, with a fresh "
                            "optimiser); its input size, source count and mask must be this config's (empty: random)")

@@ -88,7 +88,7 @@ def bundle_network_configuration(metadata: BundleMetadata) -> dict[str, Any]:
     return {"input": f"{metadata.height}x{metadata.width}", "sources": metadata.num_sources,
             "mask": bool(metadata.posenet.get("with_mask", True)),
             "disparity": (metadata.dispnet.get("alpha"), metadata.dispnet.get("beta")),
-            "depth frames": metadata.dispnet.get("input_frames", 1), "pose_scale": metadata.posenet.get("pose_scale")}
+            "depth_frames": metadata.dispnet.get("input_frames", 1), "pose_scale": metadata.posenet.get("pose_scale")}
 
 
 def config_network_configuration(config: TrainConfig) -> dict[str, Any]:
@@ -96,7 +96,7 @@ def config_network_configuration(config: TrainConfig) -> dict[str, Any]:
     model = config.model
     return {"input": f"{config.data.height}x{config.data.width}", "sources": config.data.sequence_length - 1,
             "mask": model.with_mask, "disparity": (model.disparity_alpha, model.disparity_beta),
-            "depth frames": model.depth_input_frames, "pose_scale": model.pose_scale}
+            "depth_frames": model.depth_input_frames, "pose_scale": model.pose_scale}
 
 
 def dispnet_arguments(config: TrainConfig) -> dict[str, Any]:
@@ -112,7 +112,7 @@ def dispnet_arguments(config: TrainConfig) -> dict[str, Any]:
 # The config keys that set each part of the network configuration, named in a mismatch error.
 NETWORK_CONFIG_KEYS = {"input": "data.height, data.width", "sources": "data.sequence_length",
                        "mask": "model.with_mask", "disparity": "model.disparity_alpha, model.disparity_beta",
-                       "depth frames": "model.depth_input_frames", "pose_scale": "model.pose_scale"}
+                       "depth_frames": "model.depth_input_frames", "pose_scale": "model.pose_scale"}
 
 
 def check_init_bundle(bundle: str | Path, config: TrainConfig) -> BundleMetadata:
