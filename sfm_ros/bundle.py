@@ -48,7 +48,6 @@ __all__ = [
     "onnx_key",
     "onnx_path",
     "read_metadata",
-    "require_single_frame_depth",
     "save_networks",
     "sha256_file",
     "staged_bundle",
@@ -73,6 +72,9 @@ POSE_WEIGHTS = "pose.safetensors"
 MAX_INPUT_SIDE = 4096
 # Source frames per snippet: the paper trains with 2 or 4; more than 16 is a corrupt or crafted sfm.json.
 MAX_SOURCES = 16
+# Frames the depth net reads (sfm.json's dispnet.input_frames, absent for 1): the frame, or the frame and the one
+# before it (training's model.depth_input_frames).
+DEPTH_INPUT_FRAMES = (1, 2)
 # `sfm export` stages a copy in `.<bundle>.staged.<8 mkdtemp characters>` beside the bundle while holding
 # `.<bundle>.lock`; one left behind by a killed export is recognised by this name and removed by the next.
 STAGING_INFIX = ".staged."
@@ -111,10 +113,18 @@ class BundleMetadata:
         for name in ("dispnet", "posenet", "training", "onnx"):
             if not isinstance(getattr(self, name), dict):
                 raise BundleError(f"bundle {name} section must be a mapping, got {getattr(self, name)!r}")
+        frames = self.dispnet.get("input_frames", 1)
+        if isinstance(frames, bool) or frames not in DEPTH_INPUT_FRAMES:
+            raise BundleError(f"bundle dispnet.input_frames must be one of {DEPTH_INPUT_FRAMES}, got {frames!r}")
         for key, entry in self.onnx.items():
             if not isinstance(entry, dict) or "file" not in entry or "sha256" not in entry:
                 raise BundleError(f"bundle onnx entry {key!r} must hold 'file' and 'sha256', got {entry!r}")
             bundle_file_name(entry["file"], f"onnx.{key}.file")
+
+    @property
+    def depth_input_frames(self) -> int:
+        """Frames the depth net reads: 1, or 2 (the frame, then the one before it, stacked on the channels)."""
+        return int(self.dispnet.get("input_frames", 1))
 
 
 def bundle_file_name(name: Any, where: str = "file") -> str:
@@ -202,17 +212,6 @@ def read_metadata(folder: str | Path) -> BundleMetadata:
         return BundleMetadata(**raw)
     except TypeError as exc:
         raise BundleError(f"{path}: {exc}") from None
-
-
-def require_single_frame_depth(metadata: BundleMetadata, folder: str | Path, what: str) -> None:
-    """Refuse a bundle whose depth net reads two frames (``model.depth_input_frames=2``) where only single-frame
-    depth runs so far: export and the inference backends (the node, ``sfm eval``)."""
-    frames = metadata.dispnet.get("input_frames", 1)
-    if frames != 1:
-        raise BundleError(f"{folder}: its depth net reads {frames!r} frames (sfm.json's dispnet.input_frames; "
-                          f"model.depth_input_frames in training); {what} runs single-frame depth nets only so far. "
-                          "The learning and real-video benchmarks score it; for the node, train with "
-                          "model.depth_input_frames=1")
 
 
 def normalise_images(rgb: np.ndarray, metadata: BundleMetadata) -> np.ndarray:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from sfm_ros import kitti
-from sfm_ros.backends import Backend, preprocess
+from sfm_ros.backends import Backend, depth_net_input, preprocess
 from sfm_ros.metrics import DEPTH_METRICS, eigen_depth_evaluation, kitti_segment_errors, snippet_ates, trajectory_errors
 from sfm_ros.report import plot_depth_grid, plot_frame_errors, plot_trajectory, write_report
 
@@ -29,17 +29,35 @@ class EvaluationError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class DepthSample:
-    """An image with its LiDAR scan and calibration (camera 2 unless said otherwise)."""
+    """An image with its LiDAR scan and calibration (camera 2 unless said otherwise), and the drive's frame before it
+    (the one after for a drive's first frame, as in training; None when neither exists) for two-frame depth nets."""
 
     image: Path
     scan: Path
     calib_dir: Path
     camera: int = 2
+    previous: Path | None = None
+
+
+def _neighbour_image(image: Path) -> Path | None:
+    """The frame before ``image`` in its folder (KITTI's zero-padded frame numbers), else the one after, else None."""
+    if not image.stem.isdigit():
+        return None
+    for offset in (-1, 1):
+        number = int(image.stem) + offset
+        if number < 0:
+            continue
+        for suffix in (image.suffix, *kitti.IMAGE_SUFFIXES):
+            candidate = image.with_name(f"{number:0{len(image.stem)}d}{suffix}")
+            if candidate.is_file():
+                return candidate
+    return None
 
 
 def depth_samples_from_list(list_file: str | Path, kitti_root: str | Path) -> list[DepthSample]:
     """Samples of an Eigen-format test list that exist under ``kitti_root``."""
-    return [DepthSample(i, s, c) for i, s, c in kitti.eigen_test_files(list_file, kitti_root)]
+    return [DepthSample(i, s, c, previous=_neighbour_image(i))
+            for i, s, c in kitti.eigen_test_files(list_file, kitti_root)]
 
 
 def depth_samples_from_drive(drive_dir: str | Path, camera: int = 2) -> list[DepthSample]:
@@ -47,13 +65,21 @@ def depth_samples_from_drive(drive_dir: str | Path, camera: int = 2) -> list[Dep
     sequence = kitti.kitti_raw_drive(drive_dir, camera)
     if sequence.velodyne_paths is None:
         raise kitti.KittiError(f"{drive_dir} has no velodyne_points/data: no depth ground truth")
-    return [DepthSample(i, s, sequence.calib_dir, camera)
-            for i, s in zip(sequence.image_paths, sequence.velodyne_paths, strict=True)]
+    images = sequence.image_paths
+    before = [images[i - 1] if i else (images[1] if len(images) > 1 else None) for i in range(len(images))]
+    return [DepthSample(i, s, sequence.calib_dir, camera, previous=p)
+            for i, s, p in zip(images, sequence.velodyne_paths, before, strict=True)]
 
 
-def predict_depth(backend: Backend, rgb: np.ndarray) -> np.ndarray:
-    """Network depth (units of the model, 1/disparity) at the network size for an RGB image of any size."""
-    disparity = backend.infer_depth(preprocess(rgb, backend.metadata))[0, 0]
+def predict_depth(backend: Backend, rgb: np.ndarray, previous: np.ndarray | None = None) -> np.ndarray:
+    """Network depth (units of the model, 1/disparity) at the network size for an RGB image of any size; a two-frame
+    depth net also reads ``previous``, the frame before (uint8 RGB), and refuses to run without it."""
+    metadata = backend.metadata
+    if metadata.depth_input_frames == 2 and previous is None:
+        raise EvaluationError("the bundle's depth net reads two frames (dispnet.input_frames 2), but the image has no "
+                              "frame before or after it to pair with")
+    previous_input = None if previous is None else preprocess(previous, metadata)
+    disparity = backend.infer_depth(depth_net_input(preprocess(rgb, metadata), previous_input, metadata))[0, 0]
     return 1.0 / np.maximum(disparity, 1e-6)
 
 
@@ -74,6 +100,7 @@ def evaluate_depth(backend: Backend, samples: list[DepthSample], output: str | P
     if not samples:
         raise EvaluationError("no depth samples to evaluate (no images with LiDAR scans found)")
     rows, ratios, grid, scale_failures = [], [], [], 0
+    two_frames = backend.metadata.depth_input_frames == 2
     estimator = GroundPlaneScale(dataclasses.replace(metric_scale, smoothing=0.0)) if metric_scale else None
     if estimator is not None:
         median_scaling = False
@@ -85,7 +112,8 @@ def evaluate_depth(backend: Backend, samples: list[DepthSample], output: str | P
         if key not in projections:
             projections[key] = kitti.velodyne_to_image_projection(sample.calib_dir, sample.camera)
         gt = kitti.lidar_depth_map(kitti.read_velodyne(sample.scan), projections[key], rgb.shape[:2])
-        pred = predict_depth(backend, rgb)
+        previous = kitti.load_rgb(sample.previous) if sample.previous and two_frames else None
+        pred = predict_depth(backend, rgb, previous)
         if estimator is not None:
             meta = backend.metadata
             K_raw = kitti.kitti_camera_matrix(sample.calib_dir, sample.camera)
@@ -129,15 +157,19 @@ def evaluate_depth(backend: Backend, samples: list[DepthSample], output: str | P
 
 def evaluate_dense_depth(backend: Backend, images: list[np.ndarray], truths: list[np.ndarray],
                          output: str | Path | None = None, grid_rows: int = 4,
-                         truth_label: str = "exact depth") -> dict[str, Any]:
+                         truth_label: str = "exact depth", previous_images: list[np.ndarray] | None = None
+                         ) -> dict[str, Any]:
     """Median-scaled depth metrics (cap 80 m, pixels with depth > 0, no crop) against dense ground truth, and a
-    grid of input / prediction / truth / error. images: uint8 RGB [H,W,3]; truths: [h,w] metres, 0 = none."""
+    grid of input / prediction / truth / error. images: uint8 RGB [H,W,3]; truths: [h,w] metres, 0 = none;
+    previous_images: each image's frame before (what a two-frame depth net also reads), or None."""
     if not images or len(images) != len(truths):
         raise ValueError(f"need as many ground-truth maps as images, got {len(images)} and {len(truths)}")
+    if previous_images is not None and len(previous_images) != len(images):
+        raise ValueError(f"need one previous frame per image, got {len(previous_images)} for {len(images)}")
     rows, grid = [], []
     pick = set(np.linspace(0, len(images) - 1, min(grid_rows, len(images))).astype(int).tolist())
     for i, (rgb, truth) in enumerate(zip(images, truths, strict=True)):
-        pred = predict_depth(backend, rgb)
+        pred = predict_depth(backend, rgb, previous_images[i] if previous_images is not None else None)
         result = eigen_depth_evaluation(pred, truth, median_scaling=True, garg_crop=False)
         rows.append(result.metrics)
         if i in pick:

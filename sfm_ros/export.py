@@ -2,7 +2,8 @@
 
 ONNX files are written into the bundle with their sha256 and I/O description in ``sfm.json``:
 
-- ``depth.onnx``: input ``image`` float32 [1,3,H,W] (normalised) -> ``disparity`` float32 [1,1,H,W];
+- ``depth.onnx``: input ``image`` float32 [1,3,H,W] (normalised; [1,6,H,W], the frame then the one before it, for a
+  two-frame depth net) -> ``disparity`` float32 [1,1,H,W];
 - ``pose.onnx``: inputs ``target`` [1,3,H,W] and ``sources`` [1,N,3,H,W] -> ``poses`` [1,N,6]
   (T_source_target vectors) and, with ``--mask``, ``mask`` [1,N,H,W];
 - ``*_fp16.onnx``: the same graphs with fp16 weights and arithmetic, float32 inputs/outputs (cast inside),
@@ -135,19 +136,20 @@ def export_bundle(bundle: str | Path, *, fp16: bool = True, with_mask: bool = Fa
     import onnxruntime as ort
     import torch
 
-    from sfm_ros.bundle import load_networks, read_metadata, require_single_frame_depth
+    from sfm_ros.bundle import load_networks
     from sfm_ros.models.inference import inference_copies
 
     folder = Path(bundle).expanduser()
-    require_single_frame_depth(read_metadata(folder), folder, "export")
     depth_net, pose_net, metadata = load_networks(folder, "cpu", with_mask=with_mask)
     height, width, num_sources = metadata.height, metadata.width, metadata.num_sources
+    image_channels = 3 * metadata.depth_input_frames
     generator = torch.Generator().manual_seed(seed)
-    image = torch.randn(1, 3, height, width, generator=generator)
+    image = torch.randn(1, image_channels, height, width, generator=generator)
+    target = image[:, :3].clone()  # the frame itself, the depth input's first channels
     sources = torch.randn(1, num_sources, 3, height, width, generator=generator)
     with torch.no_grad():
         reference_disparity = depth_net(image)[0].numpy()
-        reference_poses, reference_masks = pose_net(image, sources)
+        reference_poses, reference_masks = pose_net(target, sources)
     DepthExport, PoseExport = _export_modules(with_mask)
     export_depth, export_pose = inference_copies(depth_net, pose_net) if restructure else (depth_net, pose_net)
     pose_outputs = ["poses", "mask"] if with_mask else ["poses"]
@@ -158,8 +160,8 @@ def export_bundle(bundle: str | Path, *, fp16: bool = True, with_mask: bool = Fa
         half = precision == "fp16"
         jobs = {
             "depth": (DepthExport(copy.deepcopy(export_depth), half), (image,), ["image"], ["disparity"],
-                      {"image": (1, 3, height, width), "disparity": (1, 1, height, width)}),
-            "pose": (PoseExport(copy.deepcopy(export_pose), half), (image, sources), ["target", "sources"],
+                      {"image": (1, image_channels, height, width), "disparity": (1, 1, height, width)}),
+            "pose": (PoseExport(copy.deepcopy(export_pose), half), (target, sources), ["target", "sources"],
                      pose_outputs, {"target": (1, 3, height, width), "sources": (1, num_sources, 3, height, width),
                                     "poses": (1, num_sources, 6)}),
         }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -52,8 +53,9 @@ def view_synthesis_error(trainer, snippets: range = range(0, 48, 4)) -> float:
     return float(terms["photometric"])
 
 
-def make_small_bundle(folder: str | Path) -> Path:
-    """A bundle of randomly initialised networks at 64x208 (3-frame, with mask), exported to ONNX, in ``folder``."""
+def make_small_bundle(folder: str | Path, depth_input_frames: int = 1) -> Path:
+    """A bundle of randomly initialised networks at 64x208 (3-frame, with mask), exported to ONNX, in ``folder``;
+    ``depth_input_frames`` 2: a depth net that reads the frame and the one before it."""
     import torch
 
     from sfm_ros.bundle import BundleMetadata, save_networks
@@ -62,7 +64,10 @@ def make_small_bundle(folder: str | Path) -> Path:
 
     torch.manual_seed(0)
     folder = Path(folder)
-    save_networks(folder, DispNet(), PoseExpNet(2, with_mask=True), BundleMetadata(height=64, width=208))
+    metadata = BundleMetadata(height=64, width=208)
+    if depth_input_frames != 1:
+        metadata = dataclasses.replace(metadata, dispnet={**metadata.dispnet, "input_frames": depth_input_frames})
+    save_networks(folder, DispNet(input_frames=depth_input_frames), PoseExpNet(2, with_mask=True), metadata)
     export_bundle(folder, fp16=False, with_mask=True)
     return folder
 
@@ -77,6 +82,12 @@ def small_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
         shutil.copytree(given, folder)
         return folder
     return make_small_bundle(folder)
+
+
+@pytest.fixture(scope="session")
+def two_frame_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``make_small_bundle``'s bundle with a depth net that reads two frames (needs torch)."""
+    return make_small_bundle(tmp_path_factory.mktemp("two_frame") / "bundle", depth_input_frames=2)
 
 
 @pytest.fixture(scope="session")

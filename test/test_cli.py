@@ -64,6 +64,29 @@ def test_eval_depth_on_the_bundled_drive_and_the_eigen_list(small_bundle: Path, 
     assert json.loads((tmp_path / "list" / "report.json").read_text())["num_images"] == 1
 
 
+def test_depth_samples_carry_the_frame_before_and_a_two_frame_net_is_evaluated_on_pairs(
+        two_frame_bundle: Path, tmp_path: Path) -> None:
+    from sfm_ros.backends import make_backend
+    from sfm_ros.evaluate import EvaluationError, depth_samples_from_drive, depth_samples_from_list, predict_depth
+
+    frames = DRIVE_0060 / "image_02" / "data"
+    samples = depth_samples_from_drive(DRIVE_0060)
+    # each frame's before is the drive's previous frame; the first has none, so it gets the one after (as training)
+    assert [s.previous.name for s in samples[:3]] == ["0000000001.jpg", "0000000000.jpg", "0000000001.jpg"]
+    assert samples[-1].previous == frames / "0000000018.jpg"
+    listing = tmp_path / "list.txt"
+    listing.write_text("2011_09_26/2011_09_26_drive_0060_sync/image_02/data/0000000000.png\n"
+                       "2011_09_26/2011_09_26_drive_0060_sync/image_02/data/0000000007.png\n")
+    listed = depth_samples_from_list(listing, DRIVE_0060.parents[1])
+    assert [s.previous for s in listed] == [frames / "0000000001.jpg", frames / "0000000006.jpg"]
+    assert main(["eval", "depth", "--bundle", str(two_frame_bundle), "--drive", str(DRIVE_0060), "--output",
+                 str(tmp_path / "drive"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "drive" / "report.json").read_text())["num_images"] == 20
+    rgb = np.zeros((64, 208, 3), np.uint8)
+    with pytest.raises(EvaluationError, match="reads two frames .* no frame before or after it"):
+        predict_depth(make_backend(two_frame_bundle, "onnxruntime"), rgb)
+
+
 def test_prepare_kitti_to_bag_from_a_raw_drive_with_oxts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # Drive 0060 has no OXTS in the sample; 0001 has OXTS but no images: a missing ground truth is an error.
     assert main(["prepare", "kitti-to-bag", str(DRIVE_0060), str(tmp_path / "bag"), "--quiet"]) == 0

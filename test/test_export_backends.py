@@ -133,6 +133,48 @@ def test_bundle_metadata_mismatch_is_refused(small_bundle: Path, tmp_path: Path)
         make_backend(copy, "torch")
 
 
+def test_a_two_frame_depth_net_exports_and_runs_on_the_frame_then_the_one_before(two_frame_bundle: Path) -> None:
+    import onnx
+    import torch
+
+    from sfm_ros.bundle import load_networks
+
+    model = onnx.load(str(onnx_path(two_frame_bundle, "depth")))
+    assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [1, 6, 64, 208]
+    depth_net = load_networks(two_frame_bundle)[0]
+    rng = np.random.default_rng(1)
+    frame, before = (rng.standard_normal((1, 3, 64, 208), dtype=np.float32) for _ in range(2))
+    with torch.no_grad():  # the network itself on the two frames stacked, as training gives them
+        expected = depth_net(torch.from_numpy(np.concatenate([frame, before], axis=1)))[0].numpy()
+        swapped = depth_net(torch.from_numpy(np.concatenate([before, frame], axis=1)))[0].numpy()
+    assert np.abs(expected - swapped).max() > 1e-3 * np.abs(expected).max()  # the order is seen
+    for name in ("onnxruntime", "torch"):
+        backend = make_backend(two_frame_bundle, name, device="cpu")
+        assert backend.metadata.depth_input_frames == 2
+        np.testing.assert_allclose(backend.infer_depth(np.concatenate([frame, before], axis=1)), expected,
+                                   rtol=1e-4, atol=1e-5)
+        with pytest.raises(BackendError, match=r"'image' has shape \(1, 3, 64, 208\), the model expects "
+                                               r"\(1, 6, 64, 208\)"):
+            backend.infer_depth(frame)
+
+
+def test_a_depth_frame_count_the_models_do_not_take_is_refused(small_bundle: Path, tmp_path: Path) -> None:
+    copy = shutil.copytree(small_bundle, tmp_path / "stale")
+    metadata = json.loads((copy / "sfm.json").read_text())
+    metadata["dispnet"]["input_frames"] = 2  # a crafted or stale sfm.json over single-frame ONNX files
+    (copy / "sfm.json").write_text(json.dumps(metadata))
+    with pytest.raises(BackendError, match=r"2 depth frame\(s\) \(inputs image \[1, 6, 64, 208\]\), but the models "
+                                           r"take image \[1, 3, 64, 208\]"):
+        make_backend(copy, "onnxruntime")
+
+
+def test_the_latency_benchmark_feeds_a_two_frame_depth_net_its_pair(two_frame_bundle: Path) -> None:
+    from sfm_ros.bench import bench_inference
+
+    result = bench_inference(two_frame_bundle, "onnxruntime", repeats=2, warmup=1)
+    assert result["depth_ms_median"] > 0 and result["pose_ms_median"] > 0
+
+
 def test_engine_cache_key_changes_with_every_field(tmp_path: Path) -> None:
     base = EngineKey("a" * 64, "10.3.0", "Orin", "8.7", "fp16", (("image", (1, 3, 128, 416)),))
     variants = [EngineKey("b" * 64, *list(vars(base).values())[1:]),

@@ -9,7 +9,13 @@ from sfm_ros.backends import preprocess
 from sfm_ros.bundle import BundleMetadata
 from sfm_ros.camera import CameraModel
 from sfm_ros.geometry import euler_to_matrix
-from sfm_ros.odometry.network import PoseWindow, grey_from_preprocessed, network_step, relative_pose
+from sfm_ros.odometry.network import (
+    PoseWindow,
+    depth_frame_before,
+    grey_from_preprocessed,
+    network_step,
+    relative_pose,
+)
 from test.odometry_support import euler_xyz
 
 HEIGHT, WIDTH = 8, 16
@@ -86,3 +92,49 @@ def test_the_grey_image_undoes_the_normalisation() -> None:
     grey = grey_from_preprocessed(preprocess(rgb, metadata), metadata)
     assert grey.dtype == np.float32 and grey.shape == (HEIGHT, WIDTH)
     np.testing.assert_allclose(grey, rgb.mean(axis=-1) / 255.0, atol=1e-6)
+
+
+class PairRecordingBackend(TruthBackend):
+    """A two-frame depth net's backend that records the frame indices of each depth input (frames are filled with
+    their index, which the normalisation maps to index / 127.5 - 1)."""
+
+    metadata = BundleMetadata(height=HEIGHT, width=WIDTH, dispnet={"alpha": 10.0, "beta": 0.01, "input_frames": 2})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pairs: list[tuple[int, int]] = []
+
+    def infer_depth(self, image: np.ndarray) -> np.ndarray:
+        assert image.shape == (1, 6, HEIGHT, WIDTH)
+        indices = np.rint((image[0, [0, 3]].reshape(2, -1) + 1.0) * 127.5)
+        assert np.all(indices == indices[:, :1])
+        self.pairs.append((int(indices[0, 0]), int(indices[1, 0])))
+        return super().infer_depth(image)
+
+
+@pytest.mark.parametrize(("interval_s", "expected"), [
+    # every frame enters the window: each frame is paired with the one just before it, the first with itself
+    (0.0, [(0, 0), (1, 0), (2, 1), (3, 2), (4, 3)]),
+    # 30 Hz with a 0.09 s window spacing: frames 0 and 3 enter; frame 4's gaps are 0.133 s (frame 0) and 0.033 s
+    # (frame 3), and 0.133 is nearer 0.09
+    (0.09, [(0, 0), (1, 0), (2, 0), (3, 0), (4, 0)]),
+])
+def test_a_two_frame_depth_net_reads_the_frame_then_the_window_frame_nearest_its_spacing(
+        interval_s: float, expected: list[tuple[int, int]]) -> None:
+    backend, window = PairRecordingBackend(), PoseWindow(3)
+    camera = CameraModel(K=np.diag([20.0, 20.0, 1.0]), height=HEIGHT, width=WIDTH)
+    for index in range(5):
+        rgb = np.full((HEIGHT, WIDTH, 3), index, np.uint8)
+        network_step(backend, window, round(index / 30 * 1e9), rgb, camera, None, interval_s, needs_grey=False)
+    assert backend.pairs == expected
+
+
+def test_the_depth_frame_before_is_the_nearest_gap_to_the_spacing_and_the_newer_on_a_tie() -> None:
+    window = PoseWindow(3)
+    for stamp_ns, value in ((0, 0.0), (250_000_000, 1.0), (500_000_000, 2.0)):
+        window.frames.append((stamp_ns, np.full((1, 3, 1, 1), value, np.float32)))
+    # from 0.625 s: gaps 0.125 (frame 2) and 0.375 (frame 1) are both 0.125 from 0.25: the newer wins
+    assert depth_frame_before(window, 625_000_000, 0.25)[0, 0, 0, 0] == 2.0
+    assert depth_frame_before(window, 625_000_000, 0.6)[0, 0, 0, 0] == 0.0
+    assert depth_frame_before(window, 500_000_000, 0.0)[0, 0, 0, 0] == 1.0  # a frame is never its own before
+    assert depth_frame_before(window, 0, 0.1) is None and depth_frame_before(PoseWindow(3), 5, 0.1) is None

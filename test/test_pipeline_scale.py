@@ -379,12 +379,15 @@ def test_external_speed_from_a_ground_truth_odometry_topic(odometry_bag: Path, s
     np.testing.assert_allclose(steps[:, 0], steps[:, 1], rtol=1e-6)  # speed x dt, whatever the network says
 
 
-def test_replay_writes_one_depth_per_input_frame(odometry_bag: Path, small_bundle: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("bundle_fixture", ["small_bundle", "two_frame_bundle"])  # one-frame and two-frame depth
+def test_replay_writes_one_depth_per_input_frame(odometry_bag: Path, bundle_fixture: str, tmp_path: Path,
+                                                 request: pytest.FixtureRequest) -> None:
     from rosbags.rosbag2 import Reader
 
     from sfm_ros.replay import replay_bag
 
-    pipeline = Pipeline(PipelineConfig(bundle=str(small_bundle), backend="onnxruntime"), ScaleConfig(source="none"))
+    bundle = request.getfixturevalue(bundle_fixture)
+    pipeline = Pipeline(PipelineConfig(bundle=str(bundle), backend="onnxruntime"), ScaleConfig(source="none"))
     summary = replay_bag(odometry_bag, pipeline, tmp_path / "replay", progress=False, publish_mask=True)
     assert summary.frames_in == summary.frames_out == 51 and summary.dropped == 0
     input_stamps = [f.stamp_ns for f in read_camera_frames(odometry_bag)]

@@ -40,6 +40,23 @@ def test_calibration_windows_are_consecutive_real_frames(small_bundle: Path, odo
     assert first["image"].std() > 0.1  # real, normalised images, not blank frames
 
 
+def test_a_two_frame_depth_net_is_calibrated_and_quantised_on_the_target_and_the_frame_before(
+        two_frame_bundle: Path, odometry_bag: Path, tmp_path: Path) -> None:
+    metadata = read_metadata(two_frame_bundle)
+    windows = list(calibration_windows(odometry_bag, metadata, max_windows=2))
+    for window in windows:  # the 3-frame window's first source is the frame before its target
+        assert window["image"].shape == (1, 6, 64, 208)
+        np.testing.assert_array_equal(window["image"][:, :3], window["target"])
+        np.testing.assert_array_equal(window["image"][0, 3:], window["sources"][0, 0])
+    folder = shutil.copytree(two_frame_bundle, tmp_path / "bundle")
+    report = quantize_bundle(folder, odometry_bag, max_windows=8, targets=("onnxruntime", "tensorrt"))
+    for key in ("depth_int8", "depth_int8_qdq"):  # onnxruntime's and TensorRT's INT8, each checked on held-out pairs
+        assert report["models"][key]["check"]["disparity_rel_median"] <= INT8_TOLERANCES["disparity_rel_median"]
+        assert report["models"][key]["inputs"]["image"] == [1, 6, 64, 208]
+    int8 = make_backend(folder, "onnxruntime", precision="int8")
+    assert int8.infer_depth(windows[1]["image"]).shape == (1, 1, 64, 208)
+
+
 def test_int8_models_are_checked_recorded_and_run(int8_bundle: Path, odometry_bag: Path) -> None:
     metadata = read_metadata(int8_bundle)
     for model, key in (("depth", "disparity_rel_median"), ("pose", "pose_rel_median")):

@@ -2,7 +2,8 @@
 
 Each is built from a model bundle and owns its preprocessing (from the bundle's metadata):
 
-- ``infer_depth(image_nchw) -> disparity [1,1,H,W]``
+- ``infer_depth(image_nchw) -> disparity [1,1,H,W]``, from ``depth_net_input``: the frame [1,3,H,W], or for a
+  two-frame depth net the frame and the one before it [1,6,H,W]
 - ``infer_pose(target_nchw, sources_nchw) -> (poses [N,6] T_source_target vectors, mask [N,H,W] | None)``
 
 ``make_backend(bundle, "auto")`` picks TensorRT on an NVIDIA GPU, else onnxruntime (best provider), else torch,
@@ -23,8 +24,7 @@ import numpy as np
 from sfm_ros.bundle import BundleMetadata, normalise_images
 
 __all__ = ["BACKENDS", "BACKEND_CHOICES", "Backend", "BackendError", "check_input", "check_mask_output",
-           "check_model_inputs",
-           "make_backend", "model_input_shapes", "preprocess"]
+           "check_model_inputs", "depth_net_input", "make_backend", "model_input_shapes", "preprocess"]
 
 
 class BackendError(RuntimeError):
@@ -65,6 +65,18 @@ def preprocess(rgb: np.ndarray, metadata: BundleMetadata) -> np.ndarray:
     return normalise_images(rgb, metadata)[None]
 
 
+def depth_net_input(frame: np.ndarray, previous: np.ndarray | None, metadata: BundleMetadata) -> np.ndarray:
+    """The depth net's input from preprocessed frames [1,3,H,W]: the frame itself, or for a two-frame net
+    (``metadata.depth_input_frames`` 2) the frame then ``previous`` stacked on the channels [1,6,H,W].
+
+    Without a previous frame (the first after a start or a tracking restart) a two-frame net gets the frame twice:
+    no parallax, so it gives its depth from the single image, which is weaker (docs/training.md).
+    """
+    if metadata.depth_input_frames == 1:
+        return frame
+    return np.concatenate([frame, frame if previous is None else previous], axis=1)
+
+
 def check_input(name: str, array: np.ndarray, expected: tuple[int, ...]) -> None:
     """Raise a BackendError naming both shapes when ``array`` does not have the model's input shape."""
     if tuple(array.shape) != tuple(expected):
@@ -72,9 +84,10 @@ def check_input(name: str, array: np.ndarray, expected: tuple[int, ...]) -> None
 
 
 def model_input_shapes(metadata: BundleMetadata) -> dict[str, tuple[int, ...]]:
-    """The input shapes the bundle's sfm.json implies: image/target [1,3,H,W], sources [1,N,3,H,W]."""
+    """The input shapes the bundle's sfm.json implies: image [1,3F,H,W] (F frames the depth net reads), target
+    [1,3,H,W], sources [1,N,3,H,W]."""
     height, width, sources = metadata.height, metadata.width, metadata.num_sources
-    return {"image": (1, 3, height, width), "target": (1, 3, height, width),
+    return {"image": (1, 3 * metadata.depth_input_frames, height, width), "target": (1, 3, height, width),
             "sources": (1, sources, 3, height, width)}
 
 
@@ -89,8 +102,9 @@ def check_model_inputs(found: dict[str, tuple], metadata: BundleMetadata, where:
     wrong = {name: shape for name, shape in expected.items() if tuple(found.get(name, ())) != shape}
     if wrong:
         described = ", ".join(f"{name} {list(found.get(name, []))}" for name in wrong)
+        implied = ", ".join(f"{n} {list(s)}" for n, s in wrong.items())
         raise BackendError(f"{where}: sfm.json says {metadata.height}x{metadata.width} with {metadata.num_sources} "
-                           f"sources (inputs {', '.join(f'{n} {list(s)}' for n, s in wrong.items())}), but the "
+                           f"sources and {metadata.depth_input_frames} depth frame(s) (inputs {implied}), but the "
                            f"models take {described}: re-export the bundle (`sfm export`) or restore its sfm.json")
 
 
@@ -122,11 +136,10 @@ def _auto_choice(bundle: Path, metadata: BundleMetadata) -> tuple[str, str]:
 def make_backend(bundle: str | Path, name: str = "auto", *, device: str = "auto", precision: str = "fp16",
                  threads: int = 0, with_mask: bool = False, engine_cache_dir: str | Path | None = None) -> Backend:
     """Build a backend by name ('auto', 'tensorrt', 'onnxruntime', 'torch') for a bundle."""
-    from sfm_ros.bundle import read_metadata, require_single_frame_depth
+    from sfm_ros.bundle import read_metadata
 
     bundle = Path(bundle).expanduser()
     metadata = read_metadata(bundle)
-    require_single_frame_depth(metadata, bundle, "an inference backend")
     reason = "requested"
     if name == "auto":
         name, reason = _auto_choice(bundle, metadata)

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sfm_ros.backends import BackendError, check_input
+from sfm_ros.backends import BackendError, check_input, model_input_shapes
 from sfm_ros.bundle import BundleMetadata, load_networks
 
 
@@ -35,9 +35,7 @@ class TorchBackend:
         self.depth_net, self.pose_net, _ = load_networks(bundle, str(self.device), with_mask=with_mask)
         self.has_mask = with_mask
         self.dtype = torch.float16 if self.device.type == "cuda" and precision == "fp16" else torch.float32
-        height, width, n = metadata.height, metadata.width, metadata.num_sources
-        self._shapes = {"image": (1, 3, height, width), "target": (1, 3, height, width),
-                        "sources": (1, n, 3, height, width)}
+        self._shapes = model_input_shapes(metadata)
         self._graphs: dict[str, Any] = {}
         if self.device.type == "cuda":
             self.depth_net = self.depth_net.to(dtype=self.dtype, memory_format=torch.channels_last)

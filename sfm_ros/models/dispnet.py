@@ -15,7 +15,7 @@ ENCODER_CHANNELS = (32, 64, 128, 256, 512, 512, 512)
 ENCODER_KERNELS = (7, 5, 3, 3, 3, 3, 3)
 DECODER_CHANNELS = (512, 512, 256, 128, 64, 32, 16)
 NUM_SCALES = 4
-INPUT_FRAMES = (1, 2)  # the target alone (the paper), or the target and the frame before it
+INPUT_FRAMES = (1, 2)  # the target alone (the paper), or it and the frame before (bundle.DEPTH_INPUT_FRAMES)
 
 
 class DispNet(nn.Module):

@@ -1,5 +1,10 @@
 """The network's step of a frame: the depth net on the frame, the pose net on the window of recent frames.
 
+A two-frame depth net reads the frame and an earlier frame of the pose window: the one whose gap is nearest the
+window's spacing (``min_pose_interval_s``, the training snippets' spacing on a faster camera), so the parallax it
+sees is what it learnt on (``depth_frame_before``). The first frame after a (re)start, with none before it, is read
+twice.
+
 ``PoseWindow`` holds the frames the pose net sees (the tracking state owns it: a tracking restart replaces it), and
 ``network_step`` runs both networks for one frame. The pose net's window is (t-2, t-1, t) with t-1 as its target,
 which gives the motion of frame t at once, so odometry has no frame of delay; the first full window after a
@@ -14,12 +19,13 @@ import time
 
 import numpy as np
 
-from sfm_ros.backends import Backend, preprocess
+from sfm_ros.backends import Backend, depth_net_input, preprocess
 from sfm_ros.bundle import BundleMetadata
 from sfm_ros.camera import CameraModel
 from sfm_ros.geometry import invert_transform, scale_intrinsics, window_transforms
 
-__all__ = ["NetworkStep", "PoseWindow", "grey_from_preprocessed", "network_step", "relative_pose"]
+__all__ = ["NetworkStep", "PoseWindow", "depth_frame_before", "grey_from_preprocessed", "network_step",
+           "relative_pose"]
 
 # Below this disparity the depth is taken as this far (network units), so a zero disparity is not an infinite depth.
 MIN_DISPARITY = 1e-6
@@ -67,8 +73,9 @@ def network_step(backend: Backend, window: PoseWindow, stamp_ns: int, rgb: np.nd
     metadata = backend.metadata
     K = scale_intrinsics(camera.K, metadata.width / camera.width, metadata.height / camera.height)
     image = preprocess(rgb, metadata)
+    depth_input = depth_net_input(image, depth_frame_before(window, stamp_ns, min_pose_interval_s), metadata)
     t_pre = time.perf_counter()
-    disparity = backend.infer_depth(image)[0, 0]
+    disparity = backend.infer_depth(depth_input)[0, 0]
     t_depth = time.perf_counter()
     depth_units = 1.0 / np.maximum(disparity, MIN_DISPARITY)
     T_prev_current, T_catch_up, mask, grey = None, None, None, None
@@ -84,6 +91,15 @@ def network_step(backend: Backend, window: PoseWindow, stamp_ns: int, rgb: np.nd
             grey = grey_from_preprocessed(image, metadata)
     timings = {"preprocess": (t_pre - tick) * 1e3, "depth": (t_depth - t_pre) * 1e3}
     return NetworkStep(image, K, depth_units, T_prev_current, T_catch_up, mask, grey, dt_s), timings, t_depth
+
+
+def depth_frame_before(window: PoseWindow, stamp_ns: int, spacing_s: float) -> np.ndarray | None:
+    """The frame of ``window`` stamped before ``stamp_ns`` whose gap to it is nearest ``spacing_s`` (the newer on a
+    tie), or None when the window holds none: a two-frame depth net's second frame."""
+    earlier = [(stamp, frame) for stamp, frame in reversed(window.frames) if stamp < stamp_ns]
+    if not earlier:
+        return None
+    return min(earlier, key=lambda item: abs((stamp_ns - item[0]) / 1e9 - spacing_s))[1]
 
 
 def relative_pose(backend: Backend, frames: list[np.ndarray], first: bool
