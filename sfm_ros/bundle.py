@@ -114,7 +114,7 @@ class BundleMetadata:
             if not isinstance(getattr(self, name), dict):
                 raise BundleError(f"bundle {name} section must be a mapping, got {getattr(self, name)!r}")
         frames = self.dispnet.get("input_frames", 1)
-        if isinstance(frames, bool) or frames not in DEPTH_INPUT_FRAMES:
+        if type(frames) is not int or frames not in DEPTH_INPUT_FRAMES:  # neither True nor 2.0
             raise BundleError(f"bundle dispnet.input_frames must be one of {DEPTH_INPUT_FRAMES}, got {frames!r}")
         for key, entry in self.onnx.items():
             if not isinstance(entry, dict) or "file" not in entry or "sha256" not in entry:

@@ -22,12 +22,12 @@ def calibration_windows(bag: str | Path, metadata: BundleMetadata, max_windows: 
     """Network inputs from consecutive frames of a bag, preprocessed as the pipeline does.
 
     Yields {'image': [1,3F,H,W], 'target': [1,3,H,W], 'sources': [1,N,3,H,W]} for each window of N+1
-    consecutive frames (target = the middle one, as in training; a two-frame depth net's image is the target then
+    consecutive frames (target = the middle one, as in training; a two-frame depth net's image is the target, then
     the frame before it), at most ``max_windows``. ``image_topic`` /
     ``info_topic``: the camera's topics (None: auto-detected); ``rectify``: undistort raw images with the bag's
     CameraInfo first, as the node's ``rectify`` does.
     """
-    from sfm_ros.backends import depth_net_input, preprocess
+    from sfm_ros.backends import depth_input_from_frames, preprocess
     from sfm_ros.bags import read_camera_frames
 
     window = metadata.num_sources + 1
@@ -39,8 +39,8 @@ def calibration_windows(bag: str | Path, metadata: BundleMetadata, max_windows: 
             continue
         center = window // 2
         sources = np.stack([f[0] for i, f in enumerate(frames) if i != center])[None]
-        yield {"image": depth_net_input(frames[center], frames[center - 1], metadata), "target": frames[center],
-               "sources": sources}
+        image = depth_input_from_frames(frames[center], frames[center - 1], metadata)
+        yield {"image": image, "target": frames[center], "sources": sources}
         frames.pop(0)
         produced += 1
         if produced >= max_windows:

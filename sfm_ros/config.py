@@ -242,7 +242,8 @@ class PipelineConfig:
                                    choices=("network", "input"))
     max_frame_gap_s: float = param(0.5, "a larger gap between frames resets odometry tracking", range=(0.01, 60.0))
     min_pose_interval_s: float = param(0.0, "feed a frame to the pose window only this long after the last one "
-                                            "(0.1 for a 10 Hz-trained model on a 30 Hz camera)", range=(0.0, 10.0))
+                                            "(0.1 for a 10 Hz-trained model on a 30 Hz camera); a two-frame depth net "
+                                            "pairs each frame with the one nearest this far back", range=(0.0, 10.0))
     max_depth_m: float = param(80.0, "depth beyond this is published as +inf", range=(0.1, 1000.0))
     odometry: str = param("keyframes", "how each frame's pose is found: 'chain', the pose net's steps alone (the "
                                        "paper's odometry); 'frame_to_frame', each step refined by aligning the frame "

@@ -14,13 +14,13 @@ from typing import Any
 import numpy as np
 
 from sfm_ros import kitti
-from sfm_ros.backends import Backend, depth_net_input, preprocess
+from sfm_ros.backends import Backend, depth_input_from_frames, preprocess
 from sfm_ros.metrics import DEPTH_METRICS, eigen_depth_evaluation, kitti_segment_errors, snippet_ates, trajectory_errors
 from sfm_ros.report import plot_depth_grid, plot_frame_errors, plot_trajectory, write_report
 
 __all__ = ["DepthSample", "EvaluationError", "depth_samples_from_drive", "depth_samples_from_list",
-           "evaluate_dense_depth", "evaluate_depth", "evaluate_pose", "predict_depth", "read_tum", "run_sequence",
-           "write_tum"]
+           "evaluate_dense_depth", "evaluate_depth", "evaluate_pose", "frames_before", "predict_depth", "read_tum",
+           "run_sequence", "write_tum"]
 
 
 class EvaluationError(ValueError):
@@ -66,9 +66,16 @@ def depth_samples_from_drive(drive_dir: str | Path, camera: int = 2) -> list[Dep
     if sequence.velodyne_paths is None:
         raise kitti.KittiError(f"{drive_dir} has no velodyne_points/data: no depth ground truth")
     images = sequence.image_paths
-    before = [images[i - 1] if i else (images[1] if len(images) > 1 else None) for i in range(len(images))]
-    return [DepthSample(i, s, sequence.calib_dir, camera, previous=p)
-            for i, s, p in zip(images, sequence.velodyne_paths, before, strict=True)]
+    return [DepthSample(image, scan, sequence.calib_dir, camera, previous=before)
+            for image, scan, before in zip(images, sequence.velodyne_paths, frames_before(images), strict=True)]
+
+
+def frames_before(frames: list) -> list:
+    """Each frame's frame before in a sequence, and the one after for the first (as training pairs a sequence's
+    frames; None for a sequence of one)."""
+    if len(frames) < 2:
+        return [None] * len(frames)
+    return [frames[1], *frames[:-1]]
 
 
 def predict_depth(backend: Backend, rgb: np.ndarray, previous: np.ndarray | None = None) -> np.ndarray:
@@ -79,7 +86,8 @@ def predict_depth(backend: Backend, rgb: np.ndarray, previous: np.ndarray | None
         raise EvaluationError("the bundle's depth net reads two frames (dispnet.input_frames 2), but the image has no "
                               "frame before or after it to pair with")
     previous_input = None if previous is None else preprocess(previous, metadata)
-    disparity = backend.infer_depth(depth_net_input(preprocess(rgb, metadata), previous_input, metadata))[0, 0]
+    depth_input = depth_input_from_frames(preprocess(rgb, metadata), previous_input, metadata)
+    disparity = backend.infer_depth(depth_input)[0, 0]
     return 1.0 / np.maximum(disparity, 1e-6)
 
 
@@ -101,6 +109,10 @@ def evaluate_depth(backend: Backend, samples: list[DepthSample], output: str | P
         raise EvaluationError("no depth samples to evaluate (no images with LiDAR scans found)")
     rows, ratios, grid, scale_failures = [], [], [], 0
     two_frames = backend.metadata.depth_input_frames == 2
+    unpaired = [sample.image for sample in samples if two_frames and sample.previous is None]
+    if unpaired:
+        raise EvaluationError(f"the bundle's depth net reads two frames (dispnet.input_frames 2), but {unpaired[0]} "
+                              f"(and {len(unpaired) - 1} more) has no frame before or after it to pair with")
     estimator = GroundPlaneScale(dataclasses.replace(metric_scale, smoothing=0.0)) if metric_scale else None
     if estimator is not None:
         median_scaling = False
@@ -166,6 +178,9 @@ def evaluate_dense_depth(backend: Backend, images: list[np.ndarray], truths: lis
         raise ValueError(f"need as many ground-truth maps as images, got {len(images)} and {len(truths)}")
     if previous_images is not None and len(previous_images) != len(images):
         raise ValueError(f"need one previous frame per image, got {len(previous_images)} for {len(images)}")
+    if previous_images is None and backend.metadata.depth_input_frames == 2:
+        raise EvaluationError("the bundle's depth net reads two frames (dispnet.input_frames 2): pass each image's "
+                              "frame before as previous_images")
     rows, grid = [], []
     pick = set(np.linspace(0, len(images) - 1, min(grid_rows, len(images))).astype(int).tolist())
     for i, (rgb, truth) in enumerate(zip(images, truths, strict=True)):

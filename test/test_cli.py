@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 
 from sfm_ros import kitti
 from sfm_ros.cli import main
-from sfm_ros.evaluate import read_tum, write_tum
+from sfm_ros.evaluate import EvaluationError, read_tum, write_tum
 from test.conftest import DRIVE_0001, DRIVE_0060, ODOMETRY_06, shared_path
 
 
@@ -67,7 +68,7 @@ def test_eval_depth_on_the_bundled_drive_and_the_eigen_list(small_bundle: Path, 
 def test_depth_samples_carry_the_frame_before_and_a_two_frame_net_is_evaluated_on_pairs(
         two_frame_bundle: Path, tmp_path: Path) -> None:
     from sfm_ros.backends import make_backend
-    from sfm_ros.evaluate import EvaluationError, depth_samples_from_drive, depth_samples_from_list, predict_depth
+    from sfm_ros.evaluate import depth_samples_from_drive, depth_samples_from_list, predict_depth
 
     frames = DRIVE_0060 / "image_02" / "data"
     samples = depth_samples_from_drive(DRIVE_0060)
@@ -85,6 +86,46 @@ def test_depth_samples_carry_the_frame_before_and_a_two_frame_net_is_evaluated_o
     rgb = np.zeros((64, 208, 3), np.uint8)
     with pytest.raises(EvaluationError, match="reads two frames .* no frame before or after it"):
         predict_depth(make_backend(two_frame_bundle, "onnxruntime"), rgb)
+
+
+class PairRecordingBackend:
+    """A two-frame depth net's stand-in that keeps each depth input and answers a constant disparity."""
+
+    description = "pair recorder"
+
+    def __init__(self) -> None:
+        from sfm_ros.bundle import BundleMetadata
+
+        self.metadata = BundleMetadata(height=64, width=208, dispnet={"alpha": 10.0, "beta": 0.01, "input_frames": 2})
+        self.inputs: list[np.ndarray] = []
+
+    def infer_depth(self, image: np.ndarray) -> np.ndarray:
+        self.inputs.append(image)
+        return np.full((1, 1, 64, 208), 0.1, np.float32)
+
+
+def test_the_evaluations_give_a_two_frame_net_each_image_then_its_frame_before() -> None:
+    from sfm_ros.backends import preprocess
+    from sfm_ros.evaluate import depth_samples_from_drive, evaluate_dense_depth, evaluate_depth
+
+    backend = PairRecordingBackend()
+    frames = DRIVE_0060 / "image_02" / "data"
+    evaluate_depth(backend, depth_samples_from_drive(DRIVE_0060)[:3], progress=False)
+    for given, (image, before) in zip(backend.inputs, [(0, 1), (1, 0), (2, 1)], strict=True):
+        expected = [preprocess(kitti.load_rgb(frames / f"{index:010d}.jpg"), backend.metadata)
+                    for index in (image, before)]
+        np.testing.assert_array_equal(given, np.concatenate(expected, axis=1))
+    dense = PairRecordingBackend()
+    images = [np.full((64, 208, 3), value, np.uint8) for value in (10, 20)]
+    evaluate_dense_depth(dense, images, [np.ones((64, 208))] * 2,
+                         previous_images=[np.full((64, 208, 3), value, np.uint8) for value in (30, 40)])
+    assert [(round((i[0, 0, 0, 0] + 1) * 127.5), round((i[0, 3, 0, 0] + 1) * 127.5)) for i in dense.inputs] == [
+        (10, 30), (20, 40)]
+    with pytest.raises(EvaluationError, match="pass each image's frame before as previous_images"):
+        evaluate_dense_depth(dense, images, [np.ones((64, 208))] * 2)
+    alone = dataclasses.replace(depth_samples_from_drive(DRIVE_0060)[5], previous=None)
+    with pytest.raises(EvaluationError, match=r"0000000005.jpg \(and 0 more\) has no frame before or after it"):
+        evaluate_depth(PairRecordingBackend(), [alone], progress=False)
 
 
 def test_prepare_kitti_to_bag_from_a_raw_drive_with_oxts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

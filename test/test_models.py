@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sfm_ros.bundle import DEPTH_INPUT_FRAMES
 from sfm_ros.models import DispNet, PoseExpNet, dispnet, posenet
+from sfm_ros.models.dispnet import INPUT_FRAMES
 
 
 def count(module: torch.nn.Module) -> int:
@@ -130,7 +132,4 @@ def test_a_two_frame_dispnet_differs_only_in_its_first_convolutions_inputs() -> 
         net(torch.zeros(1, 3, 64, 208))
     with pytest.raises(ValueError, match="input_frames must be one of"):
         DispNet(input_frames=3)
-    from sfm_ros.bundle import DEPTH_INPUT_FRAMES
-    from sfm_ros.models.dispnet import INPUT_FRAMES
-
     assert INPUT_FRAMES == DEPTH_INPUT_FRAMES  # what a bundle may say is what the network builds

@@ -15,6 +15,7 @@ from sfm_ros.odometry.network import (
     grey_from_preprocessed,
     network_step,
     relative_pose,
+    remember_frame,
 )
 from test.odometry_support import euler_xyz
 
@@ -115,11 +116,11 @@ class PairRecordingBackend(TruthBackend):
 @pytest.mark.parametrize(("interval_s", "expected"), [
     # every frame enters the window: each frame is paired with the one just before it, the first with itself
     (0.0, [(0, 0), (1, 0), (2, 1), (3, 2), (4, 3)]),
-    # 30 Hz with a 0.09 s window spacing: frames 0 and 3 enter; frame 4's gaps are 0.133 s (frame 0) and 0.033 s
-    # (frame 3), and 0.133 is nearer 0.09
-    (0.09, [(0, 0), (1, 0), (2, 0), (3, 0), (4, 0)]),
+    # 30 Hz with a 0.09 s window spacing (frames 0 and 3 enter the pose window): frame 4's gaps are 0.133, 0.1, 0.067
+    # and 0.033 s to frames 0-3, and 0.1 (frame 1, which never entered the window) is the nearest to 0.09
+    (0.09, [(0, 0), (1, 0), (2, 0), (3, 0), (4, 1)]),
 ])
-def test_a_two_frame_depth_net_reads_the_frame_then_the_window_frame_nearest_its_spacing(
+def test_a_two_frame_depth_net_reads_the_frame_then_the_recent_frame_nearest_the_spacing(
         interval_s: float, expected: list[tuple[int, int]]) -> None:
     backend, window = PairRecordingBackend(), PoseWindow(3)
     camera = CameraModel(K=np.diag([20.0, 20.0, 1.0]), height=HEIGHT, width=WIDTH)
@@ -130,11 +131,23 @@ def test_a_two_frame_depth_net_reads_the_frame_then_the_window_frame_nearest_its
 
 
 def test_the_depth_frame_before_is_the_nearest_gap_to_the_spacing_and_the_newer_on_a_tie() -> None:
-    window = PoseWindow(3)
-    for stamp_ns, value in ((0, 0.0), (250_000_000, 1.0), (500_000_000, 2.0)):
-        window.frames.append((stamp_ns, np.full((1, 3, 1, 1), value, np.float32)))
+    recent = [(stamp_ns, np.full((1, 3, 1, 1), value, np.float32))
+              for stamp_ns, value in ((0, 0.0), (250_000_000, 1.0), (500_000_000, 2.0))]
     # from 0.625 s: gaps 0.125 (frame 2) and 0.375 (frame 1) are both 0.125 from 0.25: the newer wins
-    assert depth_frame_before(window, 625_000_000, 0.25)[0, 0, 0, 0] == 2.0
-    assert depth_frame_before(window, 625_000_000, 0.6)[0, 0, 0, 0] == 0.0
-    assert depth_frame_before(window, 500_000_000, 0.0)[0, 0, 0, 0] == 1.0  # a frame is never its own before
-    assert depth_frame_before(window, 0, 0.1) is None and depth_frame_before(PoseWindow(3), 5, 0.1) is None
+    assert depth_frame_before(recent, 625_000_000, 0.25)[0, 0, 0, 0] == 2.0
+    assert depth_frame_before(recent, 625_000_000, 0.6)[0, 0, 0, 0] == 0.0
+    assert depth_frame_before(recent, 500_000_000, 0.0)[0, 0, 0, 0] == 1.0  # a frame is never its own before
+    assert depth_frame_before(recent, 0, 0.1) is None and depth_frame_before([], 5, 0.1) is None
+
+
+def test_recent_frames_keep_only_what_a_later_frame_could_pair_with() -> None:
+    recent: list = []
+    for index in range(6):  # 0.05 s apart, spacing 0.1 s
+        recent = remember_frame(recent, index * 50_000_000, np.full(1, index), 0.1)
+    # at 0.25 s frame 3 (0.1 s back) is the newest at least the spacing old: frames 0-2 can never be nearer for a later
+    # frame, whose gaps to them only grow
+    assert [int(frame[0]) for _, frame in recent] == [3, 4, 5]
+    kept = []
+    for index in range(3):  # spacing 0: only the newest frame is kept
+        kept = remember_frame(kept, index, np.full(1, index), 0.0)
+    assert [int(frame[0]) for _, frame in kept] == [1, 2]

@@ -59,6 +59,7 @@ def test_sfm_json_names_only_files_inside_the_bundle(small_bundle: Path, tmp_pat
     ({"dispnet": {"input_frames": 3}}, r"dispnet.input_frames must be one of \(1, 2\), got 3"),
     ({"dispnet": {"input_frames": True}}, r"dispnet.input_frames must be one of \(1, 2\), got True"),
     ({"dispnet": {"input_frames": "2"}}, r"dispnet.input_frames must be one of \(1, 2\), got '2'"),
+    ({"dispnet": {"input_frames": 2.0}}, r"dispnet.input_frames must be one of \(1, 2\), got 2.0"),
 ])
 def test_sizes_out_of_bounds_are_refused_when_read(small_bundle: Path, tmp_path: Path, changes: dict,
                                                   message: str) -> None:

@@ -23,7 +23,14 @@ import torch
 from sfm_ros import kitti
 from sfm_ros.bags import kitti_to_bag
 from sfm_ros.config import PipelineConfig, ScaleConfig
-from sfm_ros.evaluate import depth_samples_from_drive, evaluate_dense_depth, evaluate_depth, evaluate_pose, run_sequence
+from sfm_ros.evaluate import (
+    depth_samples_from_drive,
+    evaluate_dense_depth,
+    evaluate_depth,
+    evaluate_pose,
+    frames_before,
+    run_sequence,
+)
 from sfm_ros.export import export_bundle
 from sfm_ros.odometry.pipeline import Pipeline
 from sfm_ros.replay import replay_bag
@@ -96,12 +103,12 @@ def run_demo(output: Path, steps: int | None = None, sample: Path = Path("test/d
     pipeline = Pipeline(*node_config)
     street = street_sequence(val_streets, 0)
     frames = range(0, val_streets.depth.shape[1], 3)
-    before = [i - 1 if i else 1 for i in frames]  # a two-frame depth net's frame before (the first: the one after)
+    before = frames_before(street.image_paths)  # what a two-frame depth net also reads
     synth_depth = evaluate_dense_depth(
         pipeline.backend, [kitti.load_rgb(street.image_paths[i]) for i in frames], [val_streets.depth[0, i]
                                                                                    for i in frames],
         output / "streets", truth_label="exact depth (rendered)",
-        previous_images=[kitti.load_rgb(street.image_paths[i]) for i in before])
+        previous_images=[kitti.load_rgb(before[i]) for i in frames])
     stamps, poses = run_sequence(pipeline, street, progress=not quiet)
     synth_pose = evaluate_pose(street.stamps_ns, street.poses, stamps, poses, output / "streets" / "trajectory",
                                title=f"Held-out rendered street {street.name} vs its true trajectory")

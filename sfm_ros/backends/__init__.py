@@ -2,8 +2,8 @@
 
 Each is built from a model bundle and owns its preprocessing (from the bundle's metadata):
 
-- ``infer_depth(image_nchw) -> disparity [1,1,H,W]``, from ``depth_net_input``: the frame [1,3,H,W], or for a
-  two-frame depth net the frame and the one before it [1,6,H,W]
+- ``infer_depth(image_nchw) -> disparity [1,1,H,W]``, of ``depth_input_from_frames``: the frame [1,3,H,W], or
+  for a two-frame depth net the frame and the one before it [1,6,H,W]
 - ``infer_pose(target_nchw, sources_nchw) -> (poses [N,6] T_source_target vectors, mask [N,H,W] | None)``
 
 ``make_backend(bundle, "auto")`` picks TensorRT on an NVIDIA GPU, else onnxruntime (best provider), else torch,
@@ -24,7 +24,7 @@ import numpy as np
 from sfm_ros.bundle import BundleMetadata, normalise_images
 
 __all__ = ["BACKENDS", "BACKEND_CHOICES", "Backend", "BackendError", "check_input", "check_mask_output",
-           "check_model_inputs", "depth_net_input", "make_backend", "model_input_shapes", "preprocess"]
+           "check_model_inputs", "depth_input_from_frames", "make_backend", "model_input_shapes", "preprocess"]
 
 
 class BackendError(RuntimeError):
@@ -65,7 +65,7 @@ def preprocess(rgb: np.ndarray, metadata: BundleMetadata) -> np.ndarray:
     return normalise_images(rgb, metadata)[None]
 
 
-def depth_net_input(frame: np.ndarray, previous: np.ndarray | None, metadata: BundleMetadata) -> np.ndarray:
+def depth_input_from_frames(frame: np.ndarray, previous: np.ndarray | None, metadata: BundleMetadata) -> np.ndarray:
     """The depth net's input from preprocessed frames [1,3,H,W]: the frame itself, or for a two-frame net
     (``metadata.depth_input_frames`` 2) the frame then ``previous`` stacked on the channels [1,6,H,W].
 
@@ -102,7 +102,7 @@ def check_model_inputs(found: dict[str, tuple], metadata: BundleMetadata, where:
     wrong = {name: shape for name, shape in expected.items() if tuple(found.get(name, ())) != shape}
     if wrong:
         described = ", ".join(f"{name} {list(found.get(name, []))}" for name in wrong)
-        implied = ", ".join(f"{n} {list(s)}" for n, s in wrong.items())
+        implied = ", ".join(f"{name} {list(shape)}" for name, shape in wrong.items())
         raise BackendError(f"{where}: sfm.json says {metadata.height}x{metadata.width} with {metadata.num_sources} "
                            f"sources and {metadata.depth_input_frames} depth frame(s) (inputs {implied}), but the "
                            f"models take {described}: re-export the bundle (`sfm export`) or restore its sfm.json")

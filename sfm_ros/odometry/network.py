@@ -1,9 +1,9 @@
 """The network's step of a frame: the depth net on the frame, the pose net on the window of recent frames.
 
-A two-frame depth net reads the frame and an earlier frame of the pose window: the one whose gap is nearest the
-window's spacing (``min_pose_interval_s``, the training snippets' spacing on a faster camera), so the parallax it
-sees is what it learnt on (``depth_frame_before``). The first frame after a (re)start, with none before it, is read
-twice.
+A two-frame depth net reads the frame and the recent frame whose gap is nearest the pose window's spacing
+(``min_pose_interval_s``: on a camera faster than the training video, the gap between its snippets' frames), so the
+pair is spaced as the pose net's frames are (``depth_frame_before``); by default (spacing 0) the frame just before.
+The first frame after a (re)start, with none before it, is read twice.
 
 ``PoseWindow`` holds the frames the pose net sees (the tracking state owns it: a tracking restart replaces it), and
 ``network_step`` runs both networks for one frame. The pose net's window is (t-2, t-1, t) with t-1 as its target,
@@ -19,13 +19,13 @@ import time
 
 import numpy as np
 
-from sfm_ros.backends import Backend, depth_net_input, preprocess
+from sfm_ros.backends import Backend, depth_input_from_frames, preprocess
 from sfm_ros.bundle import BundleMetadata
 from sfm_ros.camera import CameraModel
 from sfm_ros.geometry import invert_transform, scale_intrinsics, window_transforms
 
 __all__ = ["NetworkStep", "PoseWindow", "depth_frame_before", "grey_from_preprocessed", "network_step",
-           "relative_pose"]
+           "relative_pose", "remember_frame"]
 
 # Below this disparity the depth is taken as this far (network units), so a zero disparity is not an infinite depth.
 MIN_DISPARITY = 1e-6
@@ -34,11 +34,13 @@ MIN_DISPARITY = 1e-6
 @dataclasses.dataclass
 class PoseWindow:
     """The pose net's window: (stamp ns, the preprocessed frame [1,3,H,W]) of its last ``length`` frames, and
-    whether a full window has been used since the (re)start."""
+    whether a full window has been used since the (re)start; and ``recent``, every frame since the last one at least
+    the window's spacing old, which a two-frame depth net pairs with."""
 
     length: int
     frames: collections.deque[tuple[int, np.ndarray]] = dataclasses.field(init=False)
     complete: bool = False
+    recent: list[tuple[int, np.ndarray]] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.frames = collections.deque(maxlen=self.length)
@@ -73,7 +75,9 @@ def network_step(backend: Backend, window: PoseWindow, stamp_ns: int, rgb: np.nd
     metadata = backend.metadata
     K = scale_intrinsics(camera.K, metadata.width / camera.width, metadata.height / camera.height)
     image = preprocess(rgb, metadata)
-    depth_input = depth_net_input(image, depth_frame_before(window, stamp_ns, min_pose_interval_s), metadata)
+    depth_input = depth_input_from_frames(image, depth_frame_before(window.recent, stamp_ns, min_pose_interval_s),
+                                          metadata)
+    window.recent = remember_frame(window.recent, stamp_ns, image, min_pose_interval_s)
     t_pre = time.perf_counter()
     disparity = backend.infer_depth(depth_input)[0, 0]
     t_depth = time.perf_counter()
@@ -93,13 +97,23 @@ def network_step(backend: Backend, window: PoseWindow, stamp_ns: int, rgb: np.nd
     return NetworkStep(image, K, depth_units, T_prev_current, T_catch_up, mask, grey, dt_s), timings, t_depth
 
 
-def depth_frame_before(window: PoseWindow, stamp_ns: int, spacing_s: float) -> np.ndarray | None:
-    """The frame of ``window`` stamped before ``stamp_ns`` whose gap to it is nearest ``spacing_s`` (the newer on a
-    tie), or None when the window holds none: a two-frame depth net's second frame."""
-    earlier = [(stamp, frame) for stamp, frame in reversed(window.frames) if stamp < stamp_ns]
+def depth_frame_before(recent: list[tuple[int, np.ndarray]], stamp_ns: int, spacing_s: float) -> np.ndarray | None:
+    """Of ``recent`` (stamp ns, frame) pairs, the frame stamped before ``stamp_ns`` whose gap to it is nearest
+    ``spacing_s`` (the newer on a tie), or None when there is none: a two-frame depth net's second frame."""
+    earlier = [(stamp, frame) for stamp, frame in reversed(recent) if stamp < stamp_ns]
     if not earlier:
         return None
     return min(earlier, key=lambda item: abs((stamp_ns - item[0]) / 1e9 - spacing_s))[1]
+
+
+def remember_frame(recent: list[tuple[int, np.ndarray]], stamp_ns: int, frame: np.ndarray, spacing_s: float
+                   ) -> list[tuple[int, np.ndarray]]:
+    """``recent`` with (``stamp_ns``, ``frame``) appended, oldest first, less the frames older than the newest one at
+    least ``spacing_s`` before ``stamp_ns``: a later frame's gap to those is longer still, so they are never the
+    nearest to ``spacing_s`` (``depth_frame_before``)."""
+    frames = [*recent, (stamp_ns, frame)]
+    past_spacing = [i for i, (stamp, _) in enumerate(frames[:-1]) if (stamp_ns - stamp) / 1e9 >= spacing_s]
+    return frames[past_spacing[-1]:] if past_spacing else frames
 
 
 def relative_pose(backend: Backend, frames: list[np.ndarray], first: bool
