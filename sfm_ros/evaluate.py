@@ -8,8 +8,9 @@ LiDAR, KITTI odometry pose files, KITTI raw OXTS, or an Odometry topic in a bag.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -70,7 +71,10 @@ def depth_samples_from_drive(drive_dir: str | Path, camera: int = 2) -> list[Dep
             for image, scan, before in zip(images, sequence.velodyne_paths, frames_before(images), strict=True)]
 
 
-def frames_before(frames: list) -> list:
+Frame = TypeVar("Frame")
+
+
+def frames_before(frames: Sequence[Frame]) -> list[Frame | None]:
     """Each frame's frame before in a sequence, and the one after for the first (as training pairs a sequence's
     frames; None for a sequence of one)."""
     if len(frames) < 2:
