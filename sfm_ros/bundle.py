@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from sfm_ros.models import DispNet, PoseExpNet
+    from sfm_ros.models import DispNet, FusedDispNet, PoseExpNet
 
 __all__ = [
     "BUNDLE_FORMAT_VERSION",
@@ -225,7 +225,8 @@ def normalise_images(rgb: np.ndarray, metadata: BundleMetadata) -> np.ndarray:
     return out
 
 
-def save_networks(folder: str | Path, depth_net: DispNet, pose_net: PoseExpNet, metadata: BundleMetadata) -> Path:
+def save_networks(folder: str | Path, depth_net: DispNet | FusedDispNet, pose_net: PoseExpNet,
+                  metadata: BundleMetadata) -> Path:
     """Write weights (safetensors) and ``sfm.json`` into ``folder``; returns the folder."""
     from safetensors.torch import save
 
@@ -238,20 +239,21 @@ def save_networks(folder: str | Path, depth_net: DispNet, pose_net: PoseExpNet, 
 
 
 def load_networks(folder: str | Path, device: str = "cpu", with_mask: bool | None = None
-                  ) -> tuple[DispNet, PoseExpNet, BundleMetadata]:
-    """Build DispNet and PoseExpNet from a bundle (strict: every key must match), in eval mode.
+                  ) -> tuple[DispNet | FusedDispNet, PoseExpNet, BundleMetadata]:
+    """Build the depth net (DispNet or FusedDispNet) and PoseExpNet from a bundle (strict: every key must match), in
+    eval mode.
 
     ``with_mask=False`` drops the explainability decoder (its weights are then ignored on purpose).
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from sfm_ros.models import DispNet, PoseExpNet
+    from sfm_ros.models import PoseExpNet, dispnet
 
     metadata = read_metadata(folder)
     folder = Path(folder).expanduser()
     try:
-        depth_net = DispNet(**metadata.dispnet)
+        depth_net = dispnet(**metadata.dispnet)
     except (TypeError, ValueError) as exc:  # sfm.json is untrusted input: a clear error, not a traceback
         raise BundleError(f"{folder}: {METADATA_FILE}'s dispnet {metadata.dispnet} does not describe a DispNet: "
                           f"{exc}") from None
