@@ -116,6 +116,10 @@ class BundleMetadata:
         frames = self.dispnet.get("input_frames", 1)
         if type(frames) is not int or frames not in DEPTH_INPUT_FRAMES:  # neither True nor 2.0
             raise BundleError(f"bundle dispnet.input_frames must be one of {DEPTH_INPUT_FRAMES}, got {frames!r}")
+        fused = self.dispnet.get("fuse_single_frame", False)
+        if type(fused) is not bool or (fused and frames != 2):
+            raise BundleError(f"bundle dispnet.fuse_single_frame must be true (with input_frames 2) or false, got "
+                              f"{fused!r} with input_frames {frames!r}")
         for key, entry in self.onnx.items():
             if not isinstance(entry, dict) or "file" not in entry or "sha256" not in entry:
                 raise BundleError(f"bundle onnx entry {key!r} must hold 'file' and 'sha256', got {entry!r}")
@@ -255,7 +259,7 @@ def load_networks(folder: str | Path, device: str = "cpu", with_mask: bool | Non
     try:
         depth_net = dispnet(**metadata.dispnet)
     except (TypeError, ValueError) as exc:  # sfm.json is untrusted input: a clear error, not a traceback
-        raise BundleError(f"{folder}: {METADATA_FILE}'s dispnet {metadata.dispnet} does not describe a DispNet: "
+        raise BundleError(f"{folder}: {METADATA_FILE}'s dispnet {metadata.dispnet} does not describe a depth net: "
                           f"{exc}") from None
     posenet_args = dict(metadata.posenet)
     trained_with_mask = posenet_args.pop("with_mask", True)

@@ -448,8 +448,8 @@ def _add_train(commands: Any) -> None:
                                         "--set and --output may change run.* and optim.* only")
     train.add_argument("--init-from", metavar="BUNDLE",
                        help="start both networks from a model bundle's weights and train on these sources with a "
-                            "fresh optimiser (fine-tuning); the bundle's input size, source count and mask must be "
-                            "the config's (model.init_from)")
+                            "fresh optimiser (fine-tuning); the bundle's networks (input size, source count, mask, "
+                            "depth frames and fusion) must be the config's (model.init_from)")
     train.set_defaults(func=cmd_train)
 
 

@@ -82,7 +82,8 @@ class ModelConfig:
                                           "image's cue counts where the parallax is small (docs/training.md)")
     with_mask: bool = True  # the explainability decoder; off also turns the mask terms off
     init_from: str = param("", "model bundle whose weights start both networks (fine-tuning, with a fresh "
-                           "optimiser); its input size, source count and mask must be this config's (empty: random)")
+                           "optimiser); its networks (input size, source count, mask, depth frames and fusion) must "
+                           "be this config's (empty: random)")
 
     def __post_init__(self) -> None:
         if self.depth_fuse_single_frame and self.depth_input_frames != 2:

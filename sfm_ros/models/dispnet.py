@@ -4,6 +4,7 @@ and the frame before it; FusedDispNet: both, their disparities fused."""
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -107,14 +108,17 @@ class FusedDispNet(nn.Module):
     equivariance, so the fused depth is as scale-free as either.
 
     Input and output as ``DispNet(input_frames=2)``'s: image [B,6,H,W], the target's channels first; 4 disparities.
+    ``fuse_square_roots``: the same mean as sqrt(a) * sqrt(b), the form `sfm export` writes: an INT8 product of two
+    disparities spans their range squared, where 8 bits round the distance's small disparities to zero.
     """
 
-    input_frames = 2
+    input_frames: ClassVar[int] = 2
 
     def __init__(self, alpha: float = 10.0, beta: float = 0.01) -> None:
         super().__init__()
         self.single_frame = DispNet(alpha, beta, input_frames=1)
         self.two_frame = DispNet(alpha, beta, input_frames=2)
+        self.fuse_square_roots = False
 
     def initialise_disparity(self, disparity: float) -> None:
         """Start both networks' disparity near ``disparity`` (``DispNet.initialise_disparity``), and so the fused."""
@@ -122,9 +126,12 @@ class FusedDispNet(nn.Module):
         self.two_frame.initialise_disparity(disparity)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        if image.shape[-3] != 6:
-            raise ValueError(f"FusedDispNet reads 2 frames, 6 channels; got {image.shape[-3]}")
+        """image [B,6,H,W] -> 4 fused disparities, finest first, as DispNet's."""
+        if image.shape[1] != 3 * self.input_frames:
+            raise ValueError(f"FusedDispNet reads 2 frames, 6 channels; got {image.shape[1]}")
         from_image, from_parallax = self.single_frame(image[:, :3]), self.two_frame(image)
+        if self.fuse_square_roots:
+            return tuple(torch.sqrt(a) * torch.sqrt(b) for a, b in zip(from_image, from_parallax, strict=True))
         return tuple(torch.sqrt(a * b) for a, b in zip(from_image, from_parallax, strict=True))
 
 
