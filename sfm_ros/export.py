@@ -137,7 +137,6 @@ def export_bundle(bundle: str | Path, *, fp16: bool = True, with_mask: bool = Fa
     import torch
 
     from sfm_ros.bundle import load_networks
-    from sfm_ros.models import FusedDispNet
     from sfm_ros.models.inference import inference_copies
 
     folder = Path(bundle).expanduser()
@@ -153,8 +152,6 @@ def export_bundle(bundle: str | Path, *, fp16: bool = True, with_mask: bool = Fa
         reference_poses, reference_masks = pose_net(target, sources)
     DepthExport, PoseExport = _export_modules(with_mask)
     export_depth, export_pose = inference_copies(depth_net, pose_net) if restructure else (depth_net, pose_net)
-    for fused in (module for module in export_depth.modules() if isinstance(module, FusedDispNet)):
-        fused.fuse_square_roots = True  # the same mean, in a form INT8 can hold (FusedDispNet)
     pose_outputs = ["poses", "mask"] if with_mask else ["poses"]
     report: dict[str, Any] = {"bundle": str(folder), "opset": OPSET, "tolerances": TOLERANCES,
                               "restructured": restructure, "models": {}}

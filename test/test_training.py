@@ -306,38 +306,6 @@ def test_a_two_frame_bundle_records_it_and_exports_a_six_channel_depth_model(tin
         initialise_from_bundle(single_trainer.depth_net, single_trainer.pose_net, bundle, single)
 
 
-def test_a_fused_bundle_trains_records_exports_and_loads_both_depth_nets(tiny_cache: Path, tmp_path: Path) -> None:
-    import onnxruntime as ort
-
-    from sfm_ros.bundle import BundleError, load_networks, onnx_path, read_metadata
-    from sfm_ros.export import export_bundle
-    from sfm_ros.models import FusedDispNet
-    from training.trainer import initialise_from_bundle
-
-    preset = str(REPO / "config" / "train_cpu_small.yaml")
-    common = [*TINY, "optim.max_steps=1", "run.checkpoint_every=1000", "run.val_every_epochs=1000",
-              "model.depth_input_frames=2"]
-    config = load_train_config(preset, [*common, "model.depth_fuse_single_frame=true", f"run.output={tmp_path / 'f'}"])
-    trainer = Trainer(config, tiny_cache)
-    trainer.fit()
-    bundle = trainer.save_bundle()
-    assert read_metadata(bundle).dispnet == {"alpha": 10.0, "beta": 0.01, "input_frames": 2, "fuse_single_frame": True}
-    depth_net = load_networks(bundle)[0]
-    assert isinstance(depth_net, FusedDispNet)
-    for name, trained in trainer.evaluation_networks()[0].state_dict().items():  # the weights as trained, both nets
-        torch.testing.assert_close(depth_net.state_dict()[name], trained.cpu())
-    export_bundle(bundle, fp16=False)  # verifies onnxruntime against the network (both nets, restructured) itself
-    image = torch.randn(1, 6, 32, 104, generator=torch.Generator().manual_seed(3))
-    session = ort.InferenceSession(str(onnx_path(bundle, "depth")), providers=["CPUExecutionProvider"])
-    with torch.no_grad():
-        expected = depth_net(image)[0].numpy()
-    np.testing.assert_allclose(session.run(None, {"image": image.numpy()})[0], expected, rtol=1e-4, atol=1e-5)
-    two_frame = load_train_config(preset, [*common, f"run.output={tmp_path / 't'}"])
-    two_frame_trainer = Trainer(two_frame, tiny_cache)
-    with pytest.raises(BundleError, match=r"depth_fused: bundle True, config False \(model.depth_fuse_single_frame\)"):
-        initialise_from_bundle(two_frame_trainer.depth_net, two_frame_trainer.pose_net, bundle, two_frame)
-
-
 class FixedDraws:
     """A random generator whose draws are given: random() -> ``first``, then uniform() -> the queued values."""
 
