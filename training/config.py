@@ -79,8 +79,8 @@ class ModelConfig:
                                     "never seen (docs/training.md)", range=(1, 2))
     with_mask: bool = True  # the explainability decoder; off also turns the mask terms off
     init_from: str = param("", "model bundle whose weights start both networks (fine-tuning, with a fresh "
-                           "optimiser); its networks (input size, source count, mask, depth frames) must be this "
-                           "config's (empty: random)")
+                           "optimiser); its networks (input size, source count, mask, output constants, depth "
+                           "frames, pose scale) must be this config's (empty: random)")
 
 
 @dataclasses.dataclass(frozen=True)
