@@ -75,9 +75,11 @@ def network_step(backend: Backend, window: PoseWindow, stamp_ns: int, rgb: np.nd
     metadata = backend.metadata
     K = scale_intrinsics(camera.K, metadata.width / camera.width, metadata.height / camera.height)
     image = preprocess(rgb, metadata)
-    depth_input = depth_input_from_frames(image, depth_frame_before(window.recent, stamp_ns, min_pose_interval_s),
-                                          metadata)
-    window.recent = remember_frame(window.recent, stamp_ns, image, min_pose_interval_s)
+    two_frames = metadata.depth_input_frames == 2
+    previous = depth_frame_before(window.recent, stamp_ns, min_pose_interval_s) if two_frames else None
+    depth_input = depth_input_from_frames(image, previous, metadata)
+    if two_frames:  # a single-frame net pairs with nothing, so it keeps no history on the per-frame path
+        window.recent = remember_frame(window.recent, stamp_ns, image, min_pose_interval_s)
     t_pre = time.perf_counter()
     disparity = backend.infer_depth(depth_input)[0, 0]
     t_depth = time.perf_counter()
