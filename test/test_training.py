@@ -283,6 +283,38 @@ def test_a_two_frame_depth_net_sees_the_frame_before_its_target(tiny_cache: Path
     assert (terms["disparity"][1:] - with_target_twice).abs().max() > 1e-4  # the second frame counts
 
 
+def test_each_net_of_a_fused_depth_net_is_scored_on_its_own_view_synthesis(tiny_cache: Path) -> None:
+    from sfm_ros.models import FusedDispNet
+
+    batch = torch.utils.data.default_collate([SnippetDataset(tiny_cache, "train", 3)[i] for i in (0, 20)])
+    torch.manual_seed(0)
+    fused, pose_net = FusedDispNet(), PoseExpNet(2, with_mask=True)
+    fused.initialise_disparity(0.3)
+    config = load_train_config(None, []).loss
+    flags = torch.tensor([True, False])
+    total, terms = forward_objective(fused, pose_net, batch["images"], batch["K"], config, depth_mirrored=flags,
+                                     depth_input_frames=2)
+    # Independently: each net as the only depth net, with the same pose net; the objective is their mean.
+    single, single_terms = forward_objective(fused.single_frame, pose_net, batch["images"], batch["K"], config,
+                                             depth_mirrored=flags)
+    two, two_terms = forward_objective(fused.two_frame, pose_net, batch["images"], batch["K"], config,
+                                       depth_mirrored=flags, depth_input_frames=2)
+    assert abs(float(single.detach() - two.detach())) > 1e-3  # the two nets disagree, so a mean of one twice would show
+    torch.testing.assert_close(total, (single + two) / 2)
+    for name in ("photometric", "smoothness"):
+        torch.testing.assert_close(terms[name], (single_terms[name] + two_terms[name]) / 2)
+    torch.testing.assert_close(terms["explainability"], single_terms["explainability"])  # one mask, counted once
+    torch.testing.assert_close(terms["disparity"], torch.sqrt(single_terms["disparity"] * two_terms["disparity"]))
+    # The single-frame net learns from its own view synthesis only (half of it): the fused mean is not on its path,
+    # as it was in the recipe trained through the mean.
+    total.backward()
+    through_pair = [parameter.grad.clone() for parameter in fused.single_frame.parameters()]
+    fused.zero_grad()
+    (single / 2).backward()
+    for paired, alone in zip(through_pair, (p.grad for p in fused.single_frame.parameters()), strict=True):
+        torch.testing.assert_close(paired, alone)
+
+
 def test_a_two_frame_bundle_records_it_and_exports_a_six_channel_depth_model(tiny_cache: Path, tmp_path: Path
                                                                             ) -> None:
     from sfm_ros.bundle import BundleError, load_networks, read_metadata
@@ -304,6 +336,38 @@ def test_a_two_frame_bundle_records_it_and_exports_a_six_channel_depth_model(tin
     assert "input_frames" not in read_metadata(single_trainer.save_bundle()).dispnet  # as older releases wrote it
     with pytest.raises(BundleError, match=r"depth_frames: bundle 2, config 1 \(model.depth_input_frames\)"):
         initialise_from_bundle(single_trainer.depth_net, single_trainer.pose_net, bundle, single)
+
+
+def test_a_fused_bundle_trains_records_exports_and_loads_both_depth_nets(tiny_cache: Path, tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    from sfm_ros.bundle import BundleError, load_networks, onnx_path, read_metadata
+    from sfm_ros.export import export_bundle
+    from sfm_ros.models import FusedDispNet
+    from training.trainer import initialise_from_bundle
+
+    preset = str(REPO / "config" / "train_cpu_small.yaml")
+    common = [*TINY, "optim.max_steps=1", "run.checkpoint_every=1000", "run.val_every_epochs=1000",
+              "model.depth_input_frames=2"]
+    config = load_train_config(preset, [*common, "model.depth_fuse_single_frame=true", f"run.output={tmp_path / 'f'}"])
+    trainer = Trainer(config, tiny_cache)
+    trainer.fit()
+    bundle = trainer.save_bundle()
+    assert read_metadata(bundle).dispnet == {"alpha": 10.0, "beta": 0.01, "input_frames": 2, "fuse_single_frame": True}
+    depth_net = load_networks(bundle)[0]
+    assert isinstance(depth_net, FusedDispNet)
+    for name, trained in trainer.evaluation_networks()[0].state_dict().items():  # the weights as trained, both nets
+        torch.testing.assert_close(depth_net.state_dict()[name], trained.cpu())
+    export_bundle(bundle, fp16=False)  # verifies onnxruntime against the network (both nets, restructured) itself
+    image = torch.randn(1, 6, 32, 104, generator=torch.Generator().manual_seed(3))
+    session = ort.InferenceSession(str(onnx_path(bundle, "depth")), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        expected = depth_net(image)[0].numpy()
+    np.testing.assert_allclose(session.run(None, {"image": image.numpy()})[0], expected, rtol=1e-4, atol=1e-5)
+    two_frame = load_train_config(preset, [*common, f"run.output={tmp_path / 't'}"])
+    two_frame_trainer = Trainer(two_frame, tiny_cache)
+    with pytest.raises(BundleError, match=r"depth_fused: bundle True, config False \(model.depth_fuse_single_frame\)"):
+        initialise_from_bundle(two_frame_trainer.depth_net, two_frame_trainer.pose_net, bundle, two_frame)
 
 
 class FixedDraws:

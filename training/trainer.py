@@ -40,7 +40,7 @@ from sfm_ros.bundle import (
 )
 from sfm_ros.config import to_dict
 from sfm_ros.metrics import DEPTH_METRICS, eigen_depth_evaluation
-from sfm_ros.models import DispNet, PoseExpNet
+from sfm_ros.models import DispNet, FusedDispNet, PoseExpNet, dispnet
 from training.averaging import WeightAverage
 from training.config import TrainConfig, saved_train_config
 from training.data import DataError, SnippetDataset, load_cache_index
@@ -88,7 +88,9 @@ def bundle_network_configuration(metadata: BundleMetadata) -> dict[str, Any]:
     return {"input": f"{metadata.height}x{metadata.width}", "sources": metadata.num_sources,
             "mask": bool(metadata.posenet.get("with_mask", True)),
             "disparity": (metadata.dispnet.get("alpha"), metadata.dispnet.get("beta")),
-            "depth_frames": metadata.dispnet.get("input_frames", 1), "pose_scale": metadata.posenet.get("pose_scale")}
+            "depth_frames": metadata.dispnet.get("input_frames", 1),
+            "depth_fused": metadata.dispnet.get("fuse_single_frame", False),
+            "pose_scale": metadata.posenet.get("pose_scale")}
 
 
 def config_network_configuration(config: TrainConfig) -> dict[str, Any]:
@@ -96,23 +98,28 @@ def config_network_configuration(config: TrainConfig) -> dict[str, Any]:
     model = config.model
     return {"input": f"{config.data.height}x{config.data.width}", "sources": config.data.sequence_length - 1,
             "mask": model.with_mask, "disparity": (model.disparity_alpha, model.disparity_beta),
-            "depth_frames": model.depth_input_frames, "pose_scale": model.pose_scale}
+            "depth_frames": model.depth_input_frames, "depth_fused": model.depth_fuse_single_frame,
+            "pose_scale": model.pose_scale}
 
 
 def dispnet_arguments(config: TrainConfig) -> dict[str, Any]:
-    """DispNet's arguments as a bundle's sfm.json records them. ``input_frames`` only for a two-frame net, so that a
-    single-frame bundle stays readable by releases that predate the option."""
+    """DispNet's arguments as a bundle's sfm.json records them. ``input_frames`` only for a two-frame net (and
+    ``fuse_single_frame`` only for a fused one), so that a single-frame bundle stays readable by releases that
+    predate the options."""
     model = config.model
     arguments = {"alpha": model.disparity_alpha, "beta": model.disparity_beta}
     if model.depth_input_frames != 1:
         arguments["input_frames"] = model.depth_input_frames
+    if model.depth_fuse_single_frame:
+        arguments["fuse_single_frame"] = True
     return arguments
 
 
 # The config keys that set each part of the network configuration, named in a mismatch error.
 NETWORK_CONFIG_KEYS = {"input": "data.height, data.width", "sources": "data.sequence_length",
                        "mask": "model.with_mask", "disparity": "model.disparity_alpha, model.disparity_beta",
-                       "depth_frames": "model.depth_input_frames", "pose_scale": "model.pose_scale"}
+                       "depth_frames": "model.depth_input_frames", "depth_fused": "model.depth_fuse_single_frame",
+                       "pose_scale": "model.pose_scale"}
 
 
 def check_init_bundle(bundle: str | Path, config: TrainConfig) -> BundleMetadata:
@@ -130,7 +137,8 @@ def check_init_bundle(bundle: str | Path, config: TrainConfig) -> BundleMetadata
     return metadata
 
 
-def initialise_from_bundle(depth_net: DispNet, pose_net: PoseExpNet, bundle: str | Path, config: TrainConfig
+def initialise_from_bundle(depth_net: DispNet | FusedDispNet, pose_net: PoseExpNet, bundle: str | Path,
+                           config: TrainConfig
                            ) -> dict[str, Any]:
     """Copy a bundle's weights (safetensors, nothing unpickled) into freshly built networks, for fine-tuning.
 
@@ -177,8 +185,9 @@ class Trainer:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.manual_seed(config.run.seed)
         model = config.model
-        self.depth_net = DispNet(alpha=model.disparity_alpha, beta=model.disparity_beta,
-                                 input_frames=model.depth_input_frames).to(self.device)
+        self.depth_net = dispnet(alpha=model.disparity_alpha, beta=model.disparity_beta,
+                                 input_frames=model.depth_input_frames,
+                                 fuse_single_frame=model.depth_fuse_single_frame).to(self.device)
         if model.initial_disparity > 0:
             self.depth_net.initialise_disparity(model.initial_disparity)
         self.pose_net = PoseExpNet(num_sources=config.data.sequence_length - 1, with_mask=model.with_mask,
@@ -282,7 +291,7 @@ class Trainer:
         self.state.step += 1
         return terms
 
-    def evaluation_networks(self) -> tuple[DispNet, PoseExpNet]:
+    def evaluation_networks(self) -> tuple[DispNet | FusedDispNet, PoseExpNet]:
         """The depth and pose networks the bundle and the evaluations take: the moving averages of the weights with
         optim.average_decay > 0 (the trained networks until the averages have taken a step: before the first, or
         resumed from a checkpoint without them), else the trained networks."""
