@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from sfm_ros.models import DispNet, FusedDispNet, PoseExpNet
+    from sfm_ros.models import DispNet, PoseExpNet
 
 __all__ = [
     "BUNDLE_FORMAT_VERSION",
@@ -116,10 +116,6 @@ class BundleMetadata:
         frames = self.dispnet.get("input_frames", 1)
         if type(frames) is not int or frames not in DEPTH_INPUT_FRAMES:  # neither True nor 2.0
             raise BundleError(f"bundle dispnet.input_frames must be one of {DEPTH_INPUT_FRAMES}, got {frames!r}")
-        fused = self.dispnet.get("fuse_single_frame", False)
-        if type(fused) is not bool or (fused and frames != 2):
-            raise BundleError(f"bundle dispnet.fuse_single_frame must be true (with input_frames 2) or false, got "
-                              f"{fused!r} with input_frames {frames!r}")
         for key, entry in self.onnx.items():
             if not isinstance(entry, dict) or "file" not in entry or "sha256" not in entry:
                 raise BundleError(f"bundle onnx entry {key!r} must hold 'file' and 'sha256', got {entry!r}")
@@ -229,8 +225,7 @@ def normalise_images(rgb: np.ndarray, metadata: BundleMetadata) -> np.ndarray:
     return out
 
 
-def save_networks(folder: str | Path, depth_net: DispNet | FusedDispNet, pose_net: PoseExpNet,
-                  metadata: BundleMetadata) -> Path:
+def save_networks(folder: str | Path, depth_net: DispNet, pose_net: PoseExpNet, metadata: BundleMetadata) -> Path:
     """Write weights (safetensors) and ``sfm.json`` into ``folder``; returns the folder."""
     from safetensors.torch import save
 
@@ -243,23 +238,22 @@ def save_networks(folder: str | Path, depth_net: DispNet | FusedDispNet, pose_ne
 
 
 def load_networks(folder: str | Path, device: str = "cpu", with_mask: bool | None = None
-                  ) -> tuple[DispNet | FusedDispNet, PoseExpNet, BundleMetadata]:
-    """Build the depth net (DispNet or FusedDispNet) and PoseExpNet from a bundle (strict: every key must match), in
-    eval mode.
+                  ) -> tuple[DispNet, PoseExpNet, BundleMetadata]:
+    """Build DispNet and PoseExpNet from a bundle (strict: every key must match), in eval mode.
 
     ``with_mask=False`` drops the explainability decoder (its weights are then ignored on purpose).
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from sfm_ros.models import PoseExpNet, dispnet
+    from sfm_ros.models import DispNet, PoseExpNet
 
     metadata = read_metadata(folder)
     folder = Path(folder).expanduser()
     try:
-        depth_net = dispnet(**metadata.dispnet)
+        depth_net = DispNet(**metadata.dispnet)
     except (TypeError, ValueError) as exc:  # sfm.json is untrusted input: a clear error, not a traceback
-        raise BundleError(f"{folder}: {METADATA_FILE}'s dispnet {metadata.dispnet} does not describe a depth net: "
+        raise BundleError(f"{folder}: {METADATA_FILE}'s dispnet {metadata.dispnet} does not describe a DispNet: "
                           f"{exc}") from None
     posenet_args = dict(metadata.posenet)
     trained_with_mask = posenet_args.pop("with_mask", True)

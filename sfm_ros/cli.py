@@ -449,8 +449,7 @@ def _add_train(commands: Any) -> None:
     train.add_argument("--init-from", metavar="BUNDLE",
                        help="start both networks from a model bundle's weights and train on these sources with a "
                             "fresh optimiser (fine-tuning); the bundle's networks (input size, source count, mask, "
-                            "output constants, depth frames and pair, pose scale) must be the config's "
-                            "(model.init_from)")
+                            "output constants, depth frames, pose scale) must be the config's (model.init_from)")
     train.set_defaults(func=cmd_train)
 
 

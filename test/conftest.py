@@ -53,24 +53,21 @@ def view_synthesis_error(trainer, snippets: range = range(0, 48, 4)) -> float:
     return float(terms["photometric"])
 
 
-def make_small_bundle(folder: str | Path, depth_input_frames: int = 1, fuse_single_frame: bool = False) -> Path:
+def make_small_bundle(folder: str | Path, depth_input_frames: int = 1) -> Path:
     """A bundle of randomly initialised networks at 64x208 (3-frame, with mask), exported to ONNX, in ``folder``;
-    ``depth_input_frames`` 2: a depth net that reads the frame and the one before it (``fuse_single_frame``: fused
-    with a single-frame one)."""
+    ``depth_input_frames`` 2: a depth net that reads the frame and the one before it."""
     import torch
 
     from sfm_ros.bundle import BundleMetadata, save_networks
     from sfm_ros.export import export_bundle
-    from sfm_ros.models import PoseExpNet, dispnet
+    from sfm_ros.models import DispNet, PoseExpNet
 
     torch.manual_seed(0)
     folder = Path(folder)
     metadata = BundleMetadata(height=64, width=208)
-    arguments = {"input_frames": depth_input_frames} if depth_input_frames != 1 else {}
-    if fuse_single_frame:
-        arguments["fuse_single_frame"] = True
-    metadata = dataclasses.replace(metadata, dispnet={**metadata.dispnet, **arguments})
-    save_networks(folder, dispnet(**metadata.dispnet), PoseExpNet(2, with_mask=True), metadata)
+    if depth_input_frames != 1:
+        metadata = dataclasses.replace(metadata, dispnet={**metadata.dispnet, "input_frames": depth_input_frames})
+    save_networks(folder, DispNet(input_frames=depth_input_frames), PoseExpNet(2, with_mask=True), metadata)
     export_bundle(folder, fp16=False, with_mask=True)
     return folder
 

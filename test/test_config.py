@@ -59,8 +59,8 @@ def test_overrides_and_errors_name_the_key() -> None:
         load_train_config(None, ["optim.batch_size=four"])
     with pytest.raises(ConfigError, match="multiples of 8"):
         load_train_config(None, ["data.height=100"])
-    with pytest.raises(ConfigError, match="fuses a two-frame .* set model.depth_input_frames=2"):
-        load_train_config(None, ["model.depth_fuse_single_frame=true"])
+    with pytest.raises(ConfigError, match="beside a two-frame one: set model.depth_input_frames=2"):
+        load_train_config(None, ["model.depth_companion=true"])
     with pytest.raises(ConfigError, match=r"source must be one of \['camera_height'"):
         load_config(NodeConfig, None, ["scale.source=lidar"])
     with pytest.raises(ConfigError, match=r"camera_height_m must be in \[0.05, 10.0\]"):

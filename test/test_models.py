@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sfm_ros.bundle import DEPTH_INPUT_FRAMES
-from sfm_ros.models import DispNet, FusedDispNet, PoseExpNet, dispnet, posenet
+from sfm_ros.models import DispNet, PoseExpNet, dispnet, posenet
 from sfm_ros.models.dispnet import INPUT_FRAMES
 
 
@@ -133,37 +133,3 @@ def test_a_two_frame_dispnet_differs_only_in_its_first_convolutions_inputs() -> 
     with pytest.raises(ValueError, match="input_frames must be one of"):
         DispNet(input_frames=3)
     assert INPUT_FRAMES == DEPTH_INPUT_FRAMES  # what a bundle may say is what the network builds
-
-
-class ConstantDisparity(torch.nn.Module):
-    """Stands in for a DispNet: every scale's disparity is ``value``; keeps the input it was given."""
-
-    def __init__(self, value: float) -> None:
-        super().__init__()
-        self.value, self.seen = value, None
-
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        self.seen = image
-        height, width = image.shape[-2:]
-        return tuple(torch.full((image.shape[0], 1, height >> s, width >> s), self.value) for s in range(4))
-
-
-def test_the_fused_depth_net_is_the_geometric_mean_of_a_single_frame_and_a_two_frame_dispnet() -> None:
-    fused = dispnet(input_frames=2, fuse_single_frame=True)
-    assert isinstance(fused, FusedDispNet) and fused.input_frames == 2
-    assert count(fused) == count(dispnet()) + count(dispnet(input_frames=2))
-    fused.single_frame, fused.two_frame = ConstantDisparity(0.25), ConstantDisparity(4.0)
-    image = torch.randn(2, 6, 64, 208)
-    disparities = fused(image)
-    # sqrt(0.25 * 4) = 1 at every scale; the single-frame net sees the target's channels only, the other all six
-    assert [tuple(d.shape) for d in disparities] == [(2, 1, 64, 208), (2, 1, 32, 104), (2, 1, 16, 52), (2, 1, 8, 26)]
-    assert all(torch.equal(d, torch.ones_like(d)) for d in disparities)
-    assert torch.equal(fused.single_frame.seen, image[:, :3]) and torch.equal(fused.two_frame.seen, image)
-    fused.single_frame.value = 0.09  # sqrt(0.09 * 4) = 0.6
-    torch.testing.assert_close(fused(image)[0], torch.full((2, 1, 64, 208), 0.6))
-    with pytest.raises(ValueError, match="FusedDispNet reads 2 frames, 6 channels; got 3"):
-        fused(image[:, :3])
-    with pytest.raises(ValueError, match="needs input_frames 2, got 1"):
-        dispnet(fuse_single_frame=True)
-    with pytest.raises(ValueError, match="fuse_single_frame must be true or false, got 'yes'"):
-        dispnet(input_frames=2, fuse_single_frame="yes")

@@ -57,26 +57,6 @@ def test_a_two_frame_depth_net_is_calibrated_and_quantised_on_the_target_and_the
     assert int8.infer_depth(windows[1]["image"]).shape == (1, 1, 64, 208)
 
 
-def test_a_fused_depth_net_exports_its_mean_as_a_product_of_square_roots_and_quantises(
-        odometry_bag: Path, tmp_path: Path) -> None:
-    import onnx
-
-    from test.conftest import make_small_bundle
-
-    folder = make_small_bundle(tmp_path / "fused", depth_input_frames=2, fuse_single_frame=True)
-    graph = onnx.load(str(onnx_path(folder, "depth"))).graph
-    producers = {output: node for node in graph.node for output in node.output}
-    last = producers["disparity"]
-    while last.op_type in ("Cast", "Identity"):
-        last = producers[last.input[0]]
-    # INT8 holds sqrt(a) * sqrt(b) (each within the disparity's range), not sqrt(a * b) (its range squared)
-    assert last.op_type == "Mul" and [producers[name].op_type for name in last.input] == ["Sqrt", "Sqrt"]
-    report = quantize_bundle(folder, odometry_bag, max_windows=8)
-    assert report["models"]["depth_int8"]["check"]["disparity_rel_median"] <= INT8_TOLERANCES["disparity_rel_median"]
-    window = next(calibration_windows(odometry_bag, read_metadata(folder), max_windows=1))
-    assert make_backend(folder, "onnxruntime", precision="int8").infer_depth(window["image"]).min() > 0
-
-
 def test_int8_models_are_checked_recorded_and_run(int8_bundle: Path, odometry_bag: Path) -> None:
     metadata = read_metadata(int8_bundle)
     for model, key in (("depth", "disparity_rel_median"), ("pose", "pose_rel_median")):

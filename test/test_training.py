@@ -22,6 +22,7 @@ from sfm_ros.bags import BagError, kitti_to_bag
 from sfm_ros.config import ConfigError
 from sfm_ros.models import DispNet, PoseExpNet
 from test.conftest import DRIVE_0060, ODOMETRY_06, REPO, view_synthesis_error
+from training.companion import DepthWithCompanion
 from training.config import DataConfig, load_train_config
 from training.data import (
     DataError,
@@ -283,36 +284,36 @@ def test_a_two_frame_depth_net_sees_the_frame_before_its_target(tiny_cache: Path
     assert (terms["disparity"][1:] - with_target_twice).abs().max() > 1e-4  # the second frame counts
 
 
-def test_each_net_of_a_fused_depth_net_is_scored_on_its_own_view_synthesis(tiny_cache: Path) -> None:
-    from sfm_ros.models import FusedDispNet
-
+def test_a_depth_net_and_its_companion_are_each_scored_on_their_own_view_synthesis(tiny_cache: Path) -> None:
     batch = torch.utils.data.default_collate([SnippetDataset(tiny_cache, "train", 3)[i] for i in (0, 20)])
     torch.manual_seed(0)
-    fused, pose_net = FusedDispNet(), PoseExpNet(2, with_mask=True)
-    fused.initialise_disparity(0.3)
+    pair, pose_net = DepthWithCompanion(), PoseExpNet(2, with_mask=True)
+    pair.initialise_disparity(0.3)
     config = load_train_config(None, []).loss
     flags = torch.tensor([True, False])
-    total, terms = forward_objective(fused, pose_net, batch["images"], batch["K"], config, depth_mirrored=flags,
+    total, terms = forward_objective(pair, pose_net, batch["images"], batch["K"], config, depth_mirrored=flags,
                                      depth_input_frames=2)
     # Independently: each net as the only depth net, with the same pose net; the objective is their mean.
-    single, single_terms = forward_objective(fused.single_frame, pose_net, batch["images"], batch["K"], config,
-                                             depth_mirrored=flags)
-    two, two_terms = forward_objective(fused.two_frame, pose_net, batch["images"], batch["K"], config,
+    two, two_terms = forward_objective(pair.two_frame, pose_net, batch["images"], batch["K"], config,
                                        depth_mirrored=flags, depth_input_frames=2)
-    assert abs(float(single.detach() - two.detach())) > 1e-3  # the two nets disagree, so a mean of one twice would show
-    torch.testing.assert_close(total, (single + two) / 2)
+    companion, companion_terms = forward_objective(pair.companion, pose_net, batch["images"], batch["K"], config,
+                                                   depth_mirrored=flags)
+    assert abs(float(two.detach() - companion.detach())) > 1e-3  # they disagree, so a mean of one twice would show
+    torch.testing.assert_close(total, (two + companion) / 2)
     for name in ("photometric", "smoothness"):
-        torch.testing.assert_close(terms[name], (single_terms[name] + two_terms[name]) / 2)
-    torch.testing.assert_close(terms["explainability"], single_terms["explainability"])  # one mask, counted once
-    torch.testing.assert_close(terms["disparity"], torch.sqrt(single_terms["disparity"] * two_terms["disparity"]))
-    # The single-frame net learns from its own view synthesis only (half of it): the fused mean is not on its path,
-    # as it was in the recipe trained through the mean.
+        torch.testing.assert_close(terms[name], (two_terms[name] + companion_terms[name]) / 2)
+    torch.testing.assert_close(terms["explainability"], two_terms["explainability"])  # one mask, counted once
+    torch.testing.assert_close(terms["disparity"], two_terms["disparity"])  # what the bundle keeps
+    # Each net learns from its own view synthesis only (half of it): nothing of the other is on its path.
     total.backward()
-    through_pair = [parameter.grad.clone() for parameter in fused.single_frame.parameters()]
-    fused.zero_grad()
-    (single / 2).backward()
-    for paired, alone in zip(through_pair, (p.grad for p in fused.single_frame.parameters()), strict=True):
-        torch.testing.assert_close(paired, alone)
+    in_pair = {name: parameter.grad.clone() for name, parameter in pair.named_parameters()}
+    pair.zero_grad()
+    (companion / 2).backward()
+    for name, parameter in pair.companion.named_parameters():
+        torch.testing.assert_close(in_pair[f"companion.{name}"], parameter.grad)
+    assert all(parameter.grad is None for parameter in pair.two_frame.parameters())
+    with pytest.raises(ValueError, match="reads 2 frames, 6 channels; got 3"):
+        pair.separate(torch.zeros(1, 3, 32, 104))
 
 
 def test_a_two_frame_bundle_records_it_and_exports_a_six_channel_depth_model(tiny_cache: Path, tmp_path: Path
@@ -338,36 +339,39 @@ def test_a_two_frame_bundle_records_it_and_exports_a_six_channel_depth_model(tin
         initialise_from_bundle(single_trainer.depth_net, single_trainer.pose_net, bundle, single)
 
 
-def test_a_fused_bundle_trains_records_exports_and_loads_both_depth_nets(tiny_cache: Path, tmp_path: Path) -> None:
-    import onnxruntime as ort
-
-    from sfm_ros.bundle import BundleError, load_networks, onnx_path, read_metadata
-    from sfm_ros.export import export_bundle
-    from sfm_ros.models import FusedDispNet
-    from training.trainer import initialise_from_bundle
+def test_a_companion_trains_beside_the_two_frame_net_and_stays_out_of_the_bundle(tiny_cache: Path, tmp_path: Path,
+                                                                                  monkeypatch: pytest.MonkeyPatch
+                                                                                  ) -> None:
+    from sfm_ros.bundle import load_networks, read_metadata
+    from training import trainer as trainer_module
 
     preset = str(REPO / "config" / "train_cpu_small.yaml")
-    common = [*TINY, "optim.max_steps=1", "run.checkpoint_every=1000", "run.val_every_epochs=1000",
-              "model.depth_input_frames=2"]
-    config = load_train_config(preset, [*common, "model.depth_fuse_single_frame=true", f"run.output={tmp_path / 'f'}"])
+    common = [*TINY, "run.checkpoint_every=1000", "run.val_every_epochs=1000", "model.depth_input_frames=2",
+              "model.depth_companion=true"]
+    config = load_train_config(preset, [*common, "optim.max_steps=2", f"run.output={tmp_path / 'c'}"])
     trainer = Trainer(config, tiny_cache)
+    start = {name: value.clone() for name, value in trainer.depth_net.state_dict().items()}
     trainer.fit()
+    assert all(not torch.equal(start[name], value) for name, value in trainer.depth_net.state_dict().items()
+               if name.endswith("weight"))  # both nets learnt
     bundle = trainer.save_bundle()
-    assert read_metadata(bundle).dispnet == {"alpha": 10.0, "beta": 0.01, "input_frames": 2, "fuse_single_frame": True}
+    assert read_metadata(bundle).dispnet == {"alpha": 10.0, "beta": 0.01, "input_frames": 2}  # a two-frame bundle
     depth_net = load_networks(bundle)[0]
-    assert isinstance(depth_net, FusedDispNet)
-    for name, trained in trainer.evaluation_networks()[0].state_dict().items():  # the weights as trained, both nets
-        torch.testing.assert_close(depth_net.state_dict()[name], trained.cpu())
-    export_bundle(bundle, fp16=False)  # verifies onnxruntime against the network (both nets, restructured) itself
-    image = torch.randn(1, 6, 32, 104, generator=torch.Generator().manual_seed(3))
-    session = ort.InferenceSession(str(onnx_path(bundle, "depth")), providers=["CPUExecutionProvider"])
-    with torch.no_grad():
-        expected = depth_net(image)[0].numpy()
-    np.testing.assert_allclose(session.run(None, {"image": image.numpy()})[0], expected, rtol=1e-4, atol=1e-5)
-    two_frame = load_train_config(preset, [*common, f"run.output={tmp_path / 't'}"])
-    two_frame_trainer = Trainer(two_frame, tiny_cache)
-    with pytest.raises(BundleError, match=r"depth_fused: bundle True, config False \(model.depth_fuse_single_frame\)"):
-        initialise_from_bundle(two_frame_trainer.depth_net, two_frame_trainer.pose_net, bundle, two_frame)
+    averaged = trainer.averaged[0].network.two_frame.state_dict()
+    assert depth_net.state_dict().keys() == averaged.keys()
+    for name, value in depth_net.state_dict().items():  # the two-frame net's averaged weights, nothing else
+        torch.testing.assert_close(value, averaged[name].cpu())
+    # Fine-tuning from it with a companion: the two-frame net starts from the bundle, the companion afresh.
+    tuned = Trainer(load_train_config(preset, [*common, "optim.max_steps=1", f"model.init_from={bundle}",
+                                               f"run.output={tmp_path / 't'}"]), tiny_cache)
+    for name, value in depth_net.state_dict().items():
+        torch.testing.assert_close(tuned.depth_net.two_frame.state_dict()[name], value)
+    fresh = Trainer(config, tiny_cache, tmp_path / "fresh")  # the same seed, no bundle
+    for name, value in fresh.depth_net.companion.state_dict().items():
+        torch.testing.assert_close(tuned.depth_net.companion.state_dict()[name], value)
+    monkeypatch.setattr(trainer_module, "_init_distributed", lambda: (0, 2))
+    with pytest.raises(ValueError, match="depth_companion is not supported with several processes"):
+        Trainer(config, tiny_cache, tmp_path / "ddp")
 
 
 class FixedDraws:

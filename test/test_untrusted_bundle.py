@@ -60,9 +60,6 @@ def test_sfm_json_names_only_files_inside_the_bundle(small_bundle: Path, tmp_pat
     ({"dispnet": {"input_frames": True}}, r"dispnet.input_frames must be one of \(1, 2\), got True"),
     ({"dispnet": {"input_frames": "2"}}, r"dispnet.input_frames must be one of \(1, 2\), got '2'"),
     ({"dispnet": {"input_frames": 2.0}}, r"dispnet.input_frames must be one of \(1, 2\), got 2.0"),
-    ({"dispnet": {"input_frames": 2, "fuse_single_frame": "yes"}}, r"fuse_single_frame must be true \(with "
-     r"input_frames 2\) or false, got 'yes' with input_frames 2"),
-    ({"dispnet": {"fuse_single_frame": True}}, r"fuse_single_frame must be true .* got True with input_frames 1"),
 ])
 def test_sizes_out_of_bounds_are_refused_when_read(small_bundle: Path, tmp_path: Path, changes: dict,
                                                   message: str) -> None:
@@ -79,7 +76,7 @@ def test_a_depth_net_the_code_cannot_build_is_a_bundle_error(small_bundle: Path,
     from sfm_ros.bundle import load_networks
 
     copy = _copy_with(small_bundle, tmp_path, dispnet={"alpha": 10.0, "beta": 0.01, "decoder_skips": 4})
-    with pytest.raises(BundleError, match=r"dispnet .* does not describe a depth net: .*unexpected keyword argument "
+    with pytest.raises(BundleError, match=r"dispnet .* does not describe a DispNet: .*unexpected keyword argument "
                                           r"'decoder_skips'"):
         load_networks(copy)
 

@@ -77,18 +77,17 @@ class ModelConfig:
     depth_input_frames: int = param(1, "frames the depth net reads: 1, the target alone (the paper); 2, the target "
                                     "and the frame before it in the snippet, whose parallax shows depth on surfaces "
                                     "never seen (docs/training.md)", range=(1, 2))
-    depth_fuse_single_frame: bool = param(False, "with depth_input_frames 2: a single-frame depth net beside the "
-                                          "two-frame one, each trained on its own view synthesis, their disparities "
-                                          "fused by the geometric mean at run time, so that the image's cue counts "
-                                          "where the parallax is small (docs/training.md)")
+    depth_companion: bool = param(False, "with depth_input_frames 2: train a single-frame depth net beside the "
+                                  "two-frame one, each scored on its own view synthesis through the one pose net; the "
+                                  "bundle keeps the two-frame net (docs/training.md)")
     with_mask: bool = True  # the explainability decoder; off also turns the mask terms off
     init_from: str = param("", "model bundle whose weights start both networks (fine-tuning, with a fresh "
                            "optimiser); its networks (input size, source count, mask, output constants, depth "
-                           "frames and pair, pose scale) must be this config's (empty: random)")
+                           "frames, pose scale) must be this config's (empty: random; a companion starts afresh)")
 
     def __post_init__(self) -> None:
-        if self.depth_fuse_single_frame and self.depth_input_frames != 2:
-            raise ValueError("model.depth_fuse_single_frame fuses a two-frame depth net with a single-frame one: set "
+        if self.depth_companion and self.depth_input_frames != 2:
+            raise ValueError("model.depth_companion trains a single-frame depth net beside a two-frame one: set "
                              f"model.depth_input_frames=2 (it is {self.depth_input_frames})")
 
 

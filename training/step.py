@@ -15,14 +15,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from sfm_ros.models import FusedDispNet
+from training.companion import DepthWithCompanion
 from training.losses import LossConfig, sfm_objective
 from training.normalisation import normalise
 
 __all__ = ["TrainStep", "depth_net_input", "forward_objective", "learning_rate_factor", "make_optimizer",
            "mirror_where", "previous_frame_indices", "sequence_depth_input"]
 
-# The objective's terms that are one number each, averaged over a fused depth net's two nets.
+# The objective's terms that are one number each, averaged over a depth net's and its companion's objectives.
 SCALAR_TERMS = ("total", "photometric", "smoothness", "explainability")
 
 
@@ -89,23 +89,21 @@ def forward_objective(depth_model: nn.Module, pose_model: nn.Module, images: tor
     # No autocast weight cache: it would hold tensors from outside a CUDA-graph capture (each weight is used once).
     with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp, cache_enabled=False):
         shown = depth_input if depth_mirrored is None else mirror_where(depth_input, depth_mirrored)
-        outputs = depth_model.separate(shown) if isinstance(depth_model, FusedDispNet) else (depth_model(shown),)
+        outputs = depth_model.separate(shown) if isinstance(depth_model, DepthWithCompanion) else (depth_model(shown),)
         if depth_mirrored is not None:
             outputs = tuple(tuple(mirror_where(d, depth_mirrored) for d in disparities) for disparities in outputs)
         poses, masks = pose_model(target, sources)
     # The warp and loss run in fp32 for the same maths with or without mixed precision.
     masks = tuple(m.float() for m in masks)
-    # A fused depth net's two nets are each scored on their own view synthesis through the one pose net (so both
-    # learn its units); the objective is their mean. Training through the fused mean instead lost the image's cue
-    # (benchmarks/RESULTS.md, "trained through the mean").
+    # A depth net with a companion (training.companion): each net is scored on its own view synthesis through the
+    # one pose net, and the objective is their mean.
     scored = [sfm_objective(target, sources, tuple(d.float() for d in disparities), poses.float(), masks, K,
                             loss_config) for disparities in outputs]
     total = sum(objective for objective, _ in scored) / len(scored)
     terms = scored[0][1] if len(scored) == 1 else {
         name: (sum(each[name] for _, each in scored) / len(scored) if name in SCALAR_TERMS else value)
-        for name, value in scored[-1][1].items()}
-    disparity = outputs[0][0] if len(outputs) == 1 else torch.sqrt(outputs[0][0]) * torch.sqrt(outputs[1][0])
-    terms.update(disparity=disparity.float().detach(), mask=masks[0].detach() if masks else None, target=target,
+        for name, value in scored[0][1].items()}
+    terms.update(disparity=outputs[0][0].float().detach(), mask=masks[0].detach() if masks else None, target=target,
                  poses=poses.detach(), K=K)
     return total, terms
 

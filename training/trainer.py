@@ -40,8 +40,9 @@ from sfm_ros.bundle import (
 )
 from sfm_ros.config import to_dict
 from sfm_ros.metrics import DEPTH_METRICS, eigen_depth_evaluation
-from sfm_ros.models import DispNet, FusedDispNet, PoseExpNet, dispnet
+from sfm_ros.models import DispNet, PoseExpNet
 from training.averaging import WeightAverage
+from training.companion import DepthWithCompanion, deployed_depth_net
 from training.config import TrainConfig, saved_train_config
 from training.data import DataError, SnippetDataset, load_cache_index
 from training.health import HealthMonitor, training_health
@@ -88,9 +89,7 @@ def bundle_network_configuration(metadata: BundleMetadata) -> dict[str, Any]:
     return {"input": f"{metadata.height}x{metadata.width}", "sources": metadata.num_sources,
             "mask": bool(metadata.posenet.get("with_mask", True)),
             "disparity": (metadata.dispnet.get("alpha"), metadata.dispnet.get("beta")),
-            "depth_frames": metadata.dispnet.get("input_frames", 1),
-            "depth_fused": metadata.dispnet.get("fuse_single_frame", False),
-            "pose_scale": metadata.posenet.get("pose_scale")}
+            "depth_frames": metadata.dispnet.get("input_frames", 1), "pose_scale": metadata.posenet.get("pose_scale")}
 
 
 def config_network_configuration(config: TrainConfig) -> dict[str, Any]:
@@ -98,28 +97,23 @@ def config_network_configuration(config: TrainConfig) -> dict[str, Any]:
     model = config.model
     return {"input": f"{config.data.height}x{config.data.width}", "sources": config.data.sequence_length - 1,
             "mask": model.with_mask, "disparity": (model.disparity_alpha, model.disparity_beta),
-            "depth_frames": model.depth_input_frames, "depth_fused": model.depth_fuse_single_frame,
-            "pose_scale": model.pose_scale}
+            "depth_frames": model.depth_input_frames, "pose_scale": model.pose_scale}
 
 
 def dispnet_arguments(config: TrainConfig) -> dict[str, Any]:
-    """DispNet's arguments as a bundle's sfm.json records them. ``input_frames`` only for a two-frame net (and
-    ``fuse_single_frame`` only for a fused one), so that a single-frame bundle stays readable by releases that
-    predate the options."""
+    """DispNet's arguments as a bundle's sfm.json records them. ``input_frames`` only for a two-frame net, so that a
+    single-frame bundle stays readable by releases that predate the option."""
     model = config.model
     arguments = {"alpha": model.disparity_alpha, "beta": model.disparity_beta}
     if model.depth_input_frames != 1:
         arguments["input_frames"] = model.depth_input_frames
-    if model.depth_fuse_single_frame:
-        arguments["fuse_single_frame"] = True
     return arguments
 
 
 # The config keys that set each part of the network configuration, named in a mismatch error.
 NETWORK_CONFIG_KEYS = {"input": "data.height, data.width", "sources": "data.sequence_length",
                        "mask": "model.with_mask", "disparity": "model.disparity_alpha, model.disparity_beta",
-                       "depth_frames": "model.depth_input_frames", "depth_fused": "model.depth_fuse_single_frame",
-                       "pose_scale": "model.pose_scale"}
+                       "depth_frames": "model.depth_input_frames", "pose_scale": "model.pose_scale"}
 
 
 def check_init_bundle(bundle: str | Path, config: TrainConfig) -> BundleMetadata:
@@ -137,8 +131,7 @@ def check_init_bundle(bundle: str | Path, config: TrainConfig) -> BundleMetadata
     return metadata
 
 
-def initialise_from_bundle(depth_net: DispNet | FusedDispNet, pose_net: PoseExpNet, bundle: str | Path,
-                           config: TrainConfig
+def initialise_from_bundle(depth_net: DispNet, pose_net: PoseExpNet, bundle: str | Path, config: TrainConfig
                            ) -> dict[str, Any]:
     """Copy a bundle's weights (safetensors, nothing unpickled) into freshly built networks, for fine-tuning.
 
@@ -185,15 +178,17 @@ class Trainer:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.manual_seed(config.run.seed)
         model = config.model
-        self.depth_net = dispnet(alpha=model.disparity_alpha, beta=model.disparity_beta,
-                                 input_frames=model.depth_input_frames,
-                                 fuse_single_frame=model.depth_fuse_single_frame).to(self.device)
+        self.depth_net: DispNet | DepthWithCompanion = (
+            DepthWithCompanion(alpha=model.disparity_alpha, beta=model.disparity_beta) if model.depth_companion
+            else DispNet(alpha=model.disparity_alpha, beta=model.disparity_beta,
+                         input_frames=model.depth_input_frames)).to(self.device)
         if model.initial_disparity > 0:
             self.depth_net.initialise_disparity(model.initial_disparity)
         self.pose_net = PoseExpNet(num_sources=config.data.sequence_length - 1, with_mask=model.with_mask,
                                    pose_scale=model.pose_scale).to(self.device)
         # Provenance of the starting weights (model.init_from), recorded in the bundle this run writes.
-        self.init_from = (initialise_from_bundle(self.depth_net, self.pose_net, model.init_from, config)
+        self.init_from = (initialise_from_bundle(deployed_depth_net(self.depth_net), self.pose_net, model.init_from,
+                                                 config)
                           if model.init_from else None)
         on_cuda = self.device.type == "cuda"
         if on_cuda and (config.run.amp or config.run.channels_last or config.run.cuda_graph or config.run.compile):
@@ -205,6 +200,9 @@ class Trainer:
         if self.world_size > 1 and config.run.cuda_graph and on_cuda:
             raise ValueError("run.cuda_graph is not supported with several processes (DDP) yet; "
                              "set run.cuda_graph=false (run.compile still applies)")
+        if self.world_size > 1 and model.depth_companion:
+            raise ValueError("model.depth_companion is not supported with several processes (DDP) yet; train it in "
+                             "one process")
         if self.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -291,13 +289,14 @@ class Trainer:
         self.state.step += 1
         return terms
 
-    def evaluation_networks(self) -> tuple[DispNet | FusedDispNet, PoseExpNet]:
+    def evaluation_networks(self) -> tuple[DispNet, PoseExpNet]:
         """The depth and pose networks the bundle and the evaluations take: the moving averages of the weights with
         optim.average_decay > 0 (the trained networks until the averages have taken a step: before the first, or
-        resumed from a checkpoint without them), else the trained networks."""
+        resumed from a checkpoint without them), else the trained networks; of a depth net with a companion, the
+        two-frame net alone."""
         if self.averaged is None or self.averaged[0].steps == 0:
-            return self.depth_net, self.pose_net
-        return self.averaged[0].network, self.averaged[1].network
+            return deployed_depth_net(self.depth_net), self.pose_net
+        return deployed_depth_net(self.averaged[0].network), self.averaged[1].network
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -311,7 +310,7 @@ class Trainer:
             return {}
         # Without the average, the trained networks through their DDP or compiled wrappers.
         depth_net, pose_net = (self.evaluation_networks() if self.averaged is not None
-                               else (self.depth_model, self.pose_model))
+                               else (deployed_depth_net(self.depth_model), self.pose_model))
         depth_net.eval()
         pose_net.eval()
         loader = DataLoader(self.val_data, batch_size=self.config.optim.batch_size, shuffle=False)

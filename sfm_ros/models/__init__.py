@@ -1,6 +1,6 @@
 """Networks (torch): DispNet for depth, PoseExpNet for ego-motion and explainability."""
 
-from sfm_ros.models.dispnet import DispNet, FusedDispNet, dispnet
+from sfm_ros.models.dispnet import DispNet, dispnet
 from sfm_ros.models.posenet import PoseExpNet, posenet
 
-__all__ = ["DispNet", "FusedDispNet", "PoseExpNet", "dispnet", "posenet"]
+__all__ = ["DispNet", "PoseExpNet", "dispnet", "posenet"]

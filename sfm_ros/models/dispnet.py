@@ -1,10 +1,9 @@
 """DispNet: disparity from one image, the depth network of SfMLearner (Zhou et al. 2017, Fig. 4a), or from the image
-and the frame before it; FusedDispNet: both, their disparities fused."""
+and the frame before it."""
 
 from __future__ import annotations
 
 import math
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -99,53 +98,6 @@ class DispNet(nn.Module):
         return tuple(reversed(disparities))
 
 
-class FusedDispNet(nn.Module):
-    """Depth from the image and from the parallax: a single-frame DispNet on the target and a two-frame DispNet on the
-    target and the frame before it, their disparities fused by the geometric mean at every scale.
-
-    The two cues fail in different places: the image's on surfaces it has not seen, the parallax's in the distance,
-    where two frames barely differ (benchmarks/RESULTS.md). Training scores each net on its own view synthesis
-    (``separate``), through the one pose net, so both are in its units; only inference fuses them. The geometric mean
-    keeps each disparity's scale equivariance, so the fused depth is as scale-free as either.
-
-    Input and output as ``DispNet(input_frames=2)``'s: image [B,6,H,W], the target's channels first; 4 disparities.
-    The mean is sqrt(a) * sqrt(b): an INT8 product of two disparities would span their range squared, where 8 bits
-    round the distance's small disparities to zero.
-    """
-
-    input_frames: ClassVar[int] = 2
-
-    def __init__(self, alpha: float = 10.0, beta: float = 0.01) -> None:
-        super().__init__()
-        self.single_frame = DispNet(alpha, beta, input_frames=1)
-        self.two_frame = DispNet(alpha, beta, input_frames=2)
-
-    def initialise_disparity(self, disparity: float) -> None:
-        """Start both networks' disparity near ``disparity`` (``DispNet.initialise_disparity``), and so the fused."""
-        self.single_frame.initialise_disparity(disparity)
-        self.two_frame.initialise_disparity(disparity)
-
-    def separate(self, image: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
-        """image [B,6,H,W] -> (the single-frame net's 4 disparities, the two-frame net's), finest first."""
-        if image.shape[1] != 3 * self.input_frames:
-            raise ValueError(f"FusedDispNet reads 2 frames, 6 channels; got {image.shape[1]}")
-        return self.single_frame(image[:, :3]), self.two_frame(image)
-
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """image [B,6,H,W] -> 4 fused disparities, finest first, as DispNet's."""
-        from_image, from_parallax = self.separate(image)
-        return tuple(torch.sqrt(a) * torch.sqrt(b) for a, b in zip(from_image, from_parallax, strict=True))
-
-
-def dispnet(*, alpha: float = 10.0, beta: float = 0.01, input_frames: int = 1,
-            fuse_single_frame: bool = False) -> DispNet | FusedDispNet:
-    """Build the paper's DispNet (Xavier-initialised); with ``fuse_single_frame`` (two input frames only) the
-    FusedDispNet of a single-frame and a two-frame DispNet."""
-    if not isinstance(fuse_single_frame, bool):
-        raise ValueError(f"fuse_single_frame must be true or false, got {fuse_single_frame!r}")
-    if fuse_single_frame:
-        if input_frames != 2:
-            raise ValueError(f"fuse_single_frame fuses a two-frame DispNet with a single-frame one; it needs "
-                             f"input_frames 2, got {input_frames}")
-        return FusedDispNet(alpha=alpha, beta=beta)
+def dispnet(*, alpha: float = 10.0, beta: float = 0.01, input_frames: int = 1) -> DispNet:
+    """Build the paper's DispNet (Xavier-initialised)."""
     return DispNet(alpha=alpha, beta=beta, input_frames=input_frames)

@@ -16,7 +16,7 @@ import copy
 import torch
 from torch import nn
 
-from sfm_ros.models.dispnet import DispNet, FusedDispNet
+from sfm_ros.models.dispnet import DispNet
 from sfm_ros.models.posenet import PoseExpNet
 
 __all__ = ["SplitInputConv", "inference_copies", "split_input_conv"]
@@ -60,20 +60,18 @@ def split_input_conv(conv: nn.Conv2d, group_sizes: list[int]) -> SplitInputConv:
     return SplitInputConv(convs, group_sizes)
 
 
-def inference_copies(depth_net: DispNet | FusedDispNet, pose_net: PoseExpNet
-                     ) -> tuple[DispNet | FusedDispNet, PoseExpNet]:
+def inference_copies(depth_net: DispNet, pose_net: PoseExpNet) -> tuple[DispNet, PoseExpNet]:
     """Deep copies of both networks with the slow-path convolutions split (see the module docstring).
 
     The copies keep their classes and forward passes; only the affected Conv2d modules are replaced, so they
     must not be saved as checkpoints (their state-dict keys differ).
     """
     depth_net, pose_net = copy.deepcopy(depth_net), copy.deepcopy(pose_net)
-    for network in [module for module in depth_net.modules() if isinstance(module, DispNet)]:  # both of a fused one
-        for stage in network.iconvs:
-            conv = stage[0]
-            remainder = conv.in_channels % FAST_CHANNEL_MULTIPLE
-            if remainder and conv.in_channels > FAST_CHANNEL_MULTIPLE:
-                stage[0] = split_input_conv(conv, [conv.in_channels - remainder, remainder])
+    for stage in depth_net.iconvs:
+        conv = stage[0]
+        remainder = conv.in_channels % FAST_CHANNEL_MULTIPLE
+        if remainder and conv.in_channels > FAST_CHANNEL_MULTIPLE:
+            stage[0] = split_input_conv(conv, [conv.in_channels - remainder, remainder])
     first = pose_net.encoder[0][0]
     pose_net.encoder[0][0] = split_input_conv(first, [3] * (first.in_channels // 3))
     return depth_net, pose_net
