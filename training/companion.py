@@ -40,11 +40,11 @@ class DepthWithCompanion(nn.Module):
         self.companion.initialise_disparity(disparity)
 
     def separate(self, image: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
-        """image [B,6,H,W] -> (the two-frame net's 4 disparities, the companion's on the target alone), finest
-        first."""
+        """image [B,6,H,W] -> (the companion's 4 disparities, on the target alone; the two-frame net's), finest
+        first. The two-frame net last, as the measured runs summed their gradients."""
         if image.shape[1] != 3 * self.input_frames:
             raise ValueError(f"DepthWithCompanion reads 2 frames, 6 channels; got {image.shape[1]}")
-        return self.two_frame(image), self.companion(image[:, :3])
+        return self.companion(image[:, :3]), self.two_frame(image)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """image [B,6,H,W] -> the two-frame net's 4 disparities, finest first."""

@@ -100,10 +100,10 @@ def forward_objective(depth_model: nn.Module, pose_model: nn.Module, images: tor
     scored = [sfm_objective(target, sources, tuple(d.float() for d in disparities), poses.float(), masks, K,
                             loss_config) for disparities in outputs]
     total = sum(objective for objective, _ in scored) / len(scored)
-    terms = scored[0][1] if len(scored) == 1 else {
-        name: (sum(each[name] for _, each in scored) / len(scored) if name in SCALAR_TERMS else value)
-        for name, value in scored[0][1].items()}
-    terms.update(disparity=outputs[0][0].float().detach(), mask=masks[0].detach() if masks else None, target=target,
+    # The logged disparity and warp are the last net's: the one a bundle keeps.
+    terms = {name: (sum(each[name] for _, each in scored) / len(scored) if name in SCALAR_TERMS else value)
+             for name, value in scored[-1][1].items()}
+    terms.update(disparity=outputs[-1][0].float().detach(), mask=masks[0].detach() if masks else None, target=target,
                  poses=poses.detach(), K=K)
     return total, terms
 
