@@ -307,11 +307,18 @@ def test_a_depth_net_and_its_companion_are_each_scored_on_their_own_view_synthes
     # Each net learns from its own view synthesis only (half of it): nothing of the other is on its path.
     total.backward()
     in_pair = {name: parameter.grad.clone() for name, parameter in pair.named_parameters()}
+    pose_in_pair = [parameter.grad.clone() for parameter in pose_net.parameters()]
     pair.zero_grad()
+    pose_net.zero_grad()
     (companion / 2).backward()
     for name, parameter in pair.companion.named_parameters():
         torch.testing.assert_close(in_pair[f"companion.{name}"], parameter.grad)
     assert all(parameter.grad is None for parameter in pair.two_frame.parameters())
+    # The pose net learns from both (half of each).
+    (two / 2).backward()
+    for paired, both in zip(pose_in_pair, (p.grad for p in pose_net.parameters()), strict=True):
+        torch.testing.assert_close(paired, both)
+    assert any(float(g.abs().max()) > 0 for g in pose_in_pair)
     with pytest.raises(ValueError, match="reads 2 frames, 6 channels; got 3"):
         pair.separate(torch.zeros(1, 3, 32, 104))
 
@@ -357,10 +364,17 @@ def test_a_companion_trains_beside_the_two_frame_net_and_stays_out_of_the_bundle
     bundle = trainer.save_bundle()
     assert read_metadata(bundle).dispnet == {"alpha": 10.0, "beta": 0.01, "input_frames": 2}  # a two-frame bundle
     depth_net = load_networks(bundle)[0]
-    averaged = trainer.averaged[0].network.two_frame.state_dict()
+    averaged = trainer.averaged[0].network.state_dict()
     assert depth_net.state_dict().keys() == averaged.keys()
     for name, value in depth_net.state_dict().items():  # the two-frame net's averaged weights, nothing else
         torch.testing.assert_close(value, averaged[name].cpu())
+    # Validation scores the two-frame net alone: as a run without a companion holding the same weights does.
+    alone = Trainer(load_train_config(preset, [*common[:-1], "optim.max_steps=2", f"run.output={tmp_path / 'a'}"]),
+                    tiny_cache)
+    alone.fit()
+    for average, trained in zip(alone.averaged, trainer.averaged, strict=True):
+        average.network.load_state_dict(trained.network.state_dict())
+    assert alone.validate() == trainer.validate()
     # Fine-tuning from it with a companion: the two-frame net starts from the bundle, the companion afresh.
     tuned = Trainer(load_train_config(preset, [*common, "optim.max_steps=1", f"model.init_from={bundle}",
                                                f"run.output={tmp_path / 't'}"]), tiny_cache)

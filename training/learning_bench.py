@@ -31,6 +31,7 @@ import torch
 from sfm_ros.config import to_dict
 from sfm_ros.geometry import window_transforms
 from sfm_ros.metrics import eigen_depth_evaluation, snippet_ates
+from training.companion import deployed_depth_net
 from training.config import DataConfig, TrainConfig, load_train_config
 from training.data import network_frames, prepare_cache
 from training.health import training_health
@@ -248,10 +249,11 @@ def run_learning(source: str | Path, preset: str | Path | None, overrides: list[
         score(*evaluated, "")
         # With the weights' average on, the last weights are scored too: a paired comparison on the same run.
         if config.optim.average_decay > 0:
-            if evaluated[0] is trainer.depth_net:  # no average yet: the same networks, the same scores
+            last_depth_net = deployed_depth_net(trainer.depth_net)
+            if evaluated[0] is last_depth_net:  # no average yet: the same networks, the same scores
                 row.update({LAST_WEIGHTS_PREFIX + key: value for key, value in list(row.items())})
             else:
-                score(trainer.depth_net, trainer.pose_net, LAST_WEIGHTS_PREFIX)
+                score(last_depth_net, trainer.pose_net, LAST_WEIGHTS_PREFIX)
         return row
 
     curve, summary, train_s = train_scored(trainer, steps, eval_every, evaluate)

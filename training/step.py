@@ -75,8 +75,11 @@ def forward_objective(depth_model: nn.Module, pose_model: nn.Module, images: tor
     mirrored back: the depth net learns from mirrored views while the pose net and the view synthesis see the
     snippet as recorded (``data.flip_depth``).
     depth_input_frames: what the depth net reads (``depth_net_input``); mirrored as one.
+    depth_model may be a ``DepthWithCompanion``: then each of its nets is scored on its own view synthesis through
+    the one pose net, and the total and the scalar terms are the two objectives' means.
     Returns (total loss, terms): the loss terms (detached), the finest disparity and mask, the target and a
-    warped source for logging. Nothing here reads a value back to the host.
+    warped source for logging (of a companion pair, the two-frame net's). Nothing here reads a value back to the
+    host.
     """
     images = normalise(images)
     center = images.shape[1] // 2
@@ -99,10 +102,12 @@ def forward_objective(depth_model: nn.Module, pose_model: nn.Module, images: tor
     # one pose net, and the objective is their mean.
     scored = [sfm_objective(target, sources, tuple(d.float() for d in disparities), poses.float(), masks, K,
                             loss_config) for disparities in outputs]
-    total = sum(objective for objective, _ in scored) / len(scored)
-    # The logged disparity and warp are the last net's: the one a bundle keeps.
-    terms = {name: (sum(each[name] for _, each in scored) / len(scored) if name in SCALAR_TERMS else value)
-             for name, value in scored[-1][1].items()}
+    if len(scored) == 1:
+        total, terms = scored[0]
+    else:  # the logged disparity and warp are the last net's: the one a bundle keeps
+        total = sum(objective for objective, _ in scored) / len(scored)
+        terms = {name: (sum(each[name] for _, each in scored) / len(scored) if name in SCALAR_TERMS else value)
+                 for name, value in scored[-1][1].items()}
     terms.update(disparity=outputs[-1][0].float().detach(), mask=masks[0].detach() if masks else None, target=target,
                  poses=poses.detach(), K=K)
     return total, terms

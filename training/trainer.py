@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
+from torch import nn
 from torch.utils.data import DataLoader
 
 from sfm_ros.bundle import (
@@ -47,7 +48,7 @@ from training.config import TrainConfig, saved_train_config
 from training.data import DataError, SnippetDataset, load_cache_index
 from training.health import HealthMonitor, training_health
 from training.normalisation import to_unit_range
-from training.step import TrainStep, forward_objective, learning_rate_factor, make_optimizer
+from training.step import SCALAR_TERMS, TrainStep, forward_objective, learning_rate_factor, make_optimizer
 
 __all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "Trainer", "check_init_bundle", "initialise_from_bundle",
            "load_checkpoint", "resolve_device"]
@@ -224,7 +225,8 @@ class Trainer:
         self.optimizer = make_optimizer(parameters, self.device, lr=optim.lr, betas=(optim.beta1, optim.beta2),
                                         weight_decay=optim.weight_decay, cuda_graph=config.run.cuda_graph)
         # The moving averages of the weights the bundle and the evaluations take (optim.average_decay > 0).
-        self.averaged = ((WeightAverage(self.depth_net, optim.average_decay),
+        # A companion is left out: no bundle or evaluation takes it.
+        self.averaged = ((WeightAverage(deployed_depth_net(self.depth_net), optim.average_decay),
                           WeightAverage(self.pose_net, optim.average_decay)) if optim.average_decay > 0 else None)
         self.step_runner = TrainStep(self.depth_model, self.pose_model, self.optimizer, config.loss, self.device,
                               amp=config.run.amp, channels_last=config.run.channels_last,
@@ -284,19 +286,20 @@ class Trainer:
             group["lr"] = lr
         terms = self.step_runner(batch["images"], batch["K"], batch.get("depth_mirrored"))
         if self.averaged is not None:
-            for average, network in zip(self.averaged, (self.depth_net, self.pose_net), strict=True):
+            for average, network in zip(self.averaged, (deployed_depth_net(self.depth_net), self.pose_net),
+                                        strict=True):
                 average.update(network)
         self.state.step += 1
         return terms
 
-    def evaluation_networks(self) -> tuple[DispNet, PoseExpNet]:
+    def evaluation_networks(self) -> tuple[nn.Module, PoseExpNet]:
         """The depth and pose networks the bundle and the evaluations take: the moving averages of the weights with
         optim.average_decay > 0 (the trained networks until the averages have taken a step: before the first, or
         resumed from a checkpoint without them), else the trained networks; of a depth net with a companion, the
         two-frame net alone."""
         if self.averaged is None or self.averaged[0].steps == 0:
             return deployed_depth_net(self.depth_net), self.pose_net
-        return deployed_depth_net(self.averaged[0].network), self.averaged[1].network
+        return self.averaged[0].network, self.averaged[1].network
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -429,7 +432,7 @@ class Trainer:
         if self._writer is None:
             return
         step = self.state.step
-        for name in ("total", "photometric", "smoothness", "explainability"):
+        for name in SCALAR_TERMS:
             self._writer.add_scalar(f"loss/{name}", float(terms[name]), step)
         for name, value in health.items():
             self._writer.add_scalar(f"health/{name}", value, step)
