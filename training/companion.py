@@ -1,10 +1,10 @@
 """A two-frame depth net trained beside a single-frame companion (``model.depth_companion``).
 
 Both DispNets are scored on their own view synthesis through the one pose net, so each learns in its units; only the
-two-frame net goes into the bundle. Trained beside the companion, the two-frame net keeps its lead on surfaces never
-seen and on a real drive and wins back the familiar streets it loses when trained alone (benchmarks/RESULTS.md, "A
-two-frame depth net trained beside a single-frame companion"); the companion's own depth, and the two fused, transfer
-worse, so neither is kept.
+two-frame net goes into the bundle. Trained beside the companion, the two-frame net keeps most of its lead on
+surfaces never seen and on a real drive, and wins back the familiar streets it loses when trained alone
+(benchmarks/RESULTS.md, "A two-frame depth net trained beside a single-frame companion"); the companion's own depth,
+and the two fused, transfer worse, so neither is kept.
 """
 
 from __future__ import annotations
